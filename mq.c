@@ -1,0 +1,2868 @@
+/*
+** mq.c -- GENERATED FILE: DO NOT EDIT.
+**
+** This is the whole mq library in one C file (the "amalgamation").  It was
+** generated from the modules in src/ by amalgamation/amalgamate.cmake, in
+** the order given by amalgamation/order.txt.  Edit those sources instead and
+** regenerate with:
+**
+**     cmake --build build --target amalgamation
+**
+** To use it, compile this file together with mq.h, for example
+** `cc -std=c11 -c mq.c` and link with -lsqlite3 -lz -lpthread.  Internal
+** functions are static here, so the only global symbols are the mq_* names
+** of mq.h.
+*/
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+/* Internal functions are static in the amalgamation.  Builds that link
+** internal unit tests against it define MQI_API to nothing. */
+#ifndef MQI_API
+#ifdef __GNUC__
+#define MQI_API static __attribute__((unused))
+#else
+#define MQI_API static
+#endif
+#endif
+
+#include "mq.h"
+
+/*** begin src/mqi.h ***/
+/*
+** mqi.h -- the internal header shared by the modules in src/.
+**
+** Nothing here is public.  Internal functions that more than one module uses
+** are declared with MQI_API and named mqi_<module>_<verb>; in the modular
+** build they are ordinary extern functions (hidden from the shared library
+** by -fvisibility=hidden), and in the amalgamation mq.c they become static,
+** so a program that drops mq.c in gets only the mq_* names.
+**
+** Layering (each layer may use only the ones before it):
+**   os      -- clocks, files, futexes, randomness: the OS-specific bits
+**   err     -- result codes, per-thread error messages, logging
+**   gate    -- cross-process fairness and wake-ups in shared memory
+**   store   -- the handle, the SQLite connection, its prepared statements
+**   schema  -- creating and checking the on-disk format
+**   commit  -- group commit: many callers' operations in one transaction
+**   queue/put/get/settle/msg -- the queue operations of mq.h
+**
+** Concurrency model of a handle: every mutating call becomes an mqi_op that
+** is queued on the handle.  One calling thread at a time (the leader) takes
+** all queued ops, runs them inside one SQLite transaction and commits once,
+** so concurrent callers share an fsync.  The SQLite connection is used only
+** with store->dblock held.  Across processes, writers line up at the gate
+** (a ticket lock in shared memory) before taking SQLite's write lock, so a
+** busy writer cannot starve the others.
+*/
+#ifndef MQI_H
+#define MQI_H
+
+#ifndef MQI_API
+#define MQI_API
+#endif
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mq.h"
+
+/* On-disk format identity: PRAGMA application_id and user_version. */
+#define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
+#define MQI_FORMAT_VERSION 1
+
+/* Message states (mq_msg.state column).  A message in state INFLIGHT or
+** DELAYED whose visible_at has passed is ready in all but name; the next
+** get on its queue moves it to READY ("promotion"), so reads must treat it
+** as ready too. */
+#define MQI_READY 0
+#define MQI_INFLIGHT 1
+#define MQI_DELAYED 2
+#define MQI_DEAD 3
+
+/* Queue kinds (mq_queue.kind), reserved so topics need no format change. */
+#define MQI_KIND_QUEUE 0
+#define MQI_KIND_TOPIC 1
+#define MQI_KIND_SUBSCRIPTION 2
+
+/* Payload codecs (mq_body.codec). */
+#define MQI_CODEC_RAW 0
+#define MQI_CODEC_ZLIB 1
+
+#define MQI_ERRMSG_MAX 512
+
+/* ---- os.c ---------------------------------------------------------------- */
+MQI_API int64_t mqi_os_realtime_ms(void);
+MQI_API int64_t mqi_os_monotonic_ms(void);
+MQI_API uint64_t mqi_os_seed(void);
+/* Free bytes on the file system holding path, or -1 if unknown. */
+MQI_API int64_t mqi_os_free_bytes(const char *path);
+/* Wait while *addr == expect, at most timeout_ms; works across processes
+** when addr is in shared memory.  Spurious returns are allowed. */
+MQI_API void mqi_os_futex_wait(uint32_t *addr, uint32_t expect, int64_t timeout_ms);
+MQI_API void mqi_os_futex_wake(uint32_t *addr);
+/* Prepare path for SQLite: refuse a symbolic link, create a missing file
+** with exactly mode when create is set.  Returns MQ_OK or an MQ code with
+** a message in err. */
+MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create,
+                                int readonly, char *err, size_t errlen);
+/* Identity of the file for naming shared memory. */
+MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
+/* Incremented in the child at every fork(); a handle remembers it. */
+MQI_API unsigned mqi_os_fork_generation(void);
+
+/* ---- err.c --------------------------------------------------------------- */
+/* Record rc with a formatted message as the calling thread's last error on
+** store, and return rc. */
+MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
+MQI_API int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap);
+/* Copy a finished message into the calling thread's slot. */
+MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
+/* Map an SQLite result code to an MQ code. */
+MQI_API int mqi_err_from_sqlite(int sqlite_rc);
+MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);
+/* Validate a queue name; returns MQ_OK or MQ_EINVAL with a message. */
+MQI_API int mqi_err_check_name(const mq_store *store, const char *what, const char *name);
+
+/* ---- gate.c -------------------------------------------------------------- */
+typedef struct mqi_gate mqi_gate;
+/* Open the gate shared by every handle on the file (dev, ino); falls back
+** to a private gate (same-process wake-ups only) if shared memory cannot
+** be had.  NULL only when out of memory. */
+MQI_API mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode);
+MQI_API void mqi_gate_close(mqi_gate *g);
+MQI_API int mqi_gate_is_shared(const mqi_gate *g);
+/* Line up behind earlier writers; returns the ticket to pass to leave. */
+MQI_API uint32_t mqi_gate_enter(mqi_gate *g);
+MQI_API void mqi_gate_leave(mqi_gate *g, uint32_t ticket);
+/* Wake-ups for waiting consumers: read the sequence, then wait for it to
+** change; bump after a commit that may have made a message ready. */
+MQI_API uint32_t mqi_gate_seq(mqi_gate *g);
+MQI_API void mqi_gate_bump(mqi_gate *g);
+MQI_API void mqi_gate_wait(mqi_gate *g, uint32_t seq, int64_t timeout_ms);
+
+/* ---- store.c ------------------------------------------------------------- */
+/* Prepared statements, compiled on first use and kept for the handle. */
+enum mqi_stmt_id {
+  MQI_ST_BEGIN,
+  MQI_ST_COMMIT,
+  MQI_ST_ROLLBACK,
+  MQI_ST_SAVEPOINT,
+  MQI_ST_RELEASE,
+  MQI_ST_ROLLBACK_TO,
+  MQI_ST_SYNC_FULL,
+  MQI_ST_SYNC_NORMAL,
+  MQI_ST_QUEUE_BY_NAME,
+  MQI_ST_QUEUE_BY_ID,
+  MQI_ST_BODY_INSERT,
+  MQI_ST_BODY_GET,
+  MQI_ST_BODY_DELETE_LAST,
+  MQI_ST_BODY_UNREF,
+  MQI_ST_MSG_INSERT,
+  MQI_ST_MSG_READY,
+  MQI_ST_MSG_LEASE,
+  MQI_ST_MSG_EXPIRED,
+  MQI_ST_MSG_OVERDUE,
+  MQI_ST_MSG_PROMOTE,
+  MQI_ST_MSG_NEXT_VISIBLE,
+  MQI_ST_MSG_ACK,
+  MQI_ST_MSG_NACK,
+  MQI_ST_MSG_TOUCH,
+  MQI_ST_MSG_TO_DLQ,
+  MQI_ST_MSG_TO_DEAD,
+  MQI_ST_DEDUP_GET,
+  MQI_ST_DEDUP_PUT,
+  MQI_ST_DEDUP_SWEEP,
+  MQI_ST_COUNT
+};
+
+typedef struct mqi_op mqi_op;
+
+struct mq_store {
+  pthread_mutex_t lock;   /* guards the op queue and the leader flag */
+  pthread_cond_t done;    /* signalled when a batch has finished */
+  pthread_mutex_t dblock; /* guards db and everything used with it */
+  sqlite3 *db;
+  sqlite3_stmt *stmt[MQI_ST_COUNT];
+  char *path;
+  int sync;               /* MQ_SYNC_* */
+  int cur_sync;           /* PRAGMA synchronous now in force (-1 unknown) */
+  int readonly;
+  int busy_timeout_ms;
+  mq_clock_fn clock;
+  void *clock_ctx;
+  mq_log_fn log;
+  void *log_ctx;
+  int64_t min_free_bytes;
+  int64_t free_checked_at; /* monotonic ms of the last statvfs */
+  int64_t free_bytes;
+  unsigned fork_gen;
+  mqi_gate *gate;
+  uint64_t rng;           /* lease tokens; used under dblock */
+  mqi_op *head, *tail;    /* ops waiting for a leader */
+  int leading;            /* a thread is running a batch */
+  uint64_t puts_since_sweep;
+};
+
+/* Check the handle before use: NULL, fork, read-only for writes. */
+MQI_API int mqi_store_check(mq_store *s, int writes);
+MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+MQI_API int64_t mqi_store_now(mq_store *s);
+MQI_API uint64_t mqi_store_token(mq_store *s);
+/* MQ_EFULL if the free-space floor is reached (cached for a short time). */
+MQI_API int mqi_store_space_ok(mq_store *s);
+
+/* ---- schema.c ------------------------------------------------------------ */
+/* Check that db is an mq store of a format we read, creating the schema in
+** a new, empty file.  Sets a message in err on failure. */
+MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen);
+
+/* ---- commit.c ------------------------------------------------------------ */
+/* What an op did, for the commit: */
+#define MQI_OP_WAKE 0x1 /* may have made a message ready: wake waiters */
+
+typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
+
+struct mqi_op {
+  mqi_op_fn fn;
+  void *arg;
+  int durable;        /* must survive power loss under FULL (put, ack) */
+  int flags;          /* MQI_OP_* set by fn as it goes */
+  int rc;
+  int finished;
+  mqi_op *next;
+  char err[MQI_ERRMSG_MAX];
+};
+
+/* Run fn in a (possibly shared) transaction and wait for its commit.
+** durable: the change must be fsynced under MQ_SYNC_FULL (puts, acks);
+** leases need not be.  Returns the op's code, MQ_EUNKNOWN if the commit's
+** outcome is unknown.  The error message is copied to the calling thread. */
+MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable);
+/* Inside an op: record an error and return rc. */
+MQI_API int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...);
+/* Inside an op: map an SQLite failure of step/prepare to an MQ code. */
+MQI_API int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what);
+
+/* ---- queue.c ------------------------------------------------------------- */
+typedef struct mqi_queue {
+  int64_t id;
+  int kind;
+  int64_t visibility_ms;
+  int max_receives;
+  int64_t dlq_id;          /* 0: none */
+  int64_t retention_ms;
+  int64_t max_payload;
+  int64_t compress_above;
+  int64_t dedup_window_ms;
+} mqi_queue;
+
+/* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
+MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+
+/* ---- msg.c --------------------------------------------------------------- */
+/* Release one reference to a body, deleting it with the last one. */
+MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
+/* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
+** checksum or does not decompress. */
+MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives,
+                          int priority, const char *reason, int64_t size,
+                          uint32_t crc, int codec, const void *headers,
+                          size_t headers_len, const void *data,
+                          size_t data_len, mq_msg **out);
+MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
+/* Parse a receipt made by mqi_msg_set_receipt. */
+MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
+/* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
+MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
+
+/* ---- get.c --------------------------------------------------------------- */
+/* Move one message to the queue's dlq, or to the dead state without one. */
+MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q,
+                               int64_t msg_id, const char *reason);
+
+#endif /* MQI_H */
+/*** end src/mqi.h ***/
+
+/*** begin src/os.c ***/
+/*
+** os.c -- the operating-system-specific bits: clocks, randomness, free
+** space, futexes, file creation and fork detection.
+**
+** Everything that differs between platforms is kept here so the rest of the
+** library is plain C over SQLite.  Linux gets futexes (cross-process
+** wake-ups without polling); elsewhere the wait degrades to a short sleep,
+** which is correct but slower to notice a put from another process.
+**
+** File creation is done here rather than by SQLite because SQLite creates
+** the database with the process umask applied, and a queue file holds
+** message bodies: it must be created with exactly the mode asked for
+** (0600 by default), and a symbolic link in its place is refused.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#endif
+
+int64_t mqi_os_realtime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t mqi_os_monotonic_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+uint64_t mqi_os_seed(void) {
+  uint64_t seed = 0;
+#ifdef __linux__
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed && seed)
+    return seed;
+#endif
+  /* Without getrandom, mix time, pid and an address: lease tokens only
+  ** need to differ between deliveries, not to be secret. */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^
+         ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&seed;
+  return seed ? seed : 0x9E3779B97F4A7C15ULL;
+}
+
+int64_t mqi_os_free_bytes(const char *path) {
+  struct statvfs sv;
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  if (!slash) {
+    strcpy(dir, ".");
+  } else {
+    size_t n = (size_t)(slash - path);
+    if (n == 0) n = 1;
+    if (n >= sizeof dir) return -1;
+    memcpy(dir, path, n);
+    dir[n] = 0;
+  }
+  if (statvfs(dir, &sv) != 0) return -1;
+  return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
+}
+
+void mqi_os_futex_wait(uint32_t *addr, uint32_t expect, int64_t timeout_ms) {
+  if (timeout_ms <= 0) return;
+#ifdef __linux__
+  struct timespec ts;
+  ts.tv_sec = (time_t)(timeout_ms / 1000);
+  ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+  /* Not FUTEX_PRIVATE: the word may live in memory shared between processes. */
+  syscall(SYS_futex, addr, FUTEX_WAIT, expect, &ts, NULL, 0);
+#else
+  (void)addr;
+  (void)expect;
+  struct timespec ts = {0, (timeout_ms > 5 ? 5 : timeout_ms) * 1000000L};
+  nanosleep(&ts, NULL);
+#endif
+}
+
+void mqi_os_futex_wake(uint32_t *addr) {
+#ifdef __linux__
+  syscall(SYS_futex, addr, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+#else
+  (void)addr;
+#endif
+}
+
+int mqi_os_prepare_file(const char *path, unsigned mode, int create,
+                        int readonly, char *err, size_t errlen) {
+  struct stat st;
+  if (lstat(path, &st) == 0) {
+    if (S_ISLNK(st.st_mode)) {
+      snprintf(err, errlen, "%s is a symbolic link; open the file it points to", path);
+      return MQ_ECANTOPEN;
+    }
+    if (!S_ISREG(st.st_mode)) {
+      snprintf(err, errlen, "%s is not a regular file", path);
+      return MQ_ECANTOPEN;
+    }
+    return MQ_OK;
+  }
+  if (errno != ENOENT) {
+    snprintf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
+    return MQ_ECANTOPEN;
+  }
+  if (!create || readonly) {
+    snprintf(err, errlen, "%s does not exist", path);
+    return MQ_ECANTOPEN;
+  }
+  int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+  if (fd < 0) {
+    if (errno == EEXIST) return MQ_OK; /* another process created it first */
+    snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
+    return MQ_ECANTOPEN;
+  }
+  /* open() applied the umask; the caller asked for this exact mode. */
+  if (fchmod(fd, (mode_t)mode) != 0) {
+    snprintf(err, errlen, "cannot set mode %o on %s: %s", mode, path, strerror(errno));
+    close(fd);
+    unlink(path);
+    return MQ_ECANTOPEN;
+  }
+  /* No SQLite connection of this process has the new file open yet, so
+  ** closing this descriptor cannot drop anyone's POSIX locks. */
+  close(fd);
+  return MQ_OK;
+}
+
+int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino) {
+  struct stat st;
+  if (stat(path, &st) != 0) return MQ_ECANTOPEN;
+  *dev = (uint64_t)st.st_dev;
+  *ino = (uint64_t)st.st_ino;
+  return MQ_OK;
+}
+
+static unsigned os_fork_gen;
+static pthread_once_t os_fork_once = PTHREAD_ONCE_INIT;
+
+static void os_on_fork_child(void) { os_fork_gen++; }
+static void os_fork_register(void) { pthread_atfork(NULL, NULL, os_on_fork_child); }
+
+unsigned mqi_os_fork_generation(void) {
+  pthread_once(&os_fork_once, os_fork_register);
+  return __atomic_load_n(&os_fork_gen, __ATOMIC_RELAXED);
+}
+/*** end src/os.c ***/
+
+/*** begin src/err.c ***/
+/*
+** err.c -- result codes, error messages and logging.
+**
+** A handle may be shared by threads, so "the last error of the handle" would
+** be whatever another thread did last.  Instead each thread keeps its own
+** last message together with the handle it came from, and mq_errmsg(store)
+** returns it only when it belongs to that handle: the message a caller reads
+** is always about its own call.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <string.h>
+
+static _Thread_local struct {
+  const mq_store *store;
+  char msg[MQI_ERRMSG_MAX];
+} err_tls;
+
+const char *mq_errstr(int rc) {
+  switch (rc) {
+    case MQ_OK: return "not an error";
+    case MQ_ERROR: return "internal error";
+    case MQ_EINVAL: return "invalid argument";
+    case MQ_ENOMEM: return "out of memory";
+    case MQ_ENOTFOUND: return "no such queue";
+    case MQ_EEXIST: return "queue exists with other options";
+    case MQ_EMPTY: return "no message available";
+    case MQ_ESTALE: return "stale receipt: the lease is over";
+    case MQ_ETOOBIG: return "payload too large";
+    case MQ_EFULL: return "disk or quota full";
+    case MQ_EUNKNOWN: return "outcome unknown: I/O error during commit";
+    case MQ_ECORRUPT: return "data is corrupt";
+    case MQ_ENOTMQ: return "not an mq store";
+    case MQ_EVERSION: return "store written by a newer mq format";
+    case MQ_EBUSY: return "store is locked";
+    case MQ_EIO: return "I/O error";
+    case MQ_ECANTOPEN: return "cannot open the store file";
+    case MQ_EMISUSE: return "library misuse";
+    case MQ_EREADONLY: return "store is read-only";
+    default: return "unknown result code";
+  }
+}
+
+const char *mq_errmsg(const mq_store *store) {
+  if (err_tls.store != store) return "";
+  return err_tls.msg;
+}
+
+int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
+  err_tls.store = store;
+  vsnprintf(err_tls.msg, sizeof err_tls.msg, fmt, ap);
+  return rc;
+}
+
+int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  mqi_err_setv(store, rc, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int mqi_err_copy(const mq_store *store, int rc, const char *msg) {
+  err_tls.store = store;
+  snprintf(err_tls.msg, sizeof err_tls.msg, "%s", msg && *msg ? msg : mq_errstr(rc));
+  return rc;
+}
+
+int mqi_err_from_sqlite(int sqlite_rc) {
+  switch (sqlite_rc & 0xff) {
+    case SQLITE_OK: return MQ_OK;
+    case SQLITE_NOMEM: return MQ_ENOMEM;
+    case SQLITE_FULL: return MQ_EFULL;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return MQ_EBUSY;
+    case SQLITE_CORRUPT: return MQ_ECORRUPT;
+    case SQLITE_NOTADB: return MQ_ENOTMQ;
+    case SQLITE_IOERR: return MQ_EIO;
+    case SQLITE_CANTOPEN: return MQ_ECANTOPEN;
+    case SQLITE_READONLY: return MQ_EREADONLY;
+    case SQLITE_MISUSE: return MQ_EMISUSE;
+    case SQLITE_TOOBIG: return MQ_ETOOBIG;
+    default: return MQ_ERROR;
+  }
+}
+
+void mqi_log(mq_store *store, int level, const char *fmt, ...) {
+  if (!store || !store->log) return;
+  char buf[MQI_ERRMSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  store->log(store->log_ctx, level, buf);
+}
+
+int mqi_err_check_name(const mq_store *store, const char *what, const char *name) {
+  if (!name) return mqi_err_set(store, MQ_EINVAL, "%s name is NULL", what);
+  size_t n = strlen(name);
+  if (n == 0) return mqi_err_set(store, MQ_EINVAL, "%s name is empty", what);
+  if (n > MQ_NAME_MAX)
+    return mqi_err_set(store, MQ_EINVAL, "%s name is %zu bytes; the limit is %d", what, n,
+                       MQ_NAME_MAX);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)name[i];
+    /* '/' is kept for topic/subscription paths; spaces and control bytes
+    ** would make names ambiguous in the CLI and in logs. */
+    if (c <= ' ' || c >= 0x7f || c == '/')
+      return mqi_err_set(store, MQ_EINVAL,
+                         "%s name \"%.40s\" has a byte 0x%02x that is not allowed "
+                         "(printable ASCII without spaces or '/')",
+                         what, name, c);
+  }
+  return MQ_OK;
+}
+/*** end src/err.c ***/
+
+/*** begin src/gate.c ***/
+/*
+** gate.c -- fairness between writers and wake-ups for waiting consumers,
+** shared by every process that has the same queue file open.
+**
+** SQLite's own busy handling sleeps with a growing back-off while the lock
+** holder, back from its commit in microseconds, takes the lock again: a
+** steady producer can starve a consumer completely.  So writers first take a
+** ticket here and wait for their turn (a ticket lock on a futex), then take
+** SQLite's write lock, which is then nearly always free.
+**
+** The gate is only an ordering hint; SQLite's locks alone keep the data
+** safe.  That is what makes it robust: a process killed while holding a
+** ticket stalls the next writer for at most GATE_SKIP_MS, after which that
+** writer skips the dead ticket; a writer whose ticket was skipped simply
+** proceeds.  Counters only ever move forward and the comparisons are done
+** modulo 2^32, so stale or garbled shared memory costs at most a moment of
+** unfairness, never a hang.
+**
+** The same shared page carries a sequence number bumped by every commit that
+** may have made a message ready.  A consumer with nothing to get waits on
+** it, so a put in any process wakes it at once, with no polling.
+**
+** The shared memory is a POSIX shm object named after the file's device and
+** inode ("/mq-<dev>-<ino>").  If it cannot be created (no /dev/shm, another
+** user owns it), a private gate is used: everything still works, but waits
+** notice another process's put only by timing out.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GATE_MAGIC 0x6D714701u
+#define GATE_SKIP_MS 250 /* how long the next writer waits on a silent holder */
+#define GATE_SHM_SIZE 4096
+
+typedef struct gate_shared {
+  _Atomic uint32_t magic;
+  _Atomic uint32_t next;    /* next ticket to hand out */
+  _Atomic uint32_t serving; /* ticket whose turn it is */
+  _Atomic uint32_t seq;     /* bumped when messages may have become ready */
+  _Atomic uint32_t waiters; /* consumers sleeping on seq (a hint) */
+} gate_shared;
+
+struct mqi_gate {
+  gate_shared *sh;
+  int shared; /* sh is a shared mapping, not malloc'd */
+};
+
+static gate_shared *gate_map(uint64_t dev, uint64_t ino, unsigned mode) {
+  char name[64];
+  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev,
+           (unsigned long long)ino);
+  int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+  if (fd < 0) return NULL;
+  struct stat st;
+  /* Someone else's object could feed us anything; only our own is used. */
+  if (fstat(fd, &st) != 0 || (st.st_uid != geteuid() && geteuid() != 0)) {
+    close(fd);
+    return NULL;
+  }
+  if (st.st_size < GATE_SHM_SIZE && ftruncate(fd, GATE_SHM_SIZE) != 0) {
+    close(fd);
+    return NULL;
+  }
+  void *p = mmap(NULL, GATE_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return NULL;
+  gate_shared *sh = p;
+  /* A new object is zero-filled, which is a valid idle gate. */
+  uint32_t zero = 0;
+  atomic_compare_exchange_strong(&sh->magic, &zero, GATE_MAGIC);
+  return sh;
+}
+
+mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode) {
+  mqi_gate *g = calloc(1, sizeof *g);
+  if (!g) return NULL;
+  g->sh = gate_map(dev, ino, mode);
+  if (g->sh) {
+    g->shared = 1;
+    return g;
+  }
+  g->sh = calloc(1, sizeof *g->sh);
+  if (!g->sh) {
+    free(g);
+    return NULL;
+  }
+  return g;
+}
+
+void mqi_gate_close(mqi_gate *g) {
+  if (!g) return;
+  if (g->shared)
+    munmap(g->sh, GATE_SHM_SIZE);
+  else
+    free(g->sh);
+  free(g);
+}
+
+int mqi_gate_is_shared(const mqi_gate *g) { return g->shared; }
+
+uint32_t mqi_gate_enter(mqi_gate *g) {
+  gate_shared *sh = g->sh;
+  uint32_t t = atomic_fetch_add(&sh->next, 1);
+  int64_t since = mqi_os_monotonic_ms();
+  uint32_t last = atomic_load(&sh->serving);
+  for (;;) {
+    uint32_t cur = atomic_load(&sh->serving);
+    if ((int32_t)(cur - t) >= 0) return t; /* our turn, or we were skipped */
+    int64_t now = mqi_os_monotonic_ms();
+    if (cur != last) {
+      last = cur;
+      since = now;
+    }
+    if (now - since >= GATE_SKIP_MS) {
+      /* The holder has been silent too long; presumably it died.  Only the
+      ** writer next in line skips it, so one dead ticket costs one wait. */
+      if (cur + 1 == t) atomic_compare_exchange_strong(&sh->serving, &cur, t);
+      since = now;
+      continue;
+    }
+    mqi_os_futex_wait((uint32_t *)&sh->serving, cur, GATE_SKIP_MS - (now - since));
+  }
+}
+
+void mqi_gate_leave(mqi_gate *g, uint32_t ticket) {
+  gate_shared *sh = g->sh;
+  uint32_t expect = ticket;
+  /* If we were skipped, serving has moved on and is not ours to advance. */
+  atomic_compare_exchange_strong(&sh->serving, &expect, ticket + 1);
+  if (atomic_load(&sh->next) != ticket + 1) mqi_os_futex_wake((uint32_t *)&sh->serving);
+}
+
+uint32_t mqi_gate_seq(mqi_gate *g) { return atomic_load(&g->sh->seq); }
+
+void mqi_gate_bump(mqi_gate *g) {
+  atomic_fetch_add(&g->sh->seq, 1);
+  if (atomic_load(&g->sh->waiters)) mqi_os_futex_wake((uint32_t *)&g->sh->seq);
+}
+
+void mqi_gate_wait(mqi_gate *g, uint32_t seq, int64_t timeout_ms) {
+  gate_shared *sh = g->sh;
+  atomic_fetch_add(&sh->waiters, 1);
+  if (atomic_load(&sh->seq) == seq) mqi_os_futex_wait((uint32_t *)&sh->seq, seq, timeout_ms);
+  atomic_fetch_sub(&sh->waiters, 1);
+}
+/*** end src/gate.c ***/
+
+/*** begin src/store.c ***/
+/*
+** store.c -- the handle: opening and closing a queue file, the SQLite
+** connection and its prepared statements, the clock, lease tokens and the
+** free-space floor.
+**
+** Opening is careful about what it touches before it knows the file is
+** ours: the file is created here with an exact mode (not by SQLite, which
+** would apply the umask), a symbolic link is refused, and nothing is written
+** to an existing file -- not even the switch to WAL mode -- until the
+** schema check says it is an mq store of a format we read.
+**
+** The connection is opened in SQLite's multi-thread mode (no SQLite mutex):
+** the handle's dblock serialises every use of it, which SQLite's own mutex
+** would only duplicate.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STORE_DEFAULT_MIN_FREE ((int64_t)16 * 1024 * 1024)
+#define STORE_FREE_RECHECK_MS 250
+
+static const char *const store_sql[MQI_ST_COUNT] = {
+    [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
+    [MQI_ST_COMMIT] = "COMMIT",
+    [MQI_ST_ROLLBACK] = "ROLLBACK",
+    [MQI_ST_SAVEPOINT] = "SAVEPOINT mq_op",
+    [MQI_ST_RELEASE] = "RELEASE mq_op",
+    [MQI_ST_ROLLBACK_TO] = "ROLLBACK TO mq_op",
+    [MQI_ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
+    [MQI_ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
+    [MQI_ST_QUEUE_BY_NAME] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
+    [MQI_ST_QUEUE_BY_ID] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
+    [MQI_ST_BODY_INSERT] =
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data) VALUES(?1,?2,?3,?4,?5,?6)",
+    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data FROM mq_body WHERE id=?1",
+    [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
+    [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
+    [MQI_ST_MSG_INSERT] =
+        "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
+        " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
+    [MQI_ST_MSG_READY] =
+        "SELECT id, body_id, priority, receives, enqueued_at, reason FROM mq_msg"
+        " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
+    [MQI_ST_MSG_LEASE] =
+        "UPDATE mq_msg SET state=1, lease=?2, visible_at=?3, receives=receives+1 WHERE id=?1",
+    [MQI_ST_MSG_EXPIRED] =
+        "DELETE FROM mq_msg WHERE queue_id=?1 AND expires_at<=?2 RETURNING body_id",
+    [MQI_ST_MSG_OVERDUE] =
+        "SELECT id FROM mq_msg WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2"
+        " AND receives>=?3 LIMIT 64",
+    [MQI_ST_MSG_PROMOTE] =
+        "UPDATE mq_msg SET state=0 WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2",
+    [MQI_ST_MSG_NEXT_VISIBLE] =
+        "SELECT min(visible_at) FROM mq_msg WHERE queue_id=?1 AND state IN (1,2)",
+    [MQI_ST_MSG_ACK] =
+        "DELETE FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)"
+        " RETURNING body_id",
+    [MQI_ST_MSG_NACK] =
+        "SELECT receives FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3"
+        " AND state IN (0,1)",
+    [MQI_ST_MSG_TOUCH] =
+        "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
+        " AND state=1 AND visible_at>?5",
+    [MQI_ST_MSG_TO_DLQ] =
+        "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
+        " lease=NULL, reason=coalesce(?4, reason) WHERE id=?1",
+    [MQI_ST_MSG_TO_DEAD] =
+        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason) WHERE id=?1",
+    [MQI_ST_DEDUP_GET] =
+        "SELECT msg_id FROM mq_dedup WHERE queue_id=?1 AND key=?2 AND expires_at>?3",
+    [MQI_ST_DEDUP_PUT] =
+        "INSERT OR REPLACE INTO mq_dedup(queue_id, key, msg_id, expires_at)"
+        " VALUES(?1,?2,?3,?4)",
+    [MQI_ST_DEDUP_SWEEP] = "DELETE FROM mq_dedup WHERE expires_at<=?1",
+};
+
+const char *mq_libversion(void) { return MQ_VERSION; }
+const char *mq_sqlite_version(void) { return sqlite3_libversion(); }
+
+void mq_store_options_init(mq_store_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->sync = MQ_SYNC_FULL;
+  o->flags = MQ_OPEN_CREATE;
+  o->mode = 0600;
+  o->busy_timeout_ms = 10000;
+  o->min_free_bytes = STORE_DEFAULT_MIN_FREE;
+}
+
+static int64_t store_default_clock(void *ctx) {
+  (void)ctx;
+  return mqi_os_realtime_ms();
+}
+
+static void store_free(mq_store *s) {
+  for (int i = 0; i < MQI_ST_COUNT; i++) sqlite3_finalize(s->stmt[i]);
+  if (s->db) sqlite3_close(s->db);
+  mqi_gate_close(s->gate);
+  pthread_mutex_destroy(&s->lock);
+  pthread_mutex_destroy(&s->dblock);
+  pthread_cond_destroy(&s->done);
+  free(s->path);
+  free(s);
+}
+
+/* Read the options the caller filled, honouring their declared size so an
+** older caller's shorter struct keeps the defaults for newer fields. */
+static int store_read_options(const mq_store_options *in, mq_store_options *o) {
+  mq_store_options_init(o);
+  if (!in) return MQ_OK;
+  if (in->size < offsetof(mq_store_options, min_free_bytes) || in->size > sizeof *o)
+    return mqi_err_set(NULL, MQ_EINVAL,
+                       "mq_store_options.size is %zu: call mq_store_options_init first",
+                       in->size);
+  memcpy(o, in, in->size);
+  if (o->sync < MQ_SYNC_FULL || o->sync > MQ_SYNC_OFF)
+    return mqi_err_set(NULL, MQ_EINVAL, "sync mode %d is not one of MQ_SYNC_*", o->sync);
+  if (o->flags & ~(MQ_OPEN_CREATE | MQ_OPEN_READONLY))
+    return mqi_err_set(NULL, MQ_EINVAL, "unknown open flags 0x%x", o->flags);
+  if (o->mode & ~0777u || !(o->mode & 0600u) || (o->mode & 0600u) != 0600u)
+    return mqi_err_set(NULL, MQ_EINVAL,
+                       "file mode %o: must give the owner read and write and have no "
+                       "bits beyond 0777",
+                       o->mode);
+  if (o->busy_timeout_ms < 0)
+    return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
+  if (o->min_free_bytes < 0)
+    return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
+  return MQ_OK;
+}
+
+static int store_pragmas(mq_store *s, char *err, size_t errlen) {
+  char sql[200];
+  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : s->sync == MQ_SYNC_NORMAL ? "NORMAL" : "FULL";
+  snprintf(sql, sizeof sql,
+           "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
+           sync);
+  int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "setting up %s: %s", s->path, sqlite3_errmsg(s->db));
+    return mqi_err_from_sqlite(rc);
+  }
+  s->cur_sync = s->sync == MQ_SYNC_OFF ? 0 : s->sync == MQ_SYNC_NORMAL ? 1 : 2;
+  return MQ_OK;
+}
+
+int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out) {
+  mq_store_options o;
+  char err[MQI_ERRMSG_MAX] = "";
+  int rc;
+  if (out) *out = NULL;
+  if (!out) return mqi_err_set(NULL, MQ_EINVAL, "mq_store_open: out is NULL");
+  if (!path || !*path) return mqi_err_set(NULL, MQ_EINVAL, "mq_store_open: path is empty");
+  if ((rc = store_read_options(opts, &o)) != MQ_OK) return rc;
+  int readonly = (o.flags & MQ_OPEN_READONLY) != 0;
+
+  rc = mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err,
+                           sizeof err);
+  if (rc != MQ_OK) return mqi_err_copy(NULL, rc, err);
+
+  mq_store *s = calloc(1, sizeof *s);
+  if (!s) return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_mutex_init(&s->dblock, NULL);
+  pthread_cond_init(&s->done, NULL);
+  s->path = strdup(path);
+  s->sync = o.sync;
+  s->readonly = readonly;
+  s->busy_timeout_ms = o.busy_timeout_ms;
+  s->clock = o.clock ? o.clock : store_default_clock;
+  s->clock_ctx = o.clock_ctx;
+  s->log = o.log;
+  s->log_ctx = o.log_ctx;
+  s->min_free_bytes = o.min_free_bytes;
+  s->free_checked_at = INT64_MIN / 2;
+  s->fork_gen = mqi_os_fork_generation();
+  s->rng = mqi_os_seed();
+  s->cur_sync = -1;
+  if (!s->path) {
+    store_free(s);
+    return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
+  }
+
+  int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+  flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+  rc = sqlite3_open_v2(path, &s->db, flags, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, sizeof err, "cannot open %s: %s", path,
+             s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    store_free(s);
+    return mqi_err_copy(NULL, rc == SQLITE_NOMEM ? MQ_ENOMEM : MQ_ECANTOPEN, err);
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  sqlite3_busy_timeout(s->db, o.busy_timeout_ms);
+
+  rc = mqi_schema_open(s->db, readonly, err, sizeof err);
+  if (rc == MQ_OK && !readonly) rc = store_pragmas(s, err, sizeof err);
+  uint64_t dev = 0, ino = 0;
+  if (rc == MQ_OK && mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
+    snprintf(err, sizeof err, "cannot stat %s after opening it", path);
+    rc = MQ_ECANTOPEN;
+  }
+  if (rc == MQ_OK && !(s->gate = mqi_gate_open(dev, ino, o.mode))) {
+    snprintf(err, sizeof err, "out of memory opening %s", path);
+    rc = MQ_ENOMEM;
+  }
+  if (rc != MQ_OK) {
+    if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
+    store_free(s);
+    return mqi_err_copy(NULL, rc, err);
+  }
+  if (!mqi_gate_is_shared(s->gate))
+    mqi_log(s, MQ_LOG_WARN,
+            "%s: no shared memory for the writer gate; waits notice other processes' "
+            "puts by polling",
+            path);
+  *out = s;
+  return MQ_OK;
+}
+
+int mq_store_close(mq_store *s) {
+  if (!s) return MQ_OK;
+  int rc = MQ_OK;
+  if (s->fork_gen != mqi_os_fork_generation()) {
+    /* A connection must not be used across fork(), and closing it is a use:
+    ** it could checkpoint or unlink the WAL under the parent.  The child
+    ** gives the memory back and leaves SQLite's state alone. */
+    s->db = NULL;
+    memset(s->stmt, 0, sizeof s->stmt);
+    store_free(s);
+    return MQ_EMISUSE;
+  }
+  for (int i = 0; i < MQI_ST_COUNT; i++) {
+    sqlite3_finalize(s->stmt[i]);
+    s->stmt[i] = NULL;
+  }
+  /* sqlite3_close checkpoints and removes the WAL when this is the last
+  ** connection; if that fails the WAL is still there and still valid. */
+  if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
+    rc = MQ_EBUSY;
+    sqlite3_close_v2(s->db);
+  }
+  s->db = NULL;
+  store_free(s);
+  return rc;
+}
+
+int mqi_store_check(mq_store *s, int writes) {
+  if (!s) return mqi_err_set(NULL, MQ_EINVAL, "store is NULL");
+  if (s->fork_gen != mqi_os_fork_generation())
+    return mqi_err_set(s, MQ_EMISUSE,
+                       "%s: this handle was opened before fork(); open a new one in the child",
+                       s->path);
+  if (writes && s->readonly)
+    return mqi_err_set(s, MQ_EREADONLY, "%s was opened read-only", s->path);
+  return MQ_OK;
+}
+
+sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = s->stmt[id];
+  if (st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+  }
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id],
+                         NULL) != SQLITE_OK)
+    return NULL;
+  return s->stmt[id];
+}
+
+int64_t mqi_store_now(mq_store *s) { return s->clock(s->clock_ctx); }
+
+uint64_t mqi_store_token(mq_store *s) {
+  /* xorshift64*: fast, never zero from a non-zero state. */
+  uint64_t x = s->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  s->rng = x;
+  uint64_t t = (x * 0x2545F4914F6CDD1DULL) >> 1; /* fits an SQLite integer */
+  return t ? t : 1;
+}
+
+int mqi_store_space_ok(mq_store *s) {
+  if (s->min_free_bytes <= 0) return MQ_OK;
+  int64_t now = mqi_os_monotonic_ms();
+  if (now - s->free_checked_at >= STORE_FREE_RECHECK_MS) {
+    s->free_bytes = mqi_os_free_bytes(s->path);
+    s->free_checked_at = now;
+  }
+  if (s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes) return MQ_EFULL;
+  return MQ_OK;
+}
+
+int mq_store_checkpoint(mq_store *s) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  pthread_mutex_lock(&s->dblock);
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+  mqi_gate_leave(s->gate, ticket);
+  if (src != SQLITE_OK)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "checkpoint of %s: %s", s->path,
+                     sqlite3_errmsg(s->db));
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}
+/*** end src/store.c ***/
+
+/*** begin src/schema.c ***/
+/*
+** schema.c -- the on-disk format: creating it in a new file and refusing
+** files that are not ours or are newer than we understand.
+**
+** The file is an ordinary SQLite database (doc/format.md describes it):
+**
+**   mq_queue  one row per queue; `kind` and `parent_id` are reserved for
+**             topics and their subscriptions, so they need no format change.
+**   mq_body   the payload, written once and never updated: leases change
+**             only the small mq_msg row, never the payload's pages.  `refs`
+**             counts the mq_msg rows that share it (a topic publish stores
+**             one body for every subscription).
+**   mq_msg    one row per message in a queue: state, lease, visibility,
+**             receive count.  Ready messages are found through
+**             mq_msg_queue in priority-then-FIFO order; leases and delays
+**             that run out are found through the small partial index
+**             mq_msg_timer, which holds only hidden messages.
+**   mq_dedup  deduplication keys, remembered for the queue's window even
+**             after the message itself is gone.
+**   mq_meta   key/value facts about the store (creation time, ...).
+**
+** PRAGMA application_id marks the file as an mq store and PRAGMA
+** user_version carries the format version.  A file is checked before
+** anything is written to it: a foreign database or a newer format is
+** refused untouched.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <string.h>
+
+static const char schema_sql[] =
+    "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE mq_queue("
+    " id INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL UNIQUE,"
+    " kind INTEGER NOT NULL DEFAULT 0,"
+    " parent_id INTEGER,"
+    " filter TEXT,"
+    " visibility_ms INTEGER NOT NULL,"
+    " max_receives INTEGER NOT NULL,"
+    " dlq_id INTEGER,"
+    " retention_ms INTEGER NOT NULL,"
+    " max_payload INTEGER NOT NULL,"
+    " compress_above INTEGER NOT NULL,"
+    " dedup_window_ms INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE mq_body("
+    " id INTEGER PRIMARY KEY,"
+    " refs INTEGER NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " crc INTEGER NOT NULL,"
+    " codec INTEGER NOT NULL,"
+    " headers BLOB,"
+    " data BLOB NOT NULL);"
+    "CREATE TABLE mq_msg("
+    " id INTEGER PRIMARY KEY,"
+    " queue_id INTEGER NOT NULL,"
+    " body_id INTEGER NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL,"
+    " visible_at INTEGER NOT NULL,"
+    " lease INTEGER,"
+    " receives INTEGER NOT NULL,"
+    " enqueued_at INTEGER NOT NULL,"
+    " expires_at INTEGER,"
+    " origin_id INTEGER,"
+    " reason TEXT);"
+    "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
+    "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
+    "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
+    "CREATE TABLE mq_dedup("
+    " queue_id INTEGER NOT NULL,"
+    " key TEXT NOT NULL,"
+    " msg_id INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " PRIMARY KEY(queue_id, key)) WITHOUT ROWID;"
+    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);";
+
+static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
+  sqlite3_stmt *st = NULL;
+  *src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  if (*src != SQLITE_OK) return -1;
+  *src = sqlite3_step(st);
+  if (*src == SQLITE_ROW) {
+    *out = sqlite3_column_int64(st, 0);
+    *src = SQLITE_OK;
+  } else if (*src == SQLITE_DONE) {
+    *out = 0;
+    *src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return *src == SQLITE_OK ? 0 : -1;
+}
+
+/* Read the identity of the file without writing to it. */
+static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects,
+                           char *err, size_t errlen) {
+  int src;
+  if (schema_int(db, "PRAGMA application_id", app, &src) ||
+      schema_int(db, "PRAGMA user_version", version, &src) ||
+      schema_int(db, "SELECT count(*) FROM sqlite_schema", objects, &src)) {
+    int rc = mqi_err_from_sqlite(src);
+    if (rc == MQ_ENOTMQ || rc == MQ_ECORRUPT)
+      snprintf(err, errlen, "%s: %s", sqlite3_db_filename(db, "main"),
+               rc == MQ_ENOTMQ ? "not an mq store (not an SQLite database)"
+                               : "the database file is damaged");
+    else
+      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"),
+               sqlite3_errmsg(db));
+    return rc == MQ_OK ? MQ_ERROR : rc;
+  }
+  return MQ_OK;
+}
+
+static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, size_t errlen) {
+  const char *file = sqlite3_db_filename(db, "main");
+  if (app != MQI_APPLICATION_ID) {
+    snprintf(err, errlen, "%s is an SQLite database of another application (application_id %lld)",
+             file, (long long)app);
+    return MQ_ENOTMQ;
+  }
+  if (version > MQI_FORMAT_VERSION) {
+    snprintf(err, errlen,
+             "%s has format version %lld; this library (mq %s) reads up to version %d",
+             file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
+    return MQ_EVERSION;
+  }
+  if (version < 1) {
+    snprintf(err, errlen, "%s has an invalid mq format version %lld", file, (long long)version);
+    return MQ_ECORRUPT;
+  }
+  return MQ_OK;
+}
+
+static int schema_fail(sqlite3 *db, int src, const char *what, char *err, size_t errlen) {
+  snprintf(err, errlen, "%s %s: %s", what, sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
+  return mqi_err_from_sqlite(src);
+}
+
+int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
+  int64_t app, version, objects;
+  int rc = schema_identity(db, &app, &version, &objects, err, errlen);
+  if (rc != MQ_OK) return rc;
+  if (app != 0 || objects != 0 || version != 0) {
+    rc = schema_check(db, app, version, err, errlen);
+    if (rc != MQ_OK) return rc;
+    if (readonly) return MQ_OK;
+    int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+    return src == SQLITE_OK ? MQ_OK : schema_fail(db, src, "switching to WAL", err, errlen);
+  }
+  /* An empty database: make it a store.  Another process may be doing the
+  ** same right now, so the check is repeated under the write lock. */
+  if (readonly) {
+    snprintf(err, errlen, "%s is empty, and a read-only open cannot create a store",
+             sqlite3_db_filename(db, "main"));
+    return MQ_ENOTMQ;
+  }
+  int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "switching to WAL", err, errlen);
+  src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
+  rc = schema_identity(db, &app, &version, &objects, err, errlen);
+  if (rc == MQ_OK && (app != 0 || objects != 0 || version != 0)) {
+    rc = schema_check(db, app, version, err, errlen);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+  }
+  if (rc == MQ_OK) {
+    char sql[160];
+    src = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+    if (src == SQLITE_OK) {
+      snprintf(sql, sizeof sql,
+               "PRAGMA application_id=%d; PRAGMA user_version=%d;"
+               "INSERT INTO mq_meta VALUES('created_by', 'mq " MQ_VERSION "');",
+               MQI_APPLICATION_ID, MQI_FORMAT_VERSION);
+      src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    }
+    if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (src != SQLITE_OK) rc = schema_fail(db, src, "creating the schema in", err, errlen);
+  }
+  if (rc != MQ_OK) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+/*** end src/schema.c ***/
+
+/*** begin src/commit.c ***/
+/*
+** commit.c -- group commit: the operations of many threads in one
+** transaction and one fsync.
+**
+** Every mutating call (put, get, ack, ...) is wrapped in an mqi_op and
+** queued on the handle.  If no thread is running a batch, the caller
+** becomes the leader: it takes every queued op, runs them one after the
+** other inside a single BEGIN IMMEDIATE ... COMMIT, and hands each its
+** result.  Ops queued meanwhile wait for the next batch, whose leader is
+** one of their own threads.  Under MQ_SYNC_FULL the fsync at COMMIT is
+** therefore shared by everyone who arrived while the previous one ran: the
+** durable rate is no longer one fsync per message.
+**
+** Each op of a batch runs inside its own savepoint, so one op's failure
+** rolls back only that op.  MQ_EMPTY and MQ_ESTALE are answers, not
+** failures: whatever the op did before giving them (dead-lettering a
+** corrupt message, say) is kept.
+**
+** Leases need no fsync (losing one in a power cut only causes a
+** redelivery), so a batch made only of gets, nacks and touches is
+** committed with synchronous=NORMAL even under MQ_SYNC_FULL.  WAL frames
+** are appended in order, so the next FULL commit makes them durable too.
+**
+** If COMMIT itself fails with an I/O error the outcome is unknown -- the
+** commit record may have reached the disk -- and every op that would have
+** succeeded gets MQ_EUNKNOWN, never a definite failure.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <string.h>
+
+int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(op->err, sizeof op->err, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
+  int rc = mqi_err_from_sqlite(sqlite_rc);
+  if (rc == MQ_OK) rc = MQ_ERROR;
+  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what,
+                     sqlite3_errmsg(s->db), sqlite_rc);
+}
+
+static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
+  if (!st) return sqlite3_errcode(s->db);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
+}
+
+static int commit_is_answer(int rc) {
+  return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE;
+}
+
+/* Fail every op of the batch that has not failed on its own. */
+static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
+  for (mqi_op *op = batch; op; op = op->next) {
+    if (!commit_is_answer(op->rc)) continue;
+    op->rc = rc;
+    snprintf(op->err, sizeof op->err, "%s", msg);
+  }
+}
+
+static void commit_batch(mq_store *s, mqi_op *batch) {
+  char msg[MQI_ERRMSG_MAX];
+  int n = 0, need_sync = 0;
+  for (mqi_op *op = batch; op; op = op->next) {
+    n++;
+    need_sync |= op->durable;
+  }
+
+  pthread_mutex_lock(&s->dblock);
+  if (s->sync == MQ_SYNC_FULL) {
+    /* The level can only change outside a transaction; it is read at
+    ** COMMIT.  Ops say up front whether they need durability. */
+    int want = need_sync ? 2 : 1;
+    if (s->cur_sync != want &&
+        commit_exec(s, want == 2 ? MQI_ST_SYNC_FULL : MQI_ST_SYNC_NORMAL) == SQLITE_OK)
+      s->cur_sync = want;
+    else if (s->cur_sync != want && want == 2)
+      s->cur_sync = -1; /* unknown: try again next time, and fail below */
+  }
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int src = (s->sync == MQ_SYNC_FULL && need_sync && s->cur_sync != 2)
+                ? SQLITE_ERROR
+                : commit_exec(s, MQI_ST_BEGIN);
+  if (src != SQLITE_OK) {
+    int rc = mqi_err_from_sqlite(src);
+    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path,
+             sqlite3_errmsg(s->db));
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    goto out;
+  }
+
+  int any_kept = 0;
+  for (mqi_op *op = batch; op; op = op->next) {
+    op->err[0] = 0;
+    op->flags = 0;
+    if (n > 1 && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+      op->rc = mqi_op_sqlite(s, op, src, "savepoint");
+      continue;
+    }
+    op->rc = op->fn(s, op);
+    if (n > 1) {
+      if (!commit_is_answer(op->rc)) commit_exec(s, MQI_ST_ROLLBACK_TO);
+      commit_exec(s, MQI_ST_RELEASE);
+    }
+    if (commit_is_answer(op->rc)) any_kept = 1;
+  }
+
+  if (!any_kept) {
+    commit_exec(s, MQI_ST_ROLLBACK);
+    goto out;
+  }
+  src = commit_exec(s, MQI_ST_COMMIT);
+  if (src != SQLITE_OK) {
+    int code = src & 0xff;
+    int rc = code == SQLITE_IOERR ? MQ_EUNKNOWN
+             : code == SQLITE_FULL ? MQ_EFULL
+                                   : mqi_err_from_sqlite(src);
+    snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,
+             rc == MQ_EUNKNOWN ? "; the change may or may not be durable" : "",
+             sqlite3_errmsg(s->db), src);
+    if (!sqlite3_get_autocommit(s->db)) commit_exec(s, MQI_ST_ROLLBACK);
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+  } else {
+    int wake = 0;
+    for (mqi_op *op = batch; op; op = op->next)
+      if (commit_is_answer(op->rc) && (op->flags & MQI_OP_WAKE)) wake = 1;
+    if (wake) mqi_gate_bump(s->gate);
+  }
+out:
+  mqi_gate_leave(s->gate, ticket);
+  pthread_mutex_unlock(&s->dblock);
+}
+
+int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
+  mqi_op op;
+  op.fn = fn;
+  op.arg = arg;
+  op.durable = durable;
+  op.flags = 0;
+  op.rc = MQ_OK;
+  op.finished = 0;
+  op.next = NULL;
+  op.err[0] = 0;
+
+  pthread_mutex_lock(&s->lock);
+  if (s->tail)
+    s->tail->next = &op;
+  else
+    s->head = &op;
+  s->tail = &op;
+  while (!op.finished) {
+    if (s->leading) {
+      pthread_cond_wait(&s->done, &s->lock);
+      continue;
+    }
+    s->leading = 1;
+    mqi_op *batch = s->head;
+    s->head = s->tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    commit_batch(s, batch);
+    pthread_mutex_lock(&s->lock);
+    for (mqi_op *o = batch, *next; o; o = next) {
+      next = o->next;
+      o->finished = 1; /* o may be gone once its thread sees this */
+    }
+    s->leading = 0;
+    pthread_cond_broadcast(&s->done);
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (op.rc != MQ_OK && op.rc != MQ_EMPTY) mqi_err_copy(s, op.rc, op.err);
+  return op.rc;
+}
+/*** end src/commit.c ***/
+
+/*** begin src/queue.c ***/
+/*
+** queue.c -- queues as objects: create, drop, purge, list, stats, and the
+** lookup every operation starts with.
+**
+** Queue options live in the mq_queue row and are read inside the same
+** transaction as the operation that uses them, so a queue dropped or
+** re-created by another process is never used with stale options.  The
+** lookup is one probe of a unique index, cheap next to the rest of a put.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+
+void mq_queue_options_init(mq_queue_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->visibility_ms = 30000;
+  o->max_payload = 1024 * 1024;
+  o->dedup_window_ms = 300000;
+}
+
+static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
+  q->id = sqlite3_column_int64(st, 0);
+  q->kind = sqlite3_column_int(st, 1);
+  q->visibility_ms = sqlite3_column_int64(st, 2);
+  q->max_receives = sqlite3_column_int(st, 3);
+  q->dlq_id = sqlite3_column_int64(st, 4);
+  q->retention_ms = sqlite3_column_int64(st, 5);
+  q->max_payload = sqlite3_column_int64(st, 6);
+  q->compress_above = sqlite3_column_int64(st, 7);
+  q->dedup_window_ms = sqlite3_column_int64(st, 8);
+}
+
+int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_NAME);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) {
+    queue_row(st, q);
+    sqlite3_reset(st);
+    return MQ_OK;
+  }
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "looking up a queue");
+  return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+}
+
+/* Run one statement with up to three int64 bindings inside an op. */
+static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a, int64_t b,
+                      int64_t c, int64_t *changes) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  if (n > 0) sqlite3_bind_int64(st, 1, a);
+  if (n > 1) sqlite3_bind_int64(st, 2, b);
+  if (n > 2) sqlite3_bind_int64(st, 3, c);
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "updating");
+  if (changes) *changes = sqlite3_changes64(s->db);
+  return MQ_OK;
+}
+
+/* ---- create -------------------------------------------------------------- */
+
+typedef struct queue_create_arg {
+  const char *name;
+  mq_queue_options o;
+} queue_create_arg;
+
+static int queue_create_op(mq_store *s, mqi_op *op) {
+  queue_create_arg *a = op->arg;
+  mqi_queue dlq = {0}, old;
+  int rc;
+  if (a->o.dlq) {
+    rc = mqi_queue_find(s, op, a->o.dlq, &dlq);
+    if (rc == MQ_ENOTFOUND)
+      return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" does not exist", s->path,
+                         a->o.dlq);
+    if (rc != MQ_OK) return rc;
+  }
+  rc = mqi_queue_find(s, op, a->name, &old);
+  if (rc == MQ_OK) {
+    if (old.kind == MQI_KIND_QUEUE && old.visibility_ms == a->o.visibility_ms &&
+        old.max_receives == a->o.max_receives && old.dlq_id == dlq.id &&
+        old.retention_ms == a->o.retention_ms && old.max_payload == (int64_t)a->o.max_payload &&
+        old.compress_above == (int64_t)a->o.compress_above &&
+        old.dedup_window_ms == a->o.dedup_window_ms)
+      return MQ_OK;
+    return mqi_op_fail(op, MQ_EEXIST, "%s: queue \"%s\" exists with other options", s->path,
+                       a->name);
+  }
+  if (rc != MQ_ENOTFOUND) return rc;
+  op->err[0] = 0;
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "INSERT INTO mq_queue(name, kind, visibility_ms, max_receives, dlq_id, retention_ms,"
+      " max_payload, compress_above, dedup_window_ms, created_at)"
+      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing queue creation");
+  sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, a->o.visibility_ms);
+  sqlite3_bind_int(st, 3, a->o.max_receives);
+  if (dlq.id)
+    sqlite3_bind_int64(st, 4, dlq.id);
+  else
+    sqlite3_bind_null(st, 4);
+  sqlite3_bind_int64(st, 5, a->o.retention_ms);
+  sqlite3_bind_int64(st, 6, (int64_t)a->o.max_payload);
+  sqlite3_bind_int64(st, 7, (int64_t)a->o.compress_above);
+  sqlite3_bind_int64(st, 8, a->o.dedup_window_ms);
+  sqlite3_bind_int64(st, 9, mqi_store_now(s));
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a queue");
+  return MQ_OK;
+}
+
+int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+  queue_create_arg a;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  mq_queue_options_init(&a.o);
+  if (opts) {
+    if (opts->size < offsetof(mq_queue_options, dedup_window_ms) || opts->size > sizeof a.o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "mq_queue_options.size is %zu: call mq_queue_options_init first",
+                         opts->size);
+    memcpy(&a.o, opts, opts->size);
+  }
+  a.name = name;
+  if (a.o.visibility_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
+  if (a.o.max_receives < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_receives is negative", name);
+  if (a.o.retention_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": retention_ms is negative", name);
+  if (a.o.dedup_window_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": dedup_window_ms is negative", name);
+  if (a.o.max_payload == 0 || a.o.max_payload > MQ_PAYLOAD_LIMIT)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_payload %zu is not in 1..%zu", name,
+                       a.o.max_payload, MQ_PAYLOAD_LIMIT);
+  if (a.o.dlq) {
+    if ((rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
+    if (strcmp(a.o.dlq, name) == 0)
+      return mqi_err_set(s, MQ_EINVAL, "queue \"%s\" cannot be its own dead-letter queue", name);
+  }
+  return mqi_commit_run(s, queue_create_op, &a, 1);
+}
+
+/* ---- drop and purge -------------------------------------------------------- */
+
+typedef struct queue_purge_arg {
+  const char *name;
+  int drop;
+  int64_t deleted;
+} queue_purge_arg;
+
+static int queue_purge_op(mq_store *s, mqi_op *op) {
+  queue_purge_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->name, &q);
+  if (rc != MQ_OK) return rc;
+  if (a->drop) {
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE dlq_id=?1 LIMIT 1", -1,
+                                 &st, NULL);
+    if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+    sqlite3_bind_int64(st, 1, q.id);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+      rc = mqi_op_fail(op, MQ_EINVAL,
+                       "%s: queue \"%s\" is the dead-letter queue of \"%s\"; drop that first",
+                       s->path, a->name, (const char *)sqlite3_column_text(st, 0));
+      sqlite3_finalize(st);
+      return rc;
+    }
+    sqlite3_finalize(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "checking dead-letter users");
+  }
+  /* Bodies first, while the messages still say which bodies are theirs:
+  ** a shared body loses one reference per message, an unshared one goes. */
+  rc = queue_exec(s, op,
+                  "UPDATE mq_body SET refs = refs - (SELECT count(*) FROM mq_msg m"
+                  " WHERE m.body_id = mq_body.id AND m.queue_id = ?1)"
+                  " WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                  1, q.id, 0, 0, NULL);
+  if (rc == MQ_OK)
+    rc = queue_exec(s, op,
+                    "DELETE FROM mq_body WHERE refs <= 0 AND id IN"
+                    " (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                    1, q.id, 0, 0, NULL);
+  if (rc == MQ_OK)
+    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, &a->deleted);
+  if (rc == MQ_OK && a->drop) {
+    rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
+    if (rc == MQ_OK)
+      rc = queue_exec(s, op, "DELETE FROM mq_queue WHERE id = ?1", 1, q.id, 0, 0, NULL);
+  }
+  return rc;
+}
+
+int mq_queue_drop(mq_store *s, const char *name) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  queue_purge_arg a = {name, 1, 0};
+  return mqi_commit_run(s, queue_purge_op, &a, 1);
+}
+
+int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
+  if (deleted) *deleted = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  queue_purge_arg a = {name, 0, 0};
+  rc = mqi_commit_run(s, queue_purge_op, &a, 1);
+  if (rc == MQ_OK && deleted) *deleted = a.deleted;
+  return rc;
+}
+
+/* ---- list and stats (reads: no transaction of ours, no gate) --------------- */
+
+void mq_list_free(char **names, size_t count) {
+  if (!names) return;
+  for (size_t i = 0; i < count; i++) free(names[i]);
+  free(names);
+}
+
+int mq_queue_list(mq_store *s, char ***names, size_t *count) {
+  if (names) *names = NULL;
+  if (count) *count = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+  char **v = NULL;
+  size_t n = 0, cap = 0;
+  sqlite3_stmt *st = NULL;
+  pthread_mutex_lock(&s->dblock);
+  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue ORDER BY name", -1, &st, NULL);
+  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      char **nv = realloc(v, ncap * sizeof *nv);
+      if (!nv) {
+        rc = MQ_ENOMEM;
+        break;
+      }
+      v = nv;
+      cap = ncap;
+    }
+    if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
+      rc = MQ_ENOMEM;
+      break;
+    }
+    n++;
+  }
+  if (rc == MQ_OK && src != SQLITE_DONE)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
+                     sqlite3_errmsg(s->db));
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  if (rc != MQ_OK) {
+    mq_list_free(v, n);
+    if (rc == MQ_ENOMEM) mqi_err_set(s, rc, "out of memory listing queues");
+    return rc;
+  }
+  *names = v;
+  *count = n;
+  return MQ_OK;
+}
+
+int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
+  if (out) memset(out, 0, sizeof *out);
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s);
+  sqlite3_stmt *st = NULL;
+  /* Hidden messages whose time has come count as ready, and expired ones
+  ** as gone, exactly as the next get would see them. */
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT q.id,"
+      " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
+      " sum(m.state = 1 AND m.visible_at > ?2),"
+      " sum(m.state = 2 AND m.visible_at > ?2),"
+      " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
+      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      " LEFT JOIN mq_body b ON b.id = m.body_id"
+      " WHERE q.name = ?1 GROUP BY q.id",
+      -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    out->ready = sqlite3_column_int64(st, 1);
+    out->inflight = sqlite3_column_int64(st, 2);
+    out->delayed = sqlite3_column_int64(st, 3);
+    out->dead = sqlite3_column_int64(st, 4);
+    out->total = sqlite3_column_int64(st, 5);
+    if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
+      int64_t age = now - sqlite3_column_int64(st, 6);
+      out->oldest_age_ms = age > 0 ? age : 0;
+    }
+    out->bytes = sqlite3_column_int64(st, 7);
+  } else if (src == SQLITE_DONE) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+  } else {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
+                     name, sqlite3_errmsg(s->db));
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}
+/*** end src/queue.c ***/
+
+/*** begin src/put.c ***/
+/*
+** put.c -- putting messages: validation, checksums, compression,
+** deduplication, and the rows a put writes.
+**
+** Everything that needs no database -- argument checks, the CRC32 of the
+** payload, encoding headers -- is done by the calling thread before its op
+** is queued, so the leader of a group commit spends its time only on what
+** must be serialised.  A put writes one mq_body row (the payload, never
+** touched again) and one mq_msg row (the small, mutable delivery state).
+**
+** A batch is one op: all its messages are stored or none, and a bad entry
+** fails the batch with that entry's error.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#define PUT_SWEEP_EVERY 1024 /* keyed puts between sweeps of old dedup keys */
+
+void mq_put_options_init(mq_put_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+}
+
+typedef struct put_item {
+  const void *data;
+  size_t len;
+  uint32_t crc;
+  mq_put_options o;
+  char *headers; /* encoded, owned */
+  size_t headers_len;
+} put_item;
+
+typedef struct put_arg {
+  const char *queue;
+  put_item *items;
+  size_t n;
+  int64_t *ids;
+} put_arg;
+
+static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data, size_t len,
+                       const mq_put_options *opts) {
+  mq_put_options_init(&it->o);
+  it->data = data;
+  it->len = len;
+  it->headers = NULL;
+  it->headers_len = 0;
+  if (!data && len)
+    return mqi_err_set(s, MQ_EINVAL, "entry %zu: data is NULL but len is %zu", index, len);
+  if (len > MQ_PAYLOAD_LIMIT)
+    return mqi_err_set(s, MQ_ETOOBIG, "entry %zu: payload of %zu bytes is above the limit of %zu",
+                       index, len, MQ_PAYLOAD_LIMIT);
+  if (opts) {
+    if (opts->size < offsetof(mq_put_options, n_headers) || opts->size > sizeof it->o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "entry %zu: mq_put_options.size is %zu: call mq_put_options_init first",
+                         index, opts->size);
+    memcpy(&it->o, opts, opts->size);
+  }
+  if (it->o.delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: delay_ms is negative", index);
+  if (it->o.ttl_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: ttl_ms is negative", index);
+  if (it->o.dedup_key) {
+    size_t k = strlen(it->o.dedup_key);
+    if (k == 0 || k > MQ_NAME_MAX)
+      return mqi_err_set(s, MQ_EINVAL, "entry %zu: dedup_key must be 1..%d bytes", index,
+                         MQ_NAME_MAX);
+  }
+  if (it->o.n_headers && !it->o.headers)
+    return mqi_err_set(s, MQ_EINVAL, "entry %zu: n_headers is %zu but headers is NULL", index,
+                       it->o.n_headers);
+  int rc = mqi_headers_encode(it->o.headers, it->o.n_headers, &it->headers, &it->headers_len);
+  if (rc != MQ_OK)
+    return mqi_err_set(s, rc, "entry %zu: %s", index,
+                       rc == MQ_ENOMEM ? "out of memory" : "a header name is NULL, empty or "
+                                                           "longer than 255 bytes, or a value is NULL");
+  it->crc = (uint32_t)crc32_z(0L, (const Bytef *)(data ? data : ""), len);
+  return MQ_OK;
+}
+
+static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, size_t index,
+                   int64_t now, int64_t *id) {
+  int src;
+  sqlite3_stmt *st;
+  if ((int64_t)it->len > q->max_payload)
+    return mqi_op_fail(op, MQ_ETOOBIG, "%s: entry %zu: payload of %zu bytes is above the "
+                       "queue's max_payload of %lld",
+                       s->path, index, it->len, (long long)q->max_payload);
+  if (it->o.dedup_key) {
+    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_GET)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, q->id);
+    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+      *id = sqlite3_column_int64(st, 0);
+      sqlite3_reset(st);
+      return MQ_OK;
+    }
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a dedup key");
+  }
+
+  /* Compress only when it pays: an incompressible payload is kept raw. */
+  const void *stored = it->data ? it->data : "";
+  size_t stored_len = it->len;
+  int codec = MQI_CODEC_RAW;
+  unsigned char *z = NULL;
+  if (q->compress_above > 0 && (int64_t)it->len > q->compress_above) {
+    uLongf zlen = compressBound((uLong)it->len);
+    if ((z = malloc(zlen)) == NULL) return mqi_op_fail(op, MQ_ENOMEM, "out of memory compressing");
+    if (compress2(z, &zlen, (const Bytef *)it->data, (uLong)it->len, Z_BEST_SPEED) == Z_OK &&
+        zlen < it->len) {
+      stored = z;
+      stored_len = zlen;
+      codec = MQI_CODEC_ZLIB;
+    }
+  }
+
+  if (!(st = mqi_store_stmt(s, MQI_ST_BODY_INSERT))) {
+    free(z);
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  }
+  sqlite3_bind_int(st, 1, 1);
+  sqlite3_bind_int64(st, 2, (int64_t)it->len);
+  sqlite3_bind_int64(st, 3, (int64_t)it->crc);
+  sqlite3_bind_int(st, 4, codec);
+  if (it->headers)
+    sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  free(z);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
+  int64_t body_id = sqlite3_last_insert_rowid(s->db);
+
+  int64_t expires = 0;
+  if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
+  if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
+    expires = now + q->retention_ms;
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_int64(st, 2, body_id);
+  sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
+  sqlite3_bind_int(st, 4, it->o.priority);
+  sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
+  sqlite3_bind_int64(st, 6, now);
+  if (expires) sqlite3_bind_int64(st, 7, expires);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
+  *id = sqlite3_last_insert_rowid(s->db);
+
+  if (it->o.dedup_key) {
+    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_PUT)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, q->id);
+    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, *id);
+    sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
+    src = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
+    s->puts_since_sweep++;
+  }
+  return MQ_OK;
+}
+
+static int put_op(mq_store *s, mqi_op *op) {
+  put_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  if (q.kind != MQI_KIND_QUEUE)
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is not a queue", s->path, a->queue);
+  if (mqi_store_space_ok(s) != MQ_OK)
+    return mqi_op_fail(op, MQ_EFULL,
+                       "%s: free space is below the floor of %lld bytes; puts are refused "
+                       "so that acks and checkpoints keep working",
+                       s->path, (long long)s->min_free_bytes);
+  int64_t now = mqi_store_now(s);
+  for (size_t i = 0; i < a->n; i++) {
+    rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+    if (rc != MQ_OK) return rc;
+  }
+  if (s->puts_since_sweep >= PUT_SWEEP_EVERY) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
+    if (st) {
+      sqlite3_bind_int64(st, 1, now);
+      sqlite3_step(st);
+      sqlite3_reset(st);
+    }
+    s->puts_since_sweep = 0;
+  }
+  op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
+                   int64_t *ids) {
+  put_item one;
+  int64_t one_id;
+  put_item *items = n == 1 ? &one : calloc(n, sizeof *items);
+  int64_t *out = ids ? ids : n == 1 ? &one_id : calloc(n, sizeof *out);
+  int rc = MQ_OK;
+  size_t prepared = 0;
+  if (!items || !out) {
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+    goto done;
+  }
+  for (; prepared < n; prepared++) {
+    const mq_entry *e = &entries[prepared];
+    rc = put_prepare(s, &items[prepared], prepared, e->data, e->len, e->opts);
+    if (rc != MQ_OK) {
+      free(items[prepared].headers);
+      goto done;
+    }
+  }
+  put_arg a = {queue, items, n, out};
+  rc = mqi_commit_run(s, put_op, &a, 1);
+done:
+  for (size_t i = 0; i < prepared; i++) free(items[i].headers);
+  if (items && items != &one) free(items);
+  if (out && out != ids && out != &one_id) free(out);
+  if (rc != MQ_OK && ids)
+    for (size_t i = 0; i < n; i++) ids[i] = 0;
+  return rc;
+}
+
+int mq_put(mq_store *s, const char *queue, const void *data, size_t len,
+           const mq_put_options *opts, int64_t *id) {
+  if (id) *id = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  mq_entry e = {data, len, opts};
+  return put_run(s, queue, &e, 1, id);
+}
+
+int mq_put_batch(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
+                 int64_t *ids) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!entries) return mqi_err_set(s, MQ_EINVAL, "mq_put_batch: entries is NULL");
+  return put_run(s, queue, entries, n, ids);
+}
+/*** end src/put.c ***/
+
+/*** begin src/get.c ***/
+/*
+** get.c -- leasing messages: the next ready message, the timers that bring
+** hidden messages back, dead-lettering, blocking waits, and peek.
+**
+** Time-driven changes (a lease running out, a delay ending, a TTL passing)
+** are applied lazily by the next get on the queue, inside its own
+** transaction, in this order: expired messages are deleted; messages whose
+** lease ran out after their last allowed delivery are dead-lettered; every
+** other hidden message whose time has come becomes ready.  Each step is one
+** probe of a small partial index and costs next to nothing when there is
+** nothing to do.  Reads (stats, peek) apply the same rules on the fly
+** without writing, so they agree with what the next get would do.
+**
+** A message whose payload fails its checksum is never returned: it is
+** dead-lettered with the reason "corrupt payload", logged, and the get goes
+** on to the next message.
+**
+** A get that finds nothing may wait.  It reads the gate's sequence number
+** before looking, and sleeps on it afterwards, so a put committed in
+** between -- in this process or another -- is never missed.  The sleep is
+** cut short when the next hidden message is due.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+
+#define GET_MAX_WAIT_SLICE_MS 1000 /* re-check at least this often */
+#define GET_POLL_SLICE_MS 10       /* without a shared gate */
+
+void mq_get_options_init(mq_get_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+}
+
+int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
+                       const char *reason) {
+  sqlite3_stmt *st;
+  if (q->dlq_id) {
+    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_TO_DLQ)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, msg_id);
+    sqlite3_bind_int64(st, 2, q->dlq_id);
+    sqlite3_bind_int64(st, 3, mqi_store_now(s));
+    if (reason) sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
+    op->flags |= MQI_OP_WAKE; /* consumers of the dlq */
+  } else {
+    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_TO_DEAD)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, msg_id);
+    if (reason) sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+  }
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "dead-lettering a message");
+  return MQ_OK;
+}
+
+/* Apply the queue's timers as of now (see the file comment). */
+static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_EXPIRED);
+  int src, rc;
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_int64(st, 2, now);
+  /* RETURNING rows are all computed at the first step; collect them before
+  ** touching the bodies. */
+  int64_t local[64], *bodies = local;
+  size_t nb = 0, cap = 64;
+  rc = MQ_OK;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (nb == cap) {
+      int64_t *nbod = malloc(cap * 2 * sizeof *nbod);
+      if (!nbod) {
+        rc = mqi_op_fail(op, MQ_ENOMEM, "out of memory deleting expired messages");
+        break;
+      }
+      memcpy(nbod, bodies, nb * sizeof *nbod);
+      if (bodies != local) free(bodies);
+      bodies = nbod;
+      cap *= 2;
+    }
+    bodies[nb++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_reset(st);
+  if (rc == MQ_OK && src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
+  for (size_t i = 0; rc == MQ_OK && i < nb; i++) rc = mqi_body_release(s, op, bodies[i]);
+  if (bodies != local) free(bodies);
+  if (rc != MQ_OK) return rc;
+
+  if (q->max_receives > 0) {
+    for (;;) {
+      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_OVERDUE)))
+        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      sqlite3_bind_int64(st, 1, q->id);
+      sqlite3_bind_int64(st, 2, now);
+      sqlite3_bind_int(st, 3, q->max_receives);
+      int64_t ids[64];
+      int n = 0;
+      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64) ids[n++] = sqlite3_column_int64(st, 0);
+      sqlite3_reset(st);
+      if (src != SQLITE_DONE && src != SQLITE_ROW)
+        return mqi_op_sqlite(s, op, src, "finding overdue messages");
+      for (int i = 0; i < n; i++)
+        if ((rc = mqi_get_deadletter(s, op, q, ids[i], NULL)) != MQ_OK) return rc;
+      if (n < 64) break;
+    }
+  }
+
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_PROMOTE)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_int64(st, 2, now);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "returning hidden messages");
+  return MQ_OK;
+}
+
+typedef struct get_arg {
+  const char *queue;
+  int64_t visibility_ms; /* 0: the queue's */
+  size_t max;
+  mq_msg **msgs;
+  size_t count;
+  int64_t next_visible; /* when nothing was ready: when something will be */
+} get_arg;
+
+/* A candidate read from the ready index. */
+typedef struct get_cand {
+  int64_t id, body_id, enqueued_at;
+  int priority, receives;
+  char *reason;
+} get_cand;
+
+/* Read one candidate's body and build the message; MQ_ECORRUPT when the
+** stored payload is damaged. */
+static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_GET);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, c->body_id);
+  int src = sqlite3_step(st);
+  if (src != SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (src == SQLITE_DONE) return MQ_ECORRUPT; /* the body is missing */
+    return mqi_op_sqlite(s, op, src, "reading a payload");
+  }
+  const void *data = sqlite3_column_blob(st, 4);
+  size_t len = (size_t)sqlite3_column_bytes(st, 4);
+  const void *hdr = sqlite3_column_blob(st, 3);
+  size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
+  int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
+                         sqlite3_column_int64(st, 0), (uint32_t)sqlite3_column_int64(st, 1),
+                         sqlite3_column_int(st, 2), hdr, hlen, data, len, out);
+  sqlite3_reset(st);
+  if (rc == MQ_ENOMEM) return mqi_op_fail(op, rc, "out of memory reading a message");
+  return rc;
+}
+
+static int get_op(mq_store *s, mqi_op *op) {
+  get_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
+  int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
+
+  while (a->count < a->max) {
+    size_t want = a->max - a->count;
+    get_cand cands[32];
+    size_t nc = 0;
+    if (want > 32) want = 32;
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_READY);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, q.id);
+    sqlite3_bind_int64(st, 2, (int64_t)want);
+    int src;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      get_cand *c = &cands[nc++];
+      c->id = sqlite3_column_int64(st, 0);
+      c->body_id = sqlite3_column_int64(st, 1);
+      c->priority = sqlite3_column_int(st, 2);
+      c->receives = sqlite3_column_int(st, 3);
+      c->enqueued_at = sqlite3_column_int64(st, 4);
+      const char *r = (const char *)sqlite3_column_text(st, 5);
+      c->reason = r ? strdup(r) : NULL;
+    }
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) {
+      rc = mqi_op_sqlite(s, op, src, "finding ready messages");
+    }
+    for (size_t i = 0; i < nc && rc == MQ_OK; i++) {
+      get_cand *c = &cands[i];
+      if (q.max_receives > 0 && c->receives >= q.max_receives) {
+        rc = mqi_get_deadletter(s, op, &q, c->id, NULL);
+        continue;
+      }
+      mq_msg *m = NULL;
+      rc = get_load(s, op, c, &m);
+      if (rc == MQ_ECORRUPT) {
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload; "
+                "dead-lettered", s->path, a->queue, (long long)c->id);
+        rc = mqi_get_deadletter(s, op, &q, c->id, "corrupt payload");
+        continue;
+      }
+      if (rc != MQ_OK) break;
+      uint64_t lease = mqi_store_token(s);
+      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_LEASE))) {
+        mq_msg_free(m);
+        rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+        break;
+      }
+      sqlite3_bind_int64(st, 1, c->id);
+      sqlite3_bind_int64(st, 2, (int64_t)lease);
+      sqlite3_bind_int64(st, 3, now + vis);
+      src = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (src != SQLITE_DONE) {
+        mq_msg_free(m);
+        rc = mqi_op_sqlite(s, op, src, "leasing a message");
+        break;
+      }
+      mqi_msg_set_receipt(m, c->id, lease);
+      a->msgs[a->count++] = m;
+    }
+    for (size_t i = 0; i < nc; i++) free(cands[i].reason);
+    if (rc != MQ_OK) break;
+    if (nc < want) break; /* the queue has nothing more ready */
+  }
+  if (rc != MQ_OK) {
+    /* The savepoint (or the whole transaction) is rolled back: the leases
+    ** above never happened, so neither do the messages. */
+    for (size_t i = 0; i < a->count; i++) mq_msg_free(a->msgs[i]);
+    a->count = 0;
+    return rc;
+  }
+  if (a->count) return MQ_OK;
+
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NEXT_VISIBLE);
+  a->next_visible = 0;
+  if (st) {
+    sqlite3_bind_int64(st, 1, q.id);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+      a->next_visible = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+  }
+  return MQ_EMPTY;
+}
+
+int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, size_t max,
+                 mq_msg **msgs, size_t *count) {
+  if (count) *count = 0;
+  if (msgs)
+    for (size_t i = 0; i < max; i++) msgs[i] = NULL;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "get: NULL output pointer");
+  if (max == 0) return mqi_err_set(s, MQ_EINVAL, "get: max is 0");
+  mq_get_options o;
+  mq_get_options_init(&o);
+  if (opts) {
+    if (opts->size < offsetof(mq_get_options, wait_ms) || opts->size > sizeof o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "mq_get_options.size is %zu: call mq_get_options_init first",
+                         opts->size);
+    memcpy(&o, opts, opts->size);
+  }
+  if (o.visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: visibility_ms is negative");
+  if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
+
+  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0};
+  int64_t deadline = mqi_os_monotonic_ms() + o.wait_ms;
+  for (;;) {
+    uint32_t seq = mqi_gate_seq(s->gate);
+    a.count = 0;
+    rc = mqi_commit_run(s, get_op, &a, 0);
+    if (rc != MQ_EMPTY) break;
+    int64_t left = deadline - mqi_os_monotonic_ms();
+    if (left <= 0) break;
+    int64_t slice = mqi_gate_is_shared(s->gate) ? GET_MAX_WAIT_SLICE_MS : GET_POLL_SLICE_MS;
+    if (a.next_visible) {
+      int64_t due = a.next_visible - mqi_store_now(s);
+      if (due < slice) slice = due < 1 ? 1 : due;
+    }
+    if (slice > left) slice = left;
+    mqi_gate_wait(s->gate, seq, slice);
+  }
+  if (rc == MQ_OK) *count = a.count;
+  return rc;
+}
+
+int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **out) {
+  size_t n = 0;
+  if (out) *out = NULL;
+  if (!out) {
+    int rc = mqi_store_check(s, 1);
+    return rc != MQ_OK ? rc : mqi_err_set(s, MQ_EINVAL, "mq_get: out is NULL");
+  }
+  return mq_get_batch(s, queue, opts, 1, out, &n);
+}
+
+/* ---- peek: a read, no transaction of ours ---------------------------------- */
+
+int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
+  if (count) *count = 0;
+  if (msgs)
+    for (size_t i = 0; i < max; i++) msgs[i] = NULL;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
+  if (max == 0) return MQ_OK;
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s);
+  sqlite3_stmt *st = NULL;
+  size_t n = 0;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
+      " b.size, b.crc, b.codec, b.headers, b.data, q.id"
+      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      " LEFT JOIN mq_body b ON b.id = m.body_id"
+      " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3",
+      -1, &st, NULL);
+  int found = 0;
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    /* A few extra rows leave room for corrupt ones being skipped. */
+    sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
+    while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
+      found = 1;
+      if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
+      mq_msg *m = NULL;
+      rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
+                         sqlite3_column_int(st, 2), sqlite3_column_int(st, 1),
+                         (const char *)sqlite3_column_text(st, 4), sqlite3_column_int64(st, 5),
+                         (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
+                         sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+                         sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      if (rc == MQ_ECORRUPT) {
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload",
+                s->path, queue, (long long)sqlite3_column_int64(st, 0));
+        rc = MQ_OK;
+        continue;
+      }
+      if (rc != MQ_OK) break;
+      msgs[n++] = m;
+    }
+    if (src == SQLITE_ROW) src = SQLITE_DONE;
+  }
+  if (rc == MQ_ENOMEM) {
+    mqi_err_set(s, rc, "out of memory peeking");
+  } else if (src != SQLITE_DONE && src != SQLITE_OK) {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,
+                     sqlite3_errmsg(s->db));
+  } else if (!found) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  if (rc != MQ_OK) {
+    for (size_t i = 0; i < n; i++) {
+      mq_msg_free(msgs[i]);
+      msgs[i] = NULL;
+    }
+    return rc;
+  }
+  *count = n;
+  return MQ_OK;
+}
+/*** end src/get.c ***/
+
+/*** begin src/settle.c ***/
+/*
+** settle.c -- what a consumer does with a leased message: ack, nack, touch;
+** and redrive, which settles dead letters by sending them back.
+**
+** A receipt names a message and one lease on it (mq_msg.lease).  Every
+** statement here matches both, so a receipt from an earlier delivery can
+** never touch a later one: that is the whole of stale-receipt detection.
+** A lease that ran out but whose message was not delivered again still
+** matches (its message is ready with the old lease value), so a slow
+** consumer's ack is honoured as long as nobody else has the message --
+** the SQS behaviour.  Nack and dead-lettering clear the lease.
+**
+** Acks are durable (fsynced under MQ_SYNC_FULL): an ack that returned MQ_OK
+** must not bring the message back after a power cut.  Nack and touch are
+** not: losing one only changes when the message is delivered again.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct settle_arg {
+  const char *queue;
+  const char *const *receipts;
+  int64_t *ids;
+  uint64_t *leases;
+  size_t n;
+  int *results;
+  int64_t delay_ms;   /* nack */
+  const char *reason; /* nack */
+  int64_t visibility_ms; /* touch */
+  int64_t max;        /* redrive */
+  int64_t moved;      /* redrive */
+} settle_arg;
+
+static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q,
+                          int64_t id, uint64_t lease) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, q->id);
+  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  int src = sqlite3_step(st);
+  int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (src == SQLITE_ROW) src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
+  if (!body)
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": message %lld is not leased under this receipt "
+                       "(acked already, expired, or delivered again)",
+                       s->path, name, (long long)id);
+  return mqi_body_release(s, op, body);
+}
+
+static int settle_ack_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int last = MQ_OK;
+  for (size_t i = 0; i < a->n; i++) {
+    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i]);
+    if (rc != MQ_OK && rc != MQ_ESTALE) return rc;
+    if (a->results) a->results[i] = rc;
+    last = rc;
+  }
+  /* A single ack reports its own outcome; a batch succeeds as a whole and
+  ** reports each receipt in results. */
+  return a->n == 1 ? last : MQ_OK;
+}
+
+/* Parse every receipt before anything is queued: a malformed one is bad
+** input and changes nothing. */
+static int settle_parse(mq_store *s, settle_arg *a) {
+  for (size_t i = 0; i < a->n; i++) {
+    if (!a->receipts[i] || mqi_receipt_parse(a->receipts[i], &a->ids[i], &a->leases[i]) != MQ_OK)
+      return mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get", i,
+                         a->receipts[i] ? a->receipts[i] : "(null)");
+  }
+  return MQ_OK;
+}
+
+int mq_ack(mq_store *s, const char *queue, const char *receipt) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_ack_op, &a, 1);
+}
+
+int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n,
+                 int *results) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!receipts) return mqi_err_set(s, MQ_EINVAL, "mq_ack_batch: receipts is NULL");
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = receipts;
+  a.n = n;
+  a.results = results;
+  a.ids = malloc(n * sizeof *a.ids);
+  a.leases = malloc(n * sizeof *a.leases);
+  if (!a.ids || !a.leases) {
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory acking %zu receipts", n);
+  } else if ((rc = settle_parse(s, &a)) == MQ_OK) {
+    /* With one receipt the op answers with its own code; keep the batch
+    ** contract (MQ_OK, outcome in results). */
+    rc = mqi_commit_run(s, settle_ack_op, &a, 1);
+    if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
+  }
+  free(a.ids);
+  free(a.leases);
+  return rc;
+}
+
+/* ---- nack and touch -------------------------------------------------------- */
+
+static int settle_nack_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int64(st, 2, q.id);
+  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  int src = sqlite3_step(st);
+  int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+  sqlite3_reset(st);
+  if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
+  if (receives < 0)
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": message %lld is not leased under this receipt",
+                       s->path, a->queue, (long long)a->ids[0]);
+  if (q.max_receives > 0 && receives >= q.max_receives)
+    return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
+  int64_t now = mqi_store_now(s);
+  st = NULL;
+  src = sqlite3_prepare_v2(s->db,
+                           "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
+                           " reason=coalesce(?4, reason) WHERE id=?1",
+                           -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
+  sqlite3_bind_int64(st, 3, now + a->delay_ms);
+  if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a message");
+  op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_ms,
+            const char *reason) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
+  if (reason && strlen(reason) > 1000)
+    return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  a.delay_ms = delay_ms;
+  a.reason = reason;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_nack_op, &a, 0);
+}
+
+static int settle_touch_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  int64_t now = mqi_store_now(s);
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int64(st, 2, q.id);
+  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  sqlite3_bind_int64(st, 4, now + a->visibility_ms);
+  sqlite3_bind_int64(st, 5, now);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "extending a lease");
+  if (sqlite3_changes(s->db) == 0)
+    return mqi_op_fail(op, MQ_ESTALE, "%s: queue \"%s\": the lease of message %lld is over",
+                       s->path, a->queue, (long long)a->ids[0]);
+  return MQ_OK;
+}
+
+int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibility_ms) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  a.visibility_ms = visibility_ms;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_touch_op, &a, 0);
+}
+
+/* ---- redrive ---------------------------------------------------------------- */
+
+static int settle_redrive_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  int64_t limit = a->max > 0 ? a->max : INT64_MAX;
+  /* Dead letters that came from another queue go back there (if it still
+  ** exists); this queue's own dead messages become ready here. */
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "UPDATE mq_msg SET queue_id = coalesce(origin_id, queue_id), origin_id = NULL,"
+      " state = 0, receives = 0, visible_at = ?2, lease = NULL"
+      " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
+      "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
+      "   AND m.origin_id IN (SELECT id FROM mq_queue)))"
+      "  ORDER BY m.id LIMIT ?3)",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, q.id);
+  sqlite3_bind_int64(st, 2, now);
+  sqlite3_bind_int64(st, 3, limit);
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "redriving");
+  a->moved = sqlite3_changes64(s->db);
+  if (a->moved) op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
+  if (moved) *moved = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (max < 0) return mqi_err_set(s, MQ_EINVAL, "mq_redrive: max is negative");
+  settle_arg a = {0};
+  a.queue = queue;
+  a.max = max;
+  rc = mqi_commit_run(s, settle_redrive_op, &a, 1);
+  if (rc == MQ_OK && moved) *moved = a.moved;
+  return rc;
+}
+/*** end src/settle.c ***/
+
+/*** begin src/msg.c ***/
+/*
+** msg.c -- the message object a consumer holds, receipts, headers, and
+** payload bodies' reference counts.
+**
+** An mq_msg is one allocation: the struct, then the payload, the encoded
+** headers, a table of header pointers and the reason, so mq_msg_free is a
+** single free() and the accessors never fail.  The payload is always
+** followed by a NUL byte (not counted in its size), so mq_msg_data never
+** returns NULL, even for an empty payload.
+**
+** Integrity: the CRC32 stored at put time is checked here, on the bytes
+** after decompression, every time a payload is read.  A mismatch, a payload
+** that does not decompress to its recorded size, or a size that disagrees
+** with the stored bytes is MQ_ECORRUPT: damaged data is never handed out.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+struct mq_msg {
+  int64_t id;
+  int64_t enqueued_at;
+  int receives;
+  int priority;
+  size_t size;
+  unsigned char *data;
+  const char *reason;
+  size_t n_headers;
+  const char **headers; /* name, value, name, value, ... */
+  char receipt[MQ_RECEIPT_MAX + 1];
+};
+
+int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_DELETE_LAST);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, body_id);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a payload");
+  if (sqlite3_changes(s->db)) return MQ_OK;
+  /* Shared with other messages (a topic's subscriptions): one fewer. */
+  if (!(st = mqi_store_stmt(s, MQI_ST_BODY_UNREF)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, body_id);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a payload");
+  return MQ_OK;
+}
+
+int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len) {
+  *out = NULL;
+  *len = 0;
+  if (n == 0) return MQ_OK;
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!h[i].name || !h[i].value) return MQ_EINVAL;
+    size_t nl = strlen(h[i].name);
+    if (nl == 0 || nl > 255) return MQ_EINVAL;
+    total += nl + 1 + strlen(h[i].value) + 1;
+  }
+  char *p = malloc(total);
+  if (!p) return MQ_ENOMEM;
+  size_t off = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t nl = strlen(h[i].name) + 1, vl = strlen(h[i].value) + 1;
+    memcpy(p + off, h[i].name, nl);
+    off += nl;
+    memcpy(p + off, h[i].value, vl);
+    off += vl;
+  }
+  *out = p;
+  *len = total;
+  return MQ_OK;
+}
+
+/* Count name\0value\0 pairs; -1 if the blob is not made of whole pairs. */
+static long msg_count_headers(const char *h, size_t len) {
+  long pairs = 0;
+  size_t i = 0;
+  while (i < len) {
+    const char *z = memchr(h + i, 0, len - i);
+    if (!z) return -1;
+    size_t after_name = (size_t)(z - h) + 1;
+    if (after_name == i + 1 || after_name >= len + 1) return -1;
+    const char *z2 = memchr(h + after_name, 0, len - after_name);
+    if (!z2) return -1;
+    i = (size_t)(z2 - h) + 1;
+    pairs++;
+  }
+  return pairs;
+}
+
+int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
+                  const char *reason, int64_t size, uint32_t crc, int codec,
+                  const void *headers, size_t headers_len, const void *data, size_t data_len,
+                  mq_msg **out) {
+  *out = NULL;
+  if (size < 0 || (uint64_t)size > MQ_PAYLOAD_LIMIT) return MQ_ECORRUPT;
+  if (codec == MQI_CODEC_RAW && (size_t)size != data_len) return MQ_ECORRUPT;
+  if (codec != MQI_CODEC_RAW && codec != MQI_CODEC_ZLIB) return MQ_ECORRUPT;
+  long nh = headers_len ? msg_count_headers(headers, headers_len) : 0;
+  if (nh < 0) return MQ_ECORRUPT;
+  size_t rlen = reason ? strlen(reason) + 1 : 0;
+  size_t hoff = sizeof(mq_msg);
+  size_t ptroff = hoff + (size_t)nh * 2 * sizeof(char *);
+  size_t doff = ptroff;
+  size_t total = doff + (size_t)size + 1 + headers_len + rlen;
+  char *mem = malloc(total);
+  if (!mem) return MQ_ENOMEM;
+  mq_msg *m = (mq_msg *)mem;
+  memset(m, 0, sizeof *m);
+  m->id = id;
+  m->enqueued_at = enqueued_at;
+  m->receives = receives;
+  m->priority = priority;
+  m->size = (size_t)size;
+  m->headers = (const char **)(mem + hoff);
+  m->data = (unsigned char *)(mem + doff);
+  if (codec == MQI_CODEC_RAW) {
+    if (size) memcpy(m->data, data, (size_t)size);
+  } else {
+    uLongf dlen = (uLongf)size;
+    if (uncompress(m->data, &dlen, (const Bytef *)(data ? data : ""), (uLong)data_len) != Z_OK ||
+        dlen != (uLongf)size) {
+      free(mem);
+      return MQ_ECORRUPT;
+    }
+  }
+  m->data[size] = 0;
+  if ((uint32_t)crc32_z(0L, m->data, (size_t)size) != crc) {
+    free(mem);
+    return MQ_ECORRUPT;
+  }
+  char *hcopy = (char *)m->data + size + 1;
+  if (headers_len) memcpy(hcopy, headers, headers_len);
+  m->n_headers = (size_t)nh;
+  for (size_t i = 0, off = 0; i < (size_t)nh * 2; i++) {
+    m->headers[i] = hcopy + off;
+    off += strlen(hcopy + off) + 1;
+  }
+  if (reason) {
+    char *r = hcopy + headers_len;
+    memcpy(r, reason, rlen);
+    m->reason = r;
+  }
+  *out = m;
+  return MQ_OK;
+}
+
+void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease) {
+  snprintf(m->receipt, sizeof m->receipt, "%016" PRIx64 "%016" PRIx64, (uint64_t)id, lease);
+}
+
+static int msg_hex(const char *p, uint64_t *out) {
+  uint64_t v = 0;
+  for (int i = 0; i < 16; i++) {
+    char c = p[i];
+    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return MQ_EINVAL;
+    v = v << 4 | (uint64_t)d;
+  }
+  *out = v;
+  return MQ_OK;
+}
+
+int mqi_receipt_parse(const char *r, int64_t *id, uint64_t *lease) {
+  uint64_t a, b;
+  if (strlen(r) != 32 || msg_hex(r, &a) || msg_hex(r + 16, &b)) return MQ_EINVAL;
+  if (a == 0 || a > INT64_MAX || b == 0) return MQ_EINVAL;
+  *id = (int64_t)a;
+  *lease = b;
+  return MQ_OK;
+}
+
+int64_t mq_msg_id(const mq_msg *m) { return m ? m->id : 0; }
+const void *mq_msg_data(const mq_msg *m) { return m ? (const void *)m->data : ""; }
+size_t mq_msg_size(const mq_msg *m) { return m ? m->size : 0; }
+const char *mq_msg_receipt(const mq_msg *m) { return m ? m->receipt : ""; }
+int mq_msg_receives(const mq_msg *m) { return m ? m->receives : 0; }
+int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
+int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
+const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
+size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }
+
+const char *mq_msg_header(const mq_msg *m, const char *name) {
+  if (!m || !name) return NULL;
+  for (size_t i = 0; i < m->n_headers; i++)
+    if (strcmp(m->headers[2 * i], name) == 0) return m->headers[2 * i + 1];
+  return NULL;
+}
+
+const char *mq_msg_header_name(const mq_msg *m, size_t i) {
+  return m && i < m->n_headers ? m->headers[2 * i] : NULL;
+}
+
+const char *mq_msg_header_value(const mq_msg *m, size_t i) {
+  return m && i < m->n_headers ? m->headers[2 * i + 1] : NULL;
+}
+
+void mq_msg_free(mq_msg *m) { free(m); }
+/*** end src/msg.c ***/

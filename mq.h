@@ -1,0 +1,401 @@
+/*
+** mq.h -- the public interface of mq, an embeddable durable message queue.
+**
+** mq keeps queues in one SQLite database file in WAL mode.  A producer puts
+** a message; a consumer gets it, which hides it for a visibility timeout (a
+** lease) and hands back a receipt; the consumer acks with the receipt to
+** delete it, or the lease runs out and the message is delivered again.
+** Delivery is at-least-once.  Several threads and several processes may use
+** one file at the same time.
+**
+** This header is the whole public API and its reference.  Every function
+** states who owns what, what it does on failure and whether it is safe to
+** call from several threads.
+**
+** Conventions that hold for every function below:
+**   - Fallible functions return an int: MQ_OK (0) or one of the MQ_E* codes.
+**     Codes never change meaning once released.  mq_errstr(rc) describes a
+**     code; mq_errmsg(store) gives detail about the calling thread's last
+**     failure on that store.
+**   - On failure, output pointers are set to NULL (or 0) and nothing in the
+**     file has changed -- except MQ_EUNKNOWN, which says the outcome is not
+**     known (see below).
+**   - Inputs are copied; the caller may reuse its buffers once a call returns.
+**   - Memory the library returns is freed with the library's own free call.
+**   - Destructors (mq_store_close, mq_msg_free, mq_list_free) accept NULL.
+**   - Times are milliseconds.  A store's notion of "now" comes from its clock
+**     (mq_store_options.clock); leases, delays and expiry use only that clock.
+**   - The library never prints, aborts or exits.  Diagnostics go to the
+**     optional log callback.
+**   - Names (queues) are 1..MQ_NAME_MAX bytes of printable ASCII without
+**     spaces or '/'.  Payloads are opaque bytes; zero bytes is a valid payload.
+**
+** No name here collides with POSIX <mqueue.h> (mq_open, mq_close, mq_send,
+** mq_receive, ...): a program may include both and link with -lrt.
+*/
+#ifndef MQ_H
+#define MQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(MQ_BUILDING_SHARED) && defined(__GNUC__)
+#define MQ_API __attribute__((visibility("default")))
+#else
+#define MQ_API
+#endif
+
+/* Library version: compile-time macros and the run-time call. */
+#define MQ_VERSION "0.1.0"
+#define MQ_VERSION_NUMBER 1000 /* major*1000000 + minor*1000 + patch */
+
+/* The version string of the library actually linked, e.g. "0.1.0". */
+MQ_API const char *mq_libversion(void);
+/* The version of SQLite the library runs on, e.g. "3.40.1". */
+MQ_API const char *mq_sqlite_version(void);
+
+/* ------------------------------------------------------------------------
+** Result codes
+*/
+#define MQ_OK 0        /* success */
+#define MQ_ERROR 1     /* internal error not covered below */
+#define MQ_EINVAL 2    /* bad argument: NULL, empty/long name, bad option */
+#define MQ_ENOMEM 3    /* out of memory; nothing changed */
+#define MQ_ENOTFOUND 4 /* no such queue */
+#define MQ_EEXIST 5    /* a queue with that name exists (with other options) */
+#define MQ_EMPTY 6     /* no message available (not a failure of the store) */
+#define MQ_ESTALE 7    /* the receipt's lease is over: the message was acked,
+                          expired, or delivered again; nothing changed */
+#define MQ_ETOOBIG 8   /* payload above the queue's max_payload */
+#define MQ_EFULL 9     /* disk or quota full: the put was refused */
+#define MQ_EUNKNOWN 10 /* an I/O error during commit: the change may or may
+                          not be durable.  Retry with a dedup key. */
+#define MQ_ECORRUPT 11 /* the file, or one message's payload, is damaged */
+#define MQ_ENOTMQ 12   /* the file is not an mq store */
+#define MQ_EVERSION 13 /* the file was written by a newer mq format */
+#define MQ_EBUSY 14    /* the file stayed locked longer than busy_timeout */
+#define MQ_EIO 15      /* an I/O error; nothing changed */
+#define MQ_ECANTOPEN 16 /* cannot open or create the file (permissions,
+                           missing directory, symlink refused) */
+#define MQ_EMISUSE 17  /* API misuse detected, e.g. a store used after fork() */
+#define MQ_EREADONLY 18 /* the store was opened read-only */
+
+/* Static English text for a result code; never NULL.  Thread-safe. */
+MQ_API const char *mq_errstr(int rc);
+
+/* ------------------------------------------------------------------------
+** The store: one queue file.
+*/
+typedef struct mq_store mq_store;
+
+/* Sync modes (mq_store_options.sync). */
+#define MQ_SYNC_FULL 0   /* default: a put or ack that returned MQ_OK survives
+                            power loss (fsync per commit, shared by concurrent
+                            callers: group commit) */
+#define MQ_SYNC_NORMAL 1 /* survives a process crash; the last commits may be
+                            lost on power loss or OS crash */
+#define MQ_SYNC_OFF 2    /* no fsync at all: survives a process crash only
+                            while the OS keeps running */
+
+/* Flags (mq_store_options.flags). */
+#define MQ_OPEN_CREATE 0x1   /* create the file if missing (default on) */
+#define MQ_OPEN_READONLY 0x2 /* read-only: peek, stats, list only */
+
+/* Log levels passed to mq_store_options.log. */
+#define MQ_LOG_ERROR 0
+#define MQ_LOG_WARN 1
+#define MQ_LOG_INFO 2
+
+/* A clock returns "now" in milliseconds.  It must not go backwards within
+** one run if leases are to behave; tests inject their own to move time by
+** hand.  It is called with the store's internal lock held: it must not call
+** back into mq. */
+typedef int64_t (*mq_clock_fn)(void *ctx);
+
+/* A log callback receives a level and a NUL-terminated message.  It may be
+** called from any thread that uses the store, and must not call back into
+** mq. */
+typedef void (*mq_log_fn)(void *ctx, int level, const char *msg);
+
+typedef struct mq_store_options {
+  size_t size;           /* sizeof(mq_store_options): set by init */
+  int sync;              /* MQ_SYNC_FULL (default), _NORMAL or _OFF */
+  int flags;             /* MQ_OPEN_CREATE (default) | MQ_OPEN_READONLY */
+  unsigned mode;         /* permission bits for a new file: 0600 default;
+                            0660 lets a group share the queue.  The umask
+                            does not apply. */
+  int busy_timeout_ms;   /* how long to wait for a lock held by another
+                            process before MQ_EBUSY; default 10000 */
+  mq_clock_fn clock;     /* NULL: the system's real-time clock */
+  void *clock_ctx;
+  mq_log_fn log;         /* NULL: no diagnostics */
+  void *log_ctx;
+  int64_t min_free_bytes; /* puts are refused with MQ_EFULL while the file
+                             system has less free space than this, so acks
+                             and checkpoints still have room.  Default
+                             16 MiB; 0 disables the check. */
+} mq_store_options;
+
+/* Fill *opts with the defaults.  Always call this before setting fields, so
+** that fields added in later versions get their defaults. */
+MQ_API void mq_store_options_init(mq_store_options *opts);
+
+/*
+** Open (and by default create) the store at path.  opts may be NULL for
+** the defaults.  On success *out is a new handle, owned by the caller and
+** released with mq_store_close.
+**
+** A new file is created with opts->mode regardless of the umask, and so are
+** its -wal and -shm companions.  A path that is a symbolic link is refused
+** (MQ_ECANTOPEN).  A file that is not an mq store gives MQ_ENOTMQ; one
+** written by a newer format gives MQ_EVERSION.
+**
+** Threads: a handle may be shared by any number of threads; calls on it are
+** serialised internally, and concurrent puts and acks share commits.  A
+** handle must not be used in a child after fork(): calls there return
+** MQ_EMISUSE.  Any number of processes may open the same file.
+*/
+MQ_API int mq_store_open(const char *path, const mq_store_options *opts,
+                         mq_store **out);
+
+/* Close the handle and free everything it owns.  Messages obtained from it
+** (mq_msg) stay valid and must still be freed.  No other thread may be
+** using the handle.  Returns MQ_OK, or MQ_EBUSY if the final checkpoint
+** could not run (the data is safe in the WAL either way).  NULL is a no-op.
+** In a child process after fork() it frees the handle's memory without
+** touching the file (an SQLite connection must not be used across fork)
+** and returns MQ_EMISUSE. */
+MQ_API int mq_store_close(mq_store *store);
+
+/* Detail about the calling thread's last failed call on store: the file,
+** the queue, the OS or SQLite error.  The text stays valid until the
+** calling thread's next call on any store.  Never NULL; "" when there is
+** nothing to say.  store may be NULL (for a failed mq_store_open). */
+MQ_API const char *mq_errmsg(const mq_store *store);
+
+/* Run a checkpoint now: copy the WAL into the main file and restart the
+** WAL, so that it stays short.  mq already does this in the background of
+** ordinary calls; call it before a backup or when idle.  MQ_EBUSY if
+** readers kept the WAL from being restarted; nothing is lost then. */
+MQ_API int mq_store_checkpoint(mq_store *store);
+
+/* ------------------------------------------------------------------------
+** Queues
+*/
+#define MQ_NAME_MAX 200 /* longest queue name, in bytes */
+
+typedef struct mq_queue_options {
+  size_t size;              /* sizeof(mq_queue_options): set by init */
+  int64_t visibility_ms;    /* default lease length; default 30000 */
+  int max_receives;         /* deliveries before a message is dead-lettered;
+                               0 (default) = unlimited */
+  const char *dlq;          /* queue that receives dead letters; NULL keeps
+                               them in this queue in the "dead" state, where
+                               only mq_redrive and mq_queue_purge reach them.
+                               It must exist and must not be this queue. */
+  int64_t retention_ms;     /* messages older than this are deleted unread;
+                               default 0 = kept until acked */
+  size_t max_payload;       /* largest payload accepted; default 1 MiB;
+                               at most MQ_PAYLOAD_LIMIT */
+  size_t compress_above;    /* payloads larger than this are stored zlib-
+                               compressed (when that saves space);
+                               default 0 = never */
+  int64_t dedup_window_ms;  /* how long a dedup key is remembered after the
+                               put; default 300000 (5 minutes) */
+} mq_queue_options;
+
+#define MQ_PAYLOAD_LIMIT ((size_t)256 * 1024 * 1024)
+
+/* Fill *opts with the defaults.  Call before setting fields. */
+MQ_API void mq_queue_options_init(mq_queue_options *opts);
+
+/* Create a queue.  opts may be NULL for the defaults.  Creating a queue
+** that already exists with the same options is MQ_OK; with different
+** options it is MQ_EEXIST and changes nothing.  Durable on return. */
+MQ_API int mq_queue_create(mq_store *store, const char *name,
+                           const mq_queue_options *opts);
+
+/* Delete a queue and every message in it.  MQ_ENOTFOUND if there is none;
+** MQ_EINVAL if it is the dlq of another queue (drop that one first). */
+MQ_API int mq_queue_drop(mq_store *store, const char *name);
+
+/* Delete every message of a queue (ready, in flight, delayed and dead);
+** the queue stays.  *deleted (may be NULL) receives the count. */
+MQ_API int mq_queue_purge(mq_store *store, const char *name, int64_t *deleted);
+
+/* List the queue names, sorted.  On success *names is an array of *count
+** NUL-terminated strings, owned by the caller, freed with mq_list_free. */
+MQ_API int mq_queue_list(mq_store *store, char ***names, size_t *count);
+MQ_API void mq_list_free(char **names, size_t count);
+
+typedef struct mq_queue_stats {
+  int64_t ready;          /* visible now, waiting for a consumer */
+  int64_t inflight;       /* leased to a consumer */
+  int64_t delayed;        /* put with a delay or nacked with one */
+  int64_t dead;           /* exceeded max_receives, kept here (no dlq) */
+  int64_t total;          /* all of the above */
+  int64_t oldest_age_ms;  /* age of the oldest message, 0 if none */
+  int64_t bytes;          /* payload bytes as given by producers */
+} mq_queue_stats;
+
+/* Counts for one queue as of now on the store's clock.  Reads only. */
+MQ_API int mq_queue_stats_get(mq_store *store, const char *name,
+                              mq_queue_stats *out);
+
+/* ------------------------------------------------------------------------
+** Putting messages
+*/
+typedef struct mq_header {
+  const char *name;   /* NUL-terminated, 1..255 bytes */
+  const char *value;  /* NUL-terminated, may be "" */
+} mq_header;
+
+typedef struct mq_put_options {
+  size_t size;          /* sizeof(mq_put_options): set by init */
+  int64_t delay_ms;     /* invisible for this long after the put; default 0 */
+  int priority;         /* higher is served first; default 0; FIFO within a
+                           priority */
+  int64_t ttl_ms;       /* deleted unread after this long; 0 = no limit
+                           (the queue's retention still applies) */
+  const char *dedup_key; /* NULL or 1..MQ_NAME_MAX bytes: a second put with
+                           the same key within the queue's dedup window
+                           stores nothing and returns the first id */
+  const mq_header *headers; /* n_headers name/value pairs stored with the
+                               message; copied */
+  size_t n_headers;
+} mq_put_options;
+
+MQ_API void mq_put_options_init(mq_put_options *opts);
+
+/*
+** Put one message.  data may be NULL only when len is 0.  opts may be NULL.
+** On MQ_OK *id (may be NULL) receives the message id, and the message is
+** durable to the degree of the store's sync mode.  MQ_ETOOBIG for a payload
+** over the queue's max_payload, MQ_EFULL when the disk or the free-space
+** floor refuses it, MQ_EUNKNOWN if the commit hit an I/O error (the message
+** may exist: retry with the same dedup key).
+** Threads: concurrent puts on one handle share a commit (and its fsync).
+*/
+MQ_API int mq_put(mq_store *store, const char *queue, const void *data,
+                  size_t len, const mq_put_options *opts, int64_t *id);
+
+typedef struct mq_entry {
+  const void *data;
+  size_t len;
+  const mq_put_options *opts; /* may be NULL */
+} mq_entry;
+
+/* Put n messages in one transaction: all are stored or none.  ids (may be
+** NULL) must have room for n ids.  A bad entry fails the whole batch with
+** the error of that entry; mq_errmsg names its index. */
+MQ_API int mq_put_batch(mq_store *store, const char *queue,
+                        const mq_entry *entries, size_t n, int64_t *ids);
+
+/* ------------------------------------------------------------------------
+** Getting messages
+*/
+typedef struct mq_msg mq_msg;
+
+typedef struct mq_get_options {
+  size_t size;          /* sizeof(mq_get_options): set by init */
+  int64_t visibility_ms; /* lease length; 0 (default) = the queue's */
+  int64_t wait_ms;      /* if no message is ready, wait up to this long
+                           (real time) for one; 0 = return MQ_EMPTY at once */
+} mq_get_options;
+
+MQ_API void mq_get_options_init(mq_get_options *opts);
+
+/*
+** Lease the next ready message (highest priority, then oldest).  opts may
+** be NULL.  On MQ_OK *out is a message owned by the caller (mq_msg_free);
+** the message is hidden from other consumers until the lease ends.
+** MQ_EMPTY when nothing is ready (after waiting wait_ms).  A waiting get is
+** woken at once by a put through any handle of this process, and within a
+** few milliseconds by a put from another process; it never spins.
+** A message whose stored payload fails its CRC32 check is not returned: it
+** is dead-lettered with reason "corrupt payload" and the get moves on; the
+** log callback reports it.
+** Leases are committed without an fsync even under MQ_SYNC_FULL: losing one
+** in a power cut only causes a redelivery.
+*/
+MQ_API int mq_get(mq_store *store, const char *queue,
+                  const mq_get_options *opts, mq_msg **out);
+
+/* Lease up to max messages at once.  msgs must have room for max pointers;
+** *count receives how many were leased (>= 1 on MQ_OK).  MQ_EMPTY when none
+** (after waiting); free each message with mq_msg_free. */
+MQ_API int mq_get_batch(mq_store *store, const char *queue,
+                        const mq_get_options *opts, size_t max, mq_msg **msgs,
+                        size_t *count);
+
+/* Read up to max ready messages without leasing them (no receipt, receive
+** count unchanged).  Same ownership as mq_get_batch; *count may be 0. */
+MQ_API int mq_peek(mq_store *store, const char *queue, size_t max,
+                   mq_msg **msgs, size_t *count);
+
+/* A received message.  Accessors never fail on a non-NULL msg; the memory
+** they return belongs to msg and is valid until mq_msg_free(msg). */
+MQ_API int64_t mq_msg_id(const mq_msg *msg);
+MQ_API const void *mq_msg_data(const mq_msg *msg); /* never NULL */
+MQ_API size_t mq_msg_size(const mq_msg *msg);
+/* The receipt ("" for a peeked message): pass it to ack, nack, touch. */
+MQ_API const char *mq_msg_receipt(const mq_msg *msg);
+MQ_API int mq_msg_receives(const mq_msg *msg);     /* this delivery's count */
+MQ_API int64_t mq_msg_enqueued_at(const mq_msg *msg); /* store clock, ms */
+MQ_API int mq_msg_priority(const mq_msg *msg);
+/* The value of header name, or NULL if the message has none of that name. */
+MQ_API const char *mq_msg_header(const mq_msg *msg, const char *name);
+/* Header i (0-based) of mq_msg_header_count; NULL past the end. */
+MQ_API size_t mq_msg_header_count(const mq_msg *msg);
+MQ_API const char *mq_msg_header_name(const mq_msg *msg, size_t i);
+MQ_API const char *mq_msg_header_value(const mq_msg *msg, size_t i);
+/* The reason given by the last nack, or NULL. */
+MQ_API const char *mq_msg_reason(const mq_msg *msg);
+MQ_API void mq_msg_free(mq_msg *msg);
+
+#define MQ_RECEIPT_MAX 64 /* a receipt is at most this many bytes + NUL */
+
+/* ------------------------------------------------------------------------
+** Settling messages
+*/
+
+/* Delete the message whose lease receipt names.  Durable on MQ_OK.
+** MQ_ESTALE (nothing changed) if the message was acked already, expired, or
+** was delivered again to someone else after this lease ran out.  An ack after
+** the lease ran out but before another delivery still succeeds.  MQ_EINVAL
+** for a malformed receipt. */
+MQ_API int mq_ack(mq_store *store, const char *queue, const char *receipt);
+
+/* Ack n receipts in one commit.  results (may be NULL) receives each one's
+** code (MQ_OK or MQ_ESTALE); the call returns MQ_OK if the commit succeeded,
+** even when some receipts were stale. */
+MQ_API int mq_ack_batch(mq_store *store, const char *queue,
+                        const char *const *receipts, size_t n, int *results);
+
+/* Give the message back: visible again after delay_ms (0 = at once).
+** reason (may be NULL, at most 1000 bytes) is kept with the message and
+** travels to the dead-letter queue.  If the message has used up
+** max_receives it is dead-lettered now.  MQ_ESTALE as for mq_ack. */
+MQ_API int mq_nack(mq_store *store, const char *queue, const char *receipt,
+                   int64_t delay_ms, const char *reason);
+
+/* Extend (or shorten) the lease: the message stays hidden until
+** visibility_ms from now.  MQ_ESTALE if the lease is already over. */
+MQ_API int mq_touch(mq_store *store, const char *queue, const char *receipt,
+                    int64_t visibility_ms);
+
+/* Move dead letters back to be delivered again, with their receive count
+** reset.  For a queue used as a dlq: its messages go back to the queues
+** they came from.  For any queue: its own dead messages become ready.
+** At most max messages (0 = all); *moved (may be NULL) gets the count. */
+MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
+                      int64_t *moved);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MQ_H */

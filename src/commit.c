@@ -1,0 +1,181 @@
+/*
+** commit.c -- group commit: the operations of many threads in one
+** transaction and one fsync.
+**
+** Every mutating call (put, get, ack, ...) is wrapped in an mqi_op and
+** queued on the handle.  If no thread is running a batch, the caller
+** becomes the leader: it takes every queued op, runs them one after the
+** other inside a single BEGIN IMMEDIATE ... COMMIT, and hands each its
+** result.  Ops queued meanwhile wait for the next batch, whose leader is
+** one of their own threads.  Under MQ_SYNC_FULL the fsync at COMMIT is
+** therefore shared by everyone who arrived while the previous one ran: the
+** durable rate is no longer one fsync per message.
+**
+** Each op of a batch runs inside its own savepoint, so one op's failure
+** rolls back only that op.  MQ_EMPTY and MQ_ESTALE are answers, not
+** failures: whatever the op did before giving them (dead-lettering a
+** corrupt message, say) is kept.
+**
+** Leases need no fsync (losing one in a power cut only causes a
+** redelivery), so a batch made only of gets, nacks and touches is
+** committed with synchronous=NORMAL even under MQ_SYNC_FULL.  WAL frames
+** are appended in order, so the next FULL commit makes them durable too.
+**
+** If COMMIT itself fails with an I/O error the outcome is unknown -- the
+** commit record may have reached the disk -- and every op that would have
+** succeeded gets MQ_EUNKNOWN, never a definite failure.
+*/
+#include "mqi.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(op->err, sizeof op->err, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
+  int rc = mqi_err_from_sqlite(sqlite_rc);
+  if (rc == MQ_OK) rc = MQ_ERROR;
+  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what,
+                     sqlite3_errmsg(s->db), sqlite_rc);
+}
+
+static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
+  if (!st) return sqlite3_errcode(s->db);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
+}
+
+static int commit_is_answer(int rc) {
+  return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE;
+}
+
+/* Fail every op of the batch that has not failed on its own. */
+static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
+  for (mqi_op *op = batch; op; op = op->next) {
+    if (!commit_is_answer(op->rc)) continue;
+    op->rc = rc;
+    snprintf(op->err, sizeof op->err, "%s", msg);
+  }
+}
+
+static void commit_batch(mq_store *s, mqi_op *batch) {
+  char msg[MQI_ERRMSG_MAX];
+  int n = 0, need_sync = 0;
+  for (mqi_op *op = batch; op; op = op->next) {
+    n++;
+    need_sync |= op->durable;
+  }
+
+  pthread_mutex_lock(&s->dblock);
+  if (s->sync == MQ_SYNC_FULL) {
+    /* The level can only change outside a transaction; it is read at
+    ** COMMIT.  Ops say up front whether they need durability. */
+    int want = need_sync ? 2 : 1;
+    if (s->cur_sync != want &&
+        commit_exec(s, want == 2 ? MQI_ST_SYNC_FULL : MQI_ST_SYNC_NORMAL) == SQLITE_OK)
+      s->cur_sync = want;
+    else if (s->cur_sync != want && want == 2)
+      s->cur_sync = -1; /* unknown: try again next time, and fail below */
+  }
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int src = (s->sync == MQ_SYNC_FULL && need_sync && s->cur_sync != 2)
+                ? SQLITE_ERROR
+                : commit_exec(s, MQI_ST_BEGIN);
+  if (src != SQLITE_OK) {
+    int rc = mqi_err_from_sqlite(src);
+    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path,
+             sqlite3_errmsg(s->db));
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    goto out;
+  }
+
+  int any_kept = 0;
+  for (mqi_op *op = batch; op; op = op->next) {
+    op->err[0] = 0;
+    op->flags = 0;
+    if (n > 1 && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+      op->rc = mqi_op_sqlite(s, op, src, "savepoint");
+      continue;
+    }
+    op->rc = op->fn(s, op);
+    if (n > 1) {
+      if (!commit_is_answer(op->rc)) commit_exec(s, MQI_ST_ROLLBACK_TO);
+      commit_exec(s, MQI_ST_RELEASE);
+    }
+    if (commit_is_answer(op->rc)) any_kept = 1;
+  }
+
+  if (!any_kept) {
+    commit_exec(s, MQI_ST_ROLLBACK);
+    goto out;
+  }
+  src = commit_exec(s, MQI_ST_COMMIT);
+  if (src != SQLITE_OK) {
+    int code = src & 0xff;
+    int rc = code == SQLITE_IOERR ? MQ_EUNKNOWN
+             : code == SQLITE_FULL ? MQ_EFULL
+                                   : mqi_err_from_sqlite(src);
+    snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,
+             rc == MQ_EUNKNOWN ? "; the change may or may not be durable" : "",
+             sqlite3_errmsg(s->db), src);
+    if (!sqlite3_get_autocommit(s->db)) commit_exec(s, MQI_ST_ROLLBACK);
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+  } else {
+    int wake = 0;
+    for (mqi_op *op = batch; op; op = op->next)
+      if (commit_is_answer(op->rc) && (op->flags & MQI_OP_WAKE)) wake = 1;
+    if (wake) mqi_gate_bump(s->gate);
+  }
+out:
+  mqi_gate_leave(s->gate, ticket);
+  pthread_mutex_unlock(&s->dblock);
+}
+
+int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
+  mqi_op op;
+  op.fn = fn;
+  op.arg = arg;
+  op.durable = durable;
+  op.flags = 0;
+  op.rc = MQ_OK;
+  op.finished = 0;
+  op.next = NULL;
+  op.err[0] = 0;
+
+  pthread_mutex_lock(&s->lock);
+  if (s->tail)
+    s->tail->next = &op;
+  else
+    s->head = &op;
+  s->tail = &op;
+  while (!op.finished) {
+    if (s->leading) {
+      pthread_cond_wait(&s->done, &s->lock);
+      continue;
+    }
+    s->leading = 1;
+    mqi_op *batch = s->head;
+    s->head = s->tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    commit_batch(s, batch);
+    pthread_mutex_lock(&s->lock);
+    for (mqi_op *o = batch, *next; o; o = next) {
+      next = o->next;
+      o->finished = 1; /* o may be gone once its thread sees this */
+    }
+    s->leading = 0;
+    pthread_cond_broadcast(&s->done);
+  }
+  pthread_mutex_unlock(&s->lock);
+  if (op.rc != MQ_OK && op.rc != MQ_EMPTY) mqi_err_copy(s, op.rc, op.err);
+  return op.rc;
+}

@@ -1,0 +1,376 @@
+/*
+** get.c -- leasing messages: the next ready message, the timers that bring
+** hidden messages back, dead-lettering, blocking waits, and peek.
+**
+** Time-driven changes (a lease running out, a delay ending, a TTL passing)
+** are applied lazily by the next get on the queue, inside its own
+** transaction, in this order: expired messages are deleted; messages whose
+** lease ran out after their last allowed delivery are dead-lettered; every
+** other hidden message whose time has come becomes ready.  Each step is one
+** probe of a small partial index and costs next to nothing when there is
+** nothing to do.  Reads (stats, peek) apply the same rules on the fly
+** without writing, so they agree with what the next get would do.
+**
+** A message whose payload fails its checksum is never returned: it is
+** dead-lettered with the reason "corrupt payload", logged, and the get goes
+** on to the next message.
+**
+** A get that finds nothing may wait.  It reads the gate's sequence number
+** before looking, and sleeps on it afterwards, so a put committed in
+** between -- in this process or another -- is never missed.  The sleep is
+** cut short when the next hidden message is due.
+*/
+#include "mqi.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define GET_MAX_WAIT_SLICE_MS 1000 /* re-check at least this often */
+#define GET_POLL_SLICE_MS 10       /* without a shared gate */
+
+void mq_get_options_init(mq_get_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+}
+
+int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
+                       const char *reason) {
+  sqlite3_stmt *st;
+  if (q->dlq_id) {
+    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_TO_DLQ)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, msg_id);
+    sqlite3_bind_int64(st, 2, q->dlq_id);
+    sqlite3_bind_int64(st, 3, mqi_store_now(s));
+    if (reason) sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
+    op->flags |= MQI_OP_WAKE; /* consumers of the dlq */
+  } else {
+    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_TO_DEAD)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, msg_id);
+    if (reason) sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+  }
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "dead-lettering a message");
+  return MQ_OK;
+}
+
+/* Apply the queue's timers as of now (see the file comment). */
+static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_EXPIRED);
+  int src, rc;
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_int64(st, 2, now);
+  /* RETURNING rows are all computed at the first step; collect them before
+  ** touching the bodies. */
+  int64_t local[64], *bodies = local;
+  size_t nb = 0, cap = 64;
+  rc = MQ_OK;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (nb == cap) {
+      int64_t *nbod = malloc(cap * 2 * sizeof *nbod);
+      if (!nbod) {
+        rc = mqi_op_fail(op, MQ_ENOMEM, "out of memory deleting expired messages");
+        break;
+      }
+      memcpy(nbod, bodies, nb * sizeof *nbod);
+      if (bodies != local) free(bodies);
+      bodies = nbod;
+      cap *= 2;
+    }
+    bodies[nb++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_reset(st);
+  if (rc == MQ_OK && src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
+  for (size_t i = 0; rc == MQ_OK && i < nb; i++) rc = mqi_body_release(s, op, bodies[i]);
+  if (bodies != local) free(bodies);
+  if (rc != MQ_OK) return rc;
+
+  if (q->max_receives > 0) {
+    for (;;) {
+      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_OVERDUE)))
+        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      sqlite3_bind_int64(st, 1, q->id);
+      sqlite3_bind_int64(st, 2, now);
+      sqlite3_bind_int(st, 3, q->max_receives);
+      int64_t ids[64];
+      int n = 0;
+      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64) ids[n++] = sqlite3_column_int64(st, 0);
+      sqlite3_reset(st);
+      if (src != SQLITE_DONE && src != SQLITE_ROW)
+        return mqi_op_sqlite(s, op, src, "finding overdue messages");
+      for (int i = 0; i < n; i++)
+        if ((rc = mqi_get_deadletter(s, op, q, ids[i], NULL)) != MQ_OK) return rc;
+      if (n < 64) break;
+    }
+  }
+
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_PROMOTE)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_int64(st, 2, now);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "returning hidden messages");
+  return MQ_OK;
+}
+
+typedef struct get_arg {
+  const char *queue;
+  int64_t visibility_ms; /* 0: the queue's */
+  size_t max;
+  mq_msg **msgs;
+  size_t count;
+  int64_t next_visible; /* when nothing was ready: when something will be */
+} get_arg;
+
+/* A candidate read from the ready index. */
+typedef struct get_cand {
+  int64_t id, body_id, enqueued_at;
+  int priority, receives;
+  char *reason;
+} get_cand;
+
+/* Read one candidate's body and build the message; MQ_ECORRUPT when the
+** stored payload is damaged. */
+static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_GET);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, c->body_id);
+  int src = sqlite3_step(st);
+  if (src != SQLITE_ROW) {
+    sqlite3_reset(st);
+    if (src == SQLITE_DONE) return MQ_ECORRUPT; /* the body is missing */
+    return mqi_op_sqlite(s, op, src, "reading a payload");
+  }
+  const void *data = sqlite3_column_blob(st, 4);
+  size_t len = (size_t)sqlite3_column_bytes(st, 4);
+  const void *hdr = sqlite3_column_blob(st, 3);
+  size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
+  int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
+                         sqlite3_column_int64(st, 0), (uint32_t)sqlite3_column_int64(st, 1),
+                         sqlite3_column_int(st, 2), hdr, hlen, data, len, out);
+  sqlite3_reset(st);
+  if (rc == MQ_ENOMEM) return mqi_op_fail(op, rc, "out of memory reading a message");
+  return rc;
+}
+
+static int get_op(mq_store *s, mqi_op *op) {
+  get_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
+  int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
+
+  while (a->count < a->max) {
+    size_t want = a->max - a->count;
+    get_cand cands[32];
+    size_t nc = 0;
+    if (want > 32) want = 32;
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_READY);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, q.id);
+    sqlite3_bind_int64(st, 2, (int64_t)want);
+    int src;
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      get_cand *c = &cands[nc++];
+      c->id = sqlite3_column_int64(st, 0);
+      c->body_id = sqlite3_column_int64(st, 1);
+      c->priority = sqlite3_column_int(st, 2);
+      c->receives = sqlite3_column_int(st, 3);
+      c->enqueued_at = sqlite3_column_int64(st, 4);
+      const char *r = (const char *)sqlite3_column_text(st, 5);
+      c->reason = r ? strdup(r) : NULL;
+    }
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) {
+      rc = mqi_op_sqlite(s, op, src, "finding ready messages");
+    }
+    for (size_t i = 0; i < nc && rc == MQ_OK; i++) {
+      get_cand *c = &cands[i];
+      if (q.max_receives > 0 && c->receives >= q.max_receives) {
+        rc = mqi_get_deadletter(s, op, &q, c->id, NULL);
+        continue;
+      }
+      mq_msg *m = NULL;
+      rc = get_load(s, op, c, &m);
+      if (rc == MQ_ECORRUPT) {
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload; "
+                "dead-lettered", s->path, a->queue, (long long)c->id);
+        rc = mqi_get_deadletter(s, op, &q, c->id, "corrupt payload");
+        continue;
+      }
+      if (rc != MQ_OK) break;
+      uint64_t lease = mqi_store_token(s);
+      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_LEASE))) {
+        mq_msg_free(m);
+        rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+        break;
+      }
+      sqlite3_bind_int64(st, 1, c->id);
+      sqlite3_bind_int64(st, 2, (int64_t)lease);
+      sqlite3_bind_int64(st, 3, now + vis);
+      src = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (src != SQLITE_DONE) {
+        mq_msg_free(m);
+        rc = mqi_op_sqlite(s, op, src, "leasing a message");
+        break;
+      }
+      mqi_msg_set_receipt(m, c->id, lease);
+      a->msgs[a->count++] = m;
+    }
+    for (size_t i = 0; i < nc; i++) free(cands[i].reason);
+    if (rc != MQ_OK) break;
+    if (nc < want) break; /* the queue has nothing more ready */
+  }
+  if (rc != MQ_OK) {
+    /* The savepoint (or the whole transaction) is rolled back: the leases
+    ** above never happened, so neither do the messages. */
+    for (size_t i = 0; i < a->count; i++) mq_msg_free(a->msgs[i]);
+    a->count = 0;
+    return rc;
+  }
+  if (a->count) return MQ_OK;
+
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NEXT_VISIBLE);
+  a->next_visible = 0;
+  if (st) {
+    sqlite3_bind_int64(st, 1, q.id);
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+      a->next_visible = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+  }
+  return MQ_EMPTY;
+}
+
+int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, size_t max,
+                 mq_msg **msgs, size_t *count) {
+  if (count) *count = 0;
+  if (msgs)
+    for (size_t i = 0; i < max; i++) msgs[i] = NULL;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "get: NULL output pointer");
+  if (max == 0) return mqi_err_set(s, MQ_EINVAL, "get: max is 0");
+  mq_get_options o;
+  mq_get_options_init(&o);
+  if (opts) {
+    if (opts->size < offsetof(mq_get_options, wait_ms) || opts->size > sizeof o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "mq_get_options.size is %zu: call mq_get_options_init first",
+                         opts->size);
+    memcpy(&o, opts, opts->size);
+  }
+  if (o.visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: visibility_ms is negative");
+  if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
+
+  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0};
+  int64_t deadline = mqi_os_monotonic_ms() + o.wait_ms;
+  for (;;) {
+    uint32_t seq = mqi_gate_seq(s->gate);
+    a.count = 0;
+    rc = mqi_commit_run(s, get_op, &a, 0);
+    if (rc != MQ_EMPTY) break;
+    int64_t left = deadline - mqi_os_monotonic_ms();
+    if (left <= 0) break;
+    int64_t slice = mqi_gate_is_shared(s->gate) ? GET_MAX_WAIT_SLICE_MS : GET_POLL_SLICE_MS;
+    if (a.next_visible) {
+      int64_t due = a.next_visible - mqi_store_now(s);
+      if (due < slice) slice = due < 1 ? 1 : due;
+    }
+    if (slice > left) slice = left;
+    mqi_gate_wait(s->gate, seq, slice);
+  }
+  if (rc == MQ_OK) *count = a.count;
+  return rc;
+}
+
+int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **out) {
+  size_t n = 0;
+  if (out) *out = NULL;
+  if (!out) {
+    int rc = mqi_store_check(s, 1);
+    return rc != MQ_OK ? rc : mqi_err_set(s, MQ_EINVAL, "mq_get: out is NULL");
+  }
+  return mq_get_batch(s, queue, opts, 1, out, &n);
+}
+
+/* ---- peek: a read, no transaction of ours ---------------------------------- */
+
+int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
+  if (count) *count = 0;
+  if (msgs)
+    for (size_t i = 0; i < max; i++) msgs[i] = NULL;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
+  if (max == 0) return MQ_OK;
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s);
+  sqlite3_stmt *st = NULL;
+  size_t n = 0;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
+      " b.size, b.crc, b.codec, b.headers, b.data, q.id"
+      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      " LEFT JOIN mq_body b ON b.id = m.body_id"
+      " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3",
+      -1, &st, NULL);
+  int found = 0;
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    /* A few extra rows leave room for corrupt ones being skipped. */
+    sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
+    while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
+      found = 1;
+      if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
+      mq_msg *m = NULL;
+      rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
+                         sqlite3_column_int(st, 2), sqlite3_column_int(st, 1),
+                         (const char *)sqlite3_column_text(st, 4), sqlite3_column_int64(st, 5),
+                         (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
+                         sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+                         sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      if (rc == MQ_ECORRUPT) {
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload",
+                s->path, queue, (long long)sqlite3_column_int64(st, 0));
+        rc = MQ_OK;
+        continue;
+      }
+      if (rc != MQ_OK) break;
+      msgs[n++] = m;
+    }
+    if (src == SQLITE_ROW) src = SQLITE_DONE;
+  }
+  if (rc == MQ_ENOMEM) {
+    mqi_err_set(s, rc, "out of memory peeking");
+  } else if (src != SQLITE_DONE && src != SQLITE_OK) {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,
+                     sqlite3_errmsg(s->db));
+  } else if (!found) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  if (rc != MQ_OK) {
+    for (size_t i = 0; i < n; i++) {
+      mq_msg_free(msgs[i]);
+      msgs[i] = NULL;
+    }
+    return rc;
+  }
+  *count = n;
+  return MQ_OK;
+}

@@ -1,0 +1,256 @@
+/*
+** mqi.h -- the internal header shared by the modules in src/.
+**
+** Nothing here is public.  Internal functions that more than one module uses
+** are declared with MQI_API and named mqi_<module>_<verb>; in the modular
+** build they are ordinary extern functions (hidden from the shared library
+** by -fvisibility=hidden), and in the amalgamation mq.c they become static,
+** so a program that drops mq.c in gets only the mq_* names.
+**
+** Layering (each layer may use only the ones before it):
+**   os      -- clocks, files, futexes, randomness: the OS-specific bits
+**   err     -- result codes, per-thread error messages, logging
+**   gate    -- cross-process fairness and wake-ups in shared memory
+**   store   -- the handle, the SQLite connection, its prepared statements
+**   schema  -- creating and checking the on-disk format
+**   commit  -- group commit: many callers' operations in one transaction
+**   queue/put/get/settle/msg -- the queue operations of mq.h
+**
+** Concurrency model of a handle: every mutating call becomes an mqi_op that
+** is queued on the handle.  One calling thread at a time (the leader) takes
+** all queued ops, runs them inside one SQLite transaction and commits once,
+** so concurrent callers share an fsync.  The SQLite connection is used only
+** with store->dblock held.  Across processes, writers line up at the gate
+** (a ticket lock in shared memory) before taking SQLite's write lock, so a
+** busy writer cannot starve the others.
+*/
+#ifndef MQI_H
+#define MQI_H
+
+#ifndef MQI_API
+#define MQI_API
+#endif
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mq.h"
+
+/* On-disk format identity: PRAGMA application_id and user_version. */
+#define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
+#define MQI_FORMAT_VERSION 1
+
+/* Message states (mq_msg.state column).  A message in state INFLIGHT or
+** DELAYED whose visible_at has passed is ready in all but name; the next
+** get on its queue moves it to READY ("promotion"), so reads must treat it
+** as ready too. */
+#define MQI_READY 0
+#define MQI_INFLIGHT 1
+#define MQI_DELAYED 2
+#define MQI_DEAD 3
+
+/* Queue kinds (mq_queue.kind), reserved so topics need no format change. */
+#define MQI_KIND_QUEUE 0
+#define MQI_KIND_TOPIC 1
+#define MQI_KIND_SUBSCRIPTION 2
+
+/* Payload codecs (mq_body.codec). */
+#define MQI_CODEC_RAW 0
+#define MQI_CODEC_ZLIB 1
+
+#define MQI_ERRMSG_MAX 512
+
+/* ---- os.c ---------------------------------------------------------------- */
+MQI_API int64_t mqi_os_realtime_ms(void);
+MQI_API int64_t mqi_os_monotonic_ms(void);
+MQI_API uint64_t mqi_os_seed(void);
+/* Free bytes on the file system holding path, or -1 if unknown. */
+MQI_API int64_t mqi_os_free_bytes(const char *path);
+/* Wait while *addr == expect, at most timeout_ms; works across processes
+** when addr is in shared memory.  Spurious returns are allowed. */
+MQI_API void mqi_os_futex_wait(uint32_t *addr, uint32_t expect, int64_t timeout_ms);
+MQI_API void mqi_os_futex_wake(uint32_t *addr);
+/* Prepare path for SQLite: refuse a symbolic link, create a missing file
+** with exactly mode when create is set.  Returns MQ_OK or an MQ code with
+** a message in err. */
+MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create,
+                                int readonly, char *err, size_t errlen);
+/* Identity of the file for naming shared memory. */
+MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
+/* Incremented in the child at every fork(); a handle remembers it. */
+MQI_API unsigned mqi_os_fork_generation(void);
+
+/* ---- err.c --------------------------------------------------------------- */
+/* Record rc with a formatted message as the calling thread's last error on
+** store, and return rc. */
+MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
+MQI_API int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap);
+/* Copy a finished message into the calling thread's slot. */
+MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
+/* Map an SQLite result code to an MQ code. */
+MQI_API int mqi_err_from_sqlite(int sqlite_rc);
+MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);
+/* Validate a queue name; returns MQ_OK or MQ_EINVAL with a message. */
+MQI_API int mqi_err_check_name(const mq_store *store, const char *what, const char *name);
+
+/* ---- gate.c -------------------------------------------------------------- */
+typedef struct mqi_gate mqi_gate;
+/* Open the gate shared by every handle on the file (dev, ino); falls back
+** to a private gate (same-process wake-ups only) if shared memory cannot
+** be had.  NULL only when out of memory. */
+MQI_API mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode);
+MQI_API void mqi_gate_close(mqi_gate *g);
+MQI_API int mqi_gate_is_shared(const mqi_gate *g);
+/* Line up behind earlier writers; returns the ticket to pass to leave. */
+MQI_API uint32_t mqi_gate_enter(mqi_gate *g);
+MQI_API void mqi_gate_leave(mqi_gate *g, uint32_t ticket);
+/* Wake-ups for waiting consumers: read the sequence, then wait for it to
+** change; bump after a commit that may have made a message ready. */
+MQI_API uint32_t mqi_gate_seq(mqi_gate *g);
+MQI_API void mqi_gate_bump(mqi_gate *g);
+MQI_API void mqi_gate_wait(mqi_gate *g, uint32_t seq, int64_t timeout_ms);
+
+/* ---- store.c ------------------------------------------------------------- */
+/* Prepared statements, compiled on first use and kept for the handle. */
+enum mqi_stmt_id {
+  MQI_ST_BEGIN,
+  MQI_ST_COMMIT,
+  MQI_ST_ROLLBACK,
+  MQI_ST_SAVEPOINT,
+  MQI_ST_RELEASE,
+  MQI_ST_ROLLBACK_TO,
+  MQI_ST_SYNC_FULL,
+  MQI_ST_SYNC_NORMAL,
+  MQI_ST_QUEUE_BY_NAME,
+  MQI_ST_QUEUE_BY_ID,
+  MQI_ST_BODY_INSERT,
+  MQI_ST_BODY_GET,
+  MQI_ST_BODY_DELETE_LAST,
+  MQI_ST_BODY_UNREF,
+  MQI_ST_MSG_INSERT,
+  MQI_ST_MSG_READY,
+  MQI_ST_MSG_LEASE,
+  MQI_ST_MSG_EXPIRED,
+  MQI_ST_MSG_OVERDUE,
+  MQI_ST_MSG_PROMOTE,
+  MQI_ST_MSG_NEXT_VISIBLE,
+  MQI_ST_MSG_ACK,
+  MQI_ST_MSG_NACK,
+  MQI_ST_MSG_TOUCH,
+  MQI_ST_MSG_TO_DLQ,
+  MQI_ST_MSG_TO_DEAD,
+  MQI_ST_DEDUP_GET,
+  MQI_ST_DEDUP_PUT,
+  MQI_ST_DEDUP_SWEEP,
+  MQI_ST_COUNT
+};
+
+typedef struct mqi_op mqi_op;
+
+struct mq_store {
+  pthread_mutex_t lock;   /* guards the op queue and the leader flag */
+  pthread_cond_t done;    /* signalled when a batch has finished */
+  pthread_mutex_t dblock; /* guards db and everything used with it */
+  sqlite3 *db;
+  sqlite3_stmt *stmt[MQI_ST_COUNT];
+  char *path;
+  int sync;               /* MQ_SYNC_* */
+  int cur_sync;           /* PRAGMA synchronous now in force (-1 unknown) */
+  int readonly;
+  int busy_timeout_ms;
+  mq_clock_fn clock;
+  void *clock_ctx;
+  mq_log_fn log;
+  void *log_ctx;
+  int64_t min_free_bytes;
+  int64_t free_checked_at; /* monotonic ms of the last statvfs */
+  int64_t free_bytes;
+  unsigned fork_gen;
+  mqi_gate *gate;
+  uint64_t rng;           /* lease tokens; used under dblock */
+  mqi_op *head, *tail;    /* ops waiting for a leader */
+  int leading;            /* a thread is running a batch */
+  uint64_t puts_since_sweep;
+};
+
+/* Check the handle before use: NULL, fork, read-only for writes. */
+MQI_API int mqi_store_check(mq_store *s, int writes);
+MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+MQI_API int64_t mqi_store_now(mq_store *s);
+MQI_API uint64_t mqi_store_token(mq_store *s);
+/* MQ_EFULL if the free-space floor is reached (cached for a short time). */
+MQI_API int mqi_store_space_ok(mq_store *s);
+
+/* ---- schema.c ------------------------------------------------------------ */
+/* Check that db is an mq store of a format we read, creating the schema in
+** a new, empty file.  Sets a message in err on failure. */
+MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen);
+
+/* ---- commit.c ------------------------------------------------------------ */
+/* What an op did, for the commit: */
+#define MQI_OP_WAKE 0x1 /* may have made a message ready: wake waiters */
+
+typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
+
+struct mqi_op {
+  mqi_op_fn fn;
+  void *arg;
+  int durable;        /* must survive power loss under FULL (put, ack) */
+  int flags;          /* MQI_OP_* set by fn as it goes */
+  int rc;
+  int finished;
+  mqi_op *next;
+  char err[MQI_ERRMSG_MAX];
+};
+
+/* Run fn in a (possibly shared) transaction and wait for its commit.
+** durable: the change must be fsynced under MQ_SYNC_FULL (puts, acks);
+** leases need not be.  Returns the op's code, MQ_EUNKNOWN if the commit's
+** outcome is unknown.  The error message is copied to the calling thread. */
+MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable);
+/* Inside an op: record an error and return rc. */
+MQI_API int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...);
+/* Inside an op: map an SQLite failure of step/prepare to an MQ code. */
+MQI_API int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what);
+
+/* ---- queue.c ------------------------------------------------------------- */
+typedef struct mqi_queue {
+  int64_t id;
+  int kind;
+  int64_t visibility_ms;
+  int max_receives;
+  int64_t dlq_id;          /* 0: none */
+  int64_t retention_ms;
+  int64_t max_payload;
+  int64_t compress_above;
+  int64_t dedup_window_ms;
+} mqi_queue;
+
+/* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
+MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+
+/* ---- msg.c --------------------------------------------------------------- */
+/* Release one reference to a body, deleting it with the last one. */
+MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
+/* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
+** checksum or does not decompress. */
+MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives,
+                          int priority, const char *reason, int64_t size,
+                          uint32_t crc, int codec, const void *headers,
+                          size_t headers_len, const void *data,
+                          size_t data_len, mq_msg **out);
+MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
+/* Parse a receipt made by mqi_msg_set_receipt. */
+MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
+/* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
+MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
+
+/* ---- get.c --------------------------------------------------------------- */
+/* Move one message to the queue's dlq, or to the dead state without one. */
+MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q,
+                               int64_t msg_id, const char *reason);
+
+#endif /* MQI_H */

@@ -1,0 +1,328 @@
+/*
+** queue.c -- queues as objects: create, drop, purge, list, stats, and the
+** lookup every operation starts with.
+**
+** Queue options live in the mq_queue row and are read inside the same
+** transaction as the operation that uses them, so a queue dropped or
+** re-created by another process is never used with stale options.  The
+** lookup is one probe of a unique index, cheap next to the rest of a put.
+*/
+#include "mqi.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void mq_queue_options_init(mq_queue_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->visibility_ms = 30000;
+  o->max_payload = 1024 * 1024;
+  o->dedup_window_ms = 300000;
+}
+
+static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
+  q->id = sqlite3_column_int64(st, 0);
+  q->kind = sqlite3_column_int(st, 1);
+  q->visibility_ms = sqlite3_column_int64(st, 2);
+  q->max_receives = sqlite3_column_int(st, 3);
+  q->dlq_id = sqlite3_column_int64(st, 4);
+  q->retention_ms = sqlite3_column_int64(st, 5);
+  q->max_payload = sqlite3_column_int64(st, 6);
+  q->compress_above = sqlite3_column_int64(st, 7);
+  q->dedup_window_ms = sqlite3_column_int64(st, 8);
+}
+
+int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_NAME);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
+  sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) {
+    queue_row(st, q);
+    sqlite3_reset(st);
+    return MQ_OK;
+  }
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "looking up a queue");
+  return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+}
+
+/* Run one statement with up to three int64 bindings inside an op. */
+static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a, int64_t b,
+                      int64_t c, int64_t *changes) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  if (n > 0) sqlite3_bind_int64(st, 1, a);
+  if (n > 1) sqlite3_bind_int64(st, 2, b);
+  if (n > 2) sqlite3_bind_int64(st, 3, c);
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "updating");
+  if (changes) *changes = sqlite3_changes64(s->db);
+  return MQ_OK;
+}
+
+/* ---- create -------------------------------------------------------------- */
+
+typedef struct queue_create_arg {
+  const char *name;
+  mq_queue_options o;
+} queue_create_arg;
+
+static int queue_create_op(mq_store *s, mqi_op *op) {
+  queue_create_arg *a = op->arg;
+  mqi_queue dlq = {0}, old;
+  int rc;
+  if (a->o.dlq) {
+    rc = mqi_queue_find(s, op, a->o.dlq, &dlq);
+    if (rc == MQ_ENOTFOUND)
+      return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" does not exist", s->path,
+                         a->o.dlq);
+    if (rc != MQ_OK) return rc;
+  }
+  rc = mqi_queue_find(s, op, a->name, &old);
+  if (rc == MQ_OK) {
+    if (old.kind == MQI_KIND_QUEUE && old.visibility_ms == a->o.visibility_ms &&
+        old.max_receives == a->o.max_receives && old.dlq_id == dlq.id &&
+        old.retention_ms == a->o.retention_ms && old.max_payload == (int64_t)a->o.max_payload &&
+        old.compress_above == (int64_t)a->o.compress_above &&
+        old.dedup_window_ms == a->o.dedup_window_ms)
+      return MQ_OK;
+    return mqi_op_fail(op, MQ_EEXIST, "%s: queue \"%s\" exists with other options", s->path,
+                       a->name);
+  }
+  if (rc != MQ_ENOTFOUND) return rc;
+  op->err[0] = 0;
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "INSERT INTO mq_queue(name, kind, visibility_ms, max_receives, dlq_id, retention_ms,"
+      " max_payload, compress_above, dedup_window_ms, created_at)"
+      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing queue creation");
+  sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, a->o.visibility_ms);
+  sqlite3_bind_int(st, 3, a->o.max_receives);
+  if (dlq.id)
+    sqlite3_bind_int64(st, 4, dlq.id);
+  else
+    sqlite3_bind_null(st, 4);
+  sqlite3_bind_int64(st, 5, a->o.retention_ms);
+  sqlite3_bind_int64(st, 6, (int64_t)a->o.max_payload);
+  sqlite3_bind_int64(st, 7, (int64_t)a->o.compress_above);
+  sqlite3_bind_int64(st, 8, a->o.dedup_window_ms);
+  sqlite3_bind_int64(st, 9, mqi_store_now(s));
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a queue");
+  return MQ_OK;
+}
+
+int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+  queue_create_arg a;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  mq_queue_options_init(&a.o);
+  if (opts) {
+    if (opts->size < offsetof(mq_queue_options, dedup_window_ms) || opts->size > sizeof a.o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "mq_queue_options.size is %zu: call mq_queue_options_init first",
+                         opts->size);
+    memcpy(&a.o, opts, opts->size);
+  }
+  a.name = name;
+  if (a.o.visibility_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
+  if (a.o.max_receives < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_receives is negative", name);
+  if (a.o.retention_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": retention_ms is negative", name);
+  if (a.o.dedup_window_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": dedup_window_ms is negative", name);
+  if (a.o.max_payload == 0 || a.o.max_payload > MQ_PAYLOAD_LIMIT)
+    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_payload %zu is not in 1..%zu", name,
+                       a.o.max_payload, MQ_PAYLOAD_LIMIT);
+  if (a.o.dlq) {
+    if ((rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
+    if (strcmp(a.o.dlq, name) == 0)
+      return mqi_err_set(s, MQ_EINVAL, "queue \"%s\" cannot be its own dead-letter queue", name);
+  }
+  return mqi_commit_run(s, queue_create_op, &a, 1);
+}
+
+/* ---- drop and purge -------------------------------------------------------- */
+
+typedef struct queue_purge_arg {
+  const char *name;
+  int drop;
+  int64_t deleted;
+} queue_purge_arg;
+
+static int queue_purge_op(mq_store *s, mqi_op *op) {
+  queue_purge_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->name, &q);
+  if (rc != MQ_OK) return rc;
+  if (a->drop) {
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE dlq_id=?1 LIMIT 1", -1,
+                                 &st, NULL);
+    if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+    sqlite3_bind_int64(st, 1, q.id);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+      rc = mqi_op_fail(op, MQ_EINVAL,
+                       "%s: queue \"%s\" is the dead-letter queue of \"%s\"; drop that first",
+                       s->path, a->name, (const char *)sqlite3_column_text(st, 0));
+      sqlite3_finalize(st);
+      return rc;
+    }
+    sqlite3_finalize(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "checking dead-letter users");
+  }
+  /* Bodies first, while the messages still say which bodies are theirs:
+  ** a shared body loses one reference per message, an unshared one goes. */
+  rc = queue_exec(s, op,
+                  "UPDATE mq_body SET refs = refs - (SELECT count(*) FROM mq_msg m"
+                  " WHERE m.body_id = mq_body.id AND m.queue_id = ?1)"
+                  " WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                  1, q.id, 0, 0, NULL);
+  if (rc == MQ_OK)
+    rc = queue_exec(s, op,
+                    "DELETE FROM mq_body WHERE refs <= 0 AND id IN"
+                    " (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                    1, q.id, 0, 0, NULL);
+  if (rc == MQ_OK)
+    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, &a->deleted);
+  if (rc == MQ_OK && a->drop) {
+    rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
+    if (rc == MQ_OK)
+      rc = queue_exec(s, op, "DELETE FROM mq_queue WHERE id = ?1", 1, q.id, 0, 0, NULL);
+  }
+  return rc;
+}
+
+int mq_queue_drop(mq_store *s, const char *name) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  queue_purge_arg a = {name, 1, 0};
+  return mqi_commit_run(s, queue_purge_op, &a, 1);
+}
+
+int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
+  if (deleted) *deleted = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  queue_purge_arg a = {name, 0, 0};
+  rc = mqi_commit_run(s, queue_purge_op, &a, 1);
+  if (rc == MQ_OK && deleted) *deleted = a.deleted;
+  return rc;
+}
+
+/* ---- list and stats (reads: no transaction of ours, no gate) --------------- */
+
+void mq_list_free(char **names, size_t count) {
+  if (!names) return;
+  for (size_t i = 0; i < count; i++) free(names[i]);
+  free(names);
+}
+
+int mq_queue_list(mq_store *s, char ***names, size_t *count) {
+  if (names) *names = NULL;
+  if (count) *count = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+  char **v = NULL;
+  size_t n = 0, cap = 0;
+  sqlite3_stmt *st = NULL;
+  pthread_mutex_lock(&s->dblock);
+  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue ORDER BY name", -1, &st, NULL);
+  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == cap) {
+      size_t ncap = cap ? cap * 2 : 16;
+      char **nv = realloc(v, ncap * sizeof *nv);
+      if (!nv) {
+        rc = MQ_ENOMEM;
+        break;
+      }
+      v = nv;
+      cap = ncap;
+    }
+    if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
+      rc = MQ_ENOMEM;
+      break;
+    }
+    n++;
+  }
+  if (rc == MQ_OK && src != SQLITE_DONE)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
+                     sqlite3_errmsg(s->db));
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  if (rc != MQ_OK) {
+    mq_list_free(v, n);
+    if (rc == MQ_ENOMEM) mqi_err_set(s, rc, "out of memory listing queues");
+    return rc;
+  }
+  *names = v;
+  *count = n;
+  return MQ_OK;
+}
+
+int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
+  if (out) memset(out, 0, sizeof *out);
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s);
+  sqlite3_stmt *st = NULL;
+  /* Hidden messages whose time has come count as ready, and expired ones
+  ** as gone, exactly as the next get would see them. */
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT q.id,"
+      " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
+      " sum(m.state = 1 AND m.visible_at > ?2),"
+      " sum(m.state = 2 AND m.visible_at > ?2),"
+      " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
+      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      " LEFT JOIN mq_body b ON b.id = m.body_id"
+      " WHERE q.name = ?1 GROUP BY q.id",
+      -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    out->ready = sqlite3_column_int64(st, 1);
+    out->inflight = sqlite3_column_int64(st, 2);
+    out->delayed = sqlite3_column_int64(st, 3);
+    out->dead = sqlite3_column_int64(st, 4);
+    out->total = sqlite3_column_int64(st, 5);
+    if (sqlite3_column_type(st, 6) != SQLITE_NULL) {
+      int64_t age = now - sqlite3_column_int64(st, 6);
+      out->oldest_age_ms = age > 0 ? age : 0;
+    }
+    out->bytes = sqlite3_column_int64(st, 7);
+  } else if (src == SQLITE_DONE) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+  } else {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
+                     name, sqlite3_errmsg(s->db));
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}

@@ -1,0 +1,184 @@
+/*
+** schema.c -- the on-disk format: creating it in a new file and refusing
+** files that are not ours or are newer than we understand.
+**
+** The file is an ordinary SQLite database (doc/format.md describes it):
+**
+**   mq_queue  one row per queue; `kind` and `parent_id` are reserved for
+**             topics and their subscriptions, so they need no format change.
+**   mq_body   the payload, written once and never updated: leases change
+**             only the small mq_msg row, never the payload's pages.  `refs`
+**             counts the mq_msg rows that share it (a topic publish stores
+**             one body for every subscription).
+**   mq_msg    one row per message in a queue: state, lease, visibility,
+**             receive count.  Ready messages are found through
+**             mq_msg_queue in priority-then-FIFO order; leases and delays
+**             that run out are found through the small partial index
+**             mq_msg_timer, which holds only hidden messages.
+**   mq_dedup  deduplication keys, remembered for the queue's window even
+**             after the message itself is gone.
+**   mq_meta   key/value facts about the store (creation time, ...).
+**
+** PRAGMA application_id marks the file as an mq store and PRAGMA
+** user_version carries the format version.  A file is checked before
+** anything is written to it: a foreign database or a newer format is
+** refused untouched.
+*/
+#include "mqi.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char schema_sql[] =
+    "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "CREATE TABLE mq_queue("
+    " id INTEGER PRIMARY KEY,"
+    " name TEXT NOT NULL UNIQUE,"
+    " kind INTEGER NOT NULL DEFAULT 0,"
+    " parent_id INTEGER,"
+    " filter TEXT,"
+    " visibility_ms INTEGER NOT NULL,"
+    " max_receives INTEGER NOT NULL,"
+    " dlq_id INTEGER,"
+    " retention_ms INTEGER NOT NULL,"
+    " max_payload INTEGER NOT NULL,"
+    " compress_above INTEGER NOT NULL,"
+    " dedup_window_ms INTEGER NOT NULL,"
+    " created_at INTEGER NOT NULL);"
+    "CREATE TABLE mq_body("
+    " id INTEGER PRIMARY KEY,"
+    " refs INTEGER NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " crc INTEGER NOT NULL,"
+    " codec INTEGER NOT NULL,"
+    " headers BLOB,"
+    " data BLOB NOT NULL);"
+    "CREATE TABLE mq_msg("
+    " id INTEGER PRIMARY KEY,"
+    " queue_id INTEGER NOT NULL,"
+    " body_id INTEGER NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL,"
+    " visible_at INTEGER NOT NULL,"
+    " lease INTEGER,"
+    " receives INTEGER NOT NULL,"
+    " enqueued_at INTEGER NOT NULL,"
+    " expires_at INTEGER,"
+    " origin_id INTEGER,"
+    " reason TEXT);"
+    "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
+    "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
+    "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
+    "CREATE TABLE mq_dedup("
+    " queue_id INTEGER NOT NULL,"
+    " key TEXT NOT NULL,"
+    " msg_id INTEGER NOT NULL,"
+    " expires_at INTEGER NOT NULL,"
+    " PRIMARY KEY(queue_id, key)) WITHOUT ROWID;"
+    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);";
+
+static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
+  sqlite3_stmt *st = NULL;
+  *src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+  if (*src != SQLITE_OK) return -1;
+  *src = sqlite3_step(st);
+  if (*src == SQLITE_ROW) {
+    *out = sqlite3_column_int64(st, 0);
+    *src = SQLITE_OK;
+  } else if (*src == SQLITE_DONE) {
+    *out = 0;
+    *src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return *src == SQLITE_OK ? 0 : -1;
+}
+
+/* Read the identity of the file without writing to it. */
+static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects,
+                           char *err, size_t errlen) {
+  int src;
+  if (schema_int(db, "PRAGMA application_id", app, &src) ||
+      schema_int(db, "PRAGMA user_version", version, &src) ||
+      schema_int(db, "SELECT count(*) FROM sqlite_schema", objects, &src)) {
+    int rc = mqi_err_from_sqlite(src);
+    if (rc == MQ_ENOTMQ || rc == MQ_ECORRUPT)
+      snprintf(err, errlen, "%s: %s", sqlite3_db_filename(db, "main"),
+               rc == MQ_ENOTMQ ? "not an mq store (not an SQLite database)"
+                               : "the database file is damaged");
+    else
+      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"),
+               sqlite3_errmsg(db));
+    return rc == MQ_OK ? MQ_ERROR : rc;
+  }
+  return MQ_OK;
+}
+
+static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, size_t errlen) {
+  const char *file = sqlite3_db_filename(db, "main");
+  if (app != MQI_APPLICATION_ID) {
+    snprintf(err, errlen, "%s is an SQLite database of another application (application_id %lld)",
+             file, (long long)app);
+    return MQ_ENOTMQ;
+  }
+  if (version > MQI_FORMAT_VERSION) {
+    snprintf(err, errlen,
+             "%s has format version %lld; this library (mq %s) reads up to version %d",
+             file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
+    return MQ_EVERSION;
+  }
+  if (version < 1) {
+    snprintf(err, errlen, "%s has an invalid mq format version %lld", file, (long long)version);
+    return MQ_ECORRUPT;
+  }
+  return MQ_OK;
+}
+
+static int schema_fail(sqlite3 *db, int src, const char *what, char *err, size_t errlen) {
+  snprintf(err, errlen, "%s %s: %s", what, sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
+  return mqi_err_from_sqlite(src);
+}
+
+int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
+  int64_t app, version, objects;
+  int rc = schema_identity(db, &app, &version, &objects, err, errlen);
+  if (rc != MQ_OK) return rc;
+  if (app != 0 || objects != 0 || version != 0) {
+    rc = schema_check(db, app, version, err, errlen);
+    if (rc != MQ_OK) return rc;
+    if (readonly) return MQ_OK;
+    int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+    return src == SQLITE_OK ? MQ_OK : schema_fail(db, src, "switching to WAL", err, errlen);
+  }
+  /* An empty database: make it a store.  Another process may be doing the
+  ** same right now, so the check is repeated under the write lock. */
+  if (readonly) {
+    snprintf(err, errlen, "%s is empty, and a read-only open cannot create a store",
+             sqlite3_db_filename(db, "main"));
+    return MQ_ENOTMQ;
+  }
+  int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "switching to WAL", err, errlen);
+  src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
+  rc = schema_identity(db, &app, &version, &objects, err, errlen);
+  if (rc == MQ_OK && (app != 0 || objects != 0 || version != 0)) {
+    rc = schema_check(db, app, version, err, errlen);
+    sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+  }
+  if (rc == MQ_OK) {
+    char sql[160];
+    src = sqlite3_exec(db, schema_sql, NULL, NULL, NULL);
+    if (src == SQLITE_OK) {
+      snprintf(sql, sizeof sql,
+               "PRAGMA application_id=%d; PRAGMA user_version=%d;"
+               "INSERT INTO mq_meta VALUES('created_by', 'mq " MQ_VERSION "');",
+               MQI_APPLICATION_ID, MQI_FORMAT_VERSION);
+      src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    }
+    if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (src != SQLITE_OK) rc = schema_fail(db, src, "creating the schema in", err, errlen);
+  }
+  if (rc != MQ_OK) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}

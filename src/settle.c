@@ -1,0 +1,274 @@
+/*
+** settle.c -- what a consumer does with a leased message: ack, nack, touch;
+** and redrive, which settles dead letters by sending them back.
+**
+** A receipt names a message and one lease on it (mq_msg.lease).  Every
+** statement here matches both, so a receipt from an earlier delivery can
+** never touch a later one: that is the whole of stale-receipt detection.
+** A lease that ran out but whose message was not delivered again still
+** matches (its message is ready with the old lease value), so a slow
+** consumer's ack is honoured as long as nobody else has the message --
+** the SQS behaviour.  Nack and dead-lettering clear the lease.
+**
+** Acks are durable (fsynced under MQ_SYNC_FULL): an ack that returned MQ_OK
+** must not bring the message back after a power cut.  Nack and touch are
+** not: losing one only changes when the message is delivered again.
+*/
+#include "mqi.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct settle_arg {
+  const char *queue;
+  const char *const *receipts;
+  int64_t *ids;
+  uint64_t *leases;
+  size_t n;
+  int *results;
+  int64_t delay_ms;   /* nack */
+  const char *reason; /* nack */
+  int64_t visibility_ms; /* touch */
+  int64_t max;        /* redrive */
+  int64_t moved;      /* redrive */
+} settle_arg;
+
+static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q,
+                          int64_t id, uint64_t lease) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, q->id);
+  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  int src = sqlite3_step(st);
+  int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (src == SQLITE_ROW) src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
+  if (!body)
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": message %lld is not leased under this receipt "
+                       "(acked already, expired, or delivered again)",
+                       s->path, name, (long long)id);
+  return mqi_body_release(s, op, body);
+}
+
+static int settle_ack_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int last = MQ_OK;
+  for (size_t i = 0; i < a->n; i++) {
+    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i]);
+    if (rc != MQ_OK && rc != MQ_ESTALE) return rc;
+    if (a->results) a->results[i] = rc;
+    last = rc;
+  }
+  /* A single ack reports its own outcome; a batch succeeds as a whole and
+  ** reports each receipt in results. */
+  return a->n == 1 ? last : MQ_OK;
+}
+
+/* Parse every receipt before anything is queued: a malformed one is bad
+** input and changes nothing. */
+static int settle_parse(mq_store *s, settle_arg *a) {
+  for (size_t i = 0; i < a->n; i++) {
+    if (!a->receipts[i] || mqi_receipt_parse(a->receipts[i], &a->ids[i], &a->leases[i]) != MQ_OK)
+      return mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get", i,
+                         a->receipts[i] ? a->receipts[i] : "(null)");
+  }
+  return MQ_OK;
+}
+
+int mq_ack(mq_store *s, const char *queue, const char *receipt) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_ack_op, &a, 1);
+}
+
+int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n,
+                 int *results) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!receipts) return mqi_err_set(s, MQ_EINVAL, "mq_ack_batch: receipts is NULL");
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = receipts;
+  a.n = n;
+  a.results = results;
+  a.ids = malloc(n * sizeof *a.ids);
+  a.leases = malloc(n * sizeof *a.leases);
+  if (!a.ids || !a.leases) {
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory acking %zu receipts", n);
+  } else if ((rc = settle_parse(s, &a)) == MQ_OK) {
+    /* With one receipt the op answers with its own code; keep the batch
+    ** contract (MQ_OK, outcome in results). */
+    rc = mqi_commit_run(s, settle_ack_op, &a, 1);
+    if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
+  }
+  free(a.ids);
+  free(a.leases);
+  return rc;
+}
+
+/* ---- nack and touch -------------------------------------------------------- */
+
+static int settle_nack_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int64(st, 2, q.id);
+  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  int src = sqlite3_step(st);
+  int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+  sqlite3_reset(st);
+  if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
+  if (receives < 0)
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": message %lld is not leased under this receipt",
+                       s->path, a->queue, (long long)a->ids[0]);
+  if (q.max_receives > 0 && receives >= q.max_receives)
+    return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
+  int64_t now = mqi_store_now(s);
+  st = NULL;
+  src = sqlite3_prepare_v2(s->db,
+                           "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
+                           " reason=coalesce(?4, reason) WHERE id=?1",
+                           -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
+  sqlite3_bind_int64(st, 3, now + a->delay_ms);
+  if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a message");
+  op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_ms,
+            const char *reason) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
+  if (reason && strlen(reason) > 1000)
+    return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  a.delay_ms = delay_ms;
+  a.reason = reason;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_nack_op, &a, 0);
+}
+
+static int settle_touch_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  int64_t now = mqi_store_now(s);
+  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int64(st, 2, q.id);
+  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  sqlite3_bind_int64(st, 4, now + a->visibility_ms);
+  sqlite3_bind_int64(st, 5, now);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "extending a lease");
+  if (sqlite3_changes(s->db) == 0)
+    return mqi_op_fail(op, MQ_ESTALE, "%s: queue \"%s\": the lease of message %lld is over",
+                       s->path, a->queue, (long long)a->ids[0]);
+  return MQ_OK;
+}
+
+int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibility_ms) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
+  int64_t id;
+  uint64_t lease;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = &receipt;
+  a.ids = &id;
+  a.leases = &lease;
+  a.n = 1;
+  a.visibility_ms = visibility_ms;
+  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
+  return mqi_commit_run(s, settle_touch_op, &a, 0);
+}
+
+/* ---- redrive ---------------------------------------------------------------- */
+
+static int settle_redrive_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  int64_t limit = a->max > 0 ? a->max : INT64_MAX;
+  /* Dead letters that came from another queue go back there (if it still
+  ** exists); this queue's own dead messages become ready here. */
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "UPDATE mq_msg SET queue_id = coalesce(origin_id, queue_id), origin_id = NULL,"
+      " state = 0, receives = 0, visible_at = ?2, lease = NULL"
+      " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
+      "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
+      "   AND m.origin_id IN (SELECT id FROM mq_queue)))"
+      "  ORDER BY m.id LIMIT ?3)",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, q.id);
+  sqlite3_bind_int64(st, 2, now);
+  sqlite3_bind_int64(st, 3, limit);
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "redriving");
+  a->moved = sqlite3_changes64(s->db);
+  if (a->moved) op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
+  if (moved) *moved = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (max < 0) return mqi_err_set(s, MQ_EINVAL, "mq_redrive: max is negative");
+  settle_arg a = {0};
+  a.queue = queue;
+  a.max = max;
+  rc = mqi_commit_run(s, settle_redrive_op, &a, 1);
+  if (rc == MQ_OK && moved) *moved = a.moved;
+  return rc;
+}

@@ -1,0 +1,318 @@
+/*
+** store.c -- the handle: opening and closing a queue file, the SQLite
+** connection and its prepared statements, the clock, lease tokens and the
+** free-space floor.
+**
+** Opening is careful about what it touches before it knows the file is
+** ours: the file is created here with an exact mode (not by SQLite, which
+** would apply the umask), a symbolic link is refused, and nothing is written
+** to an existing file -- not even the switch to WAL mode -- until the
+** schema check says it is an mq store of a format we read.
+**
+** The connection is opened in SQLite's multi-thread mode (no SQLite mutex):
+** the handle's dblock serialises every use of it, which SQLite's own mutex
+** would only duplicate.
+*/
+#include "mqi.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define STORE_DEFAULT_MIN_FREE ((int64_t)16 * 1024 * 1024)
+#define STORE_FREE_RECHECK_MS 250
+
+static const char *const store_sql[MQI_ST_COUNT] = {
+    [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
+    [MQI_ST_COMMIT] = "COMMIT",
+    [MQI_ST_ROLLBACK] = "ROLLBACK",
+    [MQI_ST_SAVEPOINT] = "SAVEPOINT mq_op",
+    [MQI_ST_RELEASE] = "RELEASE mq_op",
+    [MQI_ST_ROLLBACK_TO] = "ROLLBACK TO mq_op",
+    [MQI_ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
+    [MQI_ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
+    [MQI_ST_QUEUE_BY_NAME] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
+    [MQI_ST_QUEUE_BY_ID] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
+    [MQI_ST_BODY_INSERT] =
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data) VALUES(?1,?2,?3,?4,?5,?6)",
+    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data FROM mq_body WHERE id=?1",
+    [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
+    [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
+    [MQI_ST_MSG_INSERT] =
+        "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
+        " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
+    [MQI_ST_MSG_READY] =
+        "SELECT id, body_id, priority, receives, enqueued_at, reason FROM mq_msg"
+        " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
+    [MQI_ST_MSG_LEASE] =
+        "UPDATE mq_msg SET state=1, lease=?2, visible_at=?3, receives=receives+1 WHERE id=?1",
+    [MQI_ST_MSG_EXPIRED] =
+        "DELETE FROM mq_msg WHERE queue_id=?1 AND expires_at<=?2 RETURNING body_id",
+    [MQI_ST_MSG_OVERDUE] =
+        "SELECT id FROM mq_msg WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2"
+        " AND receives>=?3 LIMIT 64",
+    [MQI_ST_MSG_PROMOTE] =
+        "UPDATE mq_msg SET state=0 WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2",
+    [MQI_ST_MSG_NEXT_VISIBLE] =
+        "SELECT min(visible_at) FROM mq_msg WHERE queue_id=?1 AND state IN (1,2)",
+    [MQI_ST_MSG_ACK] =
+        "DELETE FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)"
+        " RETURNING body_id",
+    [MQI_ST_MSG_NACK] =
+        "SELECT receives FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3"
+        " AND state IN (0,1)",
+    [MQI_ST_MSG_TOUCH] =
+        "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
+        " AND state=1 AND visible_at>?5",
+    [MQI_ST_MSG_TO_DLQ] =
+        "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
+        " lease=NULL, reason=coalesce(?4, reason) WHERE id=?1",
+    [MQI_ST_MSG_TO_DEAD] =
+        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason) WHERE id=?1",
+    [MQI_ST_DEDUP_GET] =
+        "SELECT msg_id FROM mq_dedup WHERE queue_id=?1 AND key=?2 AND expires_at>?3",
+    [MQI_ST_DEDUP_PUT] =
+        "INSERT OR REPLACE INTO mq_dedup(queue_id, key, msg_id, expires_at)"
+        " VALUES(?1,?2,?3,?4)",
+    [MQI_ST_DEDUP_SWEEP] = "DELETE FROM mq_dedup WHERE expires_at<=?1",
+};
+
+const char *mq_libversion(void) { return MQ_VERSION; }
+const char *mq_sqlite_version(void) { return sqlite3_libversion(); }
+
+void mq_store_options_init(mq_store_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->sync = MQ_SYNC_FULL;
+  o->flags = MQ_OPEN_CREATE;
+  o->mode = 0600;
+  o->busy_timeout_ms = 10000;
+  o->min_free_bytes = STORE_DEFAULT_MIN_FREE;
+}
+
+static int64_t store_default_clock(void *ctx) {
+  (void)ctx;
+  return mqi_os_realtime_ms();
+}
+
+static void store_free(mq_store *s) {
+  for (int i = 0; i < MQI_ST_COUNT; i++) sqlite3_finalize(s->stmt[i]);
+  if (s->db) sqlite3_close(s->db);
+  mqi_gate_close(s->gate);
+  pthread_mutex_destroy(&s->lock);
+  pthread_mutex_destroy(&s->dblock);
+  pthread_cond_destroy(&s->done);
+  free(s->path);
+  free(s);
+}
+
+/* Read the options the caller filled, honouring their declared size so an
+** older caller's shorter struct keeps the defaults for newer fields. */
+static int store_read_options(const mq_store_options *in, mq_store_options *o) {
+  mq_store_options_init(o);
+  if (!in) return MQ_OK;
+  if (in->size < offsetof(mq_store_options, min_free_bytes) || in->size > sizeof *o)
+    return mqi_err_set(NULL, MQ_EINVAL,
+                       "mq_store_options.size is %zu: call mq_store_options_init first",
+                       in->size);
+  memcpy(o, in, in->size);
+  if (o->sync < MQ_SYNC_FULL || o->sync > MQ_SYNC_OFF)
+    return mqi_err_set(NULL, MQ_EINVAL, "sync mode %d is not one of MQ_SYNC_*", o->sync);
+  if (o->flags & ~(MQ_OPEN_CREATE | MQ_OPEN_READONLY))
+    return mqi_err_set(NULL, MQ_EINVAL, "unknown open flags 0x%x", o->flags);
+  if (o->mode & ~0777u || !(o->mode & 0600u) || (o->mode & 0600u) != 0600u)
+    return mqi_err_set(NULL, MQ_EINVAL,
+                       "file mode %o: must give the owner read and write and have no "
+                       "bits beyond 0777",
+                       o->mode);
+  if (o->busy_timeout_ms < 0)
+    return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
+  if (o->min_free_bytes < 0)
+    return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
+  return MQ_OK;
+}
+
+static int store_pragmas(mq_store *s, char *err, size_t errlen) {
+  char sql[200];
+  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : s->sync == MQ_SYNC_NORMAL ? "NORMAL" : "FULL";
+  snprintf(sql, sizeof sql,
+           "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
+           sync);
+  int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, errlen, "setting up %s: %s", s->path, sqlite3_errmsg(s->db));
+    return mqi_err_from_sqlite(rc);
+  }
+  s->cur_sync = s->sync == MQ_SYNC_OFF ? 0 : s->sync == MQ_SYNC_NORMAL ? 1 : 2;
+  return MQ_OK;
+}
+
+int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out) {
+  mq_store_options o;
+  char err[MQI_ERRMSG_MAX] = "";
+  int rc;
+  if (out) *out = NULL;
+  if (!out) return mqi_err_set(NULL, MQ_EINVAL, "mq_store_open: out is NULL");
+  if (!path || !*path) return mqi_err_set(NULL, MQ_EINVAL, "mq_store_open: path is empty");
+  if ((rc = store_read_options(opts, &o)) != MQ_OK) return rc;
+  int readonly = (o.flags & MQ_OPEN_READONLY) != 0;
+
+  rc = mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err,
+                           sizeof err);
+  if (rc != MQ_OK) return mqi_err_copy(NULL, rc, err);
+
+  mq_store *s = calloc(1, sizeof *s);
+  if (!s) return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
+  pthread_mutex_init(&s->lock, NULL);
+  pthread_mutex_init(&s->dblock, NULL);
+  pthread_cond_init(&s->done, NULL);
+  s->path = strdup(path);
+  s->sync = o.sync;
+  s->readonly = readonly;
+  s->busy_timeout_ms = o.busy_timeout_ms;
+  s->clock = o.clock ? o.clock : store_default_clock;
+  s->clock_ctx = o.clock_ctx;
+  s->log = o.log;
+  s->log_ctx = o.log_ctx;
+  s->min_free_bytes = o.min_free_bytes;
+  s->free_checked_at = INT64_MIN / 2;
+  s->fork_gen = mqi_os_fork_generation();
+  s->rng = mqi_os_seed();
+  s->cur_sync = -1;
+  if (!s->path) {
+    store_free(s);
+    return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
+  }
+
+  int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+  flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+  rc = sqlite3_open_v2(path, &s->db, flags, NULL);
+  if (rc != SQLITE_OK) {
+    snprintf(err, sizeof err, "cannot open %s: %s", path,
+             s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    store_free(s);
+    return mqi_err_copy(NULL, rc == SQLITE_NOMEM ? MQ_ENOMEM : MQ_ECANTOPEN, err);
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  sqlite3_busy_timeout(s->db, o.busy_timeout_ms);
+
+  rc = mqi_schema_open(s->db, readonly, err, sizeof err);
+  if (rc == MQ_OK && !readonly) rc = store_pragmas(s, err, sizeof err);
+  uint64_t dev = 0, ino = 0;
+  if (rc == MQ_OK && mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
+    snprintf(err, sizeof err, "cannot stat %s after opening it", path);
+    rc = MQ_ECANTOPEN;
+  }
+  if (rc == MQ_OK && !(s->gate = mqi_gate_open(dev, ino, o.mode))) {
+    snprintf(err, sizeof err, "out of memory opening %s", path);
+    rc = MQ_ENOMEM;
+  }
+  if (rc != MQ_OK) {
+    if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
+    store_free(s);
+    return mqi_err_copy(NULL, rc, err);
+  }
+  if (!mqi_gate_is_shared(s->gate))
+    mqi_log(s, MQ_LOG_WARN,
+            "%s: no shared memory for the writer gate; waits notice other processes' "
+            "puts by polling",
+            path);
+  *out = s;
+  return MQ_OK;
+}
+
+int mq_store_close(mq_store *s) {
+  if (!s) return MQ_OK;
+  int rc = MQ_OK;
+  if (s->fork_gen != mqi_os_fork_generation()) {
+    /* A connection must not be used across fork(), and closing it is a use:
+    ** it could checkpoint or unlink the WAL under the parent.  The child
+    ** gives the memory back and leaves SQLite's state alone. */
+    s->db = NULL;
+    memset(s->stmt, 0, sizeof s->stmt);
+    store_free(s);
+    return MQ_EMISUSE;
+  }
+  for (int i = 0; i < MQI_ST_COUNT; i++) {
+    sqlite3_finalize(s->stmt[i]);
+    s->stmt[i] = NULL;
+  }
+  /* sqlite3_close checkpoints and removes the WAL when this is the last
+  ** connection; if that fails the WAL is still there and still valid. */
+  if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
+    rc = MQ_EBUSY;
+    sqlite3_close_v2(s->db);
+  }
+  s->db = NULL;
+  store_free(s);
+  return rc;
+}
+
+int mqi_store_check(mq_store *s, int writes) {
+  if (!s) return mqi_err_set(NULL, MQ_EINVAL, "store is NULL");
+  if (s->fork_gen != mqi_os_fork_generation())
+    return mqi_err_set(s, MQ_EMISUSE,
+                       "%s: this handle was opened before fork(); open a new one in the child",
+                       s->path);
+  if (writes && s->readonly)
+    return mqi_err_set(s, MQ_EREADONLY, "%s was opened read-only", s->path);
+  return MQ_OK;
+}
+
+sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = s->stmt[id];
+  if (st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return st;
+  }
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id],
+                         NULL) != SQLITE_OK)
+    return NULL;
+  return s->stmt[id];
+}
+
+int64_t mqi_store_now(mq_store *s) { return s->clock(s->clock_ctx); }
+
+uint64_t mqi_store_token(mq_store *s) {
+  /* xorshift64*: fast, never zero from a non-zero state. */
+  uint64_t x = s->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  s->rng = x;
+  uint64_t t = (x * 0x2545F4914F6CDD1DULL) >> 1; /* fits an SQLite integer */
+  return t ? t : 1;
+}
+
+int mqi_store_space_ok(mq_store *s) {
+  if (s->min_free_bytes <= 0) return MQ_OK;
+  int64_t now = mqi_os_monotonic_ms();
+  if (now - s->free_checked_at >= STORE_FREE_RECHECK_MS) {
+    s->free_bytes = mqi_os_free_bytes(s->path);
+    s->free_checked_at = now;
+  }
+  if (s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes) return MQ_EFULL;
+  return MQ_OK;
+}
+
+int mq_store_checkpoint(mq_store *s) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  pthread_mutex_lock(&s->dblock);
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+  mqi_gate_leave(s->gate, ticket);
+  if (src != SQLITE_OK)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "checkpoint of %s: %s", s->path,
+                     sqlite3_errmsg(s->db));
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}
