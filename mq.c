@@ -275,6 +275,7 @@ MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives,
                           size_t headers_len, const void *data,
                           size_t data_len, mq_msg **out);
 MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
+MQI_API void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at);
 /* Parse a receipt made by mqi_msg_set_receipt. */
 MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
@@ -774,7 +775,7 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
         " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
     [MQI_ST_MSG_READY] =
-        "SELECT id, body_id, priority, receives, enqueued_at, reason FROM mq_msg"
+        "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
     [MQI_ST_MSG_LEASE] =
         "UPDATE mq_msg SET state=1, lease=?2, visible_at=?3, receives=receives+1 WHERE id=?1",
@@ -2135,7 +2136,7 @@ typedef struct get_arg {
 
 /* A candidate read from the ready index. */
 typedef struct get_cand {
-  int64_t id, body_id, enqueued_at;
+  int64_t id, body_id, enqueued_at, expires_at;
   int priority, receives;
   char *reason;
 } get_cand;
@@ -2190,6 +2191,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       c->priority = sqlite3_column_int(st, 2);
       c->receives = sqlite3_column_int(st, 3);
       c->enqueued_at = sqlite3_column_int64(st, 4);
+      c->expires_at = sqlite3_column_int64(st, 6);
       const char *r = (const char *)sqlite3_column_text(st, 5);
       c->reason = r ? strdup(r) : NULL;
     }
@@ -2229,6 +2231,7 @@ static int get_op(mq_store *s, mqi_op *op) {
         break;
       }
       mqi_msg_set_receipt(m, c->id, lease);
+      mqi_msg_set_times(m, now + vis, c->expires_at);
       a->msgs[a->count++] = m;
     }
     for (size_t i = 0; i < nc; i++) free(cands[i].reason);
@@ -2326,7 +2329,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, q.id"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at"
       " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
@@ -2356,6 +2359,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
         continue;
       }
       if (rc != MQ_OK) break;
+      mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
       msgs[n++] = m;
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
@@ -2686,6 +2690,8 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
 struct mq_msg {
   int64_t id;
   int64_t enqueued_at;
+  int64_t visible_at;
+  int64_t expires_at;
   int receives;
   int priority;
   size_t size;
@@ -2814,6 +2820,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
   return MQ_OK;
 }
 
+void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at) {
+  m->visible_at = visible_at;
+  m->expires_at = expires_at;
+}
+
 void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease) {
   snprintf(m->receipt, sizeof m->receipt, "%016" PRIx64 "%016" PRIx64, (uint64_t)id, lease);
 }
@@ -2847,6 +2858,8 @@ int mq_msg_receives(const mq_msg *m) { return m ? m->receives : 0; }
 int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
 int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
 const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
+int64_t mq_msg_visible_at(const mq_msg *m) { return m ? m->visible_at : 0; }
+int64_t mq_msg_expires_at(const mq_msg *m) { return m ? m->expires_at : 0; }
 size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }
 
 const char *mq_msg_header(const mq_msg *m, const char *name) {
@@ -2866,3 +2879,238 @@ const char *mq_msg_header_value(const mq_msg *m, size_t i) {
 
 void mq_msg_free(mq_msg *m) { free(m); }
 /*** end src/msg.c ***/
+
+/*** begin src/inspect.c ***/
+/*
+** inspect.c -- reading a store without changing it: scanning every message
+** of a queue (exports, backups) and verifying the whole file.
+**
+** Both run as plain reads on the handle's connection, inside one read
+** transaction so they see a single snapshot, and neither takes the writer
+** gate: other processes keep putting and getting while a scan runs.  The
+** handle's own lock is held throughout, so a callback must not call back
+** into the same handle (it would deadlock), as mq.h says.
+**
+** Verification reports problems as text lines through a callback and goes
+** on after each one, so a damaged store is described as a whole rather
+** than by its first fault.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <string.h>
+
+static int inspect_begin(mq_store *s) {
+  return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+}
+
+static void inspect_end(mq_store *s) {
+  if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+}
+
+/* The visible state of a row as of now, as a get would see it. */
+static int inspect_state(int state, int64_t visible_at, int64_t now) {
+  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
+  return state;
+}
+
+int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int64_t *corrupt) {
+  if (corrupt) *corrupt = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s), bad = 0;
+  sqlite3_stmt *st = NULL;
+  int src = inspect_begin(s);
+  int64_t qid = 0;
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(s->db, "SELECT id FROM mq_queue WHERE name=?1", -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+      qid = sqlite3_column_int64(st, 0);
+      src = SQLITE_OK;
+    } else if (src == SQLITE_DONE) {
+      rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
+      src = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+  }
+  if (src == SQLITE_OK && rc == MQ_OK)
+    src = sqlite3_prepare_v2(
+        s->db,
+        "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state"
+        " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
+        " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+        " ORDER BY m.id",
+        -1, &st, NULL);
+  if (src == SQLITE_OK && rc == MQ_OK) {
+    sqlite3_bind_int64(st, 1, qid);
+    sqlite3_bind_int64(st, 2, now);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      mq_msg *m = NULL;
+      int brc = mqi_msg_build(
+          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
+          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      if (brc == MQ_ECORRUPT) {
+        bad++;
+        continue;
+      }
+      if (brc != MQ_OK) {
+        rc = mqi_err_set(s, brc, "out of memory scanning \"%s\"", queue);
+        break;
+      }
+      int64_t vis = sqlite3_column_int64(st, 10);
+      mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
+      int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
+      mq_msg_free(m);
+      if (stop) {
+        src = SQLITE_DONE;
+        break;
+      }
+    }
+    if (src == SQLITE_DONE) src = SQLITE_OK;
+  }
+  if (src != SQLITE_OK && rc == MQ_OK)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
+                     sqlite3_errmsg(s->db));
+  sqlite3_finalize(st);
+  inspect_end(s);
+  pthread_mutex_unlock(&s->dblock);
+  if (corrupt) *corrupt = bad;
+  return rc;
+}
+
+/* ---- verify ------------------------------------------------------------------ */
+
+typedef struct verify_ctx {
+  mq_verify_fn fn;
+  void *ctx;
+  int64_t problems;
+} verify_ctx;
+
+static void verify_report(verify_ctx *v, const char *fmt, ...) {
+  char line[MQI_ERRMSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  v->problems++;
+  if (v->fn) v->fn(v->ctx, line);
+}
+
+/* Run a query whose every row is a problem: column 0 is formatted with
+** what.  Returns the SQLite code of the query. */
+static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *what) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src != SQLITE_OK) return src;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *text = (const char *)sqlite3_column_text(st, 0);
+    verify_report(v, "%s%s", what, text ? text : "");
+  }
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
+static int verify_payloads(mq_store *s, verify_ctx *v) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
+      " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
+      " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return src;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    mq_msg *m = NULL;
+    int rc = mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL,
+                           sqlite3_column_int64(st, 2), (uint32_t)sqlite3_column_int64(st, 3),
+                           sqlite3_column_int(st, 4), sqlite3_column_blob(st, 5),
+                           (size_t)sqlite3_column_bytes(st, 5), sqlite3_column_blob(st, 6),
+                           (size_t)sqlite3_column_bytes(st, 6), &m);
+    mq_msg_free(m);
+    if (rc == MQ_ECORRUPT) {
+      const char *q = (const char *)sqlite3_column_text(st, 1);
+      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum",
+                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
+    } else if (rc != MQ_OK) {
+      sqlite3_finalize(st);
+      return SQLITE_NOMEM;
+    }
+  }
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
+int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) {
+  if (problems) *problems = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  verify_ctx v = {fn, ctx, 0};
+  pthread_mutex_lock(&s->dblock);
+  int src = inspect_begin(s);
+  if (src == SQLITE_OK) {
+    /* SQLite's own check first: if the b-trees are damaged, the rest may
+    ** read garbage, but it still runs and reports what it can. */
+    sqlite3_stmt *st = NULL;
+    src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    while (src == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+      const char *line = (const char *)sqlite3_column_text(st, 0);
+      if (line && strcmp(line, "ok") != 0) verify_report(&v, "file: %s", line);
+    }
+    sqlite3_finalize(st);
+  }
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
+                      " || m.queue_id || ')' FROM mq_msg m"
+                      " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
+                      " || ' has no payload (body ' || m.body_id || ' is missing)'"
+                      " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
+                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
+                      "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
+                      " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'message ' || id || ' has an invalid state ' || state"
+                      " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
+                      "");
+  if (src == SQLITE_OK) src = verify_payloads(s, &v);
+  inspect_end(s);
+  if (src != SQLITE_OK) {
+    int code = mqi_err_from_sqlite(src);
+    if (code == MQ_ECORRUPT) {
+      verify_report(&v, "file: %s", sqlite3_errmsg(s->db));
+      rc = MQ_ECORRUPT;
+    } else {
+      rc = mqi_err_set(s, code == MQ_OK ? MQ_ERROR : code, "%s: verifying: %s", s->path,
+                       sqlite3_errmsg(s->db));
+    }
+  } else if (v.problems) {
+    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path,
+                     (long long)v.problems);
+  }
+  pthread_mutex_unlock(&s->dblock);
+  if (problems) *problems = v.problems;
+  return rc;
+}
+/*** end src/inspect.c ***/

@@ -355,9 +355,54 @@ MQ_API const char *mq_msg_header_name(const mq_msg *msg, size_t i);
 MQ_API const char *mq_msg_header_value(const mq_msg *msg, size_t i);
 /* The reason given by the last nack, or NULL. */
 MQ_API const char *mq_msg_reason(const mq_msg *msg);
+/* When the message becomes visible (again): for a received message, the
+** end of its lease; store clock, ms. */
+MQ_API int64_t mq_msg_visible_at(const mq_msg *msg);
+/* When the message expires unread (its TTL or the queue's retention), or
+** 0 if it never does; store clock, ms. */
+MQ_API int64_t mq_msg_expires_at(const mq_msg *msg);
 MQ_API void mq_msg_free(mq_msg *msg);
 
 #define MQ_RECEIPT_MAX 64 /* a receipt is at most this many bytes + NUL */
+
+/* Message states reported by mq_queue_scan. */
+#define MQ_STATE_READY 0    /* visible now */
+#define MQ_STATE_INFLIGHT 1 /* leased to a consumer */
+#define MQ_STATE_DELAYED 2  /* hidden until mq_msg_visible_at */
+#define MQ_STATE_DEAD 3     /* exceeded max_receives, kept without a dlq */
+
+/* Called once per message by mq_queue_scan.  msg (and everything its
+** accessors return) is valid only during the call; it has no receipt and
+** mq_msg_receives is the number of deliveries so far.  Return 0 to go on,
+** anything else to stop the scan (mq_queue_scan then returns MQ_OK). */
+typedef int (*mq_scan_fn)(void *ctx, const mq_msg *msg, int state);
+
+/*
+** Visit every message of a queue, in any state, in id order, without
+** changing anything (for backups, exports and inspection).  Messages whose
+** payload fails its checksum are not passed to fn; *corrupt (may be NULL)
+** receives their count.  The scan reads one consistent snapshot; it does
+** not block puts and gets by other handles or processes, but fn must not
+** call into the same handle.
+*/
+MQ_API int mq_queue_scan(mq_store *store, const char *queue, mq_scan_fn fn,
+                         void *ctx, int64_t *corrupt);
+
+/* Called by mq_store_verify with one line describing one problem. */
+typedef void (*mq_verify_fn)(void *ctx, const char *problem);
+
+/*
+** Check the whole store: SQLite's integrity check of the file, the CRC32 of
+** every payload, and the library's own invariants (every message has its
+** queue and its payload, payload reference counts are right).  Each problem
+** found is passed to fn (may be NULL) as one line naming the queue and the
+** message where it can; *problems (may be NULL) receives the count.
+** Returns MQ_OK if the store is sound, MQ_ECORRUPT if problems were found,
+** another code if the check could not run.  Reads only; may take a while
+** on a large store.
+*/
+MQ_API int mq_store_verify(mq_store *store, mq_verify_fn fn, void *ctx,
+                           int64_t *problems);
 
 /* ------------------------------------------------------------------------
 ** Settling messages

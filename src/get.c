@@ -129,7 +129,7 @@ typedef struct get_arg {
 
 /* A candidate read from the ready index. */
 typedef struct get_cand {
-  int64_t id, body_id, enqueued_at;
+  int64_t id, body_id, enqueued_at, expires_at;
   int priority, receives;
   char *reason;
 } get_cand;
@@ -184,6 +184,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       c->priority = sqlite3_column_int(st, 2);
       c->receives = sqlite3_column_int(st, 3);
       c->enqueued_at = sqlite3_column_int64(st, 4);
+      c->expires_at = sqlite3_column_int64(st, 6);
       const char *r = (const char *)sqlite3_column_text(st, 5);
       c->reason = r ? strdup(r) : NULL;
     }
@@ -223,6 +224,7 @@ static int get_op(mq_store *s, mqi_op *op) {
         break;
       }
       mqi_msg_set_receipt(m, c->id, lease);
+      mqi_msg_set_times(m, now + vis, c->expires_at);
       a->msgs[a->count++] = m;
     }
     for (size_t i = 0; i < nc; i++) free(cands[i].reason);
@@ -320,7 +322,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, q.id"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at"
       " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
@@ -350,6 +352,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
         continue;
       }
       if (rc != MQ_OK) break;
+      mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
       msgs[n++] = m;
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;

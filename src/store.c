@@ -46,7 +46,7 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
         " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
     [MQI_ST_MSG_READY] =
-        "SELECT id, body_id, priority, receives, enqueued_at, reason FROM mq_msg"
+        "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
     [MQI_ST_MSG_LEASE] =
         "UPDATE mq_msg SET state=1, lease=?2, visible_at=?3, receives=receives+1 WHERE id=?1",

@@ -1,0 +1,232 @@
+/*
+** inspect.c -- reading a store without changing it: scanning every message
+** of a queue (exports, backups) and verifying the whole file.
+**
+** Both run as plain reads on the handle's connection, inside one read
+** transaction so they see a single snapshot, and neither takes the writer
+** gate: other processes keep putting and getting while a scan runs.  The
+** handle's own lock is held throughout, so a callback must not call back
+** into the same handle (it would deadlock), as mq.h says.
+**
+** Verification reports problems as text lines through a callback and goes
+** on after each one, so a damaged store is described as a whole rather
+** than by its first fault.
+*/
+#include "mqi.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int inspect_begin(mq_store *s) {
+  return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+}
+
+static void inspect_end(mq_store *s) {
+  if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+}
+
+/* The visible state of a row as of now, as a get would see it. */
+static int inspect_state(int state, int64_t visible_at, int64_t now) {
+  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
+  return state;
+}
+
+int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int64_t *corrupt) {
+  if (corrupt) *corrupt = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
+  pthread_mutex_lock(&s->dblock);
+  int64_t now = mqi_store_now(s), bad = 0;
+  sqlite3_stmt *st = NULL;
+  int src = inspect_begin(s);
+  int64_t qid = 0;
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(s->db, "SELECT id FROM mq_queue WHERE name=?1", -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW) {
+      qid = sqlite3_column_int64(st, 0);
+      src = SQLITE_OK;
+    } else if (src == SQLITE_DONE) {
+      rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
+      src = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+  }
+  if (src == SQLITE_OK && rc == MQ_OK)
+    src = sqlite3_prepare_v2(
+        s->db,
+        "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state"
+        " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
+        " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+        " ORDER BY m.id",
+        -1, &st, NULL);
+  if (src == SQLITE_OK && rc == MQ_OK) {
+    sqlite3_bind_int64(st, 1, qid);
+    sqlite3_bind_int64(st, 2, now);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      mq_msg *m = NULL;
+      int brc = mqi_msg_build(
+          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
+          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      if (brc == MQ_ECORRUPT) {
+        bad++;
+        continue;
+      }
+      if (brc != MQ_OK) {
+        rc = mqi_err_set(s, brc, "out of memory scanning \"%s\"", queue);
+        break;
+      }
+      int64_t vis = sqlite3_column_int64(st, 10);
+      mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
+      int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
+      mq_msg_free(m);
+      if (stop) {
+        src = SQLITE_DONE;
+        break;
+      }
+    }
+    if (src == SQLITE_DONE) src = SQLITE_OK;
+  }
+  if (src != SQLITE_OK && rc == MQ_OK)
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
+                     sqlite3_errmsg(s->db));
+  sqlite3_finalize(st);
+  inspect_end(s);
+  pthread_mutex_unlock(&s->dblock);
+  if (corrupt) *corrupt = bad;
+  return rc;
+}
+
+/* ---- verify ------------------------------------------------------------------ */
+
+typedef struct verify_ctx {
+  mq_verify_fn fn;
+  void *ctx;
+  int64_t problems;
+} verify_ctx;
+
+static void verify_report(verify_ctx *v, const char *fmt, ...) {
+  char line[MQI_ERRMSG_MAX];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  v->problems++;
+  if (v->fn) v->fn(v->ctx, line);
+}
+
+/* Run a query whose every row is a problem: column 0 is formatted with
+** what.  Returns the SQLite code of the query. */
+static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *what) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src != SQLITE_OK) return src;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    const char *text = (const char *)sqlite3_column_text(st, 0);
+    verify_report(v, "%s%s", what, text ? text : "");
+  }
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
+static int verify_payloads(mq_store *s, verify_ctx *v) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
+      " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
+      " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return src;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    mq_msg *m = NULL;
+    int rc = mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL,
+                           sqlite3_column_int64(st, 2), (uint32_t)sqlite3_column_int64(st, 3),
+                           sqlite3_column_int(st, 4), sqlite3_column_blob(st, 5),
+                           (size_t)sqlite3_column_bytes(st, 5), sqlite3_column_blob(st, 6),
+                           (size_t)sqlite3_column_bytes(st, 6), &m);
+    mq_msg_free(m);
+    if (rc == MQ_ECORRUPT) {
+      const char *q = (const char *)sqlite3_column_text(st, 1);
+      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum",
+                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
+    } else if (rc != MQ_OK) {
+      sqlite3_finalize(st);
+      return SQLITE_NOMEM;
+    }
+  }
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
+int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) {
+  if (problems) *problems = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  verify_ctx v = {fn, ctx, 0};
+  pthread_mutex_lock(&s->dblock);
+  int src = inspect_begin(s);
+  if (src == SQLITE_OK) {
+    /* SQLite's own check first: if the b-trees are damaged, the rest may
+    ** read garbage, but it still runs and reports what it can. */
+    sqlite3_stmt *st = NULL;
+    src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    while (src == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+      const char *line = (const char *)sqlite3_column_text(st, 0);
+      if (line && strcmp(line, "ok") != 0) verify_report(&v, "file: %s", line);
+    }
+    sqlite3_finalize(st);
+  }
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
+                      " || m.queue_id || ')' FROM mq_msg m"
+                      " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
+                      " || ' has no payload (body ' || m.body_id || ' is missing)'"
+                      " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
+                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
+                      "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
+                      " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
+                      "");
+  if (src == SQLITE_OK)
+    src = verify_rows(s, &v,
+                      "SELECT 'message ' || id || ' has an invalid state ' || state"
+                      " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
+                      "");
+  if (src == SQLITE_OK) src = verify_payloads(s, &v);
+  inspect_end(s);
+  if (src != SQLITE_OK) {
+    int code = mqi_err_from_sqlite(src);
+    if (code == MQ_ECORRUPT) {
+      verify_report(&v, "file: %s", sqlite3_errmsg(s->db));
+      rc = MQ_ECORRUPT;
+    } else {
+      rc = mqi_err_set(s, code == MQ_OK ? MQ_ERROR : code, "%s: verifying: %s", s->path,
+                       sqlite3_errmsg(s->db));
+    }
+  } else if (v.problems) {
+    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path,
+                     (long long)v.problems);
+  }
+  pthread_mutex_unlock(&s->dblock);
+  if (problems) *problems = v.problems;
+  return rc;
+}
