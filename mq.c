@@ -108,8 +108,8 @@ MQI_API void mqi_os_futex_wake(uint32_t *addr);
 /* Prepare path for SQLite: refuse a symbolic link, create a missing file
 ** with exactly mode when create is set.  Returns MQ_OK or an MQ code with
 ** a message in err. */
-MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create,
-                                int readonly, char *err, size_t errlen);
+MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonly,
+                                char *err, size_t errlen);
 /* Identity of the file for naming shared memory. */
 MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
 /* Incremented in the child at every fork(); a handle remembers it. */
@@ -127,6 +127,8 @@ MQI_API int mqi_err_from_sqlite(int sqlite_rc);
 MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);
 /* Validate a queue name; returns MQ_OK or MQ_EINVAL with a message. */
 MQI_API int mqi_err_check_name(const mq_store *store, const char *what, const char *name);
+/* Validate a name where a queue or a "topic/subscription" is accepted. */
+MQI_API int mqi_err_check_qname(const mq_store *store, const char *name);
 
 /* ---- gate.c -------------------------------------------------------------- */
 typedef struct mqi_gate mqi_gate;
@@ -189,8 +191,8 @@ struct mq_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
-  int sync;               /* MQ_SYNC_* */
-  int cur_sync;           /* PRAGMA synchronous now in force (-1 unknown) */
+  int sync;     /* MQ_SYNC_* */
+  int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
   int readonly;
   int busy_timeout_ms;
   mq_clock_fn clock;
@@ -202,9 +204,9 @@ struct mq_store {
   int64_t free_bytes;
   unsigned fork_gen;
   mqi_gate *gate;
-  uint64_t rng;           /* lease tokens; used under dblock */
-  mqi_op *head, *tail;    /* ops waiting for a leader */
-  int leading;            /* a thread is running a batch */
+  uint64_t rng;        /* lease tokens; used under dblock */
+  mqi_op *head, *tail; /* ops waiting for a leader */
+  int leading;         /* a thread is running a batch */
   uint64_t puts_since_sweep;
 };
 
@@ -230,8 +232,8 @@ typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 struct mqi_op {
   mqi_op_fn fn;
   void *arg;
-  int durable;        /* must survive power loss under FULL (put, ack) */
-  int flags;          /* MQI_OP_* set by fn as it goes */
+  int durable; /* must survive power loss under FULL (put, ack) */
+  int flags;   /* MQI_OP_* set by fn as it goes */
   int rc;
   int finished;
   mqi_op *next;
@@ -254,7 +256,7 @@ typedef struct mqi_queue {
   int kind;
   int64_t visibility_ms;
   int max_receives;
-  int64_t dlq_id;          /* 0: none */
+  int64_t dlq_id; /* 0: none */
   int64_t retention_ms;
   int64_t max_payload;
   int64_t compress_above;
@@ -263,16 +265,52 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* Create a queue-like row of the given kind (queue or topic). */
+MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
+/* Inside an op: delete every message of queue qid (releasing payloads);
+** with drop, also its dedup keys and the queue row itself. */
+MQI_API int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int drop,
+                            int64_t *deleted);
+
+/* ---- put.c --------------------------------------------------------------- */
+/* One message to store, checked and checksummed by the calling thread. */
+typedef struct mqi_put_item {
+  const void *data;
+  size_t len;
+  uint32_t crc;
+  mq_put_options o;
+  char *headers; /* encoded, owned: free() it */
+  size_t headers_len;
+  const char *subject; /* topics only */
+} mqi_put_item;
+
+MQI_API int mqi_put_prepare(mq_store *s, mqi_put_item *it, size_t index, const void *data,
+                            size_t len, const mq_put_options *opts);
+/* Inside an op: the id an earlier put with the item's dedup key got in q
+** (0 if none, or no key), and remembering the key for a new id. */
+MQI_API int mqi_put_dedup_find(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                               int64_t now, int64_t *id);
+MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                                int64_t now, int64_t id);
+/* Inside an op: store the payload once, shared by refs messages; q gives
+** max_payload and compression. */
+MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                         size_t index, int refs, int64_t *body_id);
+/* Inside an op: one message row in q for body_id; retention_ms (0: none)
+** is an extra cap, e.g. the topic's. */
+MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
+                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t *id);
+/* Forget dedup keys whose window has passed, now and then. */
+MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
 /* ---- msg.c --------------------------------------------------------------- */
 /* Release one reference to a body, deleting it with the last one. */
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
-MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives,
-                          int priority, const char *reason, int64_t size,
-                          uint32_t crc, int codec, const void *headers,
-                          size_t headers_len, const void *data,
+MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
+                          const char *reason, const char *subject, int64_t size, uint32_t crc,
+                          int codec, const void *headers, size_t headers_len, const void *data,
                           size_t data_len, mq_msg **out);
 MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
 MQI_API void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at);
@@ -283,8 +321,8 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
-MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q,
-                               int64_t msg_id, const char *reason);
+MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
+                               const char *reason);
 
 #endif /* MQI_H */
 /*** end src/mqi.h ***/
@@ -337,15 +375,14 @@ int64_t mqi_os_monotonic_ms(void) {
 uint64_t mqi_os_seed(void) {
   uint64_t seed = 0;
 #ifdef __linux__
-  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed && seed)
-    return seed;
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed && seed) return seed;
 #endif
   /* Without getrandom, mix time, pid and an address: lease tokens only
   ** need to differ between deliveries, not to be secret. */
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^
-         ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&seed;
+  seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ ((uint64_t)getpid() << 16) ^
+         (uint64_t)(uintptr_t)&seed;
   return seed ? seed : 0x9E3779B97F4A7C15ULL;
 }
 
@@ -390,8 +427,8 @@ void mqi_os_futex_wake(uint32_t *addr) {
 #endif
 }
 
-int mqi_os_prepare_file(const char *path, unsigned mode, int create,
-                        int readonly, char *err, size_t errlen) {
+int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonly, char *err,
+                        size_t errlen) {
   struct stat st;
   if (lstat(path, &st) == 0) {
     if (S_ISLNK(st.st_mode)) {
@@ -473,26 +510,46 @@ static _Thread_local struct {
 
 const char *mq_errstr(int rc) {
   switch (rc) {
-    case MQ_OK: return "not an error";
-    case MQ_ERROR: return "internal error";
-    case MQ_EINVAL: return "invalid argument";
-    case MQ_ENOMEM: return "out of memory";
-    case MQ_ENOTFOUND: return "no such queue";
-    case MQ_EEXIST: return "queue exists with other options";
-    case MQ_EMPTY: return "no message available";
-    case MQ_ESTALE: return "stale receipt: the lease is over";
-    case MQ_ETOOBIG: return "payload too large";
-    case MQ_EFULL: return "disk or quota full";
-    case MQ_EUNKNOWN: return "outcome unknown: I/O error during commit";
-    case MQ_ECORRUPT: return "data is corrupt";
-    case MQ_ENOTMQ: return "not an mq store";
-    case MQ_EVERSION: return "store written by a newer mq format";
-    case MQ_EBUSY: return "store is locked";
-    case MQ_EIO: return "I/O error";
-    case MQ_ECANTOPEN: return "cannot open the store file";
-    case MQ_EMISUSE: return "library misuse";
-    case MQ_EREADONLY: return "store is read-only";
-    default: return "unknown result code";
+    case MQ_OK:
+      return "not an error";
+    case MQ_ERROR:
+      return "internal error";
+    case MQ_EINVAL:
+      return "invalid argument";
+    case MQ_ENOMEM:
+      return "out of memory";
+    case MQ_ENOTFOUND:
+      return "no such queue";
+    case MQ_EEXIST:
+      return "queue exists with other options";
+    case MQ_EMPTY:
+      return "no message available";
+    case MQ_ESTALE:
+      return "stale receipt: the lease is over";
+    case MQ_ETOOBIG:
+      return "payload too large";
+    case MQ_EFULL:
+      return "disk or quota full";
+    case MQ_EUNKNOWN:
+      return "outcome unknown: I/O error during commit";
+    case MQ_ECORRUPT:
+      return "data is corrupt";
+    case MQ_ENOTMQ:
+      return "not an mq store";
+    case MQ_EVERSION:
+      return "store written by a newer mq format";
+    case MQ_EBUSY:
+      return "store is locked";
+    case MQ_EIO:
+      return "I/O error";
+    case MQ_ECANTOPEN:
+      return "cannot open the store file";
+    case MQ_EMISUSE:
+      return "library misuse";
+    case MQ_EREADONLY:
+      return "store is read-only";
+    default:
+      return "unknown result code";
   }
 }
 
@@ -523,19 +580,31 @@ int mqi_err_copy(const mq_store *store, int rc, const char *msg) {
 
 int mqi_err_from_sqlite(int sqlite_rc) {
   switch (sqlite_rc & 0xff) {
-    case SQLITE_OK: return MQ_OK;
-    case SQLITE_NOMEM: return MQ_ENOMEM;
-    case SQLITE_FULL: return MQ_EFULL;
+    case SQLITE_OK:
+      return MQ_OK;
+    case SQLITE_NOMEM:
+      return MQ_ENOMEM;
+    case SQLITE_FULL:
+      return MQ_EFULL;
     case SQLITE_BUSY:
-    case SQLITE_LOCKED: return MQ_EBUSY;
-    case SQLITE_CORRUPT: return MQ_ECORRUPT;
-    case SQLITE_NOTADB: return MQ_ENOTMQ;
-    case SQLITE_IOERR: return MQ_EIO;
-    case SQLITE_CANTOPEN: return MQ_ECANTOPEN;
-    case SQLITE_READONLY: return MQ_EREADONLY;
-    case SQLITE_MISUSE: return MQ_EMISUSE;
-    case SQLITE_TOOBIG: return MQ_ETOOBIG;
-    default: return MQ_ERROR;
+    case SQLITE_LOCKED:
+      return MQ_EBUSY;
+    case SQLITE_CORRUPT:
+      return MQ_ECORRUPT;
+    case SQLITE_NOTADB:
+      return MQ_ENOTMQ;
+    case SQLITE_IOERR:
+      return MQ_EIO;
+    case SQLITE_CANTOPEN:
+      return MQ_ECANTOPEN;
+    case SQLITE_READONLY:
+      return MQ_EREADONLY;
+    case SQLITE_MISUSE:
+      return MQ_EMISUSE;
+    case SQLITE_TOOBIG:
+      return MQ_ETOOBIG;
+    default:
+      return MQ_ERROR;
   }
 }
 
@@ -547,6 +616,20 @@ void mqi_log(mq_store *store, int level, const char *fmt, ...) {
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   store->log(store->log_ctx, level, buf);
+}
+
+int mqi_err_check_qname(const mq_store *store, const char *name) {
+  const char *slash = name ? strchr(name, '/') : NULL;
+  if (!slash) return mqi_err_check_name(store, "queue", name);
+  char topic[MQ_NAME_MAX + 1];
+  size_t n = (size_t)(slash - name);
+  if (n > MQ_NAME_MAX)
+    return mqi_err_set(store, MQ_EINVAL, "topic name in \"%.40s...\" is longer than %d bytes", name,
+                       MQ_NAME_MAX);
+  memcpy(topic, name, n);
+  topic[n] = 0;
+  int rc = mqi_err_check_name(store, "topic", topic);
+  return rc != MQ_OK ? rc : mqi_err_check_name(store, "subscription", slash + 1);
 }
 
 int mqi_err_check_name(const mq_store *store, const char *what, const char *name) {
@@ -628,8 +711,7 @@ struct mqi_gate {
 
 static gate_shared *gate_map(uint64_t dev, uint64_t ino, unsigned mode) {
   char name[64];
-  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev,
-           (unsigned long long)ino);
+  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev, (unsigned long long)ino);
   int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
   if (fd < 0) return NULL;
   struct stat st;
@@ -767,8 +849,9 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data) VALUES(?1,?2,?3,?4,?5,?6)",
-    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data FROM mq_body WHERE id=?1",
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7)",
+    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
@@ -847,8 +930,7 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
   if (!in) return MQ_OK;
   if (in->size < offsetof(mq_store_options, min_free_bytes) || in->size > sizeof *o)
     return mqi_err_set(NULL, MQ_EINVAL,
-                       "mq_store_options.size is %zu: call mq_store_options_init first",
-                       in->size);
+                       "mq_store_options.size is %zu: call mq_store_options_init first", in->size);
   memcpy(o, in, in->size);
   if (o->sync < MQ_SYNC_FULL || o->sync > MQ_SYNC_OFF)
     return mqi_err_set(NULL, MQ_EINVAL, "sync mode %d is not one of MQ_SYNC_*", o->sync);
@@ -859,10 +941,8 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
                        "file mode %o: must give the owner read and write and have no "
                        "bits beyond 0777",
                        o->mode);
-  if (o->busy_timeout_ms < 0)
-    return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
-  if (o->min_free_bytes < 0)
-    return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
+  if (o->busy_timeout_ms < 0) return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
+  if (o->min_free_bytes < 0) return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
   return MQ_OK;
 }
 
@@ -891,8 +971,8 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   if ((rc = store_read_options(opts, &o)) != MQ_OK) return rc;
   int readonly = (o.flags & MQ_OPEN_READONLY) != 0;
 
-  rc = mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err,
-                           sizeof err);
+  rc =
+      mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err, sizeof err);
   if (rc != MQ_OK) return mqi_err_copy(NULL, rc, err);
 
   mq_store *s = calloc(1, sizeof *s);
@@ -1002,8 +1082,8 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
     sqlite3_clear_bindings(st);
     return st;
   }
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id],
-                         NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
+      SQLITE_OK)
     return NULL;
   return s->stmt[id];
 }
@@ -1054,8 +1134,9 @@ int mq_store_checkpoint(mq_store *s) {
 **
 ** The file is an ordinary SQLite database (doc/format.md describes it):
 **
-**   mq_queue  one row per queue; `kind` and `parent_id` are reserved for
-**             topics and their subscriptions, so they need no format change.
+**   mq_queue  one row per queue, topic or subscription (`kind`); a
+**             subscription is named "topic/sub", points at its topic with
+**             `parent_id` and keeps its subject filter in `filter`.
 **   mq_body   the payload, written once and never updated: leases change
 **             only the small mq_msg row, never the payload's pages.  `refs`
 **             counts the mq_msg rows that share it (a topic publish stores
@@ -1095,6 +1176,7 @@ static const char schema_sql[] =
     " compress_above INTEGER NOT NULL,"
     " dedup_window_ms INTEGER NOT NULL,"
     " created_at INTEGER NOT NULL);"
+    "CREATE INDEX mq_queue_parent ON mq_queue(parent_id) WHERE parent_id IS NOT NULL;"
     "CREATE TABLE mq_body("
     " id INTEGER PRIMARY KEY,"
     " refs INTEGER NOT NULL,"
@@ -1102,6 +1184,7 @@ static const char schema_sql[] =
     " crc INTEGER NOT NULL,"
     " codec INTEGER NOT NULL,"
     " headers BLOB,"
+    " subject TEXT,"
     " data BLOB NOT NULL);"
     "CREATE TABLE mq_msg("
     " id INTEGER PRIMARY KEY,"
@@ -1144,8 +1227,8 @@ static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
 }
 
 /* Read the identity of the file without writing to it. */
-static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects,
-                           char *err, size_t errlen) {
+static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects, char *err,
+                           size_t errlen) {
   int src;
   if (schema_int(db, "PRAGMA application_id", app, &src) ||
       schema_int(db, "PRAGMA user_version", version, &src) ||
@@ -1156,8 +1239,7 @@ static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t 
                rc == MQ_ENOTMQ ? "not an mq store (not an SQLite database)"
                                : "the database file is damaged");
     else
-      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"),
-               sqlite3_errmsg(db));
+      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
     return rc == MQ_OK ? MQ_ERROR : rc;
   }
   return MQ_OK;
@@ -1171,8 +1253,7 @@ static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, si
     return MQ_ENOTMQ;
   }
   if (version > MQI_FORMAT_VERSION) {
-    snprintf(err, errlen,
-             "%s has format version %lld; this library (mq %s) reads up to version %d",
+    snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
              file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
     return MQ_EVERSION;
   }
@@ -1278,8 +1359,8 @@ int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...) {
 int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
   int rc = mqi_err_from_sqlite(sqlite_rc);
   if (rc == MQ_OK) rc = MQ_ERROR;
-  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what,
-                     sqlite3_errmsg(s->db), sqlite_rc);
+  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what, sqlite3_errmsg(s->db),
+                     sqlite_rc);
 }
 
 static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
@@ -1290,9 +1371,7 @@ static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
   return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
-static int commit_is_answer(int rc) {
-  return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE;
-}
+static int commit_is_answer(int rc) { return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE; }
 
 /* Fail every op of the batch that has not failed on its own. */
 static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
@@ -1328,8 +1407,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
                 : commit_exec(s, MQI_ST_BEGIN);
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
-    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path,
-             sqlite3_errmsg(s->db));
+    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
     commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
     goto out;
@@ -1358,7 +1436,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   src = commit_exec(s, MQI_ST_COMMIT);
   if (src != SQLITE_OK) {
     int code = src & 0xff;
-    int rc = code == SQLITE_IOERR ? MQ_EUNKNOWN
+    int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN
              : code == SQLITE_FULL ? MQ_EFULL
                                    : mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,
@@ -1490,6 +1568,7 @@ static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a
 
 typedef struct queue_create_arg {
   const char *name;
+  int kind;
   mq_queue_options o;
 } queue_create_arg;
 
@@ -1503,12 +1582,20 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" does not exist", s->path,
                          a->o.dlq);
     if (rc != MQ_OK) return rc;
+    if (dlq.kind != MQI_KIND_QUEUE)
+      return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is a topic, not a queue",
+                         s->path, a->o.dlq);
   }
   rc = mqi_queue_find(s, op, a->name, &old);
   if (rc == MQ_OK) {
-    if (old.kind == MQI_KIND_QUEUE && old.visibility_ms == a->o.visibility_ms &&
-        old.max_receives == a->o.max_receives && old.dlq_id == dlq.id &&
-        old.retention_ms == a->o.retention_ms && old.max_payload == (int64_t)a->o.max_payload &&
+    if (old.kind != a->kind)
+      return mqi_op_fail(op, MQ_EEXIST, "%s: \"%s\" exists as a %s", s->path, a->name,
+                         old.kind == MQI_KIND_TOPIC   ? "topic"
+                         : old.kind == MQI_KIND_QUEUE ? "queue"
+                                                      : "subscription");
+    if (old.visibility_ms == a->o.visibility_ms && old.max_receives == a->o.max_receives &&
+        old.dlq_id == dlq.id && old.retention_ms == a->o.retention_ms &&
+        old.max_payload == (int64_t)a->o.max_payload &&
         old.compress_above == (int64_t)a->o.compress_above &&
         old.dedup_window_ms == a->o.dedup_window_ms)
       return MQ_OK;
@@ -1522,7 +1609,7 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
       s->db,
       "INSERT INTO mq_queue(name, kind, visibility_ms, max_receives, dlq_id, retention_ms,"
       " max_payload, compress_above, dedup_window_ms, created_at)"
-      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+      " VALUES(?1, ?10, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing queue creation");
   sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
@@ -1537,17 +1624,19 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 7, (int64_t)a->o.compress_above);
   sqlite3_bind_int64(st, 8, a->o.dedup_window_ms);
   sqlite3_bind_int64(st, 9, mqi_store_now(s));
+  sqlite3_bind_int(st, 10, a->kind);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a queue");
   return MQ_OK;
 }
 
-int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts) {
   queue_create_arg a;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, kind == MQI_KIND_TOPIC ? "topic" : "queue", name)) != MQ_OK)
+    return rc;
   mq_queue_options_init(&a.o);
   if (opts) {
     if (opts->size < offsetof(mq_queue_options, dedup_window_ms) || opts->size > sizeof a.o)
@@ -1557,6 +1646,7 @@ int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts)
     memcpy(&a.o, opts, opts->size);
   }
   a.name = name;
+  a.kind = kind;
   if (a.o.visibility_ms < 0)
     return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
   if (a.o.max_receives < 0)
@@ -1576,6 +1666,10 @@ int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts)
   return mqi_commit_run(s, queue_create_op, &a, 1);
 }
 
+int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+  return mqi_queue_create(s, name, MQI_KIND_QUEUE, opts);
+}
+
 /* ---- drop and purge -------------------------------------------------------- */
 
 typedef struct queue_purge_arg {
@@ -1589,7 +1683,19 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find(s, op, a->name, &q);
   if (rc != MQ_OK) return rc;
-  if (a->drop) {
+  if (a->drop && q.kind != MQI_KIND_QUEUE)
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s; drop it with mq_%s_drop", s->path,
+                       a->name, q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
+                       q.kind == MQI_KIND_TOPIC ? "topic" : "subscription");
+  return mqi_queue_clear(s, op, q.id, a->name, a->drop, &a->deleted);
+}
+
+int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int drop,
+                    int64_t *deleted) {
+  int rc;
+  mqi_queue q;
+  q.id = qid;
+  if (drop) {
     sqlite3_stmt *st = NULL;
     int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE dlq_id=?1 LIMIT 1", -1,
                                  &st, NULL);
@@ -1599,7 +1705,7 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
     if (src == SQLITE_ROW) {
       rc = mqi_op_fail(op, MQ_EINVAL,
                        "%s: queue \"%s\" is the dead-letter queue of \"%s\"; drop that first",
-                       s->path, a->name, (const char *)sqlite3_column_text(st, 0));
+                       s->path, name, (const char *)sqlite3_column_text(st, 0));
       sqlite3_finalize(st);
       return rc;
     }
@@ -1619,8 +1725,8 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
                     " (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
                     1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
-    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, &a->deleted);
-  if (rc == MQ_OK && a->drop) {
+    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, deleted);
+  if (rc == MQ_OK && drop) {
     rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
     if (rc == MQ_OK)
       rc = queue_exec(s, op, "DELETE FROM mq_queue WHERE id = ?1", 1, q.id, 0, 0, NULL);
@@ -1640,7 +1746,7 @@ int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
   if (deleted) *deleted = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 0, 0};
   rc = mqi_commit_run(s, queue_purge_op, &a, 1);
   if (rc == MQ_OK && deleted) *deleted = a.deleted;
@@ -1665,24 +1771,28 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
   pthread_mutex_lock(&s->dblock);
-  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue ORDER BY name", -1, &st, NULL);
-  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    if (n == cap) {
-      size_t ncap = cap ? cap * 2 : 16;
-      char **nv = realloc(v, ncap * sizeof *nv);
-      if (!nv) {
+  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
+                               &st, NULL);
+  if (src == SQLITE_OK) {
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      if (n == cap) {
+        size_t ncap = cap ? cap * 2 : 16;
+        char **nv = realloc(v, ncap * sizeof *nv);
+        if (!nv) {
+          rc = MQ_ENOMEM;
+          break;
+        }
+        v = nv;
+        cap = ncap;
+      }
+      if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
         rc = MQ_ENOMEM;
         break;
       }
-      v = nv;
-      cap = ncap;
+      n++;
     }
-    if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
-      rc = MQ_ENOMEM;
-      break;
-    }
-    n++;
   }
+
   if (rc == MQ_OK && src != SQLITE_DONE)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
                      sqlite3_errmsg(s->db));
@@ -1702,25 +1812,24 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
   pthread_mutex_lock(&s->dblock);
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT q.id,"
-      " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
-      " sum(m.state = 1 AND m.visible_at > ?2),"
-      " sum(m.state = 2 AND m.visible_at > ?2),"
-      " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
-      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-      " LEFT JOIN mq_body b ON b.id = m.body_id"
-      " WHERE q.name = ?1 GROUP BY q.id",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(s->db,
+                               "SELECT q.id,"
+                               " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
+                               " sum(m.state = 1 AND m.visible_at > ?2),"
+                               " sum(m.state = 2 AND m.visible_at > ?2),"
+                               " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
+                               " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+                               "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+                               " LEFT JOIN mq_body b ON b.id = m.body_id"
+                               " WHERE q.name = ?1 GROUP BY q.id",
+                               -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
@@ -1740,8 +1849,8 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   } else if (src == SQLITE_DONE) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
-    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
-                     name, sqlite3_errmsg(s->db));
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path, name,
+                     sqlite3_errmsg(s->db));
   }
   sqlite3_finalize(st);
   pthread_mutex_unlock(&s->dblock);
@@ -1777,29 +1886,21 @@ void mq_put_options_init(mq_put_options *o) {
   o->size = sizeof *o;
 }
 
-typedef struct put_item {
-  const void *data;
-  size_t len;
-  uint32_t crc;
-  mq_put_options o;
-  char *headers; /* encoded, owned */
-  size_t headers_len;
-} put_item;
-
 typedef struct put_arg {
   const char *queue;
-  put_item *items;
+  mqi_put_item *items;
   size_t n;
   int64_t *ids;
 } put_arg;
 
-static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data, size_t len,
-                       const mq_put_options *opts) {
+int mqi_put_prepare(mq_store *s, mqi_put_item *it, size_t index, const void *data, size_t len,
+                    const mq_put_options *opts) {
   mq_put_options_init(&it->o);
   it->data = data;
   it->len = len;
   it->headers = NULL;
   it->headers_len = 0;
+  it->subject = NULL;
   if (!data && len)
     return mqi_err_set(s, MQ_EINVAL, "entry %zu: data is NULL but len is %zu", index, len);
   if (len > MQ_PAYLOAD_LIMIT)
@@ -1812,7 +1913,8 @@ static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data
                          index, opts->size);
     memcpy(&it->o, opts, opts->size);
   }
-  if (it->o.delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: delay_ms is negative", index);
+  if (it->o.delay_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "entry %zu: delay_ms is negative", index);
   if (it->o.ttl_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: ttl_ms is negative", index);
   if (it->o.dedup_key) {
     size_t k = strlen(it->o.dedup_key);
@@ -1826,36 +1928,53 @@ static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data
   int rc = mqi_headers_encode(it->o.headers, it->o.n_headers, &it->headers, &it->headers_len);
   if (rc != MQ_OK)
     return mqi_err_set(s, rc, "entry %zu: %s", index,
-                       rc == MQ_ENOMEM ? "out of memory" : "a header name is NULL, empty or "
-                                                           "longer than 255 bytes, or a value is NULL");
+                       rc == MQ_ENOMEM ? "out of memory"
+                                       : "a header name is NULL, empty or "
+                                         "longer than 255 bytes, or a value is NULL");
   it->crc = (uint32_t)crc32_z(0L, (const Bytef *)(data ? data : ""), len);
   return MQ_OK;
 }
 
-static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, size_t index,
-                   int64_t now, int64_t *id) {
-  int src;
-  sqlite3_stmt *st;
-  if ((int64_t)it->len > q->max_payload)
-    return mqi_op_fail(op, MQ_ETOOBIG, "%s: entry %zu: payload of %zu bytes is above the "
-                       "queue's max_payload of %lld",
-                       s->path, index, it->len, (long long)q->max_payload);
-  if (it->o.dedup_key) {
-    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_GET)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, q->id);
-    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, now);
-    src = sqlite3_step(st);
-    if (src == SQLITE_ROW) {
-      *id = sqlite3_column_int64(st, 0);
-      sqlite3_reset(st);
-      return MQ_OK;
-    }
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a dedup key");
-  }
+int mqi_put_dedup_find(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                       int64_t now, int64_t *id) {
+  *id = 0;
+  if (!it->o.dedup_key) return MQ_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_GET);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) *id = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE && src != SQLITE_ROW)
+    return mqi_op_sqlite(s, op, src, "reading a dedup key");
+  return MQ_OK;
+}
 
+int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                        int64_t now, int64_t id) {
+  if (!it->o.dedup_key) return MQ_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_PUT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, id);
+  sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
+  s->puts_since_sweep++;
+  return MQ_OK;
+}
+
+int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
+                 int refs, int64_t *body_id) {
+  if ((int64_t)it->len > q->max_payload)
+    return mqi_op_fail(op, MQ_ETOOBIG,
+                       "%s: entry %zu: payload of %zu bytes is above the "
+                       "max_payload of %lld",
+                       s->path, index, it->len, (long long)q->max_payload);
   /* Compress only when it pays: an incompressible payload is kept raw. */
   const void *stored = it->data ? it->data : "";
   size_t stored_len = it->len;
@@ -1871,30 +1990,35 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, si
       codec = MQI_CODEC_ZLIB;
     }
   }
-
-  if (!(st = mqi_store_stmt(s, MQI_ST_BODY_INSERT))) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
+  if (!st) {
     free(z);
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   }
-  sqlite3_bind_int(st, 1, 1);
+  sqlite3_bind_int(st, 1, refs);
   sqlite3_bind_int64(st, 2, (int64_t)it->len);
   sqlite3_bind_int64(st, 3, (int64_t)it->crc);
   sqlite3_bind_int(st, 4, codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  if (it->headers) sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
   sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
-  src = sqlite3_step(st);
+  if (it->subject) sqlite3_bind_text(st, 7, it->subject, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(z);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  int64_t body_id = sqlite3_last_insert_rowid(s->db);
+  *body_id = sqlite3_last_insert_rowid(s->db);
+  return MQ_OK;
+}
 
+int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
+                const mqi_put_item *it, int64_t now, int64_t *id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
   if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
     expires = now + q->retention_ms;
-  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT)))
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  if (retention_ms > 0 && (!expires || now + retention_ms < expires)) expires = now + retention_ms;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_int64(st, 2, body_id);
   sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
@@ -1902,24 +2026,32 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, si
   sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
-  src = sqlite3_step(st);
+  int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
   *id = sqlite3_last_insert_rowid(s->db);
-
-  if (it->o.dedup_key) {
-    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_PUT)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, q->id);
-    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, *id);
-    sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
-    src = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
-    s->puts_since_sweep++;
-  }
   return MQ_OK;
+}
+
+void mqi_put_sweep(mq_store *s, int64_t now) {
+  if (s->puts_since_sweep < PUT_SWEEP_EVERY) return;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
+  if (st) {
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_step(st);
+    sqlite3_reset(st);
+  }
+  s->puts_since_sweep = 0;
+}
+
+static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
+                   int64_t now, int64_t *id) {
+  int64_t body_id;
+  int rc = mqi_put_dedup_find(s, op, q, it, now, id);
+  if (rc != MQ_OK || *id) return rc;
+  if ((rc = mqi_put_body(s, op, q, it, index, 1, &body_id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_msg(s, op, q, 0, body_id, it, now, id)) != MQ_OK) return rc;
+  return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
 static int put_op(mq_store *s, mqi_op *op) {
@@ -1928,7 +2060,9 @@ static int put_op(mq_store *s, mqi_op *op) {
   int rc = mqi_queue_find(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   if (q.kind != MQI_KIND_QUEUE)
-    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is not a queue", s->path, a->queue);
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s: %s", s->path, a->queue,
+                       q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
+                       q.kind == MQI_KIND_TOPIC ? "use mq_publish" : "publish to its topic");
   if (mqi_store_space_ok(s) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL,
                        "%s: free space is below the floor of %lld bytes; puts are refused "
@@ -1939,24 +2073,16 @@ static int put_op(mq_store *s, mqi_op *op) {
     rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
     if (rc != MQ_OK) return rc;
   }
-  if (s->puts_since_sweep >= PUT_SWEEP_EVERY) {
-    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
-    if (st) {
-      sqlite3_bind_int64(st, 1, now);
-      sqlite3_step(st);
-      sqlite3_reset(st);
-    }
-    s->puts_since_sweep = 0;
-  }
+  mqi_put_sweep(s, now);
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;
 }
 
 static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
                    int64_t *ids) {
-  put_item one;
+  mqi_put_item one;
   int64_t one_id;
-  put_item *items = n == 1 ? &one : calloc(n, sizeof *items);
+  mqi_put_item *items = n == 1 ? &one : calloc(n, sizeof *items);
   int64_t *out = ids ? ids : n == 1 ? &one_id : calloc(n, sizeof *out);
   int rc = MQ_OK;
   size_t prepared = 0;
@@ -1966,7 +2092,7 @@ static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size
   }
   for (; prepared < n; prepared++) {
     const mq_entry *e = &entries[prepared];
-    rc = put_prepare(s, &items[prepared], prepared, e->data, e->len, e->opts);
+    rc = mqi_put_prepare(s, &items[prepared], prepared, e->data, e->len, e->opts);
     if (rc != MQ_OK) {
       free(items[prepared].headers);
       goto done;
@@ -1983,21 +2109,20 @@ done:
   return rc;
 }
 
-int mq_put(mq_store *s, const char *queue, const void *data, size_t len,
-           const mq_put_options *opts, int64_t *id) {
+int mq_put(mq_store *s, const char *queue, const void *data, size_t len, const mq_put_options *opts,
+           int64_t *id) {
   if (id) *id = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   mq_entry e = {data, len, opts};
   return put_run(s, queue, &e, 1, id);
 }
 
-int mq_put_batch(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
-                 int64_t *ids) {
+int mq_put_batch(mq_store *s, const char *queue, const mq_entry *entries, size_t n, int64_t *ids) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (n == 0) return MQ_OK;
   if (!entries) return mqi_err_set(s, MQ_EINVAL, "mq_put_batch: entries is NULL");
   return put_run(s, queue, entries, n, ids);
@@ -2091,7 +2216,8 @@ static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now
     bodies[nb++] = sqlite3_column_int64(st, 0);
   }
   sqlite3_reset(st);
-  if (rc == MQ_OK && src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
+  if (rc == MQ_OK && src != SQLITE_DONE)
+    rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
   for (size_t i = 0; rc == MQ_OK && i < nb; i++) rc = mqi_body_release(s, op, bodies[i]);
   if (bodies != local) free(bodies);
   if (rc != MQ_OK) return rc;
@@ -2105,7 +2231,8 @@ static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now
       sqlite3_bind_int(st, 3, q->max_receives);
       int64_t ids[64];
       int n = 0;
-      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64) ids[n++] = sqlite3_column_int64(st, 0);
+      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64)
+        ids[n++] = sqlite3_column_int64(st, 0);
       sqlite3_reset(st);
       if (src != SQLITE_DONE && src != SQLITE_ROW)
         return mqi_op_sqlite(s, op, src, "finding overdue messages");
@@ -2158,8 +2285,9 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
   const void *hdr = sqlite3_column_blob(st, 3);
   size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
   int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
-                         sqlite3_column_int64(st, 0), (uint32_t)sqlite3_column_int64(st, 1),
-                         sqlite3_column_int(st, 2), hdr, hlen, data, len, out);
+                         (const char *)sqlite3_column_text(st, 5), sqlite3_column_int64(st, 0),
+                         (uint32_t)sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2), hdr,
+                         hlen, data, len, out);
   sqlite3_reset(st);
   if (rc == MQ_ENOMEM) return mqi_op_fail(op, rc, "out of memory reading a message");
   return rc;
@@ -2170,6 +2298,11 @@ static int get_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  if (q.kind == MQI_KIND_TOPIC)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\" is a topic: get from one of its "
+                       "subscriptions, \"%s/SUB\"",
+                       s->path, a->queue, a->queue);
   int64_t now = mqi_store_now(s);
   if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
@@ -2208,8 +2341,10 @@ static int get_op(mq_store *s, mqi_op *op) {
       mq_msg *m = NULL;
       rc = get_load(s, op, c, &m);
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload; "
-                "dead-lettered", s->path, a->queue, (long long)c->id);
+        mqi_log(s, MQ_LOG_ERROR,
+                "%s: queue \"%s\": message %lld has a corrupt payload; "
+                "dead-lettered",
+                s->path, a->queue, (long long)c->id);
         rc = mqi_get_deadletter(s, op, &q, c->id, "corrupt payload");
         continue;
       }
@@ -2265,15 +2400,14 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     for (size_t i = 0; i < max; i++) msgs[i] = NULL;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "get: NULL output pointer");
   if (max == 0) return mqi_err_set(s, MQ_EINVAL, "get: max is 0");
   mq_get_options o;
   mq_get_options_init(&o);
   if (opts) {
     if (opts->size < offsetof(mq_get_options, wait_ms) || opts->size > sizeof o)
-      return mqi_err_set(s, MQ_EINVAL,
-                         "mq_get_options.size is %zu: call mq_get_options_init first",
+      return mqi_err_set(s, MQ_EINVAL, "mq_get_options.size is %zu: call mq_get_options_init first",
                          opts->size);
     memcpy(&o, opts, opts->size);
   }
@@ -2319,7 +2453,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     for (size_t i = 0; i < max; i++) msgs[i] = NULL;
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
   pthread_mutex_lock(&s->dblock);
@@ -2329,7 +2463,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject"
       " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
@@ -2348,13 +2482,14 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       mq_msg *m = NULL;
       rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
                          sqlite3_column_int(st, 2), sqlite3_column_int(st, 1),
-                         (const char *)sqlite3_column_text(st, 4), sqlite3_column_int64(st, 5),
+                         (const char *)sqlite3_column_text(st, 4),
+                         (const char *)sqlite3_column_text(st, 12), sqlite3_column_int64(st, 5),
                          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
                          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
                          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload",
-                s->path, queue, (long long)sqlite3_column_int64(st, 0));
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path,
+                queue, (long long)sqlite3_column_int64(st, 0));
         rc = MQ_OK;
         continue;
       }
@@ -2415,15 +2550,15 @@ typedef struct settle_arg {
   uint64_t *leases;
   size_t n;
   int *results;
-  int64_t delay_ms;   /* nack */
-  const char *reason; /* nack */
+  int64_t delay_ms;      /* nack */
+  const char *reason;    /* nack */
   int64_t visibility_ms; /* touch */
-  int64_t max;        /* redrive */
-  int64_t moved;      /* redrive */
+  int64_t max;           /* redrive */
+  int64_t moved;         /* redrive */
 } settle_arg;
 
-static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q,
-                          int64_t id, uint64_t lease) {
+static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
+                          uint64_t lease) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
@@ -2473,7 +2608,7 @@ static int settle_parse(mq_store *s, settle_arg *a) {
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   int64_t id;
   uint64_t lease;
   settle_arg a = {0};
@@ -2490,7 +2625,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
                  int *results) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (n == 0) return MQ_OK;
   if (!receipts) return mqi_err_set(s, MQ_EINVAL, "mq_ack_batch: receipts is NULL");
   settle_arg a = {0};
@@ -2531,8 +2666,8 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
   if (receives < 0)
     return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt",
-                       s->path, a->queue, (long long)a->ids[0]);
+                       "%s: queue \"%s\": message %lld is not leased under this receipt", s->path,
+                       a->queue, (long long)a->ids[0]);
   if (q.max_receives > 0 && receives >= q.max_receives)
     return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
   int64_t now = mqi_store_now(s);
@@ -2557,7 +2692,7 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
             const char *reason) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
   if (reason && strlen(reason) > 1000)
     return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
@@ -2600,7 +2735,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
 int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibility_ms) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
   int64_t id;
   uint64_t lease;
@@ -2652,7 +2787,7 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   if (moved) *moved = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (max < 0) return mqi_err_set(s, MQ_EINVAL, "mq_redrive: max is negative");
   settle_arg a = {0};
   a.queue = queue;
@@ -2697,6 +2832,7 @@ struct mq_msg {
   size_t size;
   unsigned char *data;
   const char *reason;
+  const char *subject;
   size_t n_headers;
   const char **headers; /* name, value, name, value, ... */
   char receipt[MQ_RECEIPT_MAX + 1];
@@ -2763,10 +2899,9 @@ static long msg_count_headers(const char *h, size_t len) {
   return pairs;
 }
 
-int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
-                  const char *reason, int64_t size, uint32_t crc, int codec,
-                  const void *headers, size_t headers_len, const void *data, size_t data_len,
-                  mq_msg **out) {
+int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, const char *reason,
+                  const char *subject, int64_t size, uint32_t crc, int codec, const void *headers,
+                  size_t headers_len, const void *data, size_t data_len, mq_msg **out) {
   *out = NULL;
   if (size < 0 || (uint64_t)size > MQ_PAYLOAD_LIMIT) return MQ_ECORRUPT;
   if (codec == MQI_CODEC_RAW && (size_t)size != data_len) return MQ_ECORRUPT;
@@ -2774,10 +2909,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
   long nh = headers_len ? msg_count_headers(headers, headers_len) : 0;
   if (nh < 0) return MQ_ECORRUPT;
   size_t rlen = reason ? strlen(reason) + 1 : 0;
+  size_t slen = subject ? strlen(subject) + 1 : 0;
   size_t hoff = sizeof(mq_msg);
   size_t ptroff = hoff + (size_t)nh * 2 * sizeof(char *);
   size_t doff = ptroff;
-  size_t total = doff + (size_t)size + 1 + headers_len + rlen;
+  size_t total = doff + (size_t)size + 1 + headers_len + rlen + slen;
   char *mem = malloc(total);
   if (!mem) return MQ_ENOMEM;
   mq_msg *m = (mq_msg *)mem;
@@ -2815,6 +2951,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
     char *r = hcopy + headers_len;
     memcpy(r, reason, rlen);
     m->reason = r;
+  }
+  if (subject) {
+    char *sj = hcopy + headers_len + rlen;
+    memcpy(sj, subject, slen);
+    m->subject = sj;
   }
   *out = m;
   return MQ_OK;
@@ -2858,6 +2999,7 @@ int mq_msg_receives(const mq_msg *m) { return m ? m->receives : 0; }
 int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
 int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
 const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
+const char *mq_msg_subject(const mq_msg *m) { return m ? m->subject : NULL; }
 int64_t mq_msg_visible_at(const mq_msg *m) { return m ? m->visible_at : 0; }
 int64_t mq_msg_expires_at(const mq_msg *m) { return m ? m->expires_at : 0; }
 size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }
@@ -2900,9 +3042,7 @@ void mq_msg_free(mq_msg *m) { free(m); }
 #include <stdio.h>
 #include <string.h>
 
-static int inspect_begin(mq_store *s) {
-  return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
-}
+static int inspect_begin(mq_store *s) { return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL); }
 
 static void inspect_end(mq_store *s) {
   if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
@@ -2918,7 +3058,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (corrupt) *corrupt = 0;
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
   pthread_mutex_lock(&s->dblock);
   int64_t now = mqi_store_now(s), bad = 0;
@@ -2944,7 +3084,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     src = sqlite3_prepare_v2(
         s->db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
         " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
         " ORDER BY m.id",
@@ -2957,6 +3097,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       int brc = mqi_msg_build(
           sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+          (const char *)sqlite3_column_text(st, 13),
           sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
@@ -3024,25 +3165,24 @@ static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *
 
 static int verify_payloads(mq_store *s, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
-      " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
-      " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(s->db,
+                               "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
+                               " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
+                               " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
+                               -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
-    int rc = mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL,
-                           sqlite3_column_int64(st, 2), (uint32_t)sqlite3_column_int64(st, 3),
-                           sqlite3_column_int(st, 4), sqlite3_column_blob(st, 5),
-                           (size_t)sqlite3_column_bytes(st, 5), sqlite3_column_blob(st, 6),
-                           (size_t)sqlite3_column_bytes(st, 6), &m);
+    int rc =
+        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, sqlite3_column_int64(st, 2),
+                      (uint32_t)sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4),
+                      sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5),
+                      sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6), &m);
     mq_msg_free(m);
     if (rc == MQ_ECORRUPT) {
       const char *q = (const char *)sqlite3_column_text(st, 1);
-      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum",
-                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
+      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum", q ? q : "?",
+                    (long long)sqlite3_column_int64(st, 0));
     } else if (rc != MQ_OK) {
       sqlite3_finalize(st);
       return SQLITE_NOMEM;
@@ -3106,11 +3246,2057 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                        sqlite3_errmsg(s->db));
     }
   } else if (v.problems) {
-    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path,
-                     (long long)v.problems);
+    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path, (long long)v.problems);
   }
   pthread_mutex_unlock(&s->dblock);
   if (problems) *problems = v.problems;
   return rc;
 }
 /*** end src/inspect.c ***/
+
+/*** begin src/topic.c ***/
+/*
+** topic.c -- topics, durable subscriptions, subject filters and publish.
+**
+** A topic is an mq_queue row of kind TOPIC that never holds messages
+** itself.  Each subscription is an mq_queue row of kind SUBSCRIPTION named
+** "topic/sub", with parent_id pointing at the topic and its filter in
+** `filter`.  Publishing stores the payload once (mq_body.refs = number of
+** matching subscriptions) and one small mq_msg row per matching
+** subscription, all in the publisher's transaction: a crash leaves either
+** every delivery or none.  From then on a subscription is a queue, so
+** leases, acks, dead letters and waits need no code of their own here, and
+** the payload goes away when the last subscription has acked it.
+**
+** Matching walks the filter and the subject level by level, with no
+** allocation; a publish tests every subscription of the topic, so its cost
+** grows with their number (bench/ measures it with thousands).
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- subject matching ---------------------------------------------------- */
+
+static int topic_is_sep(char c) { return c == '.' || c == '/'; }
+
+/* The level starting at p: its length; *next is past its separator, or NULL
+** when it was the last level. */
+static size_t topic_level(const char *p, const char **next) {
+  size_t n = 0;
+  while (p[n] && !topic_is_sep(p[n])) n++;
+  *next = p[n] ? p + n + 1 : NULL;
+  return n;
+}
+
+static int topic_is_wild(const char *lv, size_t n) {
+  return n == 1 && (lv[0] == '*' || lv[0] == '+' || lv[0] == '>' || lv[0] == '#');
+}
+
+/* 0 if filter is well formed, -1 if not. */
+static int topic_check_filter(const char *f) {
+  if (!f || !*f) return 0;
+  if (strlen(f) > MQ_SUBJECT_MAX) return -1;
+  for (const char *p = f; p;) {
+    const char *next;
+    size_t n = topic_level(p, &next);
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)p[i];
+      if (c < 0x20 || c == 0x7f) return -1;
+      /* A wildcard must be a whole level: "a*" would be ambiguous. */
+      if ((c == '*' || c == '>' || c == '#') && n != 1) return -1;
+    }
+    if (n == 1 && (p[0] == '>' || p[0] == '#') && next) return -1;
+    p = next;
+  }
+  return 0;
+}
+
+static int topic_check_subject(const char *sj) {
+  if (!sj) return 0;
+  if (strlen(sj) > MQ_SUBJECT_MAX) return -1;
+  for (const char *p = sj; p;) {
+    const char *next;
+    size_t n = topic_level(p, &next);
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)p[i];
+      if (c < 0x20 || c == 0x7f) return -1;
+    }
+    /* A level that is only a wildcard would match differently than it
+    ** reads; "c++" or "a*b" are plain text. */
+    if (topic_is_wild(p, n)) return -1;
+    p = next;
+  }
+  return 0;
+}
+
+static int topic_match(const char *f, const char *sj) {
+  if (!f || !*f) return 1;
+  if (sj && !*sj) sj = NULL; /* an empty subject has no levels */
+  const char *fp = f, *sp = sj;
+  while (fp) {
+    const char *fnext, *snext = NULL;
+    size_t fn = topic_level(fp, &fnext);
+    if (fn == 1 && fp[0] == '#') return 1;
+    if (fn == 1 && fp[0] == '>') return sp != NULL;
+    if (!sp) return 0;
+    size_t sn = topic_level(sp, &snext);
+    if (!(fn == 1 && (fp[0] == '*' || fp[0] == '+')) && (fn != sn || memcmp(fp, sp, fn) != 0))
+      return 0;
+    fp = fnext;
+    sp = snext;
+  }
+  return sp == NULL;
+}
+
+int mq_subject_matches(const char *filter, const char *subject) {
+  if (topic_check_filter(filter) != 0) return -1;
+  return topic_match(filter, subject);
+}
+
+/* ---- topics and subscriptions ------------------------------------------ */
+
+int mq_topic_create(mq_store *s, const char *topic, const mq_queue_options *opts) {
+  return mqi_queue_create(s, topic, MQI_KIND_TOPIC, opts);
+}
+
+static int topic_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  int rc = mqi_queue_find(s, op, name, q);
+  if (rc == MQ_ENOTFOUND)
+    return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, name);
+  if (rc == MQ_OK && q->kind != MQI_KIND_TOPIC)
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a queue, not a topic", s->path, name);
+  return rc;
+}
+
+typedef struct topic_arg {
+  const char *topic;
+  const char *sub;
+  char path[2 * MQ_NAME_MAX + 2]; /* "topic/sub" */
+  const char *filter;
+  mq_queue_options o;
+  /* publish */
+  mqi_put_item *items;
+  size_t n;
+  int64_t *ids;
+  int64_t delivered;
+} topic_arg;
+
+static int topic_drop_op(mq_store *s, mqi_op *op) {
+  topic_arg *a = op->arg;
+  mqi_queue t;
+  int rc = topic_find(s, op, a->topic, &t);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = NULL;
+  int src =
+      sqlite3_prepare_v2(s->db, "SELECT id, name FROM mq_queue WHERE parent_id=?1", -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, t.id);
+  /* Collect first: clearing a subscription deletes rows of this table. */
+  int64_t *ids = NULL;
+  size_t n = 0, cap = 0;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (n == cap) {
+      int64_t *nid = realloc(ids, (cap ? cap * 2 : 16) * sizeof *nid);
+      if (!nid) {
+        src = SQLITE_NOMEM;
+        break;
+      }
+      ids = nid;
+      cap = cap ? cap * 2 : 16;
+    }
+    ids[n++] = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) {
+    free(ids);
+    return src == SQLITE_NOMEM ? mqi_op_fail(op, MQ_ENOMEM, "out of memory dropping a topic")
+                               : mqi_op_sqlite(s, op, src, "listing subscriptions");
+  }
+  for (size_t i = 0; i < n && rc == MQ_OK; i++)
+    rc = mqi_queue_clear(s, op, ids[i], a->topic, 1, NULL);
+  free(ids);
+  if (rc == MQ_OK) rc = mqi_queue_clear(s, op, t.id, a->topic, 1, NULL);
+  return rc;
+}
+
+int mq_topic_drop(mq_store *s, const char *topic) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
+  topic_arg a = {0};
+  a.topic = topic;
+  return mqi_commit_run(s, topic_drop_op, &a, 1);
+}
+
+/* List names from mq_queue: topics (parent 0) or the subscriptions of one. */
+static int topic_list(mq_store *s, const char *topic, char ***names, size_t *count) {
+  if (names) *names = NULL;
+  if (count) *count = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (topic && (rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
+  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "list: NULL output pointer");
+  char **v = NULL;
+  size_t n = 0, cap = 0, skip = topic ? strlen(topic) + 1 : 0;
+  int found = topic == NULL;
+  sqlite3_stmt *st = NULL;
+  pthread_mutex_lock(&s->dblock);
+  int src = sqlite3_prepare_v2(
+      s->db,
+      topic ? "SELECT t.id, s.name FROM mq_queue t LEFT JOIN mq_queue s ON s.parent_id = t.id"
+              " WHERE t.name = ?1 AND t.kind = 1 ORDER BY s.name"
+            : "SELECT id, name FROM mq_queue WHERE kind = 1 ORDER BY name",
+      -1, &st, NULL);
+  if (src == SQLITE_OK && topic) sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+  if (src == SQLITE_OK) {
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      found = 1;
+      const char *name = (const char *)sqlite3_column_text(st, 1);
+      if (!name) continue; /* a topic without subscriptions */
+      if (n == cap) {
+        char **nv = realloc(v, (cap ? cap * 2 : 16) * sizeof *nv);
+        if (!nv) {
+          rc = MQ_ENOMEM;
+          break;
+        }
+        v = nv;
+        cap = cap ? cap * 2 : 16;
+      }
+      if (!(v[n] = strdup(name + skip))) {
+        rc = MQ_ENOMEM;
+        break;
+      }
+      n++;
+    }
+  }
+
+  if (rc == MQ_OK && src != SQLITE_DONE)
+    rc =
+        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
+  else if (rc == MQ_ENOMEM)
+    mqi_err_set(s, rc, "out of memory listing");
+  else if (!found)
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  if (rc != MQ_OK) {
+    mq_list_free(v, n);
+    return rc;
+  }
+  *names = v;
+  *count = n;
+  return MQ_OK;
+}
+
+int mq_topic_list(mq_store *s, char ***names, size_t *count) {
+  return topic_list(s, NULL, names, count);
+}
+
+int mq_subscription_list(mq_store *s, const char *topic, char ***names, size_t *count) {
+  if (!topic) {
+    if (names) *names = NULL;
+    if (count) *count = 0;
+    int rc = mqi_store_check(s, 0);
+    return rc != MQ_OK ? rc : mqi_err_set(s, MQ_EINVAL, "mq_subscription_list: topic is NULL");
+  }
+  return topic_list(s, topic, names, count);
+}
+
+static int topic_sub_create_op(mq_store *s, mqi_op *op) {
+  topic_arg *a = op->arg;
+  mqi_queue t, dlq = {0}, old;
+  int rc = topic_find(s, op, a->topic, &t);
+  if (rc != MQ_OK) return rc;
+  if (a->o.dlq) {
+    rc = mqi_queue_find(s, op, a->o.dlq, &dlq);
+    if (rc == MQ_ENOTFOUND || (rc == MQ_OK && dlq.kind != MQI_KIND_QUEUE))
+      return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is not a queue", s->path,
+                         a->o.dlq);
+    if (rc != MQ_OK) return rc;
+  }
+  rc = mqi_queue_find(s, op, a->path, &old);
+  if (rc == MQ_OK) {
+    /* Same subscription again: fine if nothing differs. */
+    sqlite3_stmt *st = NULL;
+    int src = sqlite3_prepare_v2(s->db, "SELECT coalesce(filter, '') FROM mq_queue WHERE id=?1", -1,
+                                 &st, NULL);
+    if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+    sqlite3_bind_int64(st, 1, old.id);
+    int same_filter =
+        sqlite3_step(st) == SQLITE_ROW &&
+        strcmp((const char *)sqlite3_column_text(st, 0), a->filter ? a->filter : "") == 0;
+    sqlite3_finalize(st);
+    if (same_filter && old.visibility_ms == a->o.visibility_ms &&
+        old.max_receives == a->o.max_receives && old.dlq_id == dlq.id &&
+        old.retention_ms == a->o.retention_ms)
+      return MQ_OK;
+    return mqi_op_fail(op, MQ_EEXIST,
+                       "%s: subscription \"%s\" exists with another filter or "
+                       "options",
+                       s->path, a->path);
+  }
+  if (rc != MQ_ENOTFOUND) return rc;
+  op->err[0] = 0;
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "INSERT INTO mq_queue(name, kind, parent_id, filter, visibility_ms, max_receives, dlq_id,"
+      " retention_ms, max_payload, compress_above, dedup_window_ms, created_at)"
+      " VALUES(?1, 2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+      -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_text(st, 1, a->path, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 2, t.id);
+  if (a->filter && *a->filter) sqlite3_bind_text(st, 3, a->filter, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 4, a->o.visibility_ms);
+  sqlite3_bind_int(st, 5, a->o.max_receives);
+  if (dlq.id) sqlite3_bind_int64(st, 6, dlq.id);
+  sqlite3_bind_int64(st, 7, a->o.retention_ms);
+  sqlite3_bind_int64(st, 8, t.max_payload);
+  sqlite3_bind_int64(st, 9, t.compress_above);
+  sqlite3_bind_int64(st, 10, t.dedup_window_ms);
+  sqlite3_bind_int64(st, 11, mqi_store_now(s));
+  src = sqlite3_step(st);
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a subscription");
+  return MQ_OK;
+}
+
+static int topic_path(mq_store *s, topic_arg *a, const char *topic, const char *sub) {
+  int rc = mqi_err_check_name(s, "topic", topic);
+  if (rc == MQ_OK) rc = mqi_err_check_name(s, "subscription", sub);
+  if (rc != MQ_OK) return rc;
+  a->topic = topic;
+  a->sub = sub;
+  strcpy(a->path, topic);
+  strcat(a->path, "/");
+  strcat(a->path, sub);
+  return MQ_OK;
+}
+
+int mq_subscription_create(mq_store *s, const char *topic, const char *sub, const char *filter,
+                           const mq_queue_options *opts) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  topic_arg a = {0};
+  if ((rc = topic_path(s, &a, topic, sub)) != MQ_OK) return rc;
+  if (topic_check_filter(filter) != 0)
+    return mqi_err_set(s, MQ_EINVAL,
+                       "filter \"%.60s\" is malformed: wildcards ('*', '+', '>', '#') must be "
+                       "whole levels, '>' and '#' only last, at most %d bytes, no control "
+                       "characters",
+                       filter, MQ_SUBJECT_MAX);
+  a.filter = filter;
+  mq_queue_options_init(&a.o);
+  if (opts) {
+    if (opts->size < offsetof(mq_queue_options, dedup_window_ms) || opts->size > sizeof a.o)
+      return mqi_err_set(s, MQ_EINVAL,
+                         "mq_queue_options.size is %zu: call mq_queue_options_init first",
+                         opts->size);
+    memcpy(&a.o, opts, opts->size);
+  }
+  if (a.o.visibility_ms < 0 || a.o.max_receives < 0 || a.o.retention_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL,
+                       "subscription \"%s\": visibility_ms, max_receives and retention_ms "
+                       "must not be negative",
+                       a.path);
+  if (a.o.dlq && (rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
+  return mqi_commit_run(s, topic_sub_create_op, &a, 1);
+}
+
+static int topic_sub_drop_op(mq_store *s, mqi_op *op) {
+  topic_arg *a = op->arg;
+  mqi_queue t, q;
+  int rc = topic_find(s, op, a->topic, &t);
+  if (rc != MQ_OK) return rc;
+  rc = mqi_queue_find(s, op, a->path, &q);
+  if (rc == MQ_ENOTFOUND)
+    return mqi_op_fail(op, MQ_ENOTFOUND, "%s: topic \"%s\" has no subscription \"%s\"", s->path,
+                       a->topic, a->sub);
+  if (rc != MQ_OK) return rc;
+  return mqi_queue_clear(s, op, q.id, a->path, 1, NULL);
+}
+
+int mq_subscription_drop(mq_store *s, const char *topic, const char *sub) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  topic_arg a = {0};
+  if ((rc = topic_path(s, &a, topic, sub)) != MQ_OK) return rc;
+  return mqi_commit_run(s, topic_sub_drop_op, &a, 1);
+}
+
+/* ---- publish --------------------------------------------------------------- */
+
+typedef struct topic_sub {
+  mqi_queue q;
+  char *filter;
+} topic_sub;
+
+static int topic_publish_op(mq_store *s, mqi_op *op) {
+  topic_arg *a = op->arg;
+  mqi_queue t;
+  int rc = topic_find(s, op, a->topic, &t);
+  if (rc != MQ_OK) return rc;
+  if (mqi_store_space_ok(s) != MQ_OK)
+    return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
+                       (long long)s->min_free_bytes);
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db,
+                               "SELECT id, retention_ms, filter FROM mq_queue"
+                               " WHERE parent_id = ?1 AND kind = 2",
+                               -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, t.id);
+  topic_sub *subs = NULL;
+  size_t ns = 0, cap = 0;
+  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    if (ns == cap) {
+      topic_sub *nsubs = realloc(subs, (cap ? cap * 2 : 16) * sizeof *nsubs);
+      if (!nsubs) {
+        src = SQLITE_NOMEM;
+        break;
+      }
+      subs = nsubs;
+      cap = cap ? cap * 2 : 16;
+    }
+    topic_sub *u = &subs[ns];
+    memset(u, 0, sizeof *u);
+    u->q.id = sqlite3_column_int64(st, 0);
+    u->q.retention_ms = sqlite3_column_int64(st, 1);
+    const char *f = (const char *)sqlite3_column_text(st, 2);
+    if (f && !(u->filter = strdup(f))) {
+      src = SQLITE_NOMEM;
+      break;
+    }
+    ns++;
+  }
+  sqlite3_finalize(st);
+  int64_t now = mqi_store_now(s);
+  if (src != SQLITE_DONE)
+    rc = src == SQLITE_NOMEM ? mqi_op_fail(op, MQ_ENOMEM, "out of memory publishing")
+                             : mqi_op_sqlite(s, op, src, "reading subscriptions");
+  for (size_t i = 0; rc == MQ_OK && i < a->n; i++) {
+    mqi_put_item *it = &a->items[i];
+    int64_t body = 0, id = 0;
+    rc = mqi_put_dedup_find(s, op, &t, it, now, &id);
+    if (rc != MQ_OK || id) {
+      a->ids[i] = id;
+      continue;
+    }
+    int matches = 0;
+    for (size_t k = 0; k < ns; k++) matches += topic_match(subs[k].filter, it->subject);
+    if (matches == 0) {
+      a->ids[i] = 0; /* nobody listens: nothing to store */
+      continue;
+    }
+    rc = mqi_put_body(s, op, &t, it, i, matches, &body);
+    for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
+      if (!topic_match(subs[k].filter, it->subject)) continue;
+      rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, &id);
+      a->delivered++;
+    }
+    if (rc == MQ_OK) rc = mqi_put_dedup_store(s, op, &t, it, now, body);
+    a->ids[i] = body;
+  }
+  for (size_t k = 0; k < ns; k++) free(subs[k].filter);
+  free(subs);
+  if (rc != MQ_OK) return rc;
+  mqi_put_sweep(s, now);
+  if (a->delivered) op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mq_publish_batch(mq_store *s, const char *topic, const mq_pub_entry *entries, size_t n,
+                     int64_t *ids, int64_t *delivered) {
+  if (delivered) *delivered = 0;
+  if (ids && entries)
+    for (size_t i = 0; i < n; i++) ids[i] = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!entries) return mqi_err_set(s, MQ_EINVAL, "mq_publish_batch: entries is NULL");
+  topic_arg a = {0};
+  a.topic = topic;
+  a.n = n;
+  a.items = calloc(n, sizeof *a.items);
+  a.ids = ids ? ids : calloc(n, sizeof *a.ids);
+  size_t prepared = 0;
+  if (!a.items || !a.ids) {
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory publishing %zu messages", n);
+    goto done;
+  }
+  for (; prepared < n; prepared++) {
+    const mq_pub_entry *e = &entries[prepared];
+    rc = mqi_put_prepare(s, &a.items[prepared], prepared, e->data, e->len, e->opts);
+    if (rc == MQ_OK && topic_check_subject(e->subject) != 0)
+      rc = mqi_err_set(s, MQ_EINVAL,
+                       "entry %zu: subject \"%.60s\" is malformed: at most %d bytes, no control "
+                       "characters, no level that is only a wildcard",
+                       prepared, e->subject, MQ_SUBJECT_MAX);
+    if (rc != MQ_OK) {
+      free(a.items[prepared].headers);
+      goto done;
+    }
+    a.items[prepared].subject = e->subject;
+  }
+  rc = mqi_commit_run(s, topic_publish_op, &a, 1);
+  if (rc == MQ_OK && delivered) *delivered = a.delivered;
+done:
+  for (size_t i = 0; i < prepared; i++) free(a.items[i].headers);
+  free(a.items);
+  if (a.ids != ids) free(a.ids);
+  if (rc != MQ_OK && ids)
+    for (size_t i = 0; i < n; i++) ids[i] = 0;
+  return rc;
+}
+
+int mq_publish(mq_store *s, const char *topic, const char *subject, const void *data, size_t len,
+               const mq_put_options *opts, int64_t *id, int64_t *delivered) {
+  mq_pub_entry e = {subject, data, len, opts};
+  if (id) *id = 0;
+  return mq_publish_batch(s, topic, &e, 1, id, delivered);
+}
+
+int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
+  if (out) memset(out, 0, sizeof *out);
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
+  if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
+  pthread_mutex_lock(&s->dblock);
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"
+      " (SELECT count(*) FROM mq_msg WHERE queue_id IN"
+      "   (SELECT id FROM mq_queue WHERE parent_id = t.id)),"
+      " (SELECT count(*) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id IN"
+      "   (SELECT id FROM mq_queue WHERE parent_id = t.id))),"
+      " (SELECT coalesce(sum(size), 0) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg"
+      "   WHERE queue_id IN (SELECT id FROM mq_queue WHERE parent_id = t.id)))"
+      " FROM mq_queue t WHERE t.name = ?1 AND t.kind = 1",
+      -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    out->subscriptions = sqlite3_column_int64(st, 0);
+    out->messages = sqlite3_column_int64(st, 1);
+    out->payloads = sqlite3_column_int64(st, 2);
+    out->bytes = sqlite3_column_int64(st, 3);
+  } else if (src == SQLITE_DONE) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
+  } else {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: topic stats: %s", s->path,
+                     sqlite3_errmsg(s->db));
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}
+/*** end src/topic.c ***/
+
+/*** begin src/zmtp.h ***/
+/*
+** zmtp.h -- the pure ZMTP 3.x codec: greeting, framing, commands, metadata.
+**
+** This is the byte-level half of the ZeroMQ wire protocol (RFC 23 ZMTP 3.0,
+** RFC 37 ZMTP 3.1, RFC 24 PLAIN) with none of the I/O: every function here
+** is a pure function of its arguments, holds no global state, never blocks,
+** never prints and never aborts, so the network engine can drive it from any
+** event loop and the fuzzers can drive it from a byte string.  The engine
+** owns sockets, timers and the handshake state machine; the codec only says
+** what the bytes mean and whether they are acceptable.
+**
+** Invariants the rest of the library relies on:
+**   - Peer input is never trusted: every length read from the wire is checked
+**     against the bytes actually present and against the caller's limits
+**     before it is used, and before any memory is allocated for it.  A
+**     header that declares 2^62 bytes costs nothing but an error code.
+**   - The frame decoder allocates only through one hook (mqi_zmtp_mem_fn),
+**     and only exactly the body size it has just checked, so a caller can
+**     hand out its own buffers and OOM is an error code, never a crash.
+**   - Decoders are lenient where libzmq 4.3.4 is lenient (reserved flag
+**     bits, MORE on a command, long encoding of small sizes, commands between
+**     the frames of one multipart message, libzmq's malformed PLAIN ERROR);
+**     encoders are strict and emit only what the RFCs allow, in the exact
+**     spelling libzmq expects ("Socket-Type", "Identity").
+**   - Views returned by parsers (names, values, topics) point into the input
+**     buffer and live exactly as long as it does; nothing is copied.
+**
+** Results are the MQI_ZMTP_* codes below.  They are deliberately not mq.h
+** codes, because the engine needs finer distinctions (need more input vs.
+** malformed vs. over a limit) than the public API shows; mqi_zmtp_rc_to_mq()
+** maps them when a ZMTP failure has to surface through the public API.
+**
+** Facts about libzmq quoted in comments were captured on the wire from
+** libzmq 4.3.4 as shipped by Debian 12, the peer we must interoperate with.
+*/
+#ifndef MQI_ZMTP_H
+#define MQI_ZMTP_H
+
+/* #include "mqi.h" -- inlined above */
+
+/* ------------------------------------------------------------------------
+** Result codes.  MQI_ZMTP_OK is 0; the others start at 100 so that a ZMTP
+** code passed by mistake where an mq.h code is expected is easy to spot.
+*/
+#define MQI_ZMTP_OK 0
+#define MQI_ZMTP_AGAIN 100    /* not an error: more input is needed */
+#define MQI_ZMTP_FRAME 101    /* decoder: a complete frame was produced */
+#define MQI_ZMTP_EPROTO 102   /* malformed peer input */
+#define MQI_ZMTP_EVERSION 103 /* the peer does not speak ZMTP 3.x */
+#define MQI_ZMTP_EMECH 104    /* the peer's security mechanism is not ours */
+#define MQI_ZMTP_ESOCKTYPE 105 /* unknown or incompatible socket type */
+#define MQI_ZMTP_ETOOBIG 106  /* a declared size is over a limit */
+#define MQI_ZMTP_ETRUNC 107   /* the input ended inside a frame or message */
+#define MQI_ZMTP_ENOMEM 108   /* the allocation hook returned NULL */
+#define MQI_ZMTP_EINVAL 109   /* bad argument to an encoder or setter */
+#define MQI_ZMTP_ESPACE 110   /* the output buffer is too small */
+
+/* Static English text for a MQI_ZMTP_* code; never NULL. */
+MQI_API const char *mqi_zmtp_rcstr(int rc);
+/* The mq.h code to report for a MQI_ZMTP_* code: protocol violations are
+** MQ_ECORRUPT (the peer's bytes are damaged), limits MQ_ETOOBIG, OOM
+** MQ_ENOMEM, caller mistakes MQ_EINVAL; OK, AGAIN and FRAME are MQ_OK. */
+MQI_API int mqi_zmtp_rc_to_mq(int rc);
+
+/* ------------------------------------------------------------------------
+** Security mechanisms and socket types.
+*/
+#define MQI_ZMTP_MECH_UNKNOWN (-1)
+#define MQI_ZMTP_MECH_NULL 0
+#define MQI_ZMTP_MECH_PLAIN 1
+#define MQI_ZMTP_MECH_CURVE 2
+
+/* Socket types, numbered as libzmq numbers them so logs read the same. */
+#define MQI_ZMTP_SOCKET_NONE (-1) /* the peer sent no Socket-Type */
+#define MQI_ZMTP_SOCKET_PAIR 0
+#define MQI_ZMTP_SOCKET_PUB 1
+#define MQI_ZMTP_SOCKET_SUB 2
+#define MQI_ZMTP_SOCKET_REQ 3
+#define MQI_ZMTP_SOCKET_REP 4
+#define MQI_ZMTP_SOCKET_DEALER 5
+#define MQI_ZMTP_SOCKET_ROUTER 6
+#define MQI_ZMTP_SOCKET_PULL 7
+#define MQI_ZMTP_SOCKET_PUSH 8
+#define MQI_ZMTP_SOCKET_XPUB 9
+#define MQI_ZMTP_SOCKET_XSUB 10
+
+/* The wire name of a socket type ("DEALER"), or NULL if type is unknown. */
+MQI_API const char *mqi_zmtp_socket_name(int type);
+/* The type whose wire name is exactly the len bytes at name (case matters,
+** as it does to libzmq), or MQI_ZMTP_SOCKET_NONE. */
+MQI_API int mqi_zmtp_socket_from_name(const void *name, size_t len);
+/* MQI_ZMTP_OK if a socket of type ours may talk to a peer of type peer
+** (the RFC 23 table), MQI_ZMTP_ESOCKTYPE otherwise (including NONE). */
+MQI_API int mqi_zmtp_socket_check(int ours, int peer);
+
+/* ------------------------------------------------------------------------
+** Greeting: 64 bytes each way before anything else.
+*/
+#define MQI_ZMTP_GREETING_SIZE 64
+#define MQI_ZMTP_MECH_SIZE 20 /* bytes 12..31: NUL-padded mechanism name */
+
+/* Write our greeting: signature with zero padding, version 3.1, the
+** mechanism, and the as-server bit (nonzero: we are the server of a
+** PLAIN/CURVE handshake).  MQI_ZMTP_EINVAL for an unknown mechanism. */
+MQI_API int mqi_zmtp_greeting_encode(uint8_t out[MQI_ZMTP_GREETING_SIZE],
+                                     int mechanism, int as_server);
+
+/* The incremental parser of the peer's greeting.  Fields are valid once
+** `have` is past their offset (major: have > 10, minor/version: have > 11,
+** mechanism: have >= 32, as_server: have > 32). */
+typedef struct mqi_zmtp_greeting {
+  uint8_t bytes[MQI_ZMTP_GREETING_SIZE];
+  size_t have;      /* bytes received so far, 0..64 */
+  int expect;       /* the mechanism we require, or MQI_ZMTP_MECH_UNKNOWN
+                       to accept (and just report) any */
+  int rc;           /* sticky: the first error, or MQI_ZMTP_OK */
+  int major;        /* peer's version-major (>= 3 once accepted) */
+  int minor;        /* peer's version-minor as sent */
+  int version;      /* 30 for a 3.0 peer (minor 0), else 31 */
+  int mechanism;    /* MQI_ZMTP_MECH_* the peer announced, or UNKNOWN */
+  int as_server;    /* 1 if the peer set its as-server octet (libzmq never
+                       does: roles come from local configuration) */
+} mqi_zmtp_greeting;
+
+/* Start parsing a greeting; expect is the mechanism we run (a mismatch is
+** MQI_ZMTP_EMECH as soon as the 20 mechanism bytes are in). */
+MQI_API void mqi_zmtp_greeting_init(mqi_zmtp_greeting *g, int expect);
+
+/*
+** Feed len bytes of the peer's stream.  Consumes at most the bytes still
+** missing from the 64 and stores the count in *used (the rest belongs to
+** the frames that follow).  Returns MQI_ZMTP_AGAIN while incomplete,
+** MQI_ZMTP_OK once all 64 bytes are in and acceptable, or an error as soon
+** as a deciding byte arrives: byte 0 != 0xFF or bit 0 of byte 9 clear
+** (not ZMTP 3: EVERSION), byte 10 < 3 (EVERSION), bytes 12..31 not exactly
+** the expected mechanism (EMECH).  Padding (1..8), as-server and filler are
+** never validated.  Errors are sticky.
+*/
+MQI_API int mqi_zmtp_greeting_feed(mqi_zmtp_greeting *g, const void *data,
+                                   size_t len, size_t *used);
+
+/* True once bytes 0..10 are in and say ZMTP >= 3: from then on an engine
+** that staged its own greeting may send the rest of it. */
+MQI_API int mqi_zmtp_greeting_is_zmtp3(const mqi_zmtp_greeting *g);
+
+/* ------------------------------------------------------------------------
+** Frames.
+*/
+#define MQI_ZMTP_F_MORE 0x01
+#define MQI_ZMTP_F_LONG 0x02
+#define MQI_ZMTP_F_COMMAND 0x04
+#define MQI_ZMTP_HEADER_MAX 9                   /* flags + 8 size bytes */
+#define MQI_ZMTP_SIZE_LIMIT ((uint64_t)INT64_MAX) /* 2^63-1: the wire max */
+
+/* Limits applied by the decoder, each before any allocation. */
+typedef struct mqi_zmtp_limits {
+  uint64_t max_frame;   /* largest data frame body; default 16 MiB */
+  uint64_t max_command; /* largest command body; default 64 KiB */
+  uint64_t max_message; /* largest sum of data frame bodies of one message;
+                           default 16 MiB */
+  uint32_t max_frames;  /* most data frames in one message; default 1024 */
+} mqi_zmtp_limits;
+
+MQI_API void mqi_zmtp_limits_init(mqi_zmtp_limits *l);
+
+/*
+** The memory hook, in the manner of lua_Alloc: mem(ctx, NULL, n) with n > 0
+** returns n bytes or NULL; mem(ctx, p, 0) releases p and returns NULL.  The
+** decoder calls it at most once per frame, with exactly the frame's body
+** size, after every limit has been checked; a caller that owns a buffer can
+** hand it out from here instead of allocating.
+*/
+typedef void *(*mqi_zmtp_mem_fn)(void *ctx, void *ptr, size_t size);
+
+/* A decoded frame.  body is NULL exactly when size is 0; otherwise it came
+** from the decoder's hook and is owned by the caller after MQI_ZMTP_FRAME
+** (release it with mqi_zmtp_frame_release on the same decoder). */
+typedef struct mqi_zmtp_frame {
+  unsigned flags; /* MQI_ZMTP_F_MORE (data frames only) | F_COMMAND */
+  size_t size;
+  uint8_t *body;
+} mqi_zmtp_frame;
+
+typedef struct mqi_zmtp_decoder {
+  mqi_zmtp_limits limits;
+  mqi_zmtp_mem_fn mem;
+  void *mem_ctx;
+  int state;          /* private: where in a frame the next byte goes */
+  int rc;             /* sticky error, or MQI_ZMTP_OK */
+  unsigned flags;     /* private: flags byte of the frame being read */
+  unsigned size_have; /* private: long size bytes read so far */
+  uint64_t size;      /* private: declared body size of that frame */
+  size_t got;         /* private: body bytes read so far */
+  uint8_t *body;      /* private: body buffer of that frame, or NULL */
+  uint32_t msg_frames; /* data frames of the message in progress */
+  uint64_t msg_bytes;  /* their total body size */
+  /* Counters for the engine's diagnostics; the decoder never resets them. */
+  uint64_t n_frames;       /* data frames decoded */
+  uint64_t n_commands;     /* command frames decoded */
+  uint64_t n_reserved;     /* frames with reserved flag bits set */
+  uint64_t n_command_more; /* commands with the MORE bit set */
+  uint64_t n_interleaved;  /* commands inside a multipart message */
+  uint64_t n_long_small;   /* long-form sizes below 256 */
+} mqi_zmtp_decoder;
+
+/* Start a decoder.  limits NULL: the defaults; mem NULL: malloc/free. */
+MQI_API void mqi_zmtp_decoder_init(mqi_zmtp_decoder *d,
+                                   const mqi_zmtp_limits *limits,
+                                   mqi_zmtp_mem_fn mem, void *mem_ctx);
+/* Change the limits; they apply from the next frame header on (the engine
+** loosens them after the handshake). */
+MQI_API void mqi_zmtp_decoder_set_limits(mqi_zmtp_decoder *d,
+                                         const mqi_zmtp_limits *limits);
+
+/*
+** Feed len bytes (any split: one byte at a time works).  Consumes bytes up
+** to the end of the first frame it completes, stores the count in *used
+** and returns MQI_ZMTP_FRAME with *out filled; call again with the rest.
+** Returns MQI_ZMTP_AGAIN when all len bytes were consumed without
+** completing a frame, or an error (sticky; *out untouched):
+**   ETOOBIG  a size over its limit (max_command for commands; max_frame,
+**            max_message, max_frames for data frames), detected on the last
+**            size byte, before allocating
+**   EPROTO   a long size >= 2^63
+**   ENOMEM   the hook returned NULL
+** Commands between the frames of a multipart message are returned as they
+** come and leave the message's state alone.  Reserved flag bits and MORE on
+** a command are tolerated (and counted); a command never carries F_MORE
+** in *out.
+*/
+MQI_API int mqi_zmtp_decoder_feed(mqi_zmtp_decoder *d, const void *data,
+                                  size_t len, size_t *used,
+                                  mqi_zmtp_frame *out);
+
+/* True while a multipart message is incomplete (its last frame had MORE). */
+MQI_API int mqi_zmtp_decoder_in_message(const mqi_zmtp_decoder *d);
+
+/* The peer's stream ended: MQI_ZMTP_OK if it ended between messages,
+** MQI_ZMTP_ETRUNC if inside a frame or a multipart message (the caller
+** discards the partial message), or the sticky error.  Releases any partial
+** body; the decoder is then as after reset. */
+MQI_API int mqi_zmtp_decoder_finish(mqi_zmtp_decoder *d);
+
+/* Release any partial body and start again at a frame boundary with no
+** message in progress and no error.  Counters and limits are kept. */
+MQI_API void mqi_zmtp_decoder_reset(mqi_zmtp_decoder *d);
+
+/* Release a frame's body through d's hook and clear *f.  NULL-safe. */
+MQI_API void mqi_zmtp_frame_release(mqi_zmtp_decoder *d, mqi_zmtp_frame *f);
+
+/* Write a frame header for a body of size bytes: short form up to 255,
+** long form above.  flags is 0, MQI_ZMTP_F_MORE or MQI_ZMTP_F_COMMAND;
+** anything else (MORE on a command, reserved bits, F_LONG) and sizes over
+** 2^63-1 are MQI_ZMTP_EINVAL.  *len receives 2 or 9. */
+MQI_API int mqi_zmtp_frame_header_encode(uint8_t out[MQI_ZMTP_HEADER_MAX],
+                                         unsigned flags, uint64_t size,
+                                         size_t *len);
+
+/* Write a whole frame (header + body) into out[0..cap).  *len receives the
+** frame's length, also on MQI_ZMTP_ESPACE (so the caller can size out). */
+MQI_API int mqi_zmtp_frame_encode(uint8_t *out, size_t cap, unsigned flags,
+                                  const void *body, size_t size, size_t *len);
+
+/* ------------------------------------------------------------------------
+** Commands (zmtp_cmd.c).  A command frame's body is
+**   name-len(1) name(1..255 ALPHA) data
+** (length-prefixed: the ABNF is right, the prose of RFCs 23/24 is wrong).
+** Encoders below write the whole command frame, header included; *len gets
+** its length, also on MQI_ZMTP_ESPACE.
+*/
+#define MQI_ZMTP_CMD_UNKNOWN 0 /* well-formed, but not one we know */
+#define MQI_ZMTP_CMD_READY 1
+#define MQI_ZMTP_CMD_ERROR 2
+#define MQI_ZMTP_CMD_PING 3
+#define MQI_ZMTP_CMD_PONG 4
+#define MQI_ZMTP_CMD_SUBSCRIBE 5
+#define MQI_ZMTP_CMD_CANCEL 6
+#define MQI_ZMTP_CMD_HELLO 7
+#define MQI_ZMTP_CMD_WELCOME 8
+#define MQI_ZMTP_CMD_INITIATE 9
+
+#define MQI_ZMTP_PING_TTL_MAX 655 /* deciseconds: libzmq multiplies the TTL
+                                     by 100 into a uint16_t, so 656+ wraps */
+#define MQI_ZMTP_PING_CONTEXT_MAX 16
+#define MQI_ZMTP_META_MAX 64     /* properties we accept in one command */
+#define MQI_ZMTP_IDENTITY_MAX 255
+#define MQI_ZMTP_VALUE_MAX 0x7FFFFFFFu /* a property value's wire maximum */
+#define MQI_ZMTP_PLAIN_FIELD_MAX 255   /* PLAIN username and password */
+#define MQI_ZMTP_REASON_MAX 255
+
+typedef struct mqi_zmtp_cmd {
+  int kind;             /* MQI_ZMTP_CMD_* */
+  const uint8_t *name;  /* view into the body */
+  size_t name_len;
+  const uint8_t *data;  /* the bytes after the name (view; never NULL, it
+                           points just past the name when data_len is 0) */
+  size_t data_len;
+  int libzmq_error;     /* 1 if this was libzmq's malformed "\x5eRROR" */
+} mqi_zmtp_cmd;
+
+/* Split a command body.  MQI_ZMTP_EPROTO for an empty body, a zero or
+** overrunning name length, or a name with non-letters.  A well-formed name
+** we do not know is MQI_ZMTP_OK with kind MQI_ZMTP_CMD_UNKNOWN.  Names are
+** compared exactly.  libzmq's PLAIN ERROR (`5e 'RROR' len reason`, whose
+** name length octet is wrong) is recognised as kind ERROR. */
+MQI_API int mqi_zmtp_cmd_parse(const void *body, size_t len, mqi_zmtp_cmd *out);
+
+/* Write a generic command: name is 1..255 letters, data may be NULL when
+** data_len is 0. */
+MQI_API int mqi_zmtp_cmd_encode(uint8_t *out, size_t cap, const char *name,
+                                const void *data, size_t data_len,
+                                size_t *len);
+
+/* One metadata property; views into a buffer owned by someone else. */
+typedef struct mqi_zmtp_prop {
+  const uint8_t *name;
+  size_t name_len;
+  const uint8_t *value;
+  size_t value_len;
+} mqi_zmtp_prop;
+
+/* Parsed metadata (READY, INITIATE). */
+typedef struct mqi_zmtp_meta {
+  int socket_type;          /* MQI_ZMTP_SOCKET_*, NONE when absent */
+  int has_identity;
+  const uint8_t *identity;  /* view; identity_len 0..255 */
+  size_t identity_len;
+  size_t n_props;           /* every property, in wire order */
+  mqi_zmtp_prop props[MQI_ZMTP_META_MAX];
+} mqi_zmtp_meta;
+
+/*
+** Parse a metadata block: *(name-len(1) name value-len(4, BE) value).  Every
+** length is bounds-checked (EPROTO on any overrun, on trailing bytes, and on
+** a value length >= 2^31).  Names are matched case-insensitively
+** ("socket-type" is Socket-Type), values exactly: an unknown Socket-Type
+** value is ESOCKTYPE, two Socket-Type (or Identity) properties that
+** disagree are EPROTO, an Identity over 255 bytes is EPROTO, more than
+** MQI_ZMTP_META_MAX properties is ETOOBIG.  Zero-length names and values
+** are accepted, as libzmq accepts them.
+*/
+MQI_API int mqi_zmtp_meta_parse(const void *data, size_t len,
+                                mqi_zmtp_meta *out);
+/* The first property named name (case-insensitive), or NULL. */
+MQI_API const mqi_zmtp_prop *mqi_zmtp_meta_find(const mqi_zmtp_meta *m,
+                                                const char *name);
+/* Write n properties as a metadata block (no frame header) into out.
+** Names are 0..255 bytes, values at most MQI_ZMTP_VALUE_MAX (EINVAL). */
+MQI_API int mqi_zmtp_meta_encode(uint8_t *out, size_t cap,
+                                 const mqi_zmtp_prop *props, size_t n,
+                                 size_t *len);
+
+/*
+** Write a READY (kind MQI_ZMTP_CMD_READY) or PLAIN INITIATE
+** (MQI_ZMTP_CMD_INITIATE) command with our metadata, exactly as libzmq
+** writes it: "Socket-Type" first; then "Identity" (identity_len bytes,
+** possibly empty) for REQ, DEALER and ROUTER only; then the n_extra extra
+** properties.  A nonempty identity for another type, an identity over 255
+** bytes or an unknown socket type is EINVAL.
+*/
+MQI_API int mqi_zmtp_ready_encode(uint8_t *out, size_t cap, int kind,
+                                  int socket_type, const void *identity,
+                                  size_t identity_len,
+                                  const mqi_zmtp_prop *extra, size_t n_extra,
+                                  size_t *len);
+/* Parse the metadata of a READY or INITIATE command (EPROTO for others). */
+MQI_API int mqi_zmtp_ready_parse(const mqi_zmtp_cmd *c, mqi_zmtp_meta *out);
+
+/* ERROR: reason is 0..255 bytes.  libzmq_form writes libzmq 4.3.4's PLAIN
+** spelling (`5e 'RROR'`), which libzmq PLAIN clients need to report an AUTH
+** failure; otherwise the RFC form `05 'ERROR'`. */
+MQI_API int mqi_zmtp_error_encode(uint8_t *out, size_t cap, const void *reason,
+                                  size_t reason_len, int libzmq_form,
+                                  size_t *len);
+/* The reason of an ERROR (either form).  EPROTO when the reason length
+** overruns; trailing bytes after the reason are ignored, as libzmq does. */
+MQI_API int mqi_zmtp_error_parse(const mqi_zmtp_cmd *c, const uint8_t **reason,
+                                 size_t *reason_len);
+
+/* PING with a TTL in deciseconds (values over MQI_ZMTP_PING_TTL_MAX are
+** sent as MQI_ZMTP_PING_TTL_MAX) and a context of 0..16 bytes (EINVAL if
+** longer). */
+MQI_API int mqi_zmtp_ping_encode(uint8_t *out, size_t cap, unsigned ttl_ds,
+                                 const void *context, size_t context_len,
+                                 size_t *len);
+/* A PING's TTL and context.  A body under the 2 TTL bytes is EPROTO (never
+** an over-read); a context over 16 bytes is cut to its first 16, which is
+** what a PONG echoes. */
+MQI_API int mqi_zmtp_ping_parse(const mqi_zmtp_cmd *c, unsigned *ttl_ds,
+                                const uint8_t **context, size_t *context_len);
+/* PONG echoing a context of 0..16 bytes (EINVAL if longer). */
+MQI_API int mqi_zmtp_pong_encode(uint8_t *out, size_t cap, const void *context,
+                                 size_t context_len, size_t *len);
+/* A PONG's context, cut to 16 bytes like a PING's. */
+MQI_API int mqi_zmtp_pong_parse(const mqi_zmtp_cmd *c, const uint8_t **context,
+                                size_t *context_len);
+
+/* SUBSCRIBE (subscribe != 0) or CANCEL command with a topic of any length
+** (the empty topic matches everything); for ZMTP 3.1 peers. */
+MQI_API int mqi_zmtp_sub_encode(uint8_t *out, size_t cap, int subscribe,
+                                const void *topic, size_t topic_len,
+                                size_t *len);
+/* The topic of a SUBSCRIBE or CANCEL command (EPROTO for other kinds). */
+MQI_API int mqi_zmtp_sub_parse(const mqi_zmtp_cmd *c, int *subscribe,
+                               const uint8_t **topic, size_t *topic_len);
+/* The ZMTP 3.0 form: a one-frame data message "\x01topic" / "\x00topic". */
+MQI_API int mqi_zmtp_sub_legacy_encode(uint8_t *out, size_t cap, int subscribe,
+                                       const void *topic, size_t topic_len,
+                                       size_t *len);
+/* Parse a legacy subscription message body: EPROTO unless it is at least
+** one byte and starts with 0 or 1. */
+MQI_API int mqi_zmtp_sub_legacy_parse(const void *body, size_t len,
+                                      int *subscribe, const uint8_t **topic,
+                                      size_t *topic_len);
+
+/* PLAIN HELLO: username and password of 0..255 bytes each. */
+MQI_API int mqi_zmtp_hello_encode(uint8_t *out, size_t cap, const void *user,
+                                  size_t user_len, const void *pass,
+                                  size_t pass_len, size_t *len);
+/* PLAIN HELLO fields; EPROTO unless the two length-prefixed fields fill
+** the data exactly (no missing and no trailing bytes). */
+MQI_API int mqi_zmtp_hello_parse(const mqi_zmtp_cmd *c, const uint8_t **user,
+                                 size_t *user_len, const uint8_t **pass,
+                                 size_t *pass_len);
+/* PLAIN WELCOME, which carries no data. */
+MQI_API int mqi_zmtp_welcome_encode(uint8_t *out, size_t cap, size_t *len);
+/* MQI_ZMTP_OK for a WELCOME with no data, EPROTO otherwise. */
+MQI_API int mqi_zmtp_welcome_parse(const mqi_zmtp_cmd *c);
+
+#endif /* MQI_ZMTP_H */
+/*** end src/zmtp.h ***/
+
+/*** begin src/zmtp_codec.c ***/
+/*
+** zmtp_codec.c -- ZMTP 3.x greeting and framing: encode our bytes, decode
+** the peer's, one byte or one megabyte at a time.
+**
+** Both decoders here are incremental state machines over whatever chunks the
+** socket happens to deliver, because a TCP read boundary means nothing: a
+** frame header may be split after any byte, and the greeting's deciding
+** bytes (0, 9, 10) must be judged the moment they arrive so that an engine
+** never waits for 64 bytes that a libzmq peer will not send until it has
+** seen our byte 11.  The greeting parser also stops at exactly 64 bytes:
+** whatever follows in the same read is the first frame.
+**
+** The frame decoder's one rule is "check, then allocate".  A frame's size is
+** known only after its last size byte; at that moment it is compared with
+** the limit for its kind (command or data frame) and with what is left of
+** the message's byte and frame budget, and only then is exactly that many
+** bytes requested from the caller's memory hook.  libzmq mallocs whatever a
+** header declares (a 10-byte header made it reserve 8 GiB); we must not.
+** Sizes of 2^63 and above are illegal on the wire and rejected outright, so
+** the size arithmetic below never overflows a uint64_t.
+**
+** Message boundaries are tracked only through data frames: a command (PING
+** from a libzmq peer that is mid-way through a large multipart message) is
+** returned on its own and leaves the message's frame and byte counts as they
+** were.  The decoder is lenient where libzmq is (reserved flag bits, MORE on
+** a command, long form for small sizes) and counts each anomaly so that the
+** engine can log it; the encoder is strict and refuses to produce any of
+** them.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+/* #include "zmtp.h" -- inlined above */
+
+/* Decoder states: which part of a frame the next input byte belongs to. */
+#define ZMTP_CODEC_ST_FLAGS 0
+#define ZMTP_CODEC_ST_SHORT 1
+#define ZMTP_CODEC_ST_LONG 2
+#define ZMTP_CODEC_ST_BODY 3
+
+#define ZMTP_CODEC_FLAG_BITS (MQI_ZMTP_F_MORE | MQI_ZMTP_F_LONG | MQI_ZMTP_F_COMMAND)
+
+/* ------------------------------------------------------------------------
+** Result codes
+*/
+const char *mqi_zmtp_rcstr(int rc) {
+  switch (rc) {
+    case MQI_ZMTP_OK: return "ok";
+    case MQI_ZMTP_AGAIN: return "more input needed";
+    case MQI_ZMTP_FRAME: return "frame complete";
+    case MQI_ZMTP_EPROTO: return "malformed ZMTP input";
+    case MQI_ZMTP_EVERSION: return "peer does not speak ZMTP 3.x";
+    case MQI_ZMTP_EMECH: return "security mechanism mismatch";
+    case MQI_ZMTP_ESOCKTYPE: return "unknown or incompatible socket type";
+    case MQI_ZMTP_ETOOBIG: return "ZMTP size over the configured limit";
+    case MQI_ZMTP_ETRUNC: return "stream ended inside a frame or message";
+    case MQI_ZMTP_ENOMEM: return "out of memory";
+    case MQI_ZMTP_EINVAL: return "invalid argument";
+    case MQI_ZMTP_ESPACE: return "output buffer too small";
+    default: return "unknown ZMTP result code";
+  }
+}
+
+int mqi_zmtp_rc_to_mq(int rc) {
+  switch (rc) {
+    case MQI_ZMTP_OK:
+    case MQI_ZMTP_AGAIN:
+    case MQI_ZMTP_FRAME: return MQ_OK;
+    case MQI_ZMTP_ETOOBIG: return MQ_ETOOBIG;
+    case MQI_ZMTP_ENOMEM: return MQ_ENOMEM;
+    case MQI_ZMTP_EINVAL:
+    case MQI_ZMTP_ESPACE: return MQ_EINVAL;
+    case MQI_ZMTP_EPROTO:
+    case MQI_ZMTP_EVERSION:
+    case MQI_ZMTP_EMECH:
+    case MQI_ZMTP_ESOCKTYPE:
+    case MQI_ZMTP_ETRUNC: return MQ_ECORRUPT;
+    default: return MQ_ERROR;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Greeting
+*/
+
+/* The mechanism field as it must appear on the wire: the name, NUL-padded
+** to 20 bytes.  Comparison is over all 20 bytes, as libzmq does, so "null"
+** and "NULL\0X..." are both mismatches. */
+static const char *zmtp_codec_mech_name(int mechanism) {
+  switch (mechanism) {
+    case MQI_ZMTP_MECH_NULL: return "NULL";
+    case MQI_ZMTP_MECH_PLAIN: return "PLAIN";
+    case MQI_ZMTP_MECH_CURVE: return "CURVE";
+    default: return NULL;
+  }
+}
+
+static void zmtp_codec_mech_field(uint8_t field[MQI_ZMTP_MECH_SIZE],
+                                  const char *name) {
+  memset(field, 0, MQI_ZMTP_MECH_SIZE);
+  memcpy(field, name, strlen(name));
+}
+
+static int zmtp_codec_mech_identify(const uint8_t *field) {
+  static const int known[] = {MQI_ZMTP_MECH_NULL, MQI_ZMTP_MECH_PLAIN,
+                              MQI_ZMTP_MECH_CURVE};
+  uint8_t want[MQI_ZMTP_MECH_SIZE];
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+    zmtp_codec_mech_field(want, zmtp_codec_mech_name(known[i]));
+    if (memcmp(field, want, MQI_ZMTP_MECH_SIZE) == 0) return known[i];
+  }
+  return MQI_ZMTP_MECH_UNKNOWN;
+}
+
+int mqi_zmtp_greeting_encode(uint8_t out[MQI_ZMTP_GREETING_SIZE],
+                             int mechanism, int as_server) {
+  const char *name = zmtp_codec_mech_name(mechanism);
+  if (!out || !name) return MQI_ZMTP_EINVAL;
+  /* Padding (bytes 1..8) and filler stay zero: libzmq puts its routing id
+  ** length in the padding for ZMTP 1.0's sake, which we do not speak. */
+  memset(out, 0, MQI_ZMTP_GREETING_SIZE);
+  out[0] = 0xFF;
+  out[9] = 0x7F;
+  out[10] = 3;
+  out[11] = 1;
+  zmtp_codec_mech_field(out + 12, name);
+  out[32] = as_server ? 1 : 0;
+  return MQI_ZMTP_OK;
+}
+
+void mqi_zmtp_greeting_init(mqi_zmtp_greeting *g, int expect) {
+  memset(g, 0, sizeof *g);
+  /* An expectation that names no mechanism we know can never be met, so
+  ** every peer is then a mismatch: failing closed beats accepting anyone. */
+  g->expect = expect;
+  g->rc = MQI_ZMTP_OK;
+  g->mechanism = MQI_ZMTP_MECH_UNKNOWN;
+}
+
+/* Judge the byte just stored at offset at; returns MQI_ZMTP_OK or the
+** error that byte decides. */
+static int zmtp_codec_greeting_byte(mqi_zmtp_greeting *g, size_t at) {
+  uint8_t b = g->bytes[at];
+  switch (at) {
+    case 0:
+      /* Not 0xFF: an unversioned ZMTP 1.0 peer, or not ZMTP at all (an HTTP
+      ** request, a TLS ClientHello).  libzmq waits here forever; we fail. */
+      return b == 0xFF ? MQI_ZMTP_OK : MQI_ZMTP_EVERSION;
+    case 9:
+      /* libzmq checks only bit 0 (clear means ZMTP 1.0); so do we. */
+      return (b & 1) ? MQI_ZMTP_OK : MQI_ZMTP_EVERSION;
+    case 10:
+      g->major = b;
+      return b >= 3 ? MQI_ZMTP_OK : MQI_ZMTP_EVERSION;
+    case 11:
+      /* Minor 0 is a 3.0 peer (legacy subscription messages); anything
+      ** else, including minors we have never heard of, is 3.1. */
+      g->minor = b;
+      g->version = b == 0 ? 30 : 31;
+      return MQI_ZMTP_OK;
+    case 12 + MQI_ZMTP_MECH_SIZE - 1:
+      g->mechanism = zmtp_codec_mech_identify(g->bytes + 12);
+      if (g->expect != MQI_ZMTP_MECH_UNKNOWN && g->mechanism != g->expect)
+        return MQI_ZMTP_EMECH;
+      return MQI_ZMTP_OK;
+    case 32:
+      g->as_server = b != 0;
+      return MQI_ZMTP_OK;
+    default:
+      return MQI_ZMTP_OK; /* padding and filler: never validated */
+  }
+}
+
+int mqi_zmtp_greeting_feed(mqi_zmtp_greeting *g, const void *data, size_t len,
+                           size_t *used) {
+  const uint8_t *p = data;
+  size_t n = 0;
+  if (used) *used = 0;
+  if (!g) return MQI_ZMTP_EINVAL;
+  if (g->rc != MQI_ZMTP_OK) return g->rc;
+  if (!p && len) return MQI_ZMTP_EINVAL;
+  while (n < len && g->have < MQI_ZMTP_GREETING_SIZE) {
+    size_t at = g->have;
+    g->bytes[at] = p[n++];
+    g->have++;
+    int rc = zmtp_codec_greeting_byte(g, at);
+    if (rc != MQI_ZMTP_OK) {
+      g->rc = rc;
+      if (used) *used = n;
+      return rc;
+    }
+  }
+  if (used) *used = n;
+  return g->have == MQI_ZMTP_GREETING_SIZE ? MQI_ZMTP_OK : MQI_ZMTP_AGAIN;
+}
+
+int mqi_zmtp_greeting_is_zmtp3(const mqi_zmtp_greeting *g) {
+  return g && g->rc == MQI_ZMTP_OK && g->have > 10;
+}
+
+/* ------------------------------------------------------------------------
+** Frame decoder
+*/
+void mqi_zmtp_limits_init(mqi_zmtp_limits *l) {
+  l->max_frame = (uint64_t)16 << 20;
+  l->max_command = (uint64_t)64 << 10;
+  l->max_message = (uint64_t)16 << 20;
+  l->max_frames = 1024;
+}
+
+static void *zmtp_codec_default_mem(void *ctx, void *ptr, size_t size) {
+  (void)ctx;
+  if (size == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return malloc(size);
+}
+
+void mqi_zmtp_decoder_init(mqi_zmtp_decoder *d, const mqi_zmtp_limits *limits,
+                           mqi_zmtp_mem_fn mem, void *mem_ctx) {
+  memset(d, 0, sizeof *d);
+  if (limits)
+    d->limits = *limits;
+  else
+    mqi_zmtp_limits_init(&d->limits);
+  d->mem = mem ? mem : zmtp_codec_default_mem;
+  d->mem_ctx = mem ? mem_ctx : NULL;
+  d->state = ZMTP_CODEC_ST_FLAGS;
+  d->rc = MQI_ZMTP_OK;
+}
+
+void mqi_zmtp_decoder_set_limits(mqi_zmtp_decoder *d,
+                                 const mqi_zmtp_limits *limits) {
+  if (d && limits) d->limits = *limits;
+}
+
+static void zmtp_codec_drop_body(mqi_zmtp_decoder *d) {
+  if (d->body) d->mem(d->mem_ctx, d->body, 0);
+  d->body = NULL;
+  d->got = 0;
+}
+
+void mqi_zmtp_decoder_reset(mqi_zmtp_decoder *d) {
+  if (!d) return;
+  zmtp_codec_drop_body(d);
+  d->state = ZMTP_CODEC_ST_FLAGS;
+  d->rc = MQI_ZMTP_OK;
+  d->flags = 0;
+  d->size_have = 0;
+  d->size = 0;
+  d->msg_frames = 0;
+  d->msg_bytes = 0;
+}
+
+int mqi_zmtp_decoder_in_message(const mqi_zmtp_decoder *d) {
+  return d && d->msg_frames > 0;
+}
+
+int mqi_zmtp_decoder_finish(mqi_zmtp_decoder *d) {
+  int rc;
+  if (!d) return MQI_ZMTP_EINVAL;
+  if (d->rc != MQI_ZMTP_OK)
+    rc = d->rc;
+  else if (d->state != ZMTP_CODEC_ST_FLAGS || d->msg_frames > 0)
+    rc = MQI_ZMTP_ETRUNC;
+  else
+    rc = MQI_ZMTP_OK;
+  mqi_zmtp_decoder_reset(d);
+  return rc;
+}
+
+void mqi_zmtp_frame_release(mqi_zmtp_decoder *d, mqi_zmtp_frame *f) {
+  if (!f) return;
+  if (d && f->body) d->mem(d->mem_ctx, f->body, 0);
+  f->body = NULL;
+  f->size = 0;
+  f->flags = 0;
+}
+
+/* Is the declared size of the frame being read acceptable?  Called once,
+** right after its last size byte, before anything is allocated. */
+static int zmtp_codec_check_size(const mqi_zmtp_decoder *d) {
+  const mqi_zmtp_limits *l = &d->limits;
+  uint64_t n = d->size;
+  if (n > MQI_ZMTP_SIZE_LIMIT) return MQI_ZMTP_EPROTO;
+  if (d->flags & MQI_ZMTP_F_COMMAND) {
+    if (n > l->max_command) return MQI_ZMTP_ETOOBIG;
+  } else {
+    if (n > l->max_frame) return MQI_ZMTP_ETOOBIG;
+    /* Written as a subtraction so it cannot overflow; msg_bytes may exceed
+    ** max_message only if the limits were lowered mid-message. */
+    if (d->msg_bytes > l->max_message || n > l->max_message - d->msg_bytes)
+      return MQI_ZMTP_ETOOBIG;
+  }
+  if (n > (uint64_t)SIZE_MAX) return MQI_ZMTP_ETOOBIG;
+  return MQI_ZMTP_OK;
+}
+
+/* Hand the finished frame to the caller and update the message state. */
+static int zmtp_codec_emit(mqi_zmtp_decoder *d, mqi_zmtp_frame *out) {
+  unsigned flags = d->flags & (MQI_ZMTP_F_MORE | MQI_ZMTP_F_COMMAND);
+  out->flags = flags;
+  out->size = (size_t)d->size;
+  out->body = d->body;
+  if (flags & MQI_ZMTP_F_COMMAND) {
+    d->n_commands++;
+    if (d->msg_frames > 0) d->n_interleaved++;
+  } else {
+    d->n_frames++;
+    if (flags & MQI_ZMTP_F_MORE) {
+      d->msg_frames++;
+      d->msg_bytes += d->size; /* checked: stays <= max_message */
+    } else {
+      d->msg_frames = 0;
+      d->msg_bytes = 0;
+    }
+  }
+  d->body = NULL;
+  d->got = 0;
+  d->size = 0;
+  d->size_have = 0;
+  d->state = ZMTP_CODEC_ST_FLAGS;
+  return MQI_ZMTP_FRAME;
+}
+
+/* The size is complete: check it, then get the body buffer (if any). */
+static int zmtp_codec_begin_body(mqi_zmtp_decoder *d, mqi_zmtp_frame *out) {
+  int rc = zmtp_codec_check_size(d);
+  if (rc != MQI_ZMTP_OK) return rc;
+  if (d->size == 0) return zmtp_codec_emit(d, out);
+  d->body = d->mem(d->mem_ctx, NULL, (size_t)d->size);
+  if (!d->body) return MQI_ZMTP_ENOMEM;
+  d->got = 0;
+  d->state = ZMTP_CODEC_ST_BODY;
+  return MQI_ZMTP_AGAIN;
+}
+
+int mqi_zmtp_decoder_feed(mqi_zmtp_decoder *d, const void *data, size_t len,
+                          size_t *used, mqi_zmtp_frame *out) {
+  const uint8_t *p = data;
+  size_t i = 0;
+  int rc = MQI_ZMTP_AGAIN;
+  if (used) *used = 0;
+  if (!d || !out) return MQI_ZMTP_EINVAL;
+  if (d->rc != MQI_ZMTP_OK) return d->rc;
+  if (!p && len) return MQI_ZMTP_EINVAL;
+  while (i < len && rc == MQI_ZMTP_AGAIN) {
+    switch (d->state) {
+      case ZMTP_CODEC_ST_FLAGS: {
+        unsigned f = p[i++];
+        if (f & ~(unsigned)ZMTP_CODEC_FLAG_BITS) d->n_reserved++;
+        f &= ZMTP_CODEC_FLAG_BITS;
+        if (f & MQI_ZMTP_F_COMMAND) {
+          if (f & MQI_ZMTP_F_MORE) {
+            d->n_command_more++;
+            f &= ~(unsigned)MQI_ZMTP_F_MORE;
+          }
+        } else if (d->msg_frames >= d->limits.max_frames) {
+          rc = MQI_ZMTP_ETOOBIG; /* one frame too many, known already */
+          break;
+        }
+        d->flags = f;
+        d->size = 0;
+        d->size_have = 0;
+        d->state = (f & MQI_ZMTP_F_LONG) ? ZMTP_CODEC_ST_LONG
+                                          : ZMTP_CODEC_ST_SHORT;
+        break;
+      }
+      case ZMTP_CODEC_ST_SHORT:
+        d->size = p[i++];
+        rc = zmtp_codec_begin_body(d, out);
+        break;
+      case ZMTP_CODEC_ST_LONG:
+        d->size = (d->size << 8) | p[i++];
+        if (++d->size_have < 8) break;
+        if (d->size < 256) d->n_long_small++;
+        rc = zmtp_codec_begin_body(d, out);
+        break;
+      case ZMTP_CODEC_ST_BODY: {
+        size_t want = (size_t)d->size - d->got;
+        size_t n = len - i < want ? len - i : want;
+        memcpy(d->body + d->got, p + i, n);
+        d->got += n;
+        i += n;
+        if (d->got == (size_t)d->size) rc = zmtp_codec_emit(d, out);
+        break;
+      }
+      default:
+        rc = MQI_ZMTP_EINVAL; /* unreachable: the state is ours */
+        break;
+    }
+  }
+  if (used) *used = i;
+  if (rc != MQI_ZMTP_AGAIN && rc != MQI_ZMTP_FRAME) {
+    zmtp_codec_drop_body(d);
+    d->rc = rc;
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------------------
+** Frame encoder
+*/
+int mqi_zmtp_frame_header_encode(uint8_t out[MQI_ZMTP_HEADER_MAX],
+                                 unsigned flags, uint64_t size, size_t *len) {
+  if (len) *len = 0;
+  if (!out || !len) return MQI_ZMTP_EINVAL;
+  if (flags != 0 && flags != MQI_ZMTP_F_MORE && flags != MQI_ZMTP_F_COMMAND)
+    return MQI_ZMTP_EINVAL;
+  if (size > MQI_ZMTP_SIZE_LIMIT) return MQI_ZMTP_EINVAL;
+  if (size <= 255) {
+    out[0] = (uint8_t)flags;
+    out[1] = (uint8_t)size;
+    *len = 2;
+  } else {
+    out[0] = (uint8_t)(flags | MQI_ZMTP_F_LONG);
+    for (int k = 0; k < 8; k++) out[1 + k] = (uint8_t)(size >> (56 - 8 * k));
+    *len = 9;
+  }
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_frame_encode(uint8_t *out, size_t cap, unsigned flags,
+                          const void *body, size_t size, size_t *len) {
+  uint8_t hdr[MQI_ZMTP_HEADER_MAX];
+  size_t hl = 0;
+  if (len) *len = 0;
+  if (!len || (!body && size) || (!out && cap)) return MQI_ZMTP_EINVAL;
+  if (size > SIZE_MAX - MQI_ZMTP_HEADER_MAX) return MQI_ZMTP_EINVAL;
+  int rc = mqi_zmtp_frame_header_encode(hdr, flags, size, &hl);
+  if (rc != MQI_ZMTP_OK) return rc;
+  *len = hl + size;
+  if (cap < hl + size) return MQI_ZMTP_ESPACE;
+  memcpy(out, hdr, hl);
+  if (size) memcpy(out + hl, body, size);
+  return MQI_ZMTP_OK;
+}
+/*** end src/zmtp_codec.c ***/
+
+/*** begin src/zmtp_cmd.c ***/
+/*
+** zmtp_cmd.c -- ZMTP commands: READY/ERROR (NULL), PING/PONG and
+** SUBSCRIBE/CANCEL (3.1), the 3.0 legacy subscription messages, PLAIN's
+** HELLO/WELCOME/INITIATE, metadata properties and the socket-type table.
+**
+** Every parser here takes a command body that the frame decoder has already
+** bounded, and trusts nothing inside it: each length octet or word is
+** compared with the bytes that remain before it is used, so a malformed
+** command yields MQI_ZMTP_EPROTO and never a read past the body.  Parsers
+** return views into the body instead of copies; the caller keeps the body
+** alive while it uses them.
+**
+** Where the RFCs and libzmq 4.3.4 disagree we follow what interoperates:
+**   - A command name is length-prefixed (the ABNF), not NUL-terminated or
+**     space-padded (the prose of RFCs 23 and 24).
+**   - Metadata names are matched case-insensitively on receipt (the RFC)
+**     but sent in libzmq's exact spelling, because libzmq matches them
+**     case-sensitively; Socket-Type values are compared exactly, as libzmq
+**     compares them.
+**   - libzmq's PLAIN server sends ERROR as `5e 'RROR' len reason` (a C++
+**     "\x05ERROR" literal read as \x5e); it is accepted as ERROR, and may be
+**     produced on request because libzmq PLAIN clients recognise only it.
+**   - libzmq multiplies a PING's TTL by 100 into a uint16_t, so we never
+**     send a TTL above 655 deciseconds, and it over-reads PINGs shorter
+**     than the 2 TTL bytes; we reject those.
+** Encoders are strict and write whole command frames, header included, so
+** the engine can queue their output as is.
+*/
+#include <string.h>
+
+/* #include "zmtp.h" -- inlined above */
+
+/* The libzmq 4.3.4 PLAIN ERROR prefix: name-length octet 0x5e, then the
+** four letters that were meant to follow "\x05E". */
+static const uint8_t zmtp_cmd_libzmq_error[5] = {0x5e, 'R', 'R', 'O', 'R'};
+
+static const struct {
+  const char *name;
+  int kind;
+} zmtp_cmd_names[] = {
+    {"READY", MQI_ZMTP_CMD_READY},         {"ERROR", MQI_ZMTP_CMD_ERROR},
+    {"PING", MQI_ZMTP_CMD_PING},           {"PONG", MQI_ZMTP_CMD_PONG},
+    {"SUBSCRIBE", MQI_ZMTP_CMD_SUBSCRIBE}, {"CANCEL", MQI_ZMTP_CMD_CANCEL},
+    {"HELLO", MQI_ZMTP_CMD_HELLO},         {"WELCOME", MQI_ZMTP_CMD_WELCOME},
+    {"INITIATE", MQI_ZMTP_CMD_INITIATE},
+};
+
+/* ------------------------------------------------------------------------
+** Socket types
+*/
+static const char *const zmtp_cmd_socket_names[] = {
+    "PAIR", "PUB", "SUB", "REQ", "REP", "DEALER",
+    "ROUTER", "PULL", "PUSH", "XPUB", "XSUB",
+};
+#define ZMTP_CMD_N_SOCKETS \
+  ((int)(sizeof zmtp_cmd_socket_names / sizeof zmtp_cmd_socket_names[0]))
+#define ZMTP_CMD_BIT(t) (1u << (t))
+
+const char *mqi_zmtp_socket_name(int type) {
+  if (type < 0 || type >= ZMTP_CMD_N_SOCKETS) return NULL;
+  return zmtp_cmd_socket_names[type];
+}
+
+int mqi_zmtp_socket_from_name(const void *name, size_t len) {
+  if (!name) return MQI_ZMTP_SOCKET_NONE;
+  for (int t = 0; t < ZMTP_CMD_N_SOCKETS; t++) {
+    const char *s = zmtp_cmd_socket_names[t];
+    if (strlen(s) == len && memcmp(s, name, len) == 0) return t;
+  }
+  return MQI_ZMTP_SOCKET_NONE;
+}
+
+int mqi_zmtp_socket_check(int ours, int peer) {
+  unsigned ok;
+  if (peer < 0 || peer >= ZMTP_CMD_N_SOCKETS) return MQI_ZMTP_ESOCKTYPE;
+  switch (ours) {
+    case MQI_ZMTP_SOCKET_REQ:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_REP) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_ROUTER);
+      break;
+    case MQI_ZMTP_SOCKET_REP:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_REQ) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_DEALER);
+      break;
+    case MQI_ZMTP_SOCKET_DEALER:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_REP) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_DEALER) |
+           ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_ROUTER);
+      break;
+    case MQI_ZMTP_SOCKET_ROUTER:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_REQ) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_DEALER) |
+           ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_ROUTER);
+      break;
+    case MQI_ZMTP_SOCKET_PUB:
+    case MQI_ZMTP_SOCKET_XPUB:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_SUB) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_XSUB);
+      break;
+    case MQI_ZMTP_SOCKET_SUB:
+    case MQI_ZMTP_SOCKET_XSUB:
+      ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_PUB) | ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_XPUB);
+      break;
+    case MQI_ZMTP_SOCKET_PUSH: ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_PULL); break;
+    case MQI_ZMTP_SOCKET_PULL: ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_PUSH); break;
+    case MQI_ZMTP_SOCKET_PAIR: ok = ZMTP_CMD_BIT(MQI_ZMTP_SOCKET_PAIR); break;
+    default: return MQI_ZMTP_ESOCKTYPE;
+  }
+  return (ok & ZMTP_CMD_BIT(peer)) ? MQI_ZMTP_OK : MQI_ZMTP_ESOCKTYPE;
+}
+
+/* ------------------------------------------------------------------------
+** Helpers
+*/
+static int zmtp_cmd_is_alpha(uint8_t c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* Characters the RFC allows in a property name; checked when sending only
+** (libzmq accepts anything, even an empty name, and so do we). */
+static int zmtp_cmd_is_name_char(uint8_t c) {
+  return zmtp_cmd_is_alpha(c) || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '.' || c == '+';
+}
+
+static uint8_t zmtp_cmd_lower(uint8_t c) {
+  return (c >= 'A' && c <= 'Z') ? (uint8_t)(c - 'A' + 'a') : c;
+}
+
+static int zmtp_cmd_name_is(const uint8_t *name, size_t len, const char *want) {
+  size_t n = strlen(want);
+  if (n != len) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (zmtp_cmd_lower(name[i]) != zmtp_cmd_lower((uint8_t)want[i])) return 0;
+  return 1;
+}
+
+static uint32_t zmtp_cmd_get32(const uint8_t *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+         ((uint32_t)p[2] << 8) | (uint32_t)p[3];
+}
+
+static void zmtp_cmd_put32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+/* Build the name-length octet and name of a command into prefix[0..256);
+** *plen receives 1 + the name length.  Names are 1..255 letters. */
+static int zmtp_cmd_prefix(const char *name, uint8_t prefix[256], size_t *plen) {
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > 255) return MQI_ZMTP_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (!zmtp_cmd_is_alpha((uint8_t)name[i])) return MQI_ZMTP_EINVAL;
+  prefix[0] = (uint8_t)n;
+  memcpy(prefix + 1, name, n);
+  *plen = n + 1;
+  return MQI_ZMTP_OK;
+}
+
+/*
+** Lay out a command frame of prefix (name-length + name) and data_len more
+** bytes: write the header and prefix into out and point *data at where the
+** data goes.  *len always receives the frame's length; MQI_ZMTP_ESPACE
+** (with nothing written) if it does not fit in cap.
+*/
+static int zmtp_cmd_frame(uint8_t *out, size_t cap, const uint8_t *prefix,
+                          size_t prefix_len, size_t data_len, size_t *len,
+                          uint8_t **data) {
+  uint8_t hdr[MQI_ZMTP_HEADER_MAX];
+  size_t hl = 0;
+  *data = NULL;
+  if (data_len > SIZE_MAX - MQI_ZMTP_HEADER_MAX - prefix_len)
+    return MQI_ZMTP_EINVAL;
+  size_t body = prefix_len + data_len;
+  int rc = mqi_zmtp_frame_header_encode(hdr, MQI_ZMTP_F_COMMAND, body, &hl);
+  if (rc != MQI_ZMTP_OK) return rc;
+  *len = hl + body;
+  if (!out || cap < hl + body) return MQI_ZMTP_ESPACE;
+  memcpy(out, hdr, hl);
+  memcpy(out + hl, prefix, prefix_len);
+  *data = out + hl + prefix_len;
+  return MQI_ZMTP_OK;
+}
+
+/* Lay out a named command frame (see zmtp_cmd_frame). */
+static int zmtp_cmd_begin(uint8_t *out, size_t cap, const char *name,
+                          size_t data_len, size_t *len, uint8_t **data) {
+  uint8_t prefix[256];
+  size_t plen = 0;
+  *len = 0;
+  int rc = zmtp_cmd_prefix(name, prefix, &plen);
+  if (rc != MQI_ZMTP_OK) return rc;
+  return zmtp_cmd_frame(out, cap, prefix, plen, data_len, len, data);
+}
+
+/* ------------------------------------------------------------------------
+** Generic commands
+*/
+int mqi_zmtp_cmd_parse(const void *body, size_t len, mqi_zmtp_cmd *out) {
+  const uint8_t *p = body;
+  if (!out) return MQI_ZMTP_EINVAL;
+  memset(out, 0, sizeof *out);
+  if (!p || len == 0) return MQI_ZMTP_EPROTO;
+  size_t nlen = p[0];
+  int ok = nlen > 0 && nlen <= len - 1;
+  for (size_t i = 0; ok && i < nlen; i++) ok = zmtp_cmd_is_alpha(p[1 + i]);
+  if (!ok) {
+    /* Only when the RFC reading is impossible do we try libzmq's ERROR, so
+    ** that no well-formed command is ever misread as one. */
+    if (len >= sizeof zmtp_cmd_libzmq_error &&
+        memcmp(p, zmtp_cmd_libzmq_error, sizeof zmtp_cmd_libzmq_error) == 0) {
+      out->kind = MQI_ZMTP_CMD_ERROR;
+      out->name = p + 1;
+      out->name_len = 4;
+      out->data = p + 5;
+      out->data_len = len - 5;
+      out->libzmq_error = 1;
+      return MQI_ZMTP_OK;
+    }
+    return MQI_ZMTP_EPROTO;
+  }
+  out->kind = MQI_ZMTP_CMD_UNKNOWN;
+  out->name = p + 1;
+  out->name_len = nlen;
+  out->data = p + 1 + nlen;
+  out->data_len = len - 1 - nlen;
+  for (size_t k = 0; k < sizeof zmtp_cmd_names / sizeof zmtp_cmd_names[0]; k++) {
+    const char *s = zmtp_cmd_names[k].name;
+    if (strlen(s) == nlen && memcmp(s, p + 1, nlen) == 0) {
+      out->kind = zmtp_cmd_names[k].kind;
+      break;
+    }
+  }
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_cmd_encode(uint8_t *out, size_t cap, const char *name,
+                        const void *data, size_t data_len, size_t *len) {
+  uint8_t *at = NULL;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (!data && data_len) return MQI_ZMTP_EINVAL;
+  int rc = zmtp_cmd_begin(out, cap, name, data_len, len, &at);
+  if (rc == MQI_ZMTP_OK && data_len) memcpy(at, data, data_len);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------
+** Metadata
+*/
+int mqi_zmtp_meta_parse(const void *data, size_t len, mqi_zmtp_meta *out) {
+  const uint8_t *p = data;
+  size_t pos = 0;
+  if (!out) return MQI_ZMTP_EINVAL;
+  memset(out, 0, sizeof *out);
+  out->socket_type = MQI_ZMTP_SOCKET_NONE;
+  if (!p && len) return MQI_ZMTP_EINVAL;
+  while (pos < len) {
+    mqi_zmtp_prop pr;
+    size_t nlen = p[pos++];
+    if (nlen > len - pos) return MQI_ZMTP_EPROTO;
+    pr.name = p + pos;
+    pr.name_len = nlen;
+    pos += nlen;
+    if (len - pos < 4) return MQI_ZMTP_EPROTO;
+    uint32_t vlen = zmtp_cmd_get32(p + pos);
+    pos += 4;
+    if (vlen > MQI_ZMTP_VALUE_MAX || vlen > len - pos) return MQI_ZMTP_EPROTO;
+    pr.value = p + pos;
+    pr.value_len = vlen;
+    pos += vlen;
+    if (out->n_props == MQI_ZMTP_META_MAX) return MQI_ZMTP_ETOOBIG;
+    out->props[out->n_props++] = pr;
+    if (zmtp_cmd_name_is(pr.name, pr.name_len, "Socket-Type")) {
+      int t = mqi_zmtp_socket_from_name(pr.value, pr.value_len);
+      if (t == MQI_ZMTP_SOCKET_NONE) return MQI_ZMTP_ESOCKTYPE;
+      /* libzmq checks every occurrence; a peer that is PUSH and PULL at
+      ** once is lying about one of them. */
+      if (out->socket_type != MQI_ZMTP_SOCKET_NONE && out->socket_type != t)
+        return MQI_ZMTP_EPROTO;
+      out->socket_type = t;
+    } else if (zmtp_cmd_name_is(pr.name, pr.name_len, "Identity")) {
+      if (pr.value_len > MQI_ZMTP_IDENTITY_MAX) return MQI_ZMTP_EPROTO;
+      if (out->has_identity &&
+          (out->identity_len != pr.value_len ||
+           (pr.value_len && memcmp(out->identity, pr.value, pr.value_len))))
+        return MQI_ZMTP_EPROTO;
+      out->has_identity = 1;
+      out->identity = pr.value;
+      out->identity_len = pr.value_len;
+    }
+  }
+  return MQI_ZMTP_OK;
+}
+
+const mqi_zmtp_prop *mqi_zmtp_meta_find(const mqi_zmtp_meta *m,
+                                        const char *name) {
+  if (!m || !name) return NULL;
+  for (size_t i = 0; i < m->n_props && i < MQI_ZMTP_META_MAX; i++)
+    if (zmtp_cmd_name_is(m->props[i].name, m->props[i].name_len, name))
+      return &m->props[i];
+  return NULL;
+}
+
+/* Validate properties we are about to send and add their encoded size to
+** *size.  Names are 1..255 RFC name characters, values at most 2^31-1. */
+static int zmtp_cmd_meta_size(const mqi_zmtp_prop *props, size_t n,
+                              size_t *size) {
+  if (n && !props) return MQI_ZMTP_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    const mqi_zmtp_prop *pr = &props[i];
+    if (pr->name_len == 0 || pr->name_len > 255 || !pr->name)
+      return MQI_ZMTP_EINVAL;
+    for (size_t k = 0; k < pr->name_len; k++)
+      if (!zmtp_cmd_is_name_char(pr->name[k])) return MQI_ZMTP_EINVAL;
+    if (pr->value_len > MQI_ZMTP_VALUE_MAX || (!pr->value && pr->value_len))
+      return MQI_ZMTP_EINVAL;
+    size_t one = 1 + pr->name_len + 4 + pr->value_len;
+    if (*size > SIZE_MAX / 2 - one) return MQI_ZMTP_EINVAL;
+    *size += one;
+  }
+  return MQI_ZMTP_OK;
+}
+
+/* Write properties already validated by zmtp_cmd_meta_size; returns the
+** position after them. */
+static uint8_t *zmtp_cmd_meta_write(uint8_t *at, const mqi_zmtp_prop *props,
+                                    size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const mqi_zmtp_prop *pr = &props[i];
+    *at++ = (uint8_t)pr->name_len;
+    memcpy(at, pr->name, pr->name_len);
+    at += pr->name_len;
+    zmtp_cmd_put32(at, (uint32_t)pr->value_len);
+    at += 4;
+    if (pr->value_len) memcpy(at, pr->value, pr->value_len);
+    at += pr->value_len;
+  }
+  return at;
+}
+
+int mqi_zmtp_meta_encode(uint8_t *out, size_t cap, const mqi_zmtp_prop *props,
+                         size_t n, size_t *len) {
+  size_t size = 0;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  int rc = zmtp_cmd_meta_size(props, n, &size);
+  if (rc != MQI_ZMTP_OK) return rc;
+  *len = size;
+  if (!out || cap < size) return MQI_ZMTP_ESPACE;
+  zmtp_cmd_meta_write(out, props, n);
+  return MQI_ZMTP_OK;
+}
+
+/* ------------------------------------------------------------------------
+** READY / INITIATE
+*/
+static mqi_zmtp_prop zmtp_cmd_prop(const char *name, const void *value,
+                                   size_t value_len) {
+  mqi_zmtp_prop p;
+  p.name = (const uint8_t *)name;
+  p.name_len = strlen(name);
+  p.value = value;
+  p.value_len = value_len;
+  return p;
+}
+
+int mqi_zmtp_ready_encode(uint8_t *out, size_t cap, int kind, int socket_type,
+                          const void *identity, size_t identity_len,
+                          const mqi_zmtp_prop *extra, size_t n_extra,
+                          size_t *len) {
+  mqi_zmtp_prop own[2];
+  size_t n_own = 1, size = 0;
+  uint8_t *at = NULL;
+  const char *type_name = mqi_zmtp_socket_name(socket_type);
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (kind != MQI_ZMTP_CMD_READY && kind != MQI_ZMTP_CMD_INITIATE)
+    return MQI_ZMTP_EINVAL;
+  if (!type_name || identity_len > MQI_ZMTP_IDENTITY_MAX ||
+      (!identity && identity_len))
+    return MQI_ZMTP_EINVAL;
+  own[0] = zmtp_cmd_prop("Socket-Type", type_name, strlen(type_name));
+  /* libzmq sends Identity (empty unless set) for exactly these types, and
+  ** only ROUTER peers look at it. */
+  if (socket_type == MQI_ZMTP_SOCKET_REQ ||
+      socket_type == MQI_ZMTP_SOCKET_DEALER ||
+      socket_type == MQI_ZMTP_SOCKET_ROUTER) {
+    own[n_own++] = zmtp_cmd_prop("Identity", identity, identity_len);
+  } else if (identity_len) {
+    return MQI_ZMTP_EINVAL;
+  }
+  int rc = zmtp_cmd_meta_size(own, n_own, &size);
+  if (rc == MQI_ZMTP_OK) rc = zmtp_cmd_meta_size(extra, n_extra, &size);
+  if (rc != MQI_ZMTP_OK) return rc;
+  rc = zmtp_cmd_begin(out, cap, kind == MQI_ZMTP_CMD_READY ? "READY" : "INITIATE",
+                      size, len, &at);
+  if (rc != MQI_ZMTP_OK) return rc;
+  at = zmtp_cmd_meta_write(at, own, n_own);
+  zmtp_cmd_meta_write(at, extra, n_extra);
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_ready_parse(const mqi_zmtp_cmd *c, mqi_zmtp_meta *out) {
+  if (!c || !out) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_READY && c->kind != MQI_ZMTP_CMD_INITIATE) {
+    memset(out, 0, sizeof *out);
+    out->socket_type = MQI_ZMTP_SOCKET_NONE;
+    return MQI_ZMTP_EPROTO;
+  }
+  return mqi_zmtp_meta_parse(c->data, c->data_len, out);
+}
+
+/* ------------------------------------------------------------------------
+** ERROR
+*/
+int mqi_zmtp_error_encode(uint8_t *out, size_t cap, const void *reason,
+                          size_t reason_len, int libzmq_form, size_t *len) {
+  static const uint8_t rfc_prefix[6] = {5, 'E', 'R', 'R', 'O', 'R'};
+  uint8_t *at = NULL;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (reason_len > MQI_ZMTP_REASON_MAX || (!reason && reason_len))
+    return MQI_ZMTP_EINVAL;
+  int rc = libzmq_form
+               ? zmtp_cmd_frame(out, cap, zmtp_cmd_libzmq_error,
+                                sizeof zmtp_cmd_libzmq_error, 1 + reason_len,
+                                len, &at)
+               : zmtp_cmd_frame(out, cap, rfc_prefix, sizeof rfc_prefix,
+                                1 + reason_len, len, &at);
+  if (rc != MQI_ZMTP_OK) return rc;
+  at[0] = (uint8_t)reason_len;
+  if (reason_len) memcpy(at + 1, reason, reason_len);
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_error_parse(const mqi_zmtp_cmd *c, const uint8_t **reason,
+                         size_t *reason_len) {
+  if (reason) *reason = NULL;
+  if (reason_len) *reason_len = 0;
+  if (!c || !reason || !reason_len) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_ERROR || c->data_len < 1) return MQI_ZMTP_EPROTO;
+  size_t n = c->data[0];
+  if (n > c->data_len - 1) return MQI_ZMTP_EPROTO;
+  *reason = c->data + 1;
+  *reason_len = n;
+  return MQI_ZMTP_OK;
+}
+
+/* ------------------------------------------------------------------------
+** PING / PONG
+*/
+int mqi_zmtp_ping_encode(uint8_t *out, size_t cap, unsigned ttl_ds,
+                         const void *context, size_t context_len,
+                         size_t *len) {
+  uint8_t *at = NULL;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (context_len > MQI_ZMTP_PING_CONTEXT_MAX || (!context && context_len))
+    return MQI_ZMTP_EINVAL;
+  /* Clamped rather than refused: a long TTL is a wish, and 65.5 s is the
+  ** longest libzmq can honour without wrapping to a few seconds. */
+  if (ttl_ds > MQI_ZMTP_PING_TTL_MAX) ttl_ds = MQI_ZMTP_PING_TTL_MAX;
+  int rc = zmtp_cmd_begin(out, cap, "PING", 2 + context_len, len, &at);
+  if (rc != MQI_ZMTP_OK) return rc;
+  at[0] = (uint8_t)(ttl_ds >> 8);
+  at[1] = (uint8_t)ttl_ds;
+  if (context_len) memcpy(at + 2, context, context_len);
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_ping_parse(const mqi_zmtp_cmd *c, unsigned *ttl_ds,
+                        const uint8_t **context, size_t *context_len) {
+  if (ttl_ds) *ttl_ds = 0;
+  if (context) *context = NULL;
+  if (context_len) *context_len = 0;
+  if (!c || !ttl_ds || !context || !context_len) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_PING || c->data_len < 2) return MQI_ZMTP_EPROTO;
+  *ttl_ds = ((unsigned)c->data[0] << 8) | c->data[1];
+  *context = c->data + 2;
+  *context_len = c->data_len - 2 > MQI_ZMTP_PING_CONTEXT_MAX
+                     ? MQI_ZMTP_PING_CONTEXT_MAX
+                     : c->data_len - 2;
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_pong_encode(uint8_t *out, size_t cap, const void *context,
+                         size_t context_len, size_t *len) {
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (context_len > MQI_ZMTP_PING_CONTEXT_MAX) return MQI_ZMTP_EINVAL;
+  return mqi_zmtp_cmd_encode(out, cap, "PONG", context, context_len, len);
+}
+
+int mqi_zmtp_pong_parse(const mqi_zmtp_cmd *c, const uint8_t **context,
+                        size_t *context_len) {
+  if (context) *context = NULL;
+  if (context_len) *context_len = 0;
+  if (!c || !context || !context_len) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_PONG) return MQI_ZMTP_EPROTO;
+  *context = c->data;
+  *context_len = c->data_len > MQI_ZMTP_PING_CONTEXT_MAX
+                     ? MQI_ZMTP_PING_CONTEXT_MAX
+                     : c->data_len;
+  return MQI_ZMTP_OK;
+}
+
+/* ------------------------------------------------------------------------
+** SUBSCRIBE / CANCEL, and the 3.0 legacy messages
+*/
+int mqi_zmtp_sub_encode(uint8_t *out, size_t cap, int subscribe,
+                        const void *topic, size_t topic_len, size_t *len) {
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  return mqi_zmtp_cmd_encode(out, cap, subscribe ? "SUBSCRIBE" : "CANCEL",
+                             topic, topic_len, len);
+}
+
+int mqi_zmtp_sub_parse(const mqi_zmtp_cmd *c, int *subscribe,
+                       const uint8_t **topic, size_t *topic_len) {
+  if (subscribe) *subscribe = 0;
+  if (topic) *topic = NULL;
+  if (topic_len) *topic_len = 0;
+  if (!c || !subscribe || !topic || !topic_len) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_SUBSCRIBE && c->kind != MQI_ZMTP_CMD_CANCEL)
+    return MQI_ZMTP_EPROTO;
+  *subscribe = c->kind == MQI_ZMTP_CMD_SUBSCRIBE;
+  *topic = c->data;
+  *topic_len = c->data_len;
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_sub_legacy_encode(uint8_t *out, size_t cap, int subscribe,
+                               const void *topic, size_t topic_len,
+                               size_t *len) {
+  uint8_t hdr[MQI_ZMTP_HEADER_MAX];
+  size_t hl = 0;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if ((!topic && topic_len) || topic_len > SIZE_MAX - 1 - MQI_ZMTP_HEADER_MAX)
+    return MQI_ZMTP_EINVAL;
+  int rc = mqi_zmtp_frame_header_encode(hdr, 0, (uint64_t)topic_len + 1, &hl);
+  if (rc != MQI_ZMTP_OK) return rc;
+  *len = hl + 1 + topic_len;
+  if (!out || cap < *len) return MQI_ZMTP_ESPACE;
+  memcpy(out, hdr, hl);
+  out[hl] = subscribe ? 1 : 0;
+  if (topic_len) memcpy(out + hl + 1, topic, topic_len);
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_sub_legacy_parse(const void *body, size_t len, int *subscribe,
+                              const uint8_t **topic, size_t *topic_len) {
+  const uint8_t *p = body;
+  if (subscribe) *subscribe = 0;
+  if (topic) *topic = NULL;
+  if (topic_len) *topic_len = 0;
+  if (!subscribe || !topic || !topic_len) return MQI_ZMTP_EINVAL;
+  if (!p || len < 1 || p[0] > 1) return MQI_ZMTP_EPROTO;
+  *subscribe = p[0] == 1;
+  *topic = p + 1;
+  *topic_len = len - 1;
+  return MQI_ZMTP_OK;
+}
+
+/* ------------------------------------------------------------------------
+** PLAIN: HELLO, WELCOME (INITIATE is ready_encode/ready_parse)
+*/
+int mqi_zmtp_hello_encode(uint8_t *out, size_t cap, const void *user,
+                          size_t user_len, const void *pass, size_t pass_len,
+                          size_t *len) {
+  uint8_t *at = NULL;
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  if (user_len > MQI_ZMTP_PLAIN_FIELD_MAX || pass_len > MQI_ZMTP_PLAIN_FIELD_MAX ||
+      (!user && user_len) || (!pass && pass_len))
+    return MQI_ZMTP_EINVAL;
+  int rc = zmtp_cmd_begin(out, cap, "HELLO", 2 + user_len + pass_len, len, &at);
+  if (rc != MQI_ZMTP_OK) return rc;
+  *at++ = (uint8_t)user_len;
+  if (user_len) memcpy(at, user, user_len);
+  at += user_len;
+  *at++ = (uint8_t)pass_len;
+  if (pass_len) memcpy(at, pass, pass_len);
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_hello_parse(const mqi_zmtp_cmd *c, const uint8_t **user,
+                         size_t *user_len, const uint8_t **pass,
+                         size_t *pass_len) {
+  if (user) *user = NULL;
+  if (user_len) *user_len = 0;
+  if (pass) *pass = NULL;
+  if (pass_len) *pass_len = 0;
+  if (!c || !user || !user_len || !pass || !pass_len) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_HELLO) return MQI_ZMTP_EPROTO;
+  const uint8_t *p = c->data;
+  size_t n = c->data_len, pos = 0;
+  if (n < 1) return MQI_ZMTP_EPROTO;
+  size_t ul = p[pos++];
+  if (ul > n - pos) return MQI_ZMTP_EPROTO;
+  const uint8_t *u = p + pos;
+  pos += ul;
+  if (n - pos < 1) return MQI_ZMTP_EPROTO;
+  size_t pl = p[pos++];
+  /* Exactly: libzmq's server refuses trailing bytes after the password. */
+  if (pl != n - pos) return MQI_ZMTP_EPROTO;
+  *user = u;
+  *user_len = ul;
+  *pass = p + pos;
+  *pass_len = pl;
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zmtp_welcome_encode(uint8_t *out, size_t cap, size_t *len) {
+  if (!len) return MQI_ZMTP_EINVAL;
+  *len = 0;
+  return mqi_zmtp_cmd_encode(out, cap, "WELCOME", NULL, 0, len);
+}
+
+int mqi_zmtp_welcome_parse(const mqi_zmtp_cmd *c) {
+  if (!c) return MQI_ZMTP_EINVAL;
+  if (c->kind != MQI_ZMTP_CMD_WELCOME || c->data_len != 0)
+    return MQI_ZMTP_EPROTO;
+  return MQI_ZMTP_OK;
+}
+/*** end src/zmtp_cmd.c ***/

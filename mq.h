@@ -27,8 +27,11 @@
 **     (mq_store_options.clock); leases, delays and expiry use only that clock.
 **   - The library never prints, aborts or exits.  Diagnostics go to the
 **     optional log callback.
-**   - Names (queues) are 1..MQ_NAME_MAX bytes of printable ASCII without
-**     spaces or '/'.  Payloads are opaque bytes; zero bytes is a valid payload.
+**   - Names of queues, topics and subscriptions are 1..MQ_NAME_MAX bytes of
+**     printable ASCII without spaces or '/'.  A subscription is addressed as
+**     "topic/subscription" wherever a queue name is taken (get, ack, nack,
+**     touch, peek, stats, purge, redrive, scan): it behaves as a queue.
+**     Payloads are opaque bytes; zero bytes is a valid payload.
 **
 ** No name here collides with POSIX <mqueue.h> (mq_open, mq_close, mq_send,
 ** mq_receive, ...): a program may include both and link with -lrt.
@@ -353,6 +356,8 @@ MQ_API const char *mq_msg_header(const mq_msg *msg, const char *name);
 MQ_API size_t mq_msg_header_count(const mq_msg *msg);
 MQ_API const char *mq_msg_header_name(const mq_msg *msg, size_t i);
 MQ_API const char *mq_msg_header_value(const mq_msg *msg, size_t i);
+/* The subject the message was published with, or NULL (plain puts). */
+MQ_API const char *mq_msg_subject(const mq_msg *msg);
 /* The reason given by the last nack, or NULL. */
 MQ_API const char *mq_msg_reason(const mq_msg *msg);
 /* When the message becomes visible (again): for a received message, the
@@ -439,6 +444,100 @@ MQ_API int mq_touch(mq_store *store, const char *queue, const char *receipt,
 ** At most max messages (0 = all); *moved (may be NULL) gets the count. */
 MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
                       int64_t *moved);
+
+/* ------------------------------------------------------------------------
+** Topics and durable subscriptions
+**
+** A message published to a topic reaches every subscription that exists at
+** that moment and whose filter matches the message's subject.  Each
+** subscription then behaves exactly like a queue named "topic/sub": get,
+** ack, nack, touch, max_receives and dead letters, retention, blocking get,
+** stats.  Several consumers of one subscription share its messages; several
+** subscriptions each get every message.  The payload is stored once per
+** publish, however many subscriptions receive it, and deleted when the last
+** of them has acked it (or it expired there).  A subscription created later
+** does not see messages published before it.
+**
+** Subjects are levels separated by '.' or '/' ("sensors.kitchen.temp",
+** "sensors/kitchen/temp" -- the two separators are equivalent).  In a
+** filter, '*' or '+' matches exactly one level (which may be empty), '>'
+** matches one or more remaining levels and '#' zero or more; '>' and '#'
+** must be the last level.  Any other level matches itself literally.  A NULL
+** or empty filter matches every message, with or without a subject.
+*/
+#define MQ_SUBJECT_MAX 1024 /* longest subject or filter, in bytes */
+
+/* Create a topic.  opts (may be NULL) gives max_payload, compress_above,
+** dedup_window_ms and retention_ms for what is published to it; the other
+** fields are unused.  Same rules as mq_queue_create for an existing name;
+** a topic cannot share its name with a queue. */
+MQ_API int mq_topic_create(mq_store *store, const char *topic,
+                           const mq_queue_options *opts);
+
+/* Drop a topic with all its subscriptions and their messages. */
+MQ_API int mq_topic_drop(mq_store *store, const char *topic);
+
+/* Topic names, sorted; free with mq_list_free. */
+MQ_API int mq_topic_list(mq_store *store, char ***names, size_t *count);
+
+/* Create subscription sub on topic, with an optional subject filter (see
+** above; MQ_EINVAL if malformed) and queue options for its messages
+** (visibility, max_receives + dlq, retention).  Creating it again with the
+** same filter and options is MQ_OK; otherwise MQ_EEXIST. */
+MQ_API int mq_subscription_create(mq_store *store, const char *topic,
+                                  const char *sub, const char *filter,
+                                  const mq_queue_options *opts);
+
+/* Drop a subscription and its pending messages. */
+MQ_API int mq_subscription_drop(mq_store *store, const char *topic,
+                                const char *sub);
+
+/* The subscription names of a topic (without the "topic/" prefix), sorted;
+** free with mq_list_free. */
+MQ_API int mq_subscription_list(mq_store *store, const char *topic,
+                                char ***names, size_t *count);
+
+/*
+** Publish one message to a topic.  subject may be NULL.  opts may be NULL;
+** delay_ms, priority, ttl_ms, dedup_key and headers apply as for mq_put (a
+** dedup key is per topic).  On MQ_OK *id (may be NULL) receives the
+** message's publish id and *delivered (may be NULL) the number of
+** subscriptions it reached -- 0 when none matched, in which case nothing
+** is stored.  Durable like mq_put.  Concurrent publishes share commits.
+*/
+MQ_API int mq_publish(mq_store *store, const char *topic, const char *subject,
+                      const void *data, size_t len, const mq_put_options *opts,
+                      int64_t *id, int64_t *delivered);
+
+/* One entry of mq_publish_batch. */
+typedef struct mq_pub_entry {
+  const char *subject; /* may be NULL */
+  const void *data;
+  size_t len;
+  const mq_put_options *opts; /* may be NULL */
+} mq_pub_entry;
+
+/* Publish n messages in one transaction: all or none.  ids (may be NULL)
+** gets each publish id; *delivered (may be NULL) the total deliveries. */
+MQ_API int mq_publish_batch(mq_store *store, const char *topic,
+                            const mq_pub_entry *entries, size_t n,
+                            int64_t *ids, int64_t *delivered);
+
+typedef struct mq_topic_stats {
+  int64_t subscriptions;  /* how many subscriptions the topic has */
+  int64_t messages;       /* deliveries pending over all subscriptions */
+  int64_t payloads;       /* distinct payloads stored for them */
+  int64_t bytes;          /* their size as published (stored once each) */
+} mq_topic_stats;
+
+/* Counts for a topic; per-subscription counts come from
+** mq_queue_stats_get("topic/sub").  Reads only. */
+MQ_API int mq_topic_stats_get(mq_store *store, const char *topic,
+                              mq_topic_stats *out);
+
+/* Does subject match filter (the rules above)?  1 yes, 0 no, -1 if the
+** filter is malformed.  Pure; for tests and tools. */
+MQ_API int mq_subject_matches(const char *filter, const char *subject);
 
 #ifdef __cplusplus
 }

@@ -41,8 +41,8 @@ int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...) {
 int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
   int rc = mqi_err_from_sqlite(sqlite_rc);
   if (rc == MQ_OK) rc = MQ_ERROR;
-  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what,
-                     sqlite3_errmsg(s->db), sqlite_rc);
+  return mqi_op_fail(op, rc, "%s: %s: %s (SQLite code %d)", s->path, what, sqlite3_errmsg(s->db),
+                     sqlite_rc);
 }
 
 static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
@@ -53,9 +53,7 @@ static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
   return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
-static int commit_is_answer(int rc) {
-  return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE;
-}
+static int commit_is_answer(int rc) { return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE; }
 
 /* Fail every op of the batch that has not failed on its own. */
 static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
@@ -91,8 +89,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
                 : commit_exec(s, MQI_ST_BEGIN);
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
-    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path,
-             sqlite3_errmsg(s->db));
+    snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
     commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
     goto out;
@@ -121,7 +118,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   src = commit_exec(s, MQI_ST_COMMIT);
   if (src != SQLITE_OK) {
     int code = src & 0xff;
-    int rc = code == SQLITE_IOERR ? MQ_EUNKNOWN
+    int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN
              : code == SQLITE_FULL ? MQ_EFULL
                                    : mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,

@@ -19,26 +19,46 @@ static _Thread_local struct {
 
 const char *mq_errstr(int rc) {
   switch (rc) {
-    case MQ_OK: return "not an error";
-    case MQ_ERROR: return "internal error";
-    case MQ_EINVAL: return "invalid argument";
-    case MQ_ENOMEM: return "out of memory";
-    case MQ_ENOTFOUND: return "no such queue";
-    case MQ_EEXIST: return "queue exists with other options";
-    case MQ_EMPTY: return "no message available";
-    case MQ_ESTALE: return "stale receipt: the lease is over";
-    case MQ_ETOOBIG: return "payload too large";
-    case MQ_EFULL: return "disk or quota full";
-    case MQ_EUNKNOWN: return "outcome unknown: I/O error during commit";
-    case MQ_ECORRUPT: return "data is corrupt";
-    case MQ_ENOTMQ: return "not an mq store";
-    case MQ_EVERSION: return "store written by a newer mq format";
-    case MQ_EBUSY: return "store is locked";
-    case MQ_EIO: return "I/O error";
-    case MQ_ECANTOPEN: return "cannot open the store file";
-    case MQ_EMISUSE: return "library misuse";
-    case MQ_EREADONLY: return "store is read-only";
-    default: return "unknown result code";
+    case MQ_OK:
+      return "not an error";
+    case MQ_ERROR:
+      return "internal error";
+    case MQ_EINVAL:
+      return "invalid argument";
+    case MQ_ENOMEM:
+      return "out of memory";
+    case MQ_ENOTFOUND:
+      return "no such queue";
+    case MQ_EEXIST:
+      return "queue exists with other options";
+    case MQ_EMPTY:
+      return "no message available";
+    case MQ_ESTALE:
+      return "stale receipt: the lease is over";
+    case MQ_ETOOBIG:
+      return "payload too large";
+    case MQ_EFULL:
+      return "disk or quota full";
+    case MQ_EUNKNOWN:
+      return "outcome unknown: I/O error during commit";
+    case MQ_ECORRUPT:
+      return "data is corrupt";
+    case MQ_ENOTMQ:
+      return "not an mq store";
+    case MQ_EVERSION:
+      return "store written by a newer mq format";
+    case MQ_EBUSY:
+      return "store is locked";
+    case MQ_EIO:
+      return "I/O error";
+    case MQ_ECANTOPEN:
+      return "cannot open the store file";
+    case MQ_EMISUSE:
+      return "library misuse";
+    case MQ_EREADONLY:
+      return "store is read-only";
+    default:
+      return "unknown result code";
   }
 }
 
@@ -69,19 +89,31 @@ int mqi_err_copy(const mq_store *store, int rc, const char *msg) {
 
 int mqi_err_from_sqlite(int sqlite_rc) {
   switch (sqlite_rc & 0xff) {
-    case SQLITE_OK: return MQ_OK;
-    case SQLITE_NOMEM: return MQ_ENOMEM;
-    case SQLITE_FULL: return MQ_EFULL;
+    case SQLITE_OK:
+      return MQ_OK;
+    case SQLITE_NOMEM:
+      return MQ_ENOMEM;
+    case SQLITE_FULL:
+      return MQ_EFULL;
     case SQLITE_BUSY:
-    case SQLITE_LOCKED: return MQ_EBUSY;
-    case SQLITE_CORRUPT: return MQ_ECORRUPT;
-    case SQLITE_NOTADB: return MQ_ENOTMQ;
-    case SQLITE_IOERR: return MQ_EIO;
-    case SQLITE_CANTOPEN: return MQ_ECANTOPEN;
-    case SQLITE_READONLY: return MQ_EREADONLY;
-    case SQLITE_MISUSE: return MQ_EMISUSE;
-    case SQLITE_TOOBIG: return MQ_ETOOBIG;
-    default: return MQ_ERROR;
+    case SQLITE_LOCKED:
+      return MQ_EBUSY;
+    case SQLITE_CORRUPT:
+      return MQ_ECORRUPT;
+    case SQLITE_NOTADB:
+      return MQ_ENOTMQ;
+    case SQLITE_IOERR:
+      return MQ_EIO;
+    case SQLITE_CANTOPEN:
+      return MQ_ECANTOPEN;
+    case SQLITE_READONLY:
+      return MQ_EREADONLY;
+    case SQLITE_MISUSE:
+      return MQ_EMISUSE;
+    case SQLITE_TOOBIG:
+      return MQ_ETOOBIG;
+    default:
+      return MQ_ERROR;
   }
 }
 
@@ -93,6 +125,20 @@ void mqi_log(mq_store *store, int level, const char *fmt, ...) {
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   store->log(store->log_ctx, level, buf);
+}
+
+int mqi_err_check_qname(const mq_store *store, const char *name) {
+  const char *slash = name ? strchr(name, '/') : NULL;
+  if (!slash) return mqi_err_check_name(store, "queue", name);
+  char topic[MQ_NAME_MAX + 1];
+  size_t n = (size_t)(slash - name);
+  if (n > MQ_NAME_MAX)
+    return mqi_err_set(store, MQ_EINVAL, "topic name in \"%.40s...\" is longer than %d bytes", name,
+                       MQ_NAME_MAX);
+  memcpy(topic, name, n);
+  topic[n] = 0;
+  int rc = mqi_err_check_name(store, "topic", topic);
+  return rc != MQ_OK ? rc : mqi_err_check_name(store, "subscription", slash + 1);
 }
 
 int mqi_err_check_name(const mq_store *store, const char *what, const char *name) {

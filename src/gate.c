@@ -55,8 +55,7 @@ struct mqi_gate {
 
 static gate_shared *gate_map(uint64_t dev, uint64_t ino, unsigned mode) {
   char name[64];
-  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev,
-           (unsigned long long)ino);
+  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev, (unsigned long long)ino);
   int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
   if (fd < 0) return NULL;
   struct stat st;

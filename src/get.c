@@ -84,7 +84,8 @@ static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now
     bodies[nb++] = sqlite3_column_int64(st, 0);
   }
   sqlite3_reset(st);
-  if (rc == MQ_OK && src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
+  if (rc == MQ_OK && src != SQLITE_DONE)
+    rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
   for (size_t i = 0; rc == MQ_OK && i < nb; i++) rc = mqi_body_release(s, op, bodies[i]);
   if (bodies != local) free(bodies);
   if (rc != MQ_OK) return rc;
@@ -98,7 +99,8 @@ static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now
       sqlite3_bind_int(st, 3, q->max_receives);
       int64_t ids[64];
       int n = 0;
-      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64) ids[n++] = sqlite3_column_int64(st, 0);
+      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64)
+        ids[n++] = sqlite3_column_int64(st, 0);
       sqlite3_reset(st);
       if (src != SQLITE_DONE && src != SQLITE_ROW)
         return mqi_op_sqlite(s, op, src, "finding overdue messages");
@@ -151,8 +153,9 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
   const void *hdr = sqlite3_column_blob(st, 3);
   size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
   int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
-                         sqlite3_column_int64(st, 0), (uint32_t)sqlite3_column_int64(st, 1),
-                         sqlite3_column_int(st, 2), hdr, hlen, data, len, out);
+                         (const char *)sqlite3_column_text(st, 5), sqlite3_column_int64(st, 0),
+                         (uint32_t)sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2), hdr,
+                         hlen, data, len, out);
   sqlite3_reset(st);
   if (rc == MQ_ENOMEM) return mqi_op_fail(op, rc, "out of memory reading a message");
   return rc;
@@ -163,6 +166,11 @@ static int get_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  if (q.kind == MQI_KIND_TOPIC)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\" is a topic: get from one of its "
+                       "subscriptions, \"%s/SUB\"",
+                       s->path, a->queue, a->queue);
   int64_t now = mqi_store_now(s);
   if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
@@ -201,8 +209,10 @@ static int get_op(mq_store *s, mqi_op *op) {
       mq_msg *m = NULL;
       rc = get_load(s, op, c, &m);
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload; "
-                "dead-lettered", s->path, a->queue, (long long)c->id);
+        mqi_log(s, MQ_LOG_ERROR,
+                "%s: queue \"%s\": message %lld has a corrupt payload; "
+                "dead-lettered",
+                s->path, a->queue, (long long)c->id);
         rc = mqi_get_deadletter(s, op, &q, c->id, "corrupt payload");
         continue;
       }
@@ -258,15 +268,14 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     for (size_t i = 0; i < max; i++) msgs[i] = NULL;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "get: NULL output pointer");
   if (max == 0) return mqi_err_set(s, MQ_EINVAL, "get: max is 0");
   mq_get_options o;
   mq_get_options_init(&o);
   if (opts) {
     if (opts->size < offsetof(mq_get_options, wait_ms) || opts->size > sizeof o)
-      return mqi_err_set(s, MQ_EINVAL,
-                         "mq_get_options.size is %zu: call mq_get_options_init first",
+      return mqi_err_set(s, MQ_EINVAL, "mq_get_options.size is %zu: call mq_get_options_init first",
                          opts->size);
     memcpy(&o, opts, opts->size);
   }
@@ -312,7 +321,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     for (size_t i = 0; i < max; i++) msgs[i] = NULL;
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
   pthread_mutex_lock(&s->dblock);
@@ -322,7 +331,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject"
       " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
@@ -341,13 +350,14 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       mq_msg *m = NULL;
       rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
                          sqlite3_column_int(st, 2), sqlite3_column_int(st, 1),
-                         (const char *)sqlite3_column_text(st, 4), sqlite3_column_int64(st, 5),
+                         (const char *)sqlite3_column_text(st, 4),
+                         (const char *)sqlite3_column_text(st, 12), sqlite3_column_int64(st, 5),
                          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
                          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
                          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload",
-                s->path, queue, (long long)sqlite3_column_int64(st, 0));
+        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path,
+                queue, (long long)sqlite3_column_int64(st, 0));
         rc = MQ_OK;
         continue;
       }

@@ -17,9 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int inspect_begin(mq_store *s) {
-  return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
-}
+static int inspect_begin(mq_store *s) { return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL); }
 
 static void inspect_end(mq_store *s) {
   if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
@@ -35,7 +33,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (corrupt) *corrupt = 0;
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
   pthread_mutex_lock(&s->dblock);
   int64_t now = mqi_store_now(s), bad = 0;
@@ -61,7 +59,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     src = sqlite3_prepare_v2(
         s->db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
         " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
         " ORDER BY m.id",
@@ -74,6 +72,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       int brc = mqi_msg_build(
           sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+          (const char *)sqlite3_column_text(st, 13),
           sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
@@ -141,25 +140,24 @@ static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *
 
 static int verify_payloads(mq_store *s, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
-      " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
-      " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(s->db,
+                               "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
+                               " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
+                               " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
+                               -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
-    int rc = mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL,
-                           sqlite3_column_int64(st, 2), (uint32_t)sqlite3_column_int64(st, 3),
-                           sqlite3_column_int(st, 4), sqlite3_column_blob(st, 5),
-                           (size_t)sqlite3_column_bytes(st, 5), sqlite3_column_blob(st, 6),
-                           (size_t)sqlite3_column_bytes(st, 6), &m);
+    int rc =
+        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, sqlite3_column_int64(st, 2),
+                      (uint32_t)sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4),
+                      sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5),
+                      sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6), &m);
     mq_msg_free(m);
     if (rc == MQ_ECORRUPT) {
       const char *q = (const char *)sqlite3_column_text(st, 1);
-      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum",
-                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
+      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum", q ? q : "?",
+                    (long long)sqlite3_column_int64(st, 0));
     } else if (rc != MQ_OK) {
       sqlite3_finalize(st);
       return SQLITE_NOMEM;
@@ -223,8 +221,7 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                        sqlite3_errmsg(s->db));
     }
   } else if (v.problems) {
-    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path,
-                     (long long)v.problems);
+    rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path, (long long)v.problems);
   }
   pthread_mutex_unlock(&s->dblock);
   if (problems) *problems = v.problems;

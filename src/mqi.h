@@ -76,8 +76,8 @@ MQI_API void mqi_os_futex_wake(uint32_t *addr);
 /* Prepare path for SQLite: refuse a symbolic link, create a missing file
 ** with exactly mode when create is set.  Returns MQ_OK or an MQ code with
 ** a message in err. */
-MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create,
-                                int readonly, char *err, size_t errlen);
+MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonly,
+                                char *err, size_t errlen);
 /* Identity of the file for naming shared memory. */
 MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
 /* Incremented in the child at every fork(); a handle remembers it. */
@@ -95,6 +95,8 @@ MQI_API int mqi_err_from_sqlite(int sqlite_rc);
 MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);
 /* Validate a queue name; returns MQ_OK or MQ_EINVAL with a message. */
 MQI_API int mqi_err_check_name(const mq_store *store, const char *what, const char *name);
+/* Validate a name where a queue or a "topic/subscription" is accepted. */
+MQI_API int mqi_err_check_qname(const mq_store *store, const char *name);
 
 /* ---- gate.c -------------------------------------------------------------- */
 typedef struct mqi_gate mqi_gate;
@@ -157,8 +159,8 @@ struct mq_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
-  int sync;               /* MQ_SYNC_* */
-  int cur_sync;           /* PRAGMA synchronous now in force (-1 unknown) */
+  int sync;     /* MQ_SYNC_* */
+  int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
   int readonly;
   int busy_timeout_ms;
   mq_clock_fn clock;
@@ -170,9 +172,9 @@ struct mq_store {
   int64_t free_bytes;
   unsigned fork_gen;
   mqi_gate *gate;
-  uint64_t rng;           /* lease tokens; used under dblock */
-  mqi_op *head, *tail;    /* ops waiting for a leader */
-  int leading;            /* a thread is running a batch */
+  uint64_t rng;        /* lease tokens; used under dblock */
+  mqi_op *head, *tail; /* ops waiting for a leader */
+  int leading;         /* a thread is running a batch */
   uint64_t puts_since_sweep;
 };
 
@@ -198,8 +200,8 @@ typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 struct mqi_op {
   mqi_op_fn fn;
   void *arg;
-  int durable;        /* must survive power loss under FULL (put, ack) */
-  int flags;          /* MQI_OP_* set by fn as it goes */
+  int durable; /* must survive power loss under FULL (put, ack) */
+  int flags;   /* MQI_OP_* set by fn as it goes */
   int rc;
   int finished;
   mqi_op *next;
@@ -222,7 +224,7 @@ typedef struct mqi_queue {
   int kind;
   int64_t visibility_ms;
   int max_receives;
-  int64_t dlq_id;          /* 0: none */
+  int64_t dlq_id; /* 0: none */
   int64_t retention_ms;
   int64_t max_payload;
   int64_t compress_above;
@@ -231,16 +233,52 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* Create a queue-like row of the given kind (queue or topic). */
+MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
+/* Inside an op: delete every message of queue qid (releasing payloads);
+** with drop, also its dedup keys and the queue row itself. */
+MQI_API int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int drop,
+                            int64_t *deleted);
+
+/* ---- put.c --------------------------------------------------------------- */
+/* One message to store, checked and checksummed by the calling thread. */
+typedef struct mqi_put_item {
+  const void *data;
+  size_t len;
+  uint32_t crc;
+  mq_put_options o;
+  char *headers; /* encoded, owned: free() it */
+  size_t headers_len;
+  const char *subject; /* topics only */
+} mqi_put_item;
+
+MQI_API int mqi_put_prepare(mq_store *s, mqi_put_item *it, size_t index, const void *data,
+                            size_t len, const mq_put_options *opts);
+/* Inside an op: the id an earlier put with the item's dedup key got in q
+** (0 if none, or no key), and remembering the key for a new id. */
+MQI_API int mqi_put_dedup_find(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                               int64_t now, int64_t *id);
+MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                                int64_t now, int64_t id);
+/* Inside an op: store the payload once, shared by refs messages; q gives
+** max_payload and compression. */
+MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                         size_t index, int refs, int64_t *body_id);
+/* Inside an op: one message row in q for body_id; retention_ms (0: none)
+** is an extra cap, e.g. the topic's. */
+MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
+                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t *id);
+/* Forget dedup keys whose window has passed, now and then. */
+MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
 /* ---- msg.c --------------------------------------------------------------- */
 /* Release one reference to a body, deleting it with the last one. */
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
-MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives,
-                          int priority, const char *reason, int64_t size,
-                          uint32_t crc, int codec, const void *headers,
-                          size_t headers_len, const void *data,
+MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
+                          const char *reason, const char *subject, int64_t size, uint32_t crc,
+                          int codec, const void *headers, size_t headers_len, const void *data,
                           size_t data_len, mq_msg **out);
 MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
 MQI_API void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at);
@@ -251,7 +289,7 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
-MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q,
-                               int64_t msg_id, const char *reason);
+MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
+                               const char *reason);
 
 #endif /* MQI_H */

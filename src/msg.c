@@ -31,6 +31,7 @@ struct mq_msg {
   size_t size;
   unsigned char *data;
   const char *reason;
+  const char *subject;
   size_t n_headers;
   const char **headers; /* name, value, name, value, ... */
   char receipt[MQ_RECEIPT_MAX + 1];
@@ -97,10 +98,9 @@ static long msg_count_headers(const char *h, size_t len) {
   return pairs;
 }
 
-int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
-                  const char *reason, int64_t size, uint32_t crc, int codec,
-                  const void *headers, size_t headers_len, const void *data, size_t data_len,
-                  mq_msg **out) {
+int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, const char *reason,
+                  const char *subject, int64_t size, uint32_t crc, int codec, const void *headers,
+                  size_t headers_len, const void *data, size_t data_len, mq_msg **out) {
   *out = NULL;
   if (size < 0 || (uint64_t)size > MQ_PAYLOAD_LIMIT) return MQ_ECORRUPT;
   if (codec == MQI_CODEC_RAW && (size_t)size != data_len) return MQ_ECORRUPT;
@@ -108,10 +108,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
   long nh = headers_len ? msg_count_headers(headers, headers_len) : 0;
   if (nh < 0) return MQ_ECORRUPT;
   size_t rlen = reason ? strlen(reason) + 1 : 0;
+  size_t slen = subject ? strlen(subject) + 1 : 0;
   size_t hoff = sizeof(mq_msg);
   size_t ptroff = hoff + (size_t)nh * 2 * sizeof(char *);
   size_t doff = ptroff;
-  size_t total = doff + (size_t)size + 1 + headers_len + rlen;
+  size_t total = doff + (size_t)size + 1 + headers_len + rlen + slen;
   char *mem = malloc(total);
   if (!mem) return MQ_ENOMEM;
   mq_msg *m = (mq_msg *)mem;
@@ -149,6 +150,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
     char *r = hcopy + headers_len;
     memcpy(r, reason, rlen);
     m->reason = r;
+  }
+  if (subject) {
+    char *sj = hcopy + headers_len + rlen;
+    memcpy(sj, subject, slen);
+    m->subject = sj;
   }
   *out = m;
   return MQ_OK;
@@ -192,6 +198,7 @@ int mq_msg_receives(const mq_msg *m) { return m ? m->receives : 0; }
 int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
 int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
 const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
+const char *mq_msg_subject(const mq_msg *m) { return m ? m->subject : NULL; }
 int64_t mq_msg_visible_at(const mq_msg *m) { return m ? m->visible_at : 0; }
 int64_t mq_msg_expires_at(const mq_msg *m) { return m ? m->expires_at : 0; }
 size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }

@@ -45,15 +45,14 @@ int64_t mqi_os_monotonic_ms(void) {
 uint64_t mqi_os_seed(void) {
   uint64_t seed = 0;
 #ifdef __linux__
-  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed && seed)
-    return seed;
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed && seed) return seed;
 #endif
   /* Without getrandom, mix time, pid and an address: lease tokens only
   ** need to differ between deliveries, not to be secret. */
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
-  seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^
-         ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&seed;
+  seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ ((uint64_t)getpid() << 16) ^
+         (uint64_t)(uintptr_t)&seed;
   return seed ? seed : 0x9E3779B97F4A7C15ULL;
 }
 
@@ -98,8 +97,8 @@ void mqi_os_futex_wake(uint32_t *addr) {
 #endif
 }
 
-int mqi_os_prepare_file(const char *path, unsigned mode, int create,
-                        int readonly, char *err, size_t errlen) {
+int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonly, char *err,
+                        size_t errlen) {
   struct stat st;
   if (lstat(path, &st) == 0) {
     if (S_ISLNK(st.st_mode)) {

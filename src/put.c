@@ -25,29 +25,21 @@ void mq_put_options_init(mq_put_options *o) {
   o->size = sizeof *o;
 }
 
-typedef struct put_item {
-  const void *data;
-  size_t len;
-  uint32_t crc;
-  mq_put_options o;
-  char *headers; /* encoded, owned */
-  size_t headers_len;
-} put_item;
-
 typedef struct put_arg {
   const char *queue;
-  put_item *items;
+  mqi_put_item *items;
   size_t n;
   int64_t *ids;
 } put_arg;
 
-static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data, size_t len,
-                       const mq_put_options *opts) {
+int mqi_put_prepare(mq_store *s, mqi_put_item *it, size_t index, const void *data, size_t len,
+                    const mq_put_options *opts) {
   mq_put_options_init(&it->o);
   it->data = data;
   it->len = len;
   it->headers = NULL;
   it->headers_len = 0;
+  it->subject = NULL;
   if (!data && len)
     return mqi_err_set(s, MQ_EINVAL, "entry %zu: data is NULL but len is %zu", index, len);
   if (len > MQ_PAYLOAD_LIMIT)
@@ -60,7 +52,8 @@ static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data
                          index, opts->size);
     memcpy(&it->o, opts, opts->size);
   }
-  if (it->o.delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: delay_ms is negative", index);
+  if (it->o.delay_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "entry %zu: delay_ms is negative", index);
   if (it->o.ttl_ms < 0) return mqi_err_set(s, MQ_EINVAL, "entry %zu: ttl_ms is negative", index);
   if (it->o.dedup_key) {
     size_t k = strlen(it->o.dedup_key);
@@ -74,36 +67,53 @@ static int put_prepare(mq_store *s, put_item *it, size_t index, const void *data
   int rc = mqi_headers_encode(it->o.headers, it->o.n_headers, &it->headers, &it->headers_len);
   if (rc != MQ_OK)
     return mqi_err_set(s, rc, "entry %zu: %s", index,
-                       rc == MQ_ENOMEM ? "out of memory" : "a header name is NULL, empty or "
-                                                           "longer than 255 bytes, or a value is NULL");
+                       rc == MQ_ENOMEM ? "out of memory"
+                                       : "a header name is NULL, empty or "
+                                         "longer than 255 bytes, or a value is NULL");
   it->crc = (uint32_t)crc32_z(0L, (const Bytef *)(data ? data : ""), len);
   return MQ_OK;
 }
 
-static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, size_t index,
-                   int64_t now, int64_t *id) {
-  int src;
-  sqlite3_stmt *st;
-  if ((int64_t)it->len > q->max_payload)
-    return mqi_op_fail(op, MQ_ETOOBIG, "%s: entry %zu: payload of %zu bytes is above the "
-                       "queue's max_payload of %lld",
-                       s->path, index, it->len, (long long)q->max_payload);
-  if (it->o.dedup_key) {
-    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_GET)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, q->id);
-    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, now);
-    src = sqlite3_step(st);
-    if (src == SQLITE_ROW) {
-      *id = sqlite3_column_int64(st, 0);
-      sqlite3_reset(st);
-      return MQ_OK;
-    }
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a dedup key");
-  }
+int mqi_put_dedup_find(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                       int64_t now, int64_t *id) {
+  *id = 0;
+  if (!it->o.dedup_key) return MQ_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_GET);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, now);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) *id = sqlite3_column_int64(st, 0);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE && src != SQLITE_ROW)
+    return mqi_op_sqlite(s, op, src, "reading a dedup key");
+  return MQ_OK;
+}
 
+int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                        int64_t now, int64_t id) {
+  if (!it->o.dedup_key) return MQ_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_PUT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, q->id);
+  sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, id);
+  sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
+  s->puts_since_sweep++;
+  return MQ_OK;
+}
+
+int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
+                 int refs, int64_t *body_id) {
+  if ((int64_t)it->len > q->max_payload)
+    return mqi_op_fail(op, MQ_ETOOBIG,
+                       "%s: entry %zu: payload of %zu bytes is above the "
+                       "max_payload of %lld",
+                       s->path, index, it->len, (long long)q->max_payload);
   /* Compress only when it pays: an incompressible payload is kept raw. */
   const void *stored = it->data ? it->data : "";
   size_t stored_len = it->len;
@@ -119,30 +129,35 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, si
       codec = MQI_CODEC_ZLIB;
     }
   }
-
-  if (!(st = mqi_store_stmt(s, MQI_ST_BODY_INSERT))) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
+  if (!st) {
     free(z);
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   }
-  sqlite3_bind_int(st, 1, 1);
+  sqlite3_bind_int(st, 1, refs);
   sqlite3_bind_int64(st, 2, (int64_t)it->len);
   sqlite3_bind_int64(st, 3, (int64_t)it->crc);
   sqlite3_bind_int(st, 4, codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  if (it->headers) sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
   sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
-  src = sqlite3_step(st);
+  if (it->subject) sqlite3_bind_text(st, 7, it->subject, -1, SQLITE_STATIC);
+  int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(z);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  int64_t body_id = sqlite3_last_insert_rowid(s->db);
+  *body_id = sqlite3_last_insert_rowid(s->db);
+  return MQ_OK;
+}
 
+int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
+                const mqi_put_item *it, int64_t now, int64_t *id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
   if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
     expires = now + q->retention_ms;
-  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT)))
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  if (retention_ms > 0 && (!expires || now + retention_ms < expires)) expires = now + retention_ms;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_int64(st, 2, body_id);
   sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
@@ -150,24 +165,32 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, put_item *it, si
   sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
-  src = sqlite3_step(st);
+  int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
   *id = sqlite3_last_insert_rowid(s->db);
-
-  if (it->o.dedup_key) {
-    if (!(st = mqi_store_stmt(s, MQI_ST_DEDUP_PUT)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, q->id);
-    sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, *id);
-    sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
-    src = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
-    s->puts_since_sweep++;
-  }
   return MQ_OK;
+}
+
+void mqi_put_sweep(mq_store *s, int64_t now) {
+  if (s->puts_since_sweep < PUT_SWEEP_EVERY) return;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
+  if (st) {
+    sqlite3_bind_int64(st, 1, now);
+    sqlite3_step(st);
+    sqlite3_reset(st);
+  }
+  s->puts_since_sweep = 0;
+}
+
+static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
+                   int64_t now, int64_t *id) {
+  int64_t body_id;
+  int rc = mqi_put_dedup_find(s, op, q, it, now, id);
+  if (rc != MQ_OK || *id) return rc;
+  if ((rc = mqi_put_body(s, op, q, it, index, 1, &body_id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_msg(s, op, q, 0, body_id, it, now, id)) != MQ_OK) return rc;
+  return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
 static int put_op(mq_store *s, mqi_op *op) {
@@ -176,7 +199,9 @@ static int put_op(mq_store *s, mqi_op *op) {
   int rc = mqi_queue_find(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   if (q.kind != MQI_KIND_QUEUE)
-    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is not a queue", s->path, a->queue);
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s: %s", s->path, a->queue,
+                       q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
+                       q.kind == MQI_KIND_TOPIC ? "use mq_publish" : "publish to its topic");
   if (mqi_store_space_ok(s) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL,
                        "%s: free space is below the floor of %lld bytes; puts are refused "
@@ -187,24 +212,16 @@ static int put_op(mq_store *s, mqi_op *op) {
     rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
     if (rc != MQ_OK) return rc;
   }
-  if (s->puts_since_sweep >= PUT_SWEEP_EVERY) {
-    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
-    if (st) {
-      sqlite3_bind_int64(st, 1, now);
-      sqlite3_step(st);
-      sqlite3_reset(st);
-    }
-    s->puts_since_sweep = 0;
-  }
+  mqi_put_sweep(s, now);
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;
 }
 
 static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
                    int64_t *ids) {
-  put_item one;
+  mqi_put_item one;
   int64_t one_id;
-  put_item *items = n == 1 ? &one : calloc(n, sizeof *items);
+  mqi_put_item *items = n == 1 ? &one : calloc(n, sizeof *items);
   int64_t *out = ids ? ids : n == 1 ? &one_id : calloc(n, sizeof *out);
   int rc = MQ_OK;
   size_t prepared = 0;
@@ -214,7 +231,7 @@ static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size
   }
   for (; prepared < n; prepared++) {
     const mq_entry *e = &entries[prepared];
-    rc = put_prepare(s, &items[prepared], prepared, e->data, e->len, e->opts);
+    rc = mqi_put_prepare(s, &items[prepared], prepared, e->data, e->len, e->opts);
     if (rc != MQ_OK) {
       free(items[prepared].headers);
       goto done;
@@ -231,21 +248,20 @@ done:
   return rc;
 }
 
-int mq_put(mq_store *s, const char *queue, const void *data, size_t len,
-           const mq_put_options *opts, int64_t *id) {
+int mq_put(mq_store *s, const char *queue, const void *data, size_t len, const mq_put_options *opts,
+           int64_t *id) {
   if (id) *id = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   mq_entry e = {data, len, opts};
   return put_run(s, queue, &e, 1, id);
 }
 
-int mq_put_batch(mq_store *s, const char *queue, const mq_entry *entries, size_t n,
-                 int64_t *ids) {
+int mq_put_batch(mq_store *s, const char *queue, const mq_entry *entries, size_t n, int64_t *ids) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (n == 0) return MQ_OK;
   if (!entries) return mqi_err_set(s, MQ_EINVAL, "mq_put_batch: entries is NULL");
   return put_run(s, queue, entries, n, ids);

@@ -69,6 +69,7 @@ static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a
 
 typedef struct queue_create_arg {
   const char *name;
+  int kind;
   mq_queue_options o;
 } queue_create_arg;
 
@@ -82,12 +83,20 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" does not exist", s->path,
                          a->o.dlq);
     if (rc != MQ_OK) return rc;
+    if (dlq.kind != MQI_KIND_QUEUE)
+      return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is a topic, not a queue",
+                         s->path, a->o.dlq);
   }
   rc = mqi_queue_find(s, op, a->name, &old);
   if (rc == MQ_OK) {
-    if (old.kind == MQI_KIND_QUEUE && old.visibility_ms == a->o.visibility_ms &&
-        old.max_receives == a->o.max_receives && old.dlq_id == dlq.id &&
-        old.retention_ms == a->o.retention_ms && old.max_payload == (int64_t)a->o.max_payload &&
+    if (old.kind != a->kind)
+      return mqi_op_fail(op, MQ_EEXIST, "%s: \"%s\" exists as a %s", s->path, a->name,
+                         old.kind == MQI_KIND_TOPIC   ? "topic"
+                         : old.kind == MQI_KIND_QUEUE ? "queue"
+                                                      : "subscription");
+    if (old.visibility_ms == a->o.visibility_ms && old.max_receives == a->o.max_receives &&
+        old.dlq_id == dlq.id && old.retention_ms == a->o.retention_ms &&
+        old.max_payload == (int64_t)a->o.max_payload &&
         old.compress_above == (int64_t)a->o.compress_above &&
         old.dedup_window_ms == a->o.dedup_window_ms)
       return MQ_OK;
@@ -101,7 +110,7 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
       s->db,
       "INSERT INTO mq_queue(name, kind, visibility_ms, max_receives, dlq_id, retention_ms,"
       " max_payload, compress_above, dedup_window_ms, created_at)"
-      " VALUES(?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+      " VALUES(?1, ?10, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing queue creation");
   sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
@@ -116,17 +125,19 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 7, (int64_t)a->o.compress_above);
   sqlite3_bind_int64(st, 8, a->o.dedup_window_ms);
   sqlite3_bind_int64(st, 9, mqi_store_now(s));
+  sqlite3_bind_int(st, 10, a->kind);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a queue");
   return MQ_OK;
 }
 
-int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts) {
   queue_create_arg a;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_name(s, kind == MQI_KIND_TOPIC ? "topic" : "queue", name)) != MQ_OK)
+    return rc;
   mq_queue_options_init(&a.o);
   if (opts) {
     if (opts->size < offsetof(mq_queue_options, dedup_window_ms) || opts->size > sizeof a.o)
@@ -136,6 +147,7 @@ int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts)
     memcpy(&a.o, opts, opts->size);
   }
   a.name = name;
+  a.kind = kind;
   if (a.o.visibility_ms < 0)
     return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
   if (a.o.max_receives < 0)
@@ -155,6 +167,10 @@ int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts)
   return mqi_commit_run(s, queue_create_op, &a, 1);
 }
 
+int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
+  return mqi_queue_create(s, name, MQI_KIND_QUEUE, opts);
+}
+
 /* ---- drop and purge -------------------------------------------------------- */
 
 typedef struct queue_purge_arg {
@@ -168,7 +184,19 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find(s, op, a->name, &q);
   if (rc != MQ_OK) return rc;
-  if (a->drop) {
+  if (a->drop && q.kind != MQI_KIND_QUEUE)
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s; drop it with mq_%s_drop", s->path,
+                       a->name, q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
+                       q.kind == MQI_KIND_TOPIC ? "topic" : "subscription");
+  return mqi_queue_clear(s, op, q.id, a->name, a->drop, &a->deleted);
+}
+
+int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int drop,
+                    int64_t *deleted) {
+  int rc;
+  mqi_queue q;
+  q.id = qid;
+  if (drop) {
     sqlite3_stmt *st = NULL;
     int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE dlq_id=?1 LIMIT 1", -1,
                                  &st, NULL);
@@ -178,7 +206,7 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
     if (src == SQLITE_ROW) {
       rc = mqi_op_fail(op, MQ_EINVAL,
                        "%s: queue \"%s\" is the dead-letter queue of \"%s\"; drop that first",
-                       s->path, a->name, (const char *)sqlite3_column_text(st, 0));
+                       s->path, name, (const char *)sqlite3_column_text(st, 0));
       sqlite3_finalize(st);
       return rc;
     }
@@ -198,8 +226,8 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
                     " (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
                     1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
-    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, &a->deleted);
-  if (rc == MQ_OK && a->drop) {
+    rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, deleted);
+  if (rc == MQ_OK && drop) {
     rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
     if (rc == MQ_OK)
       rc = queue_exec(s, op, "DELETE FROM mq_queue WHERE id = ?1", 1, q.id, 0, 0, NULL);
@@ -219,7 +247,7 @@ int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
   if (deleted) *deleted = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 0, 0};
   rc = mqi_commit_run(s, queue_purge_op, &a, 1);
   if (rc == MQ_OK && deleted) *deleted = a.deleted;
@@ -244,24 +272,28 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
   pthread_mutex_lock(&s->dblock);
-  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue ORDER BY name", -1, &st, NULL);
-  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    if (n == cap) {
-      size_t ncap = cap ? cap * 2 : 16;
-      char **nv = realloc(v, ncap * sizeof *nv);
-      if (!nv) {
+  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
+                               &st, NULL);
+  if (src == SQLITE_OK) {
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      if (n == cap) {
+        size_t ncap = cap ? cap * 2 : 16;
+        char **nv = realloc(v, ncap * sizeof *nv);
+        if (!nv) {
+          rc = MQ_ENOMEM;
+          break;
+        }
+        v = nv;
+        cap = ncap;
+      }
+      if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
         rc = MQ_ENOMEM;
         break;
       }
-      v = nv;
-      cap = ncap;
+      n++;
     }
-    if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
-      rc = MQ_ENOMEM;
-      break;
-    }
-    n++;
   }
+
   if (rc == MQ_OK && src != SQLITE_DONE)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
                      sqlite3_errmsg(s->db));
@@ -281,25 +313,24 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
   pthread_mutex_lock(&s->dblock);
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT q.id,"
-      " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
-      " sum(m.state = 1 AND m.visible_at > ?2),"
-      " sum(m.state = 2 AND m.visible_at > ?2),"
-      " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
-      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-      " LEFT JOIN mq_body b ON b.id = m.body_id"
-      " WHERE q.name = ?1 GROUP BY q.id",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(s->db,
+                               "SELECT q.id,"
+                               " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
+                               " sum(m.state = 1 AND m.visible_at > ?2),"
+                               " sum(m.state = 2 AND m.visible_at > ?2),"
+                               " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
+                               " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+                               "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+                               " LEFT JOIN mq_body b ON b.id = m.body_id"
+                               " WHERE q.name = ?1 GROUP BY q.id",
+                               -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
@@ -319,8 +350,8 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   } else if (src == SQLITE_DONE) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
-    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
-                     name, sqlite3_errmsg(s->db));
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path, name,
+                     sqlite3_errmsg(s->db));
   }
   sqlite3_finalize(st);
   pthread_mutex_unlock(&s->dblock);

@@ -4,8 +4,9 @@
 **
 ** The file is an ordinary SQLite database (doc/format.md describes it):
 **
-**   mq_queue  one row per queue; `kind` and `parent_id` are reserved for
-**             topics and their subscriptions, so they need no format change.
+**   mq_queue  one row per queue, topic or subscription (`kind`); a
+**             subscription is named "topic/sub", points at its topic with
+**             `parent_id` and keeps its subject filter in `filter`.
 **   mq_body   the payload, written once and never updated: leases change
 **             only the small mq_msg row, never the payload's pages.  `refs`
 **             counts the mq_msg rows that share it (a topic publish stores
@@ -45,6 +46,7 @@ static const char schema_sql[] =
     " compress_above INTEGER NOT NULL,"
     " dedup_window_ms INTEGER NOT NULL,"
     " created_at INTEGER NOT NULL);"
+    "CREATE INDEX mq_queue_parent ON mq_queue(parent_id) WHERE parent_id IS NOT NULL;"
     "CREATE TABLE mq_body("
     " id INTEGER PRIMARY KEY,"
     " refs INTEGER NOT NULL,"
@@ -52,6 +54,7 @@ static const char schema_sql[] =
     " crc INTEGER NOT NULL,"
     " codec INTEGER NOT NULL,"
     " headers BLOB,"
+    " subject TEXT,"
     " data BLOB NOT NULL);"
     "CREATE TABLE mq_msg("
     " id INTEGER PRIMARY KEY,"
@@ -94,8 +97,8 @@ static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
 }
 
 /* Read the identity of the file without writing to it. */
-static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects,
-                           char *err, size_t errlen) {
+static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t *objects, char *err,
+                           size_t errlen) {
   int src;
   if (schema_int(db, "PRAGMA application_id", app, &src) ||
       schema_int(db, "PRAGMA user_version", version, &src) ||
@@ -106,8 +109,7 @@ static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t 
                rc == MQ_ENOTMQ ? "not an mq store (not an SQLite database)"
                                : "the database file is damaged");
     else
-      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"),
-               sqlite3_errmsg(db));
+      snprintf(err, errlen, "reading %s: %s", sqlite3_db_filename(db, "main"), sqlite3_errmsg(db));
     return rc == MQ_OK ? MQ_ERROR : rc;
   }
   return MQ_OK;
@@ -121,8 +123,7 @@ static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, si
     return MQ_ENOTMQ;
   }
   if (version > MQI_FORMAT_VERSION) {
-    snprintf(err, errlen,
-             "%s has format version %lld; this library (mq %s) reads up to version %d",
+    snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
              file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
     return MQ_EVERSION;
   }

@@ -26,15 +26,15 @@ typedef struct settle_arg {
   uint64_t *leases;
   size_t n;
   int *results;
-  int64_t delay_ms;   /* nack */
-  const char *reason; /* nack */
+  int64_t delay_ms;      /* nack */
+  const char *reason;    /* nack */
   int64_t visibility_ms; /* touch */
-  int64_t max;        /* redrive */
-  int64_t moved;      /* redrive */
+  int64_t max;           /* redrive */
+  int64_t moved;         /* redrive */
 } settle_arg;
 
-static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q,
-                          int64_t id, uint64_t lease) {
+static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
+                          uint64_t lease) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
@@ -84,7 +84,7 @@ static int settle_parse(mq_store *s, settle_arg *a) {
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   int64_t id;
   uint64_t lease;
   settle_arg a = {0};
@@ -101,7 +101,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
                  int *results) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (n == 0) return MQ_OK;
   if (!receipts) return mqi_err_set(s, MQ_EINVAL, "mq_ack_batch: receipts is NULL");
   settle_arg a = {0};
@@ -142,8 +142,8 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
   if (receives < 0)
     return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt",
-                       s->path, a->queue, (long long)a->ids[0]);
+                       "%s: queue \"%s\": message %lld is not leased under this receipt", s->path,
+                       a->queue, (long long)a->ids[0]);
   if (q.max_receives > 0 && receives >= q.max_receives)
     return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
   int64_t now = mqi_store_now(s);
@@ -168,7 +168,7 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
             const char *reason) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
   if (reason && strlen(reason) > 1000)
     return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
@@ -211,7 +211,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
 int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibility_ms) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
   int64_t id;
   uint64_t lease;
@@ -263,7 +263,7 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   if (moved) *moved = 0;
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_name(s, "queue", queue)) != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (max < 0) return mqi_err_set(s, MQ_EINVAL, "mq_redrive: max is negative");
   settle_arg a = {0};
   a.queue = queue;

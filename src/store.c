@@ -38,8 +38,9 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data) VALUES(?1,?2,?3,?4,?5,?6)",
-    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data FROM mq_body WHERE id=?1",
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7)",
+    [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
@@ -118,8 +119,7 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
   if (!in) return MQ_OK;
   if (in->size < offsetof(mq_store_options, min_free_bytes) || in->size > sizeof *o)
     return mqi_err_set(NULL, MQ_EINVAL,
-                       "mq_store_options.size is %zu: call mq_store_options_init first",
-                       in->size);
+                       "mq_store_options.size is %zu: call mq_store_options_init first", in->size);
   memcpy(o, in, in->size);
   if (o->sync < MQ_SYNC_FULL || o->sync > MQ_SYNC_OFF)
     return mqi_err_set(NULL, MQ_EINVAL, "sync mode %d is not one of MQ_SYNC_*", o->sync);
@@ -130,10 +130,8 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
                        "file mode %o: must give the owner read and write and have no "
                        "bits beyond 0777",
                        o->mode);
-  if (o->busy_timeout_ms < 0)
-    return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
-  if (o->min_free_bytes < 0)
-    return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
+  if (o->busy_timeout_ms < 0) return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
+  if (o->min_free_bytes < 0) return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
   return MQ_OK;
 }
 
@@ -162,8 +160,8 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   if ((rc = store_read_options(opts, &o)) != MQ_OK) return rc;
   int readonly = (o.flags & MQ_OPEN_READONLY) != 0;
 
-  rc = mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err,
-                           sizeof err);
+  rc =
+      mqi_os_prepare_file(path, o.mode, (o.flags & MQ_OPEN_CREATE) != 0, readonly, err, sizeof err);
   if (rc != MQ_OK) return mqi_err_copy(NULL, rc, err);
 
   mq_store *s = calloc(1, sizeof *s);
@@ -273,8 +271,8 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
     sqlite3_clear_bindings(st);
     return st;
   }
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id],
-                         NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
+      SQLITE_OK)
     return NULL;
   return s->stmt[id];
 }
