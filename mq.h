@@ -116,7 +116,16 @@ typedef struct mq_store mq_store;
 /* A clock returns "now" in milliseconds.  It must not go backwards within
 ** one run if leases are to behave; tests inject their own to move time by
 ** hand.  It is called with the store's internal lock held: it must not call
-** back into mq. */
+** back into mq.
+**
+** Without one, a store uses its own clock: the time since boot (suspend
+** included) plus an offset fixed once per boot and kept in the file, so all
+** processes agree on it and it starts near the wall-clock time.  Stepping
+** the wall clock (NTP, a user, a device without RTC) does not move it, so
+** leases and delays last what they say.  In a new boot, time continues
+** from the later of the wall clock and the newest message's enqueue time
+** (it never runs backwards), and leases taken before the reboot end at
+** once: their consumers did not survive it. */
 typedef int64_t (*mq_clock_fn)(void *ctx);
 
 /* A log callback receives a level and a NUL-terminated message.  It may be
@@ -133,7 +142,7 @@ typedef struct mq_store_options {
                             does not apply. */
   int busy_timeout_ms;   /* how long to wait for a lock held by another
                             process before MQ_EBUSY; default 10000 */
-  mq_clock_fn clock;     /* NULL: the system's real-time clock */
+  mq_clock_fn clock;     /* NULL: the store clock (see below) */
   void *clock_ctx;
   mq_log_fn log;         /* NULL: no diagnostics */
   void *log_ctx;

@@ -66,6 +66,14 @@
 /* ---- os.c ---------------------------------------------------------------- */
 MQI_API int64_t mqi_os_realtime_ms(void);
 MQI_API int64_t mqi_os_monotonic_ms(void);
+/* This boot's identity and the time since it (suspend included).  Returns
+** MQ_ERROR when the platform has no boot id; *boot_ms is set regardless. */
+MQI_API int mqi_os_boot(char *id, size_t cap, int64_t *boot_ms);
+MQI_API int64_t mqi_os_boot_ms(void);
+/* Test hook: pretend to be in boot id (NULL: the real one), with the boot
+** clock and the wall clock moved by the given amounts.  Not thread-safe;
+** for tests only. */
+MQI_API void mqi_os_test_set_boot(const char *id, int64_t boot_shift_ms, int64_t real_shift_ms);
 MQI_API uint64_t mqi_os_seed(void);
 /* Free bytes on the file system holding path, or -1 if unknown. */
 MQI_API int64_t mqi_os_free_bytes(const char *path);
@@ -163,8 +171,9 @@ struct mq_store {
   int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
   int readonly;
   int busy_timeout_ms;
-  mq_clock_fn clock;
+  mq_clock_fn clock;      /* NULL: boot clock + clock_offset */
   void *clock_ctx;
+  int64_t clock_offset;
   mq_log_fn log;
   void *log_ctx;
   int64_t min_free_bytes;

@@ -30,10 +30,49 @@
 #include <sys/syscall.h>
 #endif
 
+/* Set by tests to simulate reboots and wall-clock steps (see mqi.h). */
+static const char *os_test_boot_id;
+static int64_t os_test_boot_shift_ms;
+static int64_t os_test_real_shift_ms;
+
+void mqi_os_test_set_boot(const char *id, int64_t boot_shift_ms, int64_t real_shift_ms) {
+  os_test_boot_id = id;
+  os_test_boot_shift_ms = boot_shift_ms;
+  os_test_real_shift_ms = real_shift_ms;
+}
+
 int64_t mqi_os_realtime_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + os_test_real_shift_ms;
+}
+
+int64_t mqi_os_boot_ms(void) {
+  struct timespec ts;
+#ifdef CLOCK_BOOTTIME
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+#else
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + os_test_boot_shift_ms;
+}
+
+int mqi_os_boot(char *id, size_t cap, int64_t *boot_ms) {
+  *boot_ms = mqi_os_boot_ms();
+  if (os_test_boot_id) {
+    snprintf(id, cap, "%s", os_test_boot_id);
+    return MQ_OK;
+  }
+  id[0] = 0;
+#ifdef __linux__
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+  if (f) {
+    if (!fgets(id, (int)cap, f)) id[0] = 0;
+    fclose(f);
+    id[strcspn(id, "\n")] = 0;
+  }
+#endif
+  return id[0] ? MQ_OK : MQ_ERROR;
 }
 
 int64_t mqi_os_monotonic_ms(void) {

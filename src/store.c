@@ -96,9 +96,82 @@ void mq_store_options_init(mq_store_options *o) {
   o->min_free_bytes = STORE_DEFAULT_MIN_FREE;
 }
 
-static int64_t store_default_clock(void *ctx) {
-  (void)ctx;
-  return mqi_os_realtime_ms();
+/* Read one integer or text value of mq_meta; 1 if found. */
+static int store_meta_get(sqlite3 *db, const char *key, char *text, size_t cap, int64_t *num) {
+  sqlite3_stmt *st = NULL;
+  int found = 0;
+  if (sqlite3_prepare_v2(db, "SELECT value FROM mq_meta WHERE key=?1", -1, &st, NULL) != SQLITE_OK)
+    return 0;
+  sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    found = 1;
+    if (text) snprintf(text, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+    if (num) *num = sqlite3_column_int64(st, 0);
+  }
+  sqlite3_finalize(st);
+  return found;
+}
+
+/*
+** The default clock.  Store time is CLOCK_BOOTTIME plus an offset fixed
+** once per boot and kept in mq_meta, so every process of this boot reads
+** the same time, and stepping the wall clock (NTP, a user, a device with no
+** RTC booting in 1970) moves nothing: a lease lasts its length, not an hour
+** more or less.  In a new boot the offset is chosen so that time continues
+** from max(wall clock, newest enqueue time) -- never backwards -- and leases
+** taken before the reboot are ended, since their consumers died with it.
+*/
+static int store_clock_init(mq_store *s, char *err, size_t errlen) {
+  char boot[64], seen[64] = "";
+  int64_t boot_ms, offset = 0;
+  if (mqi_os_boot(boot, sizeof boot, &boot_ms) != MQ_OK) {
+    /* No boot identity on this platform: anchor to the wall clock now. */
+    s->clock_offset = mqi_os_realtime_ms() - boot_ms;
+    return MQ_OK;
+  }
+  if (store_meta_get(s->db, "clock_boot", seen, sizeof seen, NULL) && strcmp(seen, boot) == 0 &&
+      store_meta_get(s->db, "clock_offset", NULL, 0, &offset)) {
+    s->clock_offset = offset;
+    return MQ_OK;
+  }
+  int writes = !s->readonly;
+  int src = writes ? sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) : SQLITE_OK;
+  if (src != SQLITE_OK) goto fail;
+  /* Another process of this boot may have just set it. */
+  if (store_meta_get(s->db, "clock_boot", seen, sizeof seen, NULL) && strcmp(seen, boot) == 0 &&
+      store_meta_get(s->db, "clock_offset", NULL, 0, &offset)) {
+    s->clock_offset = offset;
+    return sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? MQ_OK : MQ_EBUSY;
+  }
+  int64_t last = 0, real = mqi_os_realtime_ms();
+  sqlite3_stmt *st = NULL;
+  if (sqlite3_prepare_v2(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1", -1, &st,
+                         NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    last = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  s->clock_offset = (real > last ? real : last + 1) - boot_ms;
+  if (!writes) return MQ_OK;
+  src = seen[0]
+            ? sqlite3_exec(s->db, "UPDATE mq_msg SET state = 0 WHERE state = 1", NULL, NULL, NULL)
+            : SQLITE_OK;
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(s->db,
+                             "INSERT OR REPLACE INTO mq_meta VALUES('clock_boot', ?1),"
+                             " ('clock_offset', ?2)",
+                             -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, boot, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, s->clock_offset);
+    src = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (src == SQLITE_DONE) src = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+  }
+  if (src == SQLITE_OK) return MQ_OK;
+fail:
+  snprintf(err, errlen, "%s: recording the clock of this boot: %s", s->path, sqlite3_errmsg(s->db));
+  if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  return mqi_err_from_sqlite(src);
 }
 
 static void store_free(mq_store *s) {
@@ -173,7 +246,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   s->sync = o.sync;
   s->readonly = readonly;
   s->busy_timeout_ms = o.busy_timeout_ms;
-  s->clock = o.clock ? o.clock : store_default_clock;
+  s->clock = o.clock;
   s->clock_ctx = o.clock_ctx;
   s->log = o.log;
   s->log_ctx = o.log_ctx;
@@ -203,6 +276,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
 
   rc = mqi_schema_open(s->db, readonly, err, sizeof err);
   if (rc == MQ_OK && !readonly) rc = store_pragmas(s, err, sizeof err);
+  if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
   uint64_t dev = 0, ino = 0;
   if (rc == MQ_OK && mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
     snprintf(err, sizeof err, "cannot stat %s after opening it", path);
@@ -277,7 +351,10 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
   return s->stmt[id];
 }
 
-int64_t mqi_store_now(mq_store *s) { return s->clock(s->clock_ctx); }
+int64_t mqi_store_now(mq_store *s) {
+  if (s->clock) return s->clock(s->clock_ctx);
+  return mqi_os_boot_ms() + s->clock_offset;
+}
 
 uint64_t mqi_store_token(mq_store *s) {
   /* xorshift64*: fast, never zero from a non-zero state. */
