@@ -73,6 +73,16 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   }
 
   pthread_mutex_lock(&s->dblock);
+  if (s->broken && mqi_store_reconnect(s) != MQ_OK) {
+    snprintf(msg, sizeof msg,
+             "%s: the store could not be reopened after an I/O error; close it and "
+             "open it again",
+             s->path);
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_EIO;
+    for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
+    pthread_mutex_unlock(&s->dblock);
+    return;
+  }
   if (s->sync == MQ_SYNC_FULL) {
     /* The level can only change outside a transaction; it is read at
     ** COMMIT.  Ops say up front whether they need durability. */
@@ -125,6 +135,10 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
              rc == MQ_EUNKNOWN ? "; the change may or may not be durable" : "",
              sqlite3_errmsg(s->db), src);
     if (!sqlite3_get_autocommit(s->db)) commit_exec(s, MQI_ST_ROLLBACK);
+    /* After a failed fsync the kernel may have dropped the dirty pages and
+    ** reports success next time (fsyncgate): never reuse this connection's
+    ** state; reopen before the next transaction. */
+    if (rc == MQ_EUNKNOWN) s->broken = 1;
     commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
   } else {
     int wake = 0;

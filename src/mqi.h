@@ -184,6 +184,7 @@ struct mq_store {
   uint64_t rng;        /* lease tokens; used under dblock */
   mqi_op *head, *tail; /* ops waiting for a leader */
   int leading;         /* a thread is running a batch */
+  int broken;          /* a commit failed with an I/O error: reconnect first */
   uint64_t puts_since_sweep;
 };
 
@@ -191,6 +192,9 @@ struct mq_store {
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
 MQI_API int64_t mqi_store_now(mq_store *s);
+/* Close and reopen the connection (under dblock): after an I/O error at
+** commit, the connection's view of the file can no longer be trusted. */
+MQI_API int mqi_store_reconnect(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */
 MQI_API int mqi_store_space_ok(mq_store *s);

@@ -21,6 +21,7 @@
 
 #define STORE_DEFAULT_MIN_FREE ((int64_t)16 * 1024 * 1024)
 #define STORE_FREE_RECHECK_MS 250
+#define STORE_OPEN_MIN_FREE ((int64_t)256 * 1024) /* room for -shm and a WAL start */
 
 static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -223,6 +224,45 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   return MQ_OK;
 }
 
+/* Open the SQLite connection and check the file; on failure s->db may be
+** left open for store_free to close. */
+static int store_connect(mq_store *s, char *err, size_t errlen) {
+  int flags = (s->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+  flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+  int src = sqlite3_open_v2(s->path, &s->db, flags, NULL);
+  if (src != SQLITE_OK) {
+    snprintf(err, errlen, "cannot open %s: %s", s->path,
+             s->db ? sqlite3_errmsg(s->db) : "out of memory");
+    return src == SQLITE_NOMEM ? MQ_ENOMEM : MQ_ECANTOPEN;
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  sqlite3_busy_timeout(s->db, s->busy_timeout_ms);
+  int rc = mqi_schema_open(s->db, s->readonly, err, errlen);
+  if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
+  return rc;
+}
+
+int mqi_store_reconnect(mq_store *s) {
+  char err[MQI_ERRMSG_MAX] = "";
+  for (int i = 0; i < MQI_ST_COUNT; i++) {
+    sqlite3_finalize(s->stmt[i]);
+    s->stmt[i] = NULL;
+  }
+  sqlite3_close_v2(s->db);
+  s->db = NULL;
+  s->cur_sync = -1;
+  int rc = store_connect(s, err, sizeof err);
+  if (rc == MQ_OK) {
+    s->broken = 0;
+    mqi_log(s, MQ_LOG_WARN, "%s: reopened after an I/O error at commit", s->path);
+  } else {
+    mqi_log(s, MQ_LOG_ERROR, "%s: reopening after an I/O error failed: %s", s->path, err);
+  }
+  return rc;
+}
+
 int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out) {
   mq_store_options o;
   char err[MQI_ERRMSG_MAX] = "";
@@ -260,22 +300,21 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   }
 
-  int flags = (readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
-#ifdef SQLITE_OPEN_NOFOLLOW
-  flags |= SQLITE_OPEN_NOFOLLOW;
-#endif
-  rc = sqlite3_open_v2(path, &s->db, flags, NULL);
-  if (rc != SQLITE_OK) {
-    snprintf(err, sizeof err, "cannot open %s: %s", path,
-             s->db ? sqlite3_errmsg(s->db) : "out of memory");
+  /* SQLite maps the -shm file and writes through the mapping; with no free
+  ** blocks left that write kills the process with SIGBUS instead of
+  ** returning an error.  Refuse to open while the file system is that
+  ** close to full: a clear error beats a dead process. */
+  int64_t free_bytes = mqi_os_free_bytes(path);
+  if (free_bytes >= 0 && free_bytes < STORE_OPEN_MIN_FREE) {
+    snprintf(err, sizeof err,
+             "the file system holding %s has only %lld bytes free; free some space "
+             "before opening it",
+             path, (long long)free_bytes);
     store_free(s);
-    return mqi_err_copy(NULL, rc == SQLITE_NOMEM ? MQ_ENOMEM : MQ_ECANTOPEN, err);
+    return mqi_err_copy(NULL, MQ_EFULL, err);
   }
-  sqlite3_extended_result_codes(s->db, 1);
-  sqlite3_busy_timeout(s->db, o.busy_timeout_ms);
 
-  rc = mqi_schema_open(s->db, readonly, err, sizeof err);
-  if (rc == MQ_OK && !readonly) rc = store_pragmas(s, err, sizeof err);
+  rc = store_connect(s, err, sizeof err);
   if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
   uint64_t dev = 0, ino = 0;
   if (rc == MQ_OK && mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
@@ -317,11 +356,15 @@ int mq_store_close(mq_store *s) {
     s->stmt[i] = NULL;
   }
   /* sqlite3_close checkpoints and removes the WAL when this is the last
-  ** connection; if that fails the WAL is still there and still valid. */
+  ** connection; if that fails the WAL is still there and still valid.  It
+  ** goes through the gate like every writer, so it never checkpoints while
+  ** another mq connection writes (see the WAL-reset note in durability.md). */
+  uint32_t ticket = s->gate ? mqi_gate_enter(s->gate) : 0;
   if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
     rc = MQ_EBUSY;
     sqlite3_close_v2(s->db);
   }
+  if (s->gate) mqi_gate_leave(s->gate, ticket);
   s->db = NULL;
   store_free(s);
   return rc;
