@@ -1257,6 +1257,8 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
   return s->stmt[id];
 }
 
+int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
+
 int64_t mqi_store_now(mq_store *s) {
   if (s->clock) return s->clock(s->clock_ctx);
   return mqi_os_boot_ms() + s->clock_offset;
@@ -1694,6 +1696,7 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
 */
 /* #include "mqi.h" -- inlined above */
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -2036,6 +2039,46 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path, name,
+                     sqlite3_errmsg(s->db));
+  }
+  sqlite3_finalize(st);
+  pthread_mutex_unlock(&s->dblock);
+  return rc;
+}
+
+int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
+  if (out) memset(out, 0, sizeof *out);
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
+  if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_info_get: out is NULL");
+  pthread_mutex_lock(&s->dblock);
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT q.kind, q.visibility_ms, q.max_receives, coalesce(d.name, ''), q.retention_ms,"
+      " q.max_payload, q.compress_above, q.dedup_window_ms, coalesce(q.filter, ''),"
+      " q.created_at FROM mq_queue q LEFT JOIN mq_queue d ON d.id = q.dlq_id WHERE q.name = ?1",
+      -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    out->kind = sqlite3_column_int(st, 0);
+    out->visibility_ms = sqlite3_column_int64(st, 1);
+    out->max_receives = sqlite3_column_int(st, 2);
+    snprintf(out->dlq, sizeof out->dlq, "%s", (const char *)sqlite3_column_text(st, 3));
+    out->retention_ms = sqlite3_column_int64(st, 4);
+    out->max_payload = (size_t)sqlite3_column_int64(st, 5);
+    out->compress_above = (size_t)sqlite3_column_int64(st, 6);
+    out->dedup_window_ms = sqlite3_column_int64(st, 7);
+    snprintf(out->filter, sizeof out->filter, "%s", (const char *)sqlite3_column_text(st, 8));
+    out->created_at = sqlite3_column_int64(st, 9);
+  } else if (src == SQLITE_DONE) {
+    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+  } else {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading \"%s\": %s", s->path, name,
                      sqlite3_errmsg(s->db));
   }
   sqlite3_finalize(st);
@@ -2785,8 +2828,11 @@ static int settle_ack_op(mq_store *s, mqi_op *op) {
 static int settle_parse(mq_store *s, settle_arg *a) {
   for (size_t i = 0; i < a->n; i++) {
     if (!a->receipts[i] || mqi_receipt_parse(a->receipts[i], &a->ids[i], &a->leases[i]) != MQ_OK)
-      return mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get", i,
-                         a->receipts[i] ? a->receipts[i] : "(null)");
+      return a->n == 1
+                 ? mqi_err_set(s, MQ_EINVAL, "\"%.40s\" is not a receipt of mq_get",
+                               a->receipts[i] ? a->receipts[i] : "(null)")
+                 : mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get",
+                               i, a->receipts[i] ? a->receipts[i] : "(null)");
   }
   return MQ_OK;
 }

@@ -189,6 +189,11 @@ MQ_API int mq_store_close(mq_store *store);
 ** nothing to say.  store may be NULL (for a failed mq_store_open). */
 MQ_API const char *mq_errmsg(const mq_store *store);
 
+/* The store's time now, in ms: the clock that leases, delays, expiry and
+** mq_msg_enqueued_at/visible_at/expires_at use (the injected clock if
+** one was given).  Thread-safe; never fails on a valid handle (0 on NULL). */
+MQ_API int64_t mq_store_now(mq_store *store);
+
 /* Run a checkpoint now: copy the WAL into the main file and restart the
 ** WAL, so that it stays short.  mq already does this in the background of
 ** ordinary calls; call it before a backup or when idle.  MQ_EBUSY if
@@ -198,7 +203,8 @@ MQ_API int mq_store_checkpoint(mq_store *store);
 /* ------------------------------------------------------------------------
 ** Queues
 */
-#define MQ_NAME_MAX 200 /* longest queue name, in bytes */
+#define MQ_NAME_MAX 200     /* longest queue name, in bytes */
+#define MQ_SUBJECT_MAX 1024 /* longest subject or filter (topics), in bytes */
 
 typedef struct mq_queue_options {
   size_t size;              /* sizeof(mq_queue_options): set by init */
@@ -253,6 +259,29 @@ typedef struct mq_queue_stats {
   int64_t oldest_age_ms;  /* age of the oldest message, 0 if none */
   int64_t bytes;          /* payload bytes as given by producers */
 } mq_queue_stats;
+
+/* What a name is (mq_queue_info.kind). */
+#define MQ_KIND_QUEUE 0
+#define MQ_KIND_TOPIC 1
+#define MQ_KIND_SUBSCRIPTION 2
+
+typedef struct mq_queue_info {
+  int kind;                   /* MQ_KIND_* */
+  int64_t visibility_ms;
+  int max_receives;
+  char dlq[MQ_NAME_MAX + 1];  /* "" when none */
+  int64_t retention_ms;
+  size_t max_payload;
+  size_t compress_above;
+  int64_t dedup_window_ms;
+  char filter[MQ_SUBJECT_MAX + 1]; /* subscriptions: the filter, "" = all */
+  int64_t created_at;         /* store clock, ms */
+} mq_queue_info;
+
+/* The options a queue, topic or subscription ("topic/sub") was created
+** with.  Reads only.  MQ_ENOTFOUND if there is no such name. */
+MQ_API int mq_queue_info_get(mq_store *store, const char *name,
+                             mq_queue_info *out);
 
 /* Counts for one queue as of now on the store's clock.  Reads only. */
 MQ_API int mq_queue_stats_get(mq_store *store, const char *name,
@@ -474,8 +503,6 @@ MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
 ** must be the last level.  Any other level matches itself literally.  A NULL
 ** or empty filter matches every message, with or without a subject.
 */
-#define MQ_SUBJECT_MAX 1024 /* longest subject or filter, in bytes */
-
 /* Create a topic.  opts (may be NULL) gives max_payload, compress_above,
 ** dedup_window_ms and retention_ms for what is published to it; the other
 ** fields are unused.  Same rules as mq_queue_create for an existing name;

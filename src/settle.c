@@ -75,8 +75,11 @@ static int settle_ack_op(mq_store *s, mqi_op *op) {
 static int settle_parse(mq_store *s, settle_arg *a) {
   for (size_t i = 0; i < a->n; i++) {
     if (!a->receipts[i] || mqi_receipt_parse(a->receipts[i], &a->ids[i], &a->leases[i]) != MQ_OK)
-      return mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get", i,
-                         a->receipts[i] ? a->receipts[i] : "(null)");
+      return a->n == 1
+                 ? mqi_err_set(s, MQ_EINVAL, "\"%.40s\" is not a receipt of mq_get",
+                               a->receipts[i] ? a->receipts[i] : "(null)")
+                 : mqi_err_set(s, MQ_EINVAL, "receipt %zu (\"%.40s\") is not a receipt of mq_get",
+                               i, a->receipts[i] ? a->receipts[i] : "(null)");
   }
   return MQ_OK;
 }

@@ -394,6 +394,8 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
   return s->stmt[id];
 }
 
+int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
+
 int64_t mqi_store_now(mq_store *s) {
   if (s->clock) return s->clock(s->clock_ctx);
   return mqi_os_boot_ms() + s->clock_offset;

@@ -134,7 +134,42 @@ static void verify_finds_damage(void) {
   test_unlink_store(p);
 }
 
+static void info_and_now(void) {
+  const char *p = test_path("info");
+  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
+  CHECK(mq_store_now(s) == test_now_ms);
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  CHECK_OK(mq_queue_create(s, "dead", NULL));
+  qo.visibility_ms = 1234;
+  qo.max_receives = 3;
+  qo.dlq = "dead";
+  qo.retention_ms = 99000;
+  qo.compress_above = 512;
+  CHECK_OK(mq_queue_create(s, "jobs", &qo));
+  CHECK_OK(mq_topic_create(s, "t", NULL));
+  CHECK_OK(mq_subscription_create(s, "t", "k", "a.*", &qo));
+  mq_queue_info in;
+  CHECK_OK(mq_queue_info_get(s, "jobs", &in));
+  CHECK(in.kind == MQ_KIND_QUEUE && in.visibility_ms == 1234 && in.max_receives == 3);
+  CHECK(strcmp(in.dlq, "dead") == 0 && in.retention_ms == 99000 && in.compress_above == 512);
+  CHECK(in.max_payload == 1024 * 1024 && in.created_at == test_now_ms && in.filter[0] == 0);
+  CHECK_OK(mq_queue_info_get(s, "dead", &in));
+  CHECK(in.dlq[0] == 0 && in.max_receives == 0);
+  CHECK_OK(mq_queue_info_get(s, "t", &in));
+  CHECK(in.kind == MQ_KIND_TOPIC);
+  CHECK_OK(mq_queue_info_get(s, "t/k", &in));
+  CHECK(in.kind == MQ_KIND_SUBSCRIPTION && strcmp(in.filter, "a.*") == 0);
+  CHECK_RC(mq_queue_info_get(s, "nope", &in), MQ_ENOTFOUND);
+  CHECK(in.kind == 0 && in.visibility_ms == 0);
+  CHECK_RC(mq_queue_info_get(s, "jobs", NULL), MQ_EINVAL);
+  CHECK(mq_store_now(NULL) == 0);
+  mq_store_close(s);
+  test_unlink_store(p);
+}
+
 int main(void) {
+  TEST(info_and_now);
   TEST(scan_reports_states_and_changes_nothing);
   TEST(verify_finds_damage);
   return test_done();

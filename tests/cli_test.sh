@@ -1,0 +1,532 @@
+#!/usr/bin/env bash
+#
+# cli_test.sh -- end-to-end tests of the `mq` command-line tool.
+#
+# Usage: bash tests/cli_test.sh path/to/mq
+#
+# Runs the real binary as a subprocess and checks what a script relies on:
+# stdout, the documented exit statuses (doc/cli.md), one "mq: " line on
+# stderr per failure, and that a failed command changes nothing (stats and
+# the file's checksum compared before and after).  JSON output is parsed
+# back with sed/grep only; payloads are compared byte for byte with cmp.
+#
+# Time is never waited for: the tool reads MQ_CLI_CLOCK_OFFSET_MS and adds
+# it to its store clock, so leases, delays and TTLs are expired by moving
+# that offset.  Every command runs under `timeout`, so the script is
+# bounded.  Files live in a temporary directory under $MQ_TEST_TMPDIR (or
+# from mktemp), removed at the end.  Prints "N passed, N failed" last and
+# exits non-zero on any failure.
+
+set -u
+MQ=${1:?usage: cli_test.sh path/to/mq}
+case $MQ in /*) ;; *) MQ=$PWD/$MQ ;; esac
+base=${MQ_TEST_TMPDIR:-${TMPDIR:-/tmp}}
+mkdir -p "$base"
+W=$(mktemp -d "$base/cli_test.XXXXXX") || exit 1
+cleanup() { chmod -R u+w "$W" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+cd "$W" || exit 1
+unset MQ_CLI_CLOCK_OFFSET_MS
+
+pass=0
+fail=0
+rc=0
+
+# r ARGS...: run mq with no input; sets $rc, stdout in out, stderr in err.
+r() { timeout 60 "$MQ" "$@" </dev/null >out 2>err; rc=$?; }
+# ri FILE ARGS...: the same with FILE on standard input.
+ri() { local in=$1; shift; timeout 60 "$MQ" "$@" <"$in" >out 2>err; rc=$?; }
+# at OFFSET_MS ARGS...: run with the store clock moved forward.
+at() { local off=$1; shift; MQ_CLI_CLOCK_OFFSET_MS=$off timeout 60 "$MQ" "$@" </dev/null >out 2>err; rc=$?; }
+
+ok() { pass=$((pass + 1)); }
+no() {
+  fail=$((fail + 1))
+  echo "FAIL: $*" >&2
+  echo "  rc=$rc stdout: $(head -c 400 out 2>/dev/null)" >&2
+  echo "  stderr: $(head -c 400 err 2>/dev/null)" >&2
+}
+# is DESC ACTUAL EXPECTED
+is() { if [ "$2" == "$3" ]; then ok; else no "$1: got [$2], expected [$3]"; fi; }
+# status DESC EXPECTED: the last command's exit status.
+status() { is "$1 (exit status)" "$rc" "$2"; }
+# has DESC FILE REGEX (grep -E)
+has() { if grep -Eq -- "$3" "$2"; then ok; else no "$1: $2 lacks /$3/"; fi; }
+hasnt() { if grep -Eq -- "$3" "$2"; then no "$1: $2 has /$3/"; else ok; fi; }
+# failed DESC EXPECTED_STATUS REGEX: a failure with its status, one "mq: "
+# line matching REGEX on stderr, and nothing on stdout.
+failed() {
+  status "$1" "$2"
+  has "$1 (message)" err "^mq: .*$3"
+  if [ -s out ]; then no "$1: wrote to stdout on failure"; else ok; fi
+}
+# j FIELD: a string or integer member of the JSON line(s) in out.
+j() {
+  sed -n -e "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" -e t -e "s/.*\"$1\":\(-\{0,1\}[0-9][0-9]*\).*/\1/p" out
+}
+# stat1 FILE QUEUE FIELD: one stats field, via --json.
+stat1() {
+  timeout 60 "$MQ" --json "$1" stats "$2" 2>/dev/null |
+    sed -n "s/.*\"$3\":\(-\{0,1\}[0-9][0-9]*\).*/\1/p"
+}
+# Stats (without the age, which moves with the clock) and the checksum.
+snapshot() {
+  { timeout 60 "$MQ" --json "$1" stats 2>&1 | sed 's/"oldest_age_ms":[0-9]*,//'
+    cksum <"$1"; } >"$2"
+}
+unchanged() {
+  snapshot "$2" after.snap
+  if cmp -s "$3" after.snap; then ok; else no "$1: the store changed"; fi
+}
+
+DB=$W/main.db
+
+# ---- help, version, usage -------------------------------------------------------
+r --version
+status "--version" 0
+has "--version names the library and SQLite" out '^mq [0-9.]+ \(library [0-9.]+, SQLite [0-9.]+\)$'
+r --help
+status "--help" 0
+has "--help lists commands" out 'export QUEUE'
+r put --help
+status "mq put --help" 0
+has "mq put --help" out '^usage: mq FILE put QUEUE'
+r "$DB" get --help
+status "mq FILE get --help" 0
+has "mq FILE get --help" out '--visibility MS'
+[ ! -e "$DB" ] && ok || no "--help created the file"
+r
+status "no arguments" 2
+r "$DB" frobnicate
+failed "unknown command" 2 'unknown command'
+r "$DB" get q --bogus
+failed "unknown option" 2 'no option --bogus'
+r --sync sometimes "$DB" ls
+failed "bad --sync" 2 'full, normal or off'
+r "$DB" get q --count 0
+failed "bad --count" 2 'count'
+r "$DB" put
+failed "put without QUEUE" 2 'missing QUEUE'
+[ ! -e "$DB" ] && ok || no "usage errors created the file"
+
+# ---- missing file ------------------------------------------------------------------
+for cmd in ls stats check "get q" "peek q" "export q" "put q x" "ack q 0" "purge q"; do
+  # shellcheck disable=SC2086
+  r "$DB" $cmd
+  failed "$cmd on a missing file" 7 'does not exist'
+done
+[ ! -e "$DB" ] && ok || no "a command other than create/import created the file"
+
+# ---- create, ls -----------------------------------------------------------------------
+r "$DB" create q
+status "create" 0
+[ -f "$DB" ] && ok || no "create made no file"
+r "$DB" create q
+status "create again with the same options" 0
+snapshot "$DB" before.snap
+r "$DB" create q --visibility 5s
+failed "create with other options" 2 'exists'
+unchanged "create with other options" "$DB" before.snap
+r "$DB" create dlq
+r "$DB" create w --visibility 1s --max-receives 2 --dlq dlq
+status "create with a dlq" 0
+r "$DB" create bad --dlq nosuch
+failed "create with a missing dlq" 2 'dead-letter queue "nosuch"'
+
+r "$DB" create bin --max-payload 64K --compress-above 100
+status "create with sizes" 0
+r "$DB" create small --max-payload 10
+snapshot "$DB" before.snap
+r "$DB" put small 12345678901
+failed "a payload over --max-payload" 2 'too large|max_payload|payload'
+unchanged "a refused payload" "$DB" before.snap
+r "$DB" drop small
+r "$DB" create bad --visibility 10x
+failed "create with a bad duration" 2 'duration'
+r "$DB" ls
+status "ls" 0
+is "ls lists sorted names" "$(tr '\n' ' ' <out)" "bin dlq q w "
+r --json "$DB" ls
+is "ls --json" "$(j queue | tr '\n' ' ')" "bin dlq q w "
+
+# ---- put and get ---------------------------------------------------------------------
+r "$DB" put q hello
+status "put" 0
+id1=$(cat out)
+[[ $id1 =~ ^[0-9]+$ ]] && ok || no "put prints an id: [$id1]"
+r "$DB" put nosuch x
+failed "put to an unknown queue" 4 'no queue named "nosuch"'
+r "$DB" put q2 x --create
+status "put --create" 0
+r "$DB" ls
+has "put --create made the queue" out '^q2$'
+r --json "$DB" get q
+status "get" 0
+is "get --json id" "$(j id)" "$id1"
+is "get --json body" "$(j body)" "hello"
+is "get --json receives" "$(j receives)" "1"
+rcpt=$(j receipt)
+[[ $rcpt =~ ^[0-9a-f]{32}$ ]] && ok || no "get --json receipt: [$rcpt]"
+is "in flight after get" "$(stat1 "$DB" q inflight)" 1
+r "$DB" get q
+failed "get on an empty queue" 3 'no message ready'
+r "$DB" get q --wait 50
+failed "get --wait on an empty queue" 3 'no message ready'
+r "$DB" ack q "$rcpt"
+status "ack" 0
+is "ack deleted the message" "$(stat1 "$DB" q total)" 0
+
+# Human layout.
+r "$DB" put q 'plain text'
+r "$DB" get q
+status "get (human)" 0
+has "human get shows the id" out '^id: [0-9]+$'
+has "human get shows the receipt" out '^receipt: [0-9a-f]{32}$'
+has "human get shows the body" out '^body: plain text$'
+r "$DB" ack q "$(sed -n 's/^receipt: //p' out)"
+status "ack the receipt printed by human get" 0
+
+# Binary payload through standard input, every byte value, NULs included.
+i=0
+while [ $i -lt 256 ]; do printf '%b' "\\0$(printf %03o $i)"; i=$((i + 1)); done >bin.in
+printf '\000\000tail\000' >>bin.in
+is "test payload size" "$(wc -c <bin.in | tr -d ' ')" 263
+ri bin.in "$DB" put bin
+status "put binary from stdin" 0
+r "$DB" peek bin --raw
+cmp -s out bin.in && ok || no "peek --raw is byte-exact"
+r --json "$DB" peek bin
+has "binary body is base64 in JSON" out '"body_base64":"AAECAwQF'
+hasnt "binary body has no text body" out '"body":'
+is "peek has no receipt" "$(sed -n 's/.*"receipt":"\([^"]*\)".*/[\1]/p' out)" "[]"
+is "peek leaves the message ready" "$(stat1 "$DB" bin ready)" 1
+r "$DB" get bin --raw --ack
+status "get --raw --ack" 0
+cmp -s out bin.in && ok || no "get --raw is byte-exact"
+is "get --ack deleted it" "$(stat1 "$DB" bin total)" 0
+: >empty.in
+ri empty.in "$DB" put bin
+status "put an empty payload" 0
+r "$DB" get bin --raw --ack
+is "empty payload comes back empty" "$(wc -c <out | tr -d ' ')" 0
+
+# JSON escaping and the text/base64 rule.
+printf 'a"b\\c\td\ne\r/\303\251\360\237\230\200' >esc.in
+ri esc.in "$DB" put q
+r --json "$DB" get q --ack
+has "JSON escapes" out '"body":"a\\"b\\\\c\\td\\ne\\r/é😀"'
+printf 'bell\007' >ctl.in
+ri ctl.in "$DB" put q
+r --json "$DB" get q --ack
+has "a control byte makes base64" out '"body_base64":"YmVsbAc="'
+printf 'bad\377' >inv.in
+ri inv.in "$DB" put q
+r --json "$DB" get q --ack
+has "invalid UTF-8 makes base64" out '"body_base64":"YmFk/w=="'
+printf '\355\240\200' >surrogate.in
+ri surrogate.in "$DB" put q
+r --json "$DB" get q --ack
+has "an encoded surrogate is not UTF-8" out '"body_base64":"7aCA"'
+printf '\300\200' >overlong.in
+ri overlong.in "$DB" put q
+r --json "$DB" get q --ack
+has "an overlong form is not UTF-8" out '"body_base64":"wIA="'
+
+# Priority, headers, --count, dedup, --lines.
+r "$DB" put q low
+r "$DB" put q high --priority 5 --header a=1 --header 'b=x=y'
+r --json "$DB" peek q
+is "higher priority first" "$(j body)" "high"
+has "headers in JSON" out '"headers":\{"a":"1","b":"x=y"\}'
+r "$DB" peek q
+has "headers in human output" out '^header: b=x=y$'
+r "$DB" put q x --header novalue
+failed "--header without =" 2 'NAME=VALUE'
+r --json "$DB" get q --count 5
+status "get --count" 0
+is "get --count leases both" "$(wc -l <out | tr -d ' ')" 2
+r "$DB" ack q $(j receipt)
+status "ack several receipts" 0
+is "all acked" "$(stat1 "$DB" q total)" 0
+r "$DB" put q one --dedup k1
+d1=$(cat out)
+r "$DB" put q two --dedup k1
+is "dedup returns the first id" "$(cat out)" "$d1"
+is "dedup stored one" "$(stat1 "$DB" q total)" 1
+r "$DB" purge q
+status "purge" 0
+is "purge prints the count" "$(cat out)" "purged 1"
+printf 'l1\nl2\n\nl4' >lines.in
+ri lines.in "$DB" put q --lines
+status "put --lines" 0
+is "put --lines prints an id per line" "$(wc -l <out | tr -d ' ')" 4
+r "$DB" peek q --count 10 --raw
+is "put --lines bodies" "$(cat out)" "l1l2l4"
+r --json "$DB" purge q
+is "purge --json" "$(j purged)" 4
+
+# ---- stats -----------------------------------------------------------------------------
+r "$DB" put q s1
+r "$DB" put q s2 --delay 10s
+r "$DB" get q
+r --json "$DB" stats q
+status "stats QUEUE" 0
+is "stats ready" "$(j ready)" 0
+is "stats inflight" "$(j inflight)" 1
+is "stats delayed" "$(j delayed)" 1
+is "stats dead" "$(j dead)" 0
+is "stats total" "$(j total)" 2
+is "stats bytes" "$(j bytes)" 4
+has "stats oldest_age_ms" out '"oldest_age_ms":[0-9]+'
+r --json "$DB" stats
+is "stats lists every queue" "$(j queue | tr '\n' ' ')" "bin dlq q q2 w "
+r "$DB" stats
+has "human stats header" out '^queue +ready +inflight +delayed +dead +total +oldest_age_ms +bytes$'
+has "human stats row" out '^q +0 +1 +1 +0 +2 +[0-9]+ +4$'
+snapshot "$DB" before.snap
+r "$DB" stats nosuch
+failed "stats of an unknown queue" 4 'no queue named'
+unchanged "stats of an unknown queue" "$DB" before.snap
+r "$DB" purge q
+
+# ---- delay, TTL, nack, touch, stale receipts (time moved, never waited for) --------------
+r "$DB" put q later --delay 10s
+r "$DB" get q
+status "a delayed message is not ready" 3
+at 11000 "$DB" get q --ack
+status "ready once the delay is over" 0
+r "$DB" put q brief --ttl 1s
+at 2000 "$DB" get q
+status "an expired message is gone" 3
+r "$DB" purge q
+
+r "$DB" put q job
+r --json "$DB" get q --visibility 1000
+old=$(j receipt)
+at 2000 --json "$DB" get q --visibility 1000
+status "redelivered after the lease" 0
+is "receive count grows" "$(j receives)" 2
+new=$(j receipt)
+snapshot "$DB" before.snap
+at 2000 "$DB" ack q "$old"
+failed "ack with a stale receipt" 5 'not leased under this receipt'
+unchanged "a stale ack" "$DB" before.snap
+at 2000 "$DB" nack q "$old"
+failed "nack with a stale receipt" 5 'not leased'
+at 2000 "$DB" touch q "$old" --visibility 10s
+failed "touch with a stale receipt" 5 'lease'
+
+r "$DB" ack q not-a-receipt
+failed "a malformed receipt" 2 'not a receipt'
+unchanged "a malformed receipt" "$DB" before.snap
+r "$DB" ack q "$new" not-a-receipt
+failed "a malformed receipt among good ones" 2 'not a receipt'
+unchanged "a malformed receipt among good ones" "$DB" before.snap
+at 2000 "$DB" touch q "$new" --visibility 10s
+status "touch" 0
+at 8000 "$DB" get q
+status "touch kept it leased" 3
+at 8000 "$DB" touch q "$new"
+failed "touch without --visibility" 2 'visibility'
+at 8000 "$DB" nack q "$new" --delay 5s --reason 'try again'
+status "nack" 0
+is "nacked with a delay" "$(MQ_CLI_CLOCK_OFFSET_MS=8000 "$MQ" --json "$DB" stats q |
+  sed -n 's/.*"delayed":\([0-9]*\).*/\1/p')" 1
+at 14000 --json "$DB" get q
+status "back after the nack delay" 0
+has "the nack reason travels" out '"reason":"try again"'
+is "third delivery" "$(j receives)" 3
+at 14000 "$DB" ack q "$(j receipt)" "$old"
+failed "ack of a good and a stale receipt" 5 'stale'
+is "the good receipt was still acked" "$(stat1 "$DB" q total)" 0
+
+# Dead letters and redrive: w has max-receives 2 and dlq "dlq".
+r "$DB" put w poison
+r "$DB" get w
+at 2000 "$DB" get w
+status "second delivery" 0
+at 4000 "$DB" get w
+status "no third delivery" 3
+is "dead-lettered to the dlq" "$(stat1 "$DB" dlq ready)" 1
+r --json "$DB" redrive dlq
+status "redrive" 0
+is "redrive moved one" "$(j moved)" 1
+is "back in its queue" "$(MQ_CLI_CLOCK_OFFSET_MS=4000 "$MQ" --json "$DB" stats w |
+  sed -n 's/.*"ready":\([0-9]*\).*/\1/p')" 1
+r "$DB" redrive q --max -1
+failed "redrive --max -1" 2 'max'
+
+# ---- unknown queues change nothing ----------------------------------------------------------
+snapshot "$DB" before.snap
+for cmd in "get nosuch" "peek nosuch" "purge nosuch" "drop nosuch" "redrive nosuch" \
+  "export nosuch" "ack nosuch 0000000000000001000000000000000a"; do
+  # shellcheck disable=SC2086
+  r "$DB" $cmd
+  failed "$cmd" 4 'no queue named "nosuch"'
+done
+unchanged "commands on an unknown queue" "$DB" before.snap
+
+# ---- export / import -------------------------------------------------------------------------
+r "$DB" create x
+r "$DB" put x first --priority 2 --header k=v --header 'uni=é'
+ri bin.in "$DB" put x --header kind=binary
+r "$DB" put x later --delay 1h --ttl 2h
+ri esc.in "$DB" put x
+r "$DB" put x gone --ttl 1s
+r --json "$DB" get x --visibility 10m
+is "the leased one is the priority one" "$(j body)" "first"
+at 2000 "$DB" export x
+status "export" 0
+cp out x1.jsonl
+is "export skips the expired message" "$(wc -l <x1.jsonl | tr -d ' ')" 4
+has "export state inflight" x1.jsonl '"state":"inflight".*"body":"first"'
+has "export state delayed with what remains" x1.jsonl '"state":"delayed".*"delay_ms":[0-9]+,"expires_at":[0-9]+,"ttl_ms":[0-9]+'
+has "export binary as base64" x1.jsonl '"headers":\{"kind":"binary"\},"body_base64":"AAEC'
+has "export non-ASCII header" x1.jsonl '"uni":"é"'
+DB2=$W/copy.db
+ri x1.jsonl "$DB2" import x
+status "import into a new file" 0
+is "import prints the count" "$(cat out)" "imported 4"
+r "$DB2" export x
+# Ids, receive counts and times are not carried over (doc/cli.md); the rest is.
+strip() {
+  sed -e 's/"id":[0-9]*,//' -e 's/"receives":[0-9]*,//' -e 's/"enqueued_at":[0-9]*,//' \
+    -e 's/"visible_at":[0-9]*,//' -e 's/"delay_ms":[0-9]*,//' -e 's/"expires_at":[0-9]*,//' \
+    -e 's/"ttl_ms":[0-9]*,//' -e 's/"state":"inflight"/"state":"ready"/' "$1"
+}
+strip x1.jsonl >x1.s
+strip out >x2.s
+cmp -s x1.s x2.s && ok || no "export -> import -> export keeps priorities, headers, bodies"
+is "the delay survives import" "$(stat1 "$DB2" x delayed)" 1
+has "the TTL survives import" out '"expires_at":[0-9]+,"ttl_ms":[0-9]+,"headers":\{\},"body":"later"'
+r "$DB2" get x --raw --ack
+is "priority kept: the first one first" "$(cat out)" "first"
+r "$DB2" get x --raw --ack
+cmp -s out bin.in && ok || no "binary payload byte-exact through export/import"
+# Import also reads hand-written lines (into the emptied queue).
+r "$DB2" purge x
+printf '{"body":"\\ud83d\\ude00 \\u00e9\\u0000"}\n\n{"priority":1,"delay_ms":0,"body_base64":"AAE="}\n' >hand.jsonl
+ri hand.jsonl --json "$DB2" import x
+status "import hand-written lines" 0
+is "import --json" "$(j imported)" 2
+r "$DB2" get x --raw --ack
+is "base64 line" "$(od -An -tx1 out | tr -d ' \n')" "0001"
+r "$DB2" get x --raw --ack
+is "surrogate pair and \\u escapes decoded" "$(od -An -tx1 out | tr -d ' \n')" "f09f988020c3a900"
+
+# Malformed input imports nothing.
+snapshot "$DB2" before.snap
+bad_import() { # DESC LINE2 REGEX
+  { head -n 1 x1.jsonl; printf '%s\n' "$2"; } >bad.jsonl
+  ri bad.jsonl "$DB2" import x
+  status "import: $1" 2
+  has "import: $1 (message)" err "^mq: line 2: .*$3"
+  unchanged "import: $1" "$DB2" before.snap
+}
+bad_import "unknown field" '{"body":"x","bdy":"y"}' 'unknown field "bdy"'
+bad_import "no body" '{"priority":1}' 'body'
+bad_import "two bodies" '{"body":"x","body_base64":"eA=="}' 'exactly one'
+bad_import "repeated field" '{"body":"x","body":"y"}' 'twice'
+bad_import "bad escape" '{"body":"\q"}' 'invalid escape'
+bad_import "lone surrogate" '{"body":"\udc00"}' 'surrogate'
+bad_import "high surrogate alone" '{"body":"\ud800x"}' 'surrogate'
+bad_import "fraction" '{"priority":1.5,"body":"x"}' 'whole number'
+bad_import "bad base64" '{"body_base64":"abc"}' 'base64'
+bad_import "trailing text" '{"body":"x"} x' 'after the object'
+bad_import "not an object" '["body"]' 'expected'
+bad_import "unterminated" '{"body":"x' 'unterminated'
+bad_import "bad state" '{"state":"lost","body":"x"}' 'state'
+bad_import "header not a string" '{"headers":{"a":1},"body":"x"}' 'string'
+bad_import "NUL in a header" '{"headers":{"a":"\u0000"},"body":"x"}' 'NUL'
+bad_import "raw control char" "$(printf '{"body":"a\001"}')" 'control character'
+bad_import "invalid UTF-8" "$(printf '{"body":"\377"}')" 'UTF-8'
+bad_import "size mismatch" '{"size":3,"body":"x"}' 'size'
+ri bad.jsonl "$W/never.db" import x
+status "bad import into a missing file" 2
+[ ! -e "$W/never.db" ] && ok || no "a bad import created the file"
+
+# ---- damaged, foreign and unopenable files ------------------------------------------------------
+head -c 4096 /dev/urandom >garbage.db
+sum0=$(cksum <garbage.db)
+for cmd in ls stats check "put q x" "put q x --create" "create q" "get q"; do
+  # shellcheck disable=SC2086
+  r garbage.db $cmd
+  failed "$cmd on a garbage file" 7 'not an mq store'
+done
+is "the garbage file is untouched" "$(cksum <garbage.db)" "$sum0"
+
+mkdir ro
+chmod 555 ro
+rodir=ro
+if (: >ro/probe) 2>/dev/null; then
+  rm -f ro/probe
+  # Permissions do not stop root: use a directory nobody can create in.
+  if (: >/sys/mq_cli_probe) 2>/dev/null; then rodir=""; else rodir=/sys; fi
+fi
+if [ -n "$rodir" ]; then
+  r "$rodir/x.db" create q
+  failed "create in an unwritable directory" 7 'cannot create'
+  [ ! -e "$rodir/x.db" ] && ok || no "a file appeared in the unwritable directory"
+else
+  echo "skip: no unwritable directory available" >&2
+fi
+
+if command -v sqlite3 >/dev/null 2>&1; then
+  sqlite3 foreign.db 'CREATE TABLE t(x); INSERT INTO t VALUES (1);'
+  sum0=$(cksum <foreign.db)
+  r foreign.db ls
+  failed "a non-mq SQLite file" 7 'another application'
+  r foreign.db create q
+  failed "create in a non-mq SQLite file" 7 'another application'
+  is "the SQLite file is untouched" "$(cksum <foreign.db)" "$sum0"
+
+  # One payload byte damaged behind the library's back.
+  DB3=$W/damaged.db
+  r "$DB3" create q
+  r "$DB3" put q 'hello world'
+  r "$DB3" put q intact
+  r "$DB3" check
+  status "check on a sound store" 0
+  is "check says ok" "$(cat out)" "ok"
+  sqlite3 "$DB3" "UPDATE mq_body SET data = CAST('hello wOrld' AS BLOB)
+                  WHERE data = CAST('hello world' AS BLOB)"
+  r "$DB3" check
+  status "check on a damaged store" 6
+  has "check names the damaged message" out '^queue "q": message [0-9]+: payload fails its checksum$'
+  has "check says damaged" err '^mq: .*damaged: 1 problem'
+  r --json "$DB3" check
+  has "check --json" out '^\{"ok":false,"problems":1\}$'
+  has "check --json problem line" out '^\{"problem":"queue \\"q\\": message [0-9]+: payload fails'
+  r "$DB3" export q
+  status "export of a damaged queue" 6
+  is "export writes the intact message" "$(wc -l <out | tr -d ' ')" 1
+  has "export says what it left out" err 'damaged payload'
+else
+  echo "skip: no sqlite3 CLI for the foreign-file and damage cases" >&2
+fi
+
+# ---- drop, globals, bench ---------------------------------------------------------------------
+r "$DB" drop dlq
+failed "drop a queue that is a dlq" 2 'dlq'
+r "$DB" drop w
+status "drop" 0
+r "$DB" drop dlq
+status "drop the former dlq" 0
+r "$DB" get w
+failed "get from a dropped queue" 4 'no queue named'
+r --sync normal --busy-timeout 100 "$DB" put q synced
+status "--sync normal --busy-timeout" 0
+r "$DB" put q viaoff --sync off
+status "--sync after the command" 0
+r "$DB" bench --count 20 --size 16 --sync off
+status "bench" 0
+for op in put get ack cycle; do
+  has "bench reports $op" out "^$op +20 ops +[0-9.]+ s +[0-9]+ ops/s$"
+done
+r --json "$DB" bench --count 10 --sync off
+is "bench --json" "$(grep -c '"ops_per_sec":' out)" 4
+r "$DB" ls
+hasnt "bench leaves no queue behind" out 'mq-bench'
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
