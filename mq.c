@@ -600,6 +600,10 @@ const char *mq_errstr(int rc) {
       return "library misuse";
     case MQ_EREADONLY:
       return "store is read-only";
+    case MQ_EPROTO:
+      return "protocol error";
+    case MQ_ENET:
+      return "network error";
     default:
       return "unknown result code";
   }
@@ -4542,7 +4546,7 @@ int mqi_zmtp_rc_to_mq(int rc) {
     case MQI_ZMTP_EVERSION:
     case MQI_ZMTP_EMECH:
     case MQI_ZMTP_ESOCKTYPE:
-    case MQI_ZMTP_ETRUNC: return MQ_ECORRUPT;
+    case MQI_ZMTP_ETRUNC: return MQ_EPROTO;
     default: return MQ_ERROR;
   }
 }

@@ -86,6 +86,8 @@ MQ_API const char *mq_sqlite_version(void);
                            missing directory, symlink refused) */
 #define MQ_EMISUSE 17  /* API misuse detected, e.g. a store used after fork() */
 #define MQ_EREADONLY 18 /* the store was opened read-only */
+#define MQ_EPROTO 19   /* a network peer broke the protocol */
+#define MQ_ENET 20     /* a network error: bind, connect, resolve */
 
 /* Static English text for a result code; never NULL.  Thread-safe. */
 MQ_API const char *mq_errstr(int rc);
@@ -574,6 +576,96 @@ MQ_API int mq_topic_stats_get(mq_store *store, const char *topic,
 /* Does subject match filter (the rules above)?  1 yes, 0 no, -1 if the
 ** filter is malformed.  Pure; for tests and tools. */
 MQ_API int mq_subject_matches(const char *filter, const char *subject);
+
+/* ------------------------------------------------------------------------
+** Network endpoints (ZMTP 3.1, the ZeroMQ wire protocol; no libzmq needed)
+**
+** A server serves queues of one store to ZeroMQ peers over TCP:
+**   - PULL ingest: a libzmq PUSH socket connects; each message it sends
+**     (all its frames concatenated, or only the last frame: see
+**     doc/protocol.md) is put on a queue.  At-most-once up to our commit:
+**     PUSH has no acknowledgement, so what sits in kernel buffers when a
+**     connection drops is lost.  Backpressure is TCP's: we stop reading
+**     while commits are behind.
+**   - PUSH egress: messages leased from a queue go round-robin to the
+**     connected libzmq PULL sockets and are acked once written to the
+**     socket.  At-most-once on the peer's side.
+**   - ROUTER: libzmq DEALER or REQ peers speak the acknowledged request
+**     protocol of doc/protocol.md: idempotent puts acknowledged only after
+**     the durable commit, and consumption with credit, lease, ack and nack
+**     -- at-least-once over the network.
+** Mechanisms: NULL, or PLAIN when credentials are set (checked by a
+** callback, or against one user/password pair).  Heartbeats detect dead
+** peers; handshakes time out; frame and message sizes are limited before
+** anything is allocated.
+**
+** Compiled in by default; a library built with MQ_WITH_ZMTP=OFF has none of
+** the mq_server_* functions.
+**
+** Threads: a server is driven by one thread at a time through mq_server_run;
+** mq_server_stop may be called from any thread or from a signal handler.
+** The store handle must outlive the server.
+*/
+typedef struct mq_server mq_server;
+
+/* Decide whether a PLAIN client may connect: return 1 to accept. */
+typedef int (*mq_auth_fn)(void *ctx, const char *user, const char *password,
+                          const char *peer_address);
+
+typedef struct mq_server_options {
+  size_t size;                 /* sizeof(mq_server_options): set by init */
+  const char *plain_user;      /* PLAIN with one user/password pair; NULL:
+                                  NULL mechanism (unless auth is set) */
+  const char *plain_password;
+  mq_auth_fn auth;             /* PLAIN with a callback (takes precedence) */
+  void *auth_ctx;
+  int64_t heartbeat_ms;        /* PING when idle this long; default 5000;
+                                  0 = no heartbeats */
+  int64_t heartbeat_timeout_ms; /* drop a peer silent this long after a
+                                   PING; default 15000 */
+  int64_t handshake_timeout_ms; /* default 10000 */
+  size_t max_frame;            /* largest frame accepted; default 16 MiB */
+  size_t max_message;          /* largest multipart message; default 16 MiB */
+  int max_connections;         /* per server; default 1024 */
+  int max_handshakes;          /* connections not yet authenticated;
+                                  default 64 */
+  size_t credit;               /* PUSH egress and ROUTER consumers: most
+                                  messages in flight per peer; default 1000 */
+} mq_server_options;
+
+MQ_API void mq_server_options_init(mq_server_options *opts);
+
+/* Create a server for store; opts may be NULL.  Free with mq_server_free. */
+MQ_API int mq_server_new(mq_store *store, const mq_server_options *opts,
+                         mq_server **out);
+
+/* Listen on endpoint ("tcp://HOST:PORT", HOST an IPv4 or IPv6 address in
+** brackets, or "*"; PORT 0 picks a free port) and serve queue as a PULL
+** ingest, a PUSH egress, or (queue NULL) the ROUTER protocol.  The queue
+** must exist.  The socket is bound when this returns MQ_OK. */
+MQ_API int mq_server_pull(mq_server *server, const char *queue, const char *endpoint);
+MQ_API int mq_server_push(mq_server *server, const char *queue, const char *endpoint);
+MQ_API int mq_server_router(mq_server *server, const char *endpoint);
+
+/* The address endpoint i (in order of the calls above) actually listens
+** on, e.g. "tcp://127.0.0.1:40123"; copied into buf.  MQ_ENOTFOUND past
+** the last. */
+MQ_API int mq_server_endpoint(mq_server *server, size_t i, char *buf, size_t cap);
+
+/* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).
+** Returns MQ_OK when stopped or timed out, an error if the server cannot
+** go on.  Errors of single peers (protocol errors, dead peers) only close
+** those connections; the log callback of the store reports them. */
+MQ_API int mq_server_run(mq_server *server, int64_t timeout_ms);
+
+/* Make mq_server_run return soon.  Safe from any thread and from a signal
+** handler. */
+MQ_API void mq_server_stop(mq_server *server);
+
+/* Close every connection and listener and free the server.  Messages
+** leased to PUSH or ROUTER peers and not yet acknowledged come back when
+** their lease runs out.  NULL is a no-op. */
+MQ_API void mq_server_free(mq_server *server);
 
 #ifdef __cplusplus
 }

@@ -57,6 +57,10 @@ const char *mq_errstr(int rc) {
       return "library misuse";
     case MQ_EREADONLY:
       return "store is read-only";
+    case MQ_EPROTO:
+      return "protocol error";
+    case MQ_ENET:
+      return "network error";
     default:
       return "unknown result code";
   }

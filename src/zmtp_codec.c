@@ -74,7 +74,7 @@ int mqi_zmtp_rc_to_mq(int rc) {
     case MQI_ZMTP_EVERSION:
     case MQI_ZMTP_EMECH:
     case MQI_ZMTP_ESOCKTYPE:
-    case MQI_ZMTP_ETRUNC: return MQ_ECORRUPT;
+    case MQI_ZMTP_ETRUNC: return MQ_EPROTO;
     default: return MQ_ERROR;
   }
 }

@@ -1258,8 +1258,8 @@ static void test_result_codes(void) {
   CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_ETOOBIG) == MQ_ETOOBIG);
   CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_ENOMEM) == MQ_ENOMEM);
   CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_EINVAL) == MQ_EINVAL);
-  CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_EPROTO) == MQ_ECORRUPT);
-  CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_EMECH) == MQ_ECORRUPT);
+  CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_EPROTO) == MQ_EPROTO);
+  CHECK(mqi_zmtp_rc_to_mq(MQI_ZMTP_EMECH) == MQ_EPROTO);
   CHECK(mqi_zmtp_rc_to_mq(12345) == MQ_ERROR);
   for (int rc = MQI_ZMTP_AGAIN; rc <= MQI_ZMTP_ESPACE; rc++)
     CHECK(strcmp(mqi_zmtp_rcstr(rc), mqi_zmtp_rcstr(12345)) != 0);
