@@ -187,6 +187,9 @@ enum mqi_stmt_id {
   MQI_ST_DEDUP_GET,
   MQI_ST_DEDUP_PUT,
   MQI_ST_DEDUP_SWEEP,
+  MQI_ST_ID_GET,
+  MQI_ST_ID_MAX,
+  MQI_ST_ID_SET,
   MQI_ST_COUNT
 };
 
@@ -203,7 +206,7 @@ struct mq_store {
   int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
   int readonly;
   int busy_timeout_ms;
-  mq_clock_fn clock;      /* NULL: boot clock + clock_offset */
+  mq_clock_fn clock; /* NULL: boot clock + clock_offset */
   void *clock_ctx;
   int64_t clock_offset;
   mq_log_fn log;
@@ -217,6 +220,8 @@ struct mq_store {
   mqi_op *head, *tail; /* ops waiting for a leader */
   int leading;         /* a thread is running a batch */
   int broken;          /* a commit failed with an I/O error: reconnect first */
+  int64_t next_id;     /* id sequence, valid when id_state != 0 */
+  int id_state;        /* 0 not read in this transaction, 1 read, 2 advanced */
   uint64_t puts_since_sweep;
 };
 
@@ -228,6 +233,10 @@ MQI_API int64_t mqi_store_now(mq_store *s);
 ** commit, the connection's view of the file can no longer be trusted. */
 MQI_API int mqi_store_reconnect(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
+/* Inside an op: a new, never used message or body id. */
+MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
+/* Inside the transaction, before COMMIT: persist the id sequence. */
+MQI_API int mqi_store_save_ids(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */
 MQI_API int mqi_store_space_ok(mq_store *s);
 
@@ -278,6 +287,8 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* The same for calls that need messages: a topic is MQ_EINVAL. */
+MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */
 MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
 /* Inside an op: delete every message of queue qid (releasing payloads);
@@ -308,11 +319,11 @@ MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, con
 /* Inside an op: store the payload once, shared by refs messages; q gives
 ** max_payload and compression. */
 MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
-                         size_t index, int refs, int64_t *body_id);
+                         size_t index, int refs, int64_t body_id);
 /* Inside an op: one message row in q for body_id; retention_ms (0: none)
 ** is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
-                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t *id);
+                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
@@ -721,80 +732,110 @@ int mqi_err_check_name(const mq_store *store, const char *what, const char *name
 ** SQLite's write lock, which is then nearly always free.
 **
 ** The gate is only an ordering hint; SQLite's locks alone keep the data
-** safe.  That is what makes it robust: a process killed while holding a
-** ticket stalls the next writer for at most GATE_SKIP_MS, after which that
-** writer skips the dead ticket; a writer whose ticket was skipped simply
-** proceeds.  Counters only ever move forward and the comparisons are done
-** modulo 2^32, so stale or garbled shared memory costs at most a moment of
-** unfairness, never a hang.
+** safe.  That is what makes it robust.  Every ticket records its owner's
+** pid, so when the ticket whose turn it is belongs to a process that was
+** killed (holding it, or still waiting for it), any waiter skips it at once;
+** if the owner cannot be told dead, the ticket is skipped after
+** GATE_SKIP_MS anyway.  A compare-and-swap makes each ticket skipped at most
+** once, and a writer whose ticket was skipped simply proceeds: SQLite's lock
+** then decides.  Counters only ever move forward and the comparisons are
+** done modulo 2^32, so stale or garbled shared memory costs at most a moment
+** of unfairness, never a hang.
 **
 ** The same shared page carries a sequence number bumped by every commit that
 ** may have made a message ready.  A consumer with nothing to get waits on
 ** it, so a put in any process wakes it at once, with no polling.
 **
 ** The shared memory is a POSIX shm object named after the file's device and
-** inode ("/mq-<dev>-<ino>").  If it cannot be created (no /dev/shm, another
+** inode ("/mq-<dev>-<ino>"), removed when the last handle closes.  If it cannot be created (no /dev/shm, another
 ** user owns it), a private gate is used: everything still works, but waits
 ** notice another process's put only by timing out.
 */
 /* #include "mqi.h" -- inlined above */
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define GATE_MAGIC 0x6D714701u
-#define GATE_SKIP_MS 250 /* how long the next writer waits on a silent holder */
+#define GATE_CHECK_MS 10 /* how often a waiter checks the current owner */
+#define GATE_SKIP_MS 250 /* how long waiters wait on a silent, live holder */
 #define GATE_SHM_SIZE 4096
+#define GATE_SLOTS 512 /* owners remembered; older tickets are unknown */
 
 typedef struct gate_shared {
   _Atomic uint32_t magic;
-  _Atomic uint32_t next;    /* next ticket to hand out */
-  _Atomic uint32_t serving; /* ticket whose turn it is */
-  _Atomic uint32_t seq;     /* bumped when messages may have become ready */
-  _Atomic uint32_t waiters; /* consumers sleeping on seq (a hint) */
+  _Atomic uint32_t next;             /* next ticket to hand out */
+  _Atomic uint32_t serving;          /* ticket whose turn it is */
+  _Atomic uint32_t seq;              /* bumped when messages may have become ready */
+  _Atomic uint32_t waiters;          /* consumers sleeping on seq (a hint) */
+  _Atomic int32_t owner[GATE_SLOTS]; /* pid holding ticket t at t % GATE_SLOTS;
+                                        0 = unknown */
 } gate_shared;
+
+_Static_assert(sizeof(gate_shared) <= GATE_SHM_SIZE, "the gate must fit its shared page");
 
 struct mqi_gate {
   gate_shared *sh;
   int shared; /* sh is a shared mapping, not malloc'd */
+  int fd;     /* the shm object, flock(LOCK_SH) held while open */
+  char name[64];
 };
 
-static gate_shared *gate_map(uint64_t dev, uint64_t ino, unsigned mode) {
-  char name[64];
-  snprintf(name, sizeof name, "/mq-%llx-%llx", (unsigned long long)dev, (unsigned long long)ino);
-  int fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
-  if (fd < 0) return NULL;
-  struct stat st;
-  /* Someone else's object could feed us anything; only our own is used. */
-  if (fstat(fd, &st) != 0 || (st.st_uid != geteuid() && geteuid() != 0)) {
-    close(fd);
-    return NULL;
+/* Map the shared gate.  The object is removed by the last handle to close
+** (anywhere): every handle holds a shared flock on it, and whoever can
+** upgrade to an exclusive one at close is the last and unlinks it.  An
+** opener that lost the race to such an unlink finds its object has no link
+** left and starts again with a fresh one. */
+static int gate_map(mqi_gate *g, uint64_t dev, uint64_t ino, unsigned mode) {
+  snprintf(g->name, sizeof g->name, "/mq-%llx-%llx", (unsigned long long)dev,
+           (unsigned long long)ino);
+  for (int attempt = 0; attempt < 8; attempt++) {
+    int fd = shm_open(g->name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (flock(fd, LOCK_SH) != 0 || fstat(fd, &st) != 0) {
+      close(fd);
+      return -1;
+    }
+    if (st.st_nlink == 0) { /* unlinked by a closer after our shm_open */
+      close(fd);
+      continue;
+    }
+    /* Someone else's object could feed us anything; only our own is used. */
+    if ((st.st_uid != geteuid() && geteuid() != 0) ||
+        (st.st_size < GATE_SHM_SIZE && ftruncate(fd, GATE_SHM_SIZE) != 0)) {
+      close(fd);
+      return -1;
+    }
+    void *p = mmap(NULL, GATE_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      close(fd);
+      return -1;
+    }
+    g->sh = p;
+    g->fd = fd;
+    /* A new object is zero-filled, which is a valid idle gate. */
+    uint32_t zero = 0;
+    atomic_compare_exchange_strong(&g->sh->magic, &zero, GATE_MAGIC);
+    return 0;
   }
-  if (st.st_size < GATE_SHM_SIZE && ftruncate(fd, GATE_SHM_SIZE) != 0) {
-    close(fd);
-    return NULL;
-  }
-  void *p = mmap(NULL, GATE_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  close(fd);
-  if (p == MAP_FAILED) return NULL;
-  gate_shared *sh = p;
-  /* A new object is zero-filled, which is a valid idle gate. */
-  uint32_t zero = 0;
-  atomic_compare_exchange_strong(&sh->magic, &zero, GATE_MAGIC);
-  return sh;
+  return -1;
 }
 
 mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode) {
   mqi_gate *g = calloc(1, sizeof *g);
   if (!g) return NULL;
-  g->sh = gate_map(dev, ino, mode);
-  if (g->sh) {
+  g->fd = -1;
+  if (gate_map(g, dev, ino, mode) == 0) {
     g->shared = 1;
     return g;
   }
@@ -808,18 +849,29 @@ mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode) {
 
 void mqi_gate_close(mqi_gate *g) {
   if (!g) return;
-  if (g->shared)
+  if (g->shared) {
     munmap(g->sh, GATE_SHM_SIZE);
-  else
+    if (flock(g->fd, LOCK_EX | LOCK_NB) == 0) shm_unlink(g->name);
+    close(g->fd);
+  } else {
     free(g->sh);
+  }
   free(g);
 }
 
 int mqi_gate_is_shared(const mqi_gate *g) { return g->shared; }
 
+/* Is the owner of ticket cur known to be gone? */
+static int gate_owner_dead(gate_shared *sh, uint32_t cur) {
+  int32_t pid = atomic_load(&sh->owner[cur % GATE_SLOTS]);
+  if (pid <= 0) return 0;
+  return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
 uint32_t mqi_gate_enter(mqi_gate *g) {
   gate_shared *sh = g->sh;
   uint32_t t = atomic_fetch_add(&sh->next, 1);
+  atomic_store(&sh->owner[t % GATE_SLOTS], (int32_t)getpid());
   int64_t since = mqi_os_monotonic_ms();
   uint32_t last = atomic_load(&sh->serving);
   for (;;) {
@@ -830,20 +882,23 @@ uint32_t mqi_gate_enter(mqi_gate *g) {
       last = cur;
       since = now;
     }
-    if (now - since >= GATE_SKIP_MS) {
-      /* The holder has been silent too long; presumably it died.  Only the
-      ** writer next in line skips it, so one dead ticket costs one wait. */
-      if (cur + 1 == t) atomic_compare_exchange_strong(&sh->serving, &cur, t);
+    int64_t waited = now - since;
+    if (waited >= GATE_CHECK_MS && (waited >= GATE_SKIP_MS || gate_owner_dead(sh, cur))) {
+      /* Skip the ticket whose owner died (or went silent); the CAS makes
+      ** sure it is skipped once however many waiters saw it. */
+      atomic_compare_exchange_strong(&sh->serving, &cur, cur + 1);
+      mqi_os_futex_wake((uint32_t *)&sh->serving);
       since = now;
       continue;
     }
-    mqi_os_futex_wait((uint32_t *)&sh->serving, cur, GATE_SKIP_MS - (now - since));
+    mqi_os_futex_wait((uint32_t *)&sh->serving, cur, GATE_CHECK_MS);
   }
 }
 
 void mqi_gate_leave(mqi_gate *g, uint32_t ticket) {
   gate_shared *sh = g->sh;
   uint32_t expect = ticket;
+  atomic_store(&sh->owner[ticket % GATE_SLOTS], 0);
   /* If we were skipped, serving has moved on and is not ours to advance. */
   atomic_compare_exchange_strong(&sh->serving, &expect, ticket + 1);
   if (atomic_load(&sh->next) != ticket + 1) mqi_os_futex_wake((uint32_t *)&sh->serving);
@@ -906,14 +961,14 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7)",
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
+        " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
@@ -948,6 +1003,11 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT OR REPLACE INTO mq_dedup(queue_id, key, msg_id, expires_at)"
         " VALUES(?1,?2,?3,?4)",
     [MQI_ST_DEDUP_SWEEP] = "DELETE FROM mq_dedup WHERE expires_at<=?1",
+    [MQI_ST_ID_GET] = "SELECT value FROM mq_meta WHERE key='next_id'",
+    [MQI_ST_ID_MAX] =
+        "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
+        " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
+    [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
 };
 
 const char *mq_libversion(void) { return MQ_VERSION; }
@@ -1279,6 +1339,41 @@ uint64_t mqi_store_token(mq_store *s) {
   return t ? t : 1;
 }
 
+int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
+  if (s->id_state == 0) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_GET);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    int src = sqlite3_step(st);
+    int found = src == SQLITE_ROW;
+    if (found) s->next_id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading ids");
+    if (!found) { /* a new store: start after anything already there */
+      if (!(st = mqi_store_stmt(s, MQI_ST_ID_MAX)))
+        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      src = sqlite3_step(st);
+      s->next_id = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
+      sqlite3_reset(st);
+      if (src != SQLITE_ROW) return mqi_op_sqlite(s, op, src, "reading ids");
+    }
+    if (s->next_id < 1) s->next_id = 1;
+    s->id_state = 1;
+  }
+  *id = s->next_id++;
+  s->id_state = 2;
+  return MQ_OK;
+}
+
+int mqi_store_save_ids(mq_store *s) {
+  if (s->id_state != 2) return SQLITE_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_SET);
+  if (!st) return sqlite3_errcode(s->db);
+  sqlite3_bind_int64(st, 1, s->next_id);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
 int mqi_store_space_ok(mq_store *s) {
   if (s->min_free_bytes <= 0) return MQ_OK;
   int64_t now = mqi_os_monotonic_ms();
@@ -1326,7 +1421,15 @@ int mq_store_checkpoint(mq_store *s) {
 **             mq_msg_timer, which holds only hidden messages.
 **   mq_dedup  deduplication keys, remembered for the queue's window even
 **             after the message itself is gone.
-**   mq_meta   key/value facts about the store (creation time, ...).
+**   mq_meta   key/value facts about the store: who created it, the clock of
+**             the current boot, and `next_id`, the id sequence.
+**
+** Ids are never reused, even after the newest message is acked (SQLite
+** alone would hand out max(rowid)+1 again): they come from `next_id`, read
+** once per transaction and written back once at its commit, which costs a
+** fraction of AUTOINCREMENT's per-row bookkeeping.  A plain put uses one id
+** for its message and its body; a publish uses one for the body (the
+** publish id) and one per subscription's message.
 **
 ** PRAGMA application_id marks the file as an mq store and PRAGMA
 ** user_version carries the format version.  A file is checked before
@@ -1601,6 +1704,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     goto out;
   }
 
+  s->id_state = 0;
   int any_kept = 0;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
@@ -1621,7 +1725,8 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     commit_exec(s, MQI_ST_ROLLBACK);
     goto out;
   }
-  src = commit_exec(s, MQI_ST_COMMIT);
+  src = mqi_store_save_ids(s);
+  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
   if (src != SQLITE_OK) {
     int code = src & 0xff;
     int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN
@@ -1738,6 +1843,16 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "looking up a queue");
   return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
+}
+
+int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  int rc = mqi_queue_find(s, op, name, q);
+  if (rc == MQ_OK && q->kind == MQI_KIND_TOPIC)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\" is a topic; its messages are in its subscriptions, "
+                       "\"%s/SUB\"",
+                       s->path, name, name);
+  return rc;
 }
 
 /* Run one statement with up to three int64 bindings inside an op. */
@@ -1880,6 +1995,7 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s; drop it with mq_%s_drop", s->path,
                        a->name, q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
                        q.kind == MQI_KIND_TOPIC ? "topic" : "subscription");
+  if (q.kind == MQI_KIND_TOPIC) return mqi_queue_find_holder(s, op, a->name, &q);
   return mqi_queue_clear(s, op, q.id, a->name, a->drop, &a->deleted);
 }
 
@@ -1906,11 +2022,12 @@ int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int 
     if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "checking dead-letter users");
   }
   /* Bodies first, while the messages still say which bodies are theirs:
-  ** a shared body loses one reference per message, an unshared one goes. */
+  ** a shared body loses one reference per message, an unshared one goes.
+  ** Set-based through the queue's index: no scan of other queues. */
   rc = queue_exec(s, op,
-                  "UPDATE mq_body SET refs = refs - (SELECT count(*) FROM mq_msg m"
-                  " WHERE m.body_id = mq_body.id AND m.queue_id = ?1)"
-                  " WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                  "UPDATE mq_body SET refs = refs - x.n FROM"
+                  " (SELECT body_id, count(*) AS n FROM mq_msg WHERE queue_id = ?1"
+                  "  GROUP BY body_id) AS x WHERE mq_body.id = x.body_id",
                   1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
     rc = queue_exec(s, op,
@@ -2013,7 +2130,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
   int src = sqlite3_prepare_v2(s->db,
-                               "SELECT q.id,"
+                               "SELECT q.kind,"
                                " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
                                " sum(m.state = 1 AND m.visible_at > ?2),"
                                " sum(m.state = 2 AND m.visible_at > ?2),"
@@ -2028,7 +2145,12 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
     sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
-  if (src == SQLITE_ROW) {
+  if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
+    rc = mqi_err_set(s, MQ_EINVAL,
+                     "%s: \"%s\" is a topic: see mq_topic_stats_get, or the stats of "
+                     "\"%s/SUB\"",
+                     s->path, name, name);
+  } else if (src == SQLITE_ROW) {
     out->ready = sqlite3_column_int64(st, 1);
     out->inflight = sqlite3_column_int64(st, 2);
     out->delayed = sqlite3_column_int64(st, 3);
@@ -2202,7 +2324,7 @@ int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_p
 }
 
 int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
-                 int refs, int64_t *body_id) {
+                 int refs, int64_t body_id) {
   if ((int64_t)it->len > q->max_payload)
     return mqi_op_fail(op, MQ_ETOOBIG,
                        "%s: entry %zu: payload of %zu bytes is above the "
@@ -2235,16 +2357,16 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
   if (it->headers) sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
   sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
   if (it->subject) sqlite3_bind_text(st, 7, it->subject, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 8, body_id);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(z);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  *body_id = sqlite3_last_insert_rowid(s->db);
   return MQ_OK;
 }
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
-                const mqi_put_item *it, int64_t now, int64_t *id) {
+                const mqi_put_item *it, int64_t now, int64_t id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
   if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
@@ -2259,10 +2381,10 @@ int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_m
   sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
+  sqlite3_bind_int64(st, 8, id);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
-  *id = sqlite3_last_insert_rowid(s->db);
   return MQ_OK;
 }
 
@@ -2279,11 +2401,12 @@ void mqi_put_sweep(mq_store *s, int64_t now) {
 
 static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
                    int64_t now, int64_t *id) {
-  int64_t body_id;
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  if ((rc = mqi_put_body(s, op, q, it, index, 1, &body_id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_msg(s, op, q, 0, body_id, it, now, id)) != MQ_OK) return rc;
+  /* One id names both the message and its body. */
+  if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_body(s, op, q, it, index, 1, *id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_msg(s, op, q, 0, *id, it, now, *id)) != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
@@ -2529,13 +2652,8 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
 static int get_op(mq_store *s, mqi_op *op) {
   get_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
-  if (q.kind == MQI_KIND_TOPIC)
-    return mqi_op_fail(op, MQ_EINVAL,
-                       "%s: \"%s\" is a topic: get from one of its "
-                       "subscriptions, \"%s/SUB\"",
-                       s->path, a->queue, a->queue);
   int64_t now = mqi_store_now(s);
   if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
@@ -2696,8 +2814,8 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject"
-      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
+      " q.kind FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       " LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -2711,6 +2829,13 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
     while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
       found = 1;
+      if (sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
+        rc = mqi_err_set(s, MQ_EINVAL,
+                         "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
+                         s->path, queue, queue);
+        src = SQLITE_DONE;
+        break;
+      }
       if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
       mq_msg *m = NULL;
       rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
@@ -2732,7 +2857,9 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
   }
-  if (rc == MQ_ENOMEM) {
+  if (rc == MQ_EINVAL) {
+    /* the message is set */
+  } else if (rc == MQ_ENOMEM) {
     mqi_err_set(s, rc, "out of memory peeking");
   } else if (src != SQLITE_DONE && src != SQLITE_OK) {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,
@@ -2813,7 +2940,7 @@ static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_q
 static int settle_ack_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   int last = MQ_OK;
   for (size_t i = 0; i < a->n; i++) {
@@ -2889,7 +3016,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
 static int settle_nack_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
@@ -2949,7 +3076,7 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
 static int settle_touch_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
@@ -2991,7 +3118,7 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
 static int settle_redrive_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   int64_t limit = a->max > 0 ? a->max : INT64_MAX;
@@ -3302,11 +3429,15 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int src = inspect_begin(s);
   int64_t qid = 0;
   if (src == SQLITE_OK)
-    src = sqlite3_prepare_v2(s->db, "SELECT id FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
-    if (src == SQLITE_ROW) {
+    if (src == SQLITE_ROW && sqlite3_column_int(st, 1) == MQI_KIND_TOPIC) {
+      rc = mqi_err_set(s, MQ_EINVAL, "%s: \"%s\" is a topic; scan its subscriptions, \"%s/SUB\"",
+                       s->path, queue, queue);
+      src = SQLITE_OK;
+    } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {
@@ -3878,6 +4009,14 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
   if (mqi_store_space_ok(s) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
                        (long long)s->min_free_bytes);
+  /* Size is checked whether or not anyone listens: the answer to a bad
+  ** publish must not depend on which subscriptions exist. */
+  for (size_t i = 0; i < a->n; i++)
+    if ((int64_t)a->items[i].len > t.max_payload)
+      return mqi_op_fail(op, MQ_ETOOBIG,
+                         "%s: entry %zu: payload of %zu bytes is above the topic's max_payload "
+                         "of %lld",
+                         s->path, i, a->items[i].len, (long long)t.max_payload);
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(s->db,
                                "SELECT id, retention_ms, filter FROM mq_queue"
@@ -3927,10 +4066,12 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
     }
-    rc = mqi_put_body(s, op, &t, it, i, matches, &body);
+    rc = mqi_store_next_id(s, op, &body);
+    if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
     for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
       if (!topic_match(subs[k].filter, it->subject)) continue;
-      rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, &id);
+      rc = mqi_store_next_id(s, op, &id);
+      if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
       a->delivered++;
     }
     if (rc == MQ_OK) rc = mqi_put_dedup_store(s, op, &t, it, now, body);

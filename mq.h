@@ -504,6 +504,10 @@ MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
 ** matches one or more remaining levels and '#' zero or more; '>' and '#'
 ** must be the last level.  Any other level matches itself literally.  A NULL
 ** or empty filter matches every message, with or without a subject.
+** A subject is at most MQ_SUBJECT_MAX bytes with no control characters, and
+** none of its levels may be a lone wildcard ("*", "+", ">", "#"); "c++" or
+** "a*b" are plain text.  A malformed subject or filter is MQ_EINVAL.  NULL
+** and "" both mean "no subject".
 */
 /* Create a topic.  opts (may be NULL) gives max_payload, compress_above,
 ** dedup_window_ms and retention_ms for what is published to it; the other

@@ -105,6 +105,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     goto out;
   }
 
+  s->id_state = 0;
   int any_kept = 0;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
@@ -125,7 +126,8 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     commit_exec(s, MQI_ST_ROLLBACK);
     goto out;
   }
-  src = commit_exec(s, MQI_ST_COMMIT);
+  src = mqi_store_save_ids(s);
+  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
   if (src != SQLITE_OK) {
     int code = src & 0xff;
     int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN

@@ -164,13 +164,8 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
 static int get_op(mq_store *s, mqi_op *op) {
   get_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
-  if (q.kind == MQI_KIND_TOPIC)
-    return mqi_op_fail(op, MQ_EINVAL,
-                       "%s: \"%s\" is a topic: get from one of its "
-                       "subscriptions, \"%s/SUB\"",
-                       s->path, a->queue, a->queue);
   int64_t now = mqi_store_now(s);
   if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
@@ -331,8 +326,8 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int src = sqlite3_prepare_v2(
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject"
-      " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
+      " q.kind FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       " LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -346,6 +341,13 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
     while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
       found = 1;
+      if (sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
+        rc = mqi_err_set(s, MQ_EINVAL,
+                         "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
+                         s->path, queue, queue);
+        src = SQLITE_DONE;
+        break;
+      }
       if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
       mq_msg *m = NULL;
       rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
@@ -367,7 +369,9 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
   }
-  if (rc == MQ_ENOMEM) {
+  if (rc == MQ_EINVAL) {
+    /* the message is set */
+  } else if (rc == MQ_ENOMEM) {
     mqi_err_set(s, rc, "out of memory peeking");
   } else if (src != SQLITE_DONE && src != SQLITE_OK) {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,

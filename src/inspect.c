@@ -41,11 +41,15 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int src = inspect_begin(s);
   int64_t qid = 0;
   if (src == SQLITE_OK)
-    src = sqlite3_prepare_v2(s->db, "SELECT id FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
-    if (src == SQLITE_ROW) {
+    if (src == SQLITE_ROW && sqlite3_column_int(st, 1) == MQI_KIND_TOPIC) {
+      rc = mqi_err_set(s, MQ_EINVAL, "%s: \"%s\" is a topic; scan its subscriptions, \"%s/SUB\"",
+                       s->path, queue, queue);
+      src = SQLITE_OK;
+    } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {

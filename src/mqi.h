@@ -155,6 +155,9 @@ enum mqi_stmt_id {
   MQI_ST_DEDUP_GET,
   MQI_ST_DEDUP_PUT,
   MQI_ST_DEDUP_SWEEP,
+  MQI_ST_ID_GET,
+  MQI_ST_ID_MAX,
+  MQI_ST_ID_SET,
   MQI_ST_COUNT
 };
 
@@ -171,7 +174,7 @@ struct mq_store {
   int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
   int readonly;
   int busy_timeout_ms;
-  mq_clock_fn clock;      /* NULL: boot clock + clock_offset */
+  mq_clock_fn clock; /* NULL: boot clock + clock_offset */
   void *clock_ctx;
   int64_t clock_offset;
   mq_log_fn log;
@@ -185,6 +188,8 @@ struct mq_store {
   mqi_op *head, *tail; /* ops waiting for a leader */
   int leading;         /* a thread is running a batch */
   int broken;          /* a commit failed with an I/O error: reconnect first */
+  int64_t next_id;     /* id sequence, valid when id_state != 0 */
+  int id_state;        /* 0 not read in this transaction, 1 read, 2 advanced */
   uint64_t puts_since_sweep;
 };
 
@@ -196,6 +201,10 @@ MQI_API int64_t mqi_store_now(mq_store *s);
 ** commit, the connection's view of the file can no longer be trusted. */
 MQI_API int mqi_store_reconnect(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
+/* Inside an op: a new, never used message or body id. */
+MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
+/* Inside the transaction, before COMMIT: persist the id sequence. */
+MQI_API int mqi_store_save_ids(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */
 MQI_API int mqi_store_space_ok(mq_store *s);
 
@@ -246,6 +255,8 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* The same for calls that need messages: a topic is MQ_EINVAL. */
+MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */
 MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
 /* Inside an op: delete every message of queue qid (releasing payloads);
@@ -276,11 +287,11 @@ MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, con
 /* Inside an op: store the payload once, shared by refs messages; q gives
 ** max_payload and compression. */
 MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
-                         size_t index, int refs, int64_t *body_id);
+                         size_t index, int refs, int64_t body_id);
 /* Inside an op: one message row in q for body_id; retention_ms (0: none)
 ** is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
-                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t *id);
+                        int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 

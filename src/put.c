@@ -108,7 +108,7 @@ int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_p
 }
 
 int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
-                 int refs, int64_t *body_id) {
+                 int refs, int64_t body_id) {
   if ((int64_t)it->len > q->max_payload)
     return mqi_op_fail(op, MQ_ETOOBIG,
                        "%s: entry %zu: payload of %zu bytes is above the "
@@ -141,16 +141,16 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
   if (it->headers) sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
   sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
   if (it->subject) sqlite3_bind_text(st, 7, it->subject, -1, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 8, body_id);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(z);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  *body_id = sqlite3_last_insert_rowid(s->db);
   return MQ_OK;
 }
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
-                const mqi_put_item *it, int64_t now, int64_t *id) {
+                const mqi_put_item *it, int64_t now, int64_t id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
   if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
@@ -165,10 +165,10 @@ int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_m
   sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
+  sqlite3_bind_int64(st, 8, id);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
-  *id = sqlite3_last_insert_rowid(s->db);
   return MQ_OK;
 }
 
@@ -185,11 +185,12 @@ void mqi_put_sweep(mq_store *s, int64_t now) {
 
 static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
                    int64_t now, int64_t *id) {
-  int64_t body_id;
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  if ((rc = mqi_put_body(s, op, q, it, index, 1, &body_id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_msg(s, op, q, 0, body_id, it, now, id)) != MQ_OK) return rc;
+  /* One id names both the message and its body. */
+  if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_body(s, op, q, it, index, 1, *id)) != MQ_OK) return rc;
+  if ((rc = mqi_put_msg(s, op, q, 0, *id, it, now, *id)) != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 

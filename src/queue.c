@@ -49,6 +49,16 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
 }
 
+int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  int rc = mqi_queue_find(s, op, name, q);
+  if (rc == MQ_OK && q->kind == MQI_KIND_TOPIC)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\" is a topic; its messages are in its subscriptions, "
+                       "\"%s/SUB\"",
+                       s->path, name, name);
+  return rc;
+}
+
 /* Run one statement with up to three int64 bindings inside an op. */
 static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a, int64_t b,
                       int64_t c, int64_t *changes) {
@@ -189,6 +199,7 @@ static int queue_purge_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s; drop it with mq_%s_drop", s->path,
                        a->name, q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
                        q.kind == MQI_KIND_TOPIC ? "topic" : "subscription");
+  if (q.kind == MQI_KIND_TOPIC) return mqi_queue_find_holder(s, op, a->name, &q);
   return mqi_queue_clear(s, op, q.id, a->name, a->drop, &a->deleted);
 }
 
@@ -215,11 +226,12 @@ int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int 
     if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "checking dead-letter users");
   }
   /* Bodies first, while the messages still say which bodies are theirs:
-  ** a shared body loses one reference per message, an unshared one goes. */
+  ** a shared body loses one reference per message, an unshared one goes.
+  ** Set-based through the queue's index: no scan of other queues. */
   rc = queue_exec(s, op,
-                  "UPDATE mq_body SET refs = refs - (SELECT count(*) FROM mq_msg m"
-                  " WHERE m.body_id = mq_body.id AND m.queue_id = ?1)"
-                  " WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id = ?1)",
+                  "UPDATE mq_body SET refs = refs - x.n FROM"
+                  " (SELECT body_id, count(*) AS n FROM mq_msg WHERE queue_id = ?1"
+                  "  GROUP BY body_id) AS x WHERE mq_body.id = x.body_id",
                   1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
     rc = queue_exec(s, op,
@@ -322,7 +334,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
   int src = sqlite3_prepare_v2(s->db,
-                               "SELECT q.id,"
+                               "SELECT q.kind,"
                                " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
                                " sum(m.state = 1 AND m.visible_at > ?2),"
                                " sum(m.state = 2 AND m.visible_at > ?2),"
@@ -337,7 +349,12 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
     sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
-  if (src == SQLITE_ROW) {
+  if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
+    rc = mqi_err_set(s, MQ_EINVAL,
+                     "%s: \"%s\" is a topic: see mq_topic_stats_get, or the stats of "
+                     "\"%s/SUB\"",
+                     s->path, name, name);
+  } else if (src == SQLITE_ROW) {
     out->ready = sqlite3_column_int64(st, 1);
     out->inflight = sqlite3_column_int64(st, 2);
     out->delayed = sqlite3_column_int64(st, 3);

@@ -18,7 +18,15 @@
 **             mq_msg_timer, which holds only hidden messages.
 **   mq_dedup  deduplication keys, remembered for the queue's window even
 **             after the message itself is gone.
-**   mq_meta   key/value facts about the store (creation time, ...).
+**   mq_meta   key/value facts about the store: who created it, the clock of
+**             the current boot, and `next_id`, the id sequence.
+**
+** Ids are never reused, even after the newest message is acked (SQLite
+** alone would hand out max(rowid)+1 again): they come from `next_id`, read
+** once per transaction and written back once at its commit, which costs a
+** fraction of AUTOINCREMENT's per-row bookkeeping.  A plain put uses one id
+** for its message and its body; a publish uses one for the body (the
+** publish id) and one per subscription's message.
 **
 ** PRAGMA application_id marks the file as an mq store and PRAGMA
 ** user_version carries the format version.  A file is checked before

@@ -56,7 +56,7 @@ static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_q
 static int settle_ack_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   int last = MQ_OK;
   for (size_t i = 0; i < a->n; i++) {
@@ -132,7 +132,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
 static int settle_nack_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
@@ -192,7 +192,7 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
 static int settle_touch_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
@@ -234,7 +234,7 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
 static int settle_redrive_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
-  int rc = mqi_queue_find(s, op, a->queue, &q);
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   int64_t limit = a->max > 0 ? a->max : INT64_MAX;

@@ -39,14 +39,14 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject)"
-        " VALUES(?1,?2,?3,?4,?5,?6,?7)",
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
+        " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at) VALUES(?1,?2,?3,?4,?5,0,?6,?7)",
+        " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
@@ -81,6 +81,11 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT OR REPLACE INTO mq_dedup(queue_id, key, msg_id, expires_at)"
         " VALUES(?1,?2,?3,?4)",
     [MQI_ST_DEDUP_SWEEP] = "DELETE FROM mq_dedup WHERE expires_at<=?1",
+    [MQI_ST_ID_GET] = "SELECT value FROM mq_meta WHERE key='next_id'",
+    [MQI_ST_ID_MAX] =
+        "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
+        " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
+    [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
 };
 
 const char *mq_libversion(void) { return MQ_VERSION; }
@@ -410,6 +415,41 @@ uint64_t mqi_store_token(mq_store *s) {
   s->rng = x;
   uint64_t t = (x * 0x2545F4914F6CDD1DULL) >> 1; /* fits an SQLite integer */
   return t ? t : 1;
+}
+
+int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
+  if (s->id_state == 0) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_GET);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    int src = sqlite3_step(st);
+    int found = src == SQLITE_ROW;
+    if (found) s->next_id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading ids");
+    if (!found) { /* a new store: start after anything already there */
+      if (!(st = mqi_store_stmt(s, MQI_ST_ID_MAX)))
+        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      src = sqlite3_step(st);
+      s->next_id = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 1;
+      sqlite3_reset(st);
+      if (src != SQLITE_ROW) return mqi_op_sqlite(s, op, src, "reading ids");
+    }
+    if (s->next_id < 1) s->next_id = 1;
+    s->id_state = 1;
+  }
+  *id = s->next_id++;
+  s->id_state = 2;
+  return MQ_OK;
+}
+
+int mqi_store_save_ids(mq_store *s) {
+  if (s->id_state != 2) return SQLITE_OK;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_SET);
+  if (!st) return sqlite3_errcode(s->db);
+  sqlite3_bind_int64(st, 1, s->next_id);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
 int mqi_store_space_ok(mq_store *s) {

@@ -385,6 +385,14 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
   if (mqi_store_space_ok(s) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
                        (long long)s->min_free_bytes);
+  /* Size is checked whether or not anyone listens: the answer to a bad
+  ** publish must not depend on which subscriptions exist. */
+  for (size_t i = 0; i < a->n; i++)
+    if ((int64_t)a->items[i].len > t.max_payload)
+      return mqi_op_fail(op, MQ_ETOOBIG,
+                         "%s: entry %zu: payload of %zu bytes is above the topic's max_payload "
+                         "of %lld",
+                         s->path, i, a->items[i].len, (long long)t.max_payload);
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(s->db,
                                "SELECT id, retention_ms, filter FROM mq_queue"
@@ -434,10 +442,12 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
     }
-    rc = mqi_put_body(s, op, &t, it, i, matches, &body);
+    rc = mqi_store_next_id(s, op, &body);
+    if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
     for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
       if (!topic_match(subs[k].filter, it->subject)) continue;
-      rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, &id);
+      rc = mqi_store_next_id(s, op, &id);
+      if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
       a->delivered++;
     }
     if (rc == MQ_OK) rc = mqi_put_dedup_store(s, op, &t, it, now, body);

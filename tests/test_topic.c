@@ -71,6 +71,13 @@ static void filters(void) {
   }
 }
 
+static int scan_nothing(void *ctx, const mq_msg *m, int state) {
+  (void)ctx;
+  (void)m;
+  (void)state;
+  return 0;
+}
+
 static int get_body(mq_store *s, const char *q, char *buf, size_t cap, char *receipt) {
   mq_msg *m = NULL;
   int rc = mq_get(s, q, NULL, &m);
@@ -136,6 +143,29 @@ static void fan_out_and_filters(void) {
   CHECK_RC(mq_put(s, "events", "x", 1, NULL, NULL), MQ_EINVAL);
   CHECK_RC(mq_put(s, "events/all", "x", 1, NULL, NULL), MQ_EINVAL);
   CHECK_RC(mq_get(s, "events", NULL, &m), MQ_EINVAL);
+  /* A topic holds no messages itself: every call that needs them says so
+  ** instead of answering like an empty queue. */
+  mq_queue_stats qs;
+  mq_msg *pk[2];
+  size_t npk;
+  int64_t moved;
+  CHECK_RC(mq_queue_stats_get(s, "events", &qs), MQ_EINVAL);
+  CHECK_RC(mq_peek(s, "events", 2, pk, &npk), MQ_EINVAL);
+  CHECK_RC(mq_queue_purge(s, "events", NULL), MQ_EINVAL);
+  CHECK_RC(mq_redrive(s, "events", 0, &moved), MQ_EINVAL);
+  CHECK_RC(mq_ack(s, "events", "00000000000000010000000000000001"), MQ_EINVAL);
+  CHECK_RC(mq_queue_scan(s, "events", scan_nothing, NULL, NULL), MQ_EINVAL);
+  CHECK(strstr(mq_errmsg(s), "is a topic") != NULL);
+  /* An oversized publish fails whether or not a subscription matches. */
+  mq_queue_options to;
+  mq_queue_options_init(&to);
+  to.max_payload = 4;
+  CHECK_OK(mq_topic_create(s, "small", &to));
+  CHECK_RC(mq_publish(s, "small", NULL, "12345", 5, NULL, NULL, NULL), MQ_ETOOBIG);
+  CHECK_OK(mq_subscription_create(s, "small", "x", NULL, NULL));
+  CHECK_RC(mq_publish(s, "small", NULL, "12345", 5, NULL, NULL, NULL), MQ_ETOOBIG);
+  CHECK_OK(mq_publish(s, "small", NULL, "1234", 4, NULL, NULL, NULL));
+  CHECK_OK(mq_topic_drop(s, "small"));
   CHECK_RC(mq_queue_create(s, "events", NULL), MQ_EEXIST);
   CHECK_RC(mq_queue_drop(s, "events"), MQ_EINVAL);
   CHECK_RC(mq_subscription_create(s, "events", "all", "other", NULL), MQ_EEXIST);
