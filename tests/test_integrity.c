@@ -1,0 +1,310 @@
+/*
+** test_integrity.c -- payload checksums and compression, checked against
+** the bytes actually in the file.
+**
+** Corruption is reported, never returned as data: a payload whose stored
+** bytes no longer match their CRC32 is dead-lettered with reason "corrupt
+** payload" and the consumer gets the next good message instead; the log
+** callback hears about it.  The damage is done the way a bad disk or a
+** careless `sqlite3 queue.db` session would do it: by rewriting mq_body
+** while the store is closed.  Compression is checked the same way, by the
+** stored length of the payload: above compress_above a compressible payload
+** is stored much smaller, an incompressible one is not stored larger, and
+** both come back byte for byte.
+*/
+#include "testutil.h"
+
+typedef struct log_box {
+  int calls;
+  int serious; /* MQ_LOG_ERROR or MQ_LOG_WARN */
+  char last[512];
+} log_box;
+
+static void log_cb(void *ctx, int level, const char *msg) {
+  log_box *b = (log_box *)ctx;
+  b->calls++;
+  if (level <= MQ_LOG_WARN) b->serious++;
+  snprintf(b->last, sizeof b->last, "%s", msg ? msg : "(null)");
+}
+
+static mq_store *open_logged(const char *path, log_box *box) {
+  mq_store_options o;
+  mq_store *s = NULL;
+  mq_store_options_init(&o);
+  o.sync = MQ_SYNC_NORMAL;
+  o.clock = test_clock;
+  o.min_free_bytes = 0;
+  o.log = log_cb;
+  o.log_ctx = box;
+  int rc = mq_store_open(path, &o, &s);
+  CHECK_OK(rc);
+  if (rc != MQ_OK) {
+    fprintf(stderr, "open(%s): %s\n", path, mq_errmsg(NULL));
+    exit(2);
+  }
+  return s;
+}
+
+/* Flip one byte in the middle of message id's stored payload. */
+static void corrupt_payload(const char *path, int64_t id) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK);
+  CHECK(sqlite3_prepare_v2(db,
+                           "SELECT b.id, b.data FROM mq_body b JOIN mq_msg m "
+                           "ON m.body_id = b.id WHERE m.id = ?",
+                           -1, &st, NULL) == SQLITE_OK);
+  sqlite3_bind_int64(st, 1, id);
+  int64_t body = -1;
+  unsigned char *copy = NULL;
+  int len = 0;
+  if (sqlite3_step(st) == SQLITE_ROW) {
+    body = sqlite3_column_int64(st, 0);
+    len = sqlite3_column_bytes(st, 1);
+    copy = malloc((size_t)len + 1);
+    if (copy && len) memcpy(copy, sqlite3_column_blob(st, 1), (size_t)len);
+  }
+  sqlite3_finalize(st);
+  CHECK(body >= 0 && len > 0 && copy);
+  if (body >= 0 && len > 0 && copy) {
+    copy[len / 2] ^= 0x5a;
+    CHECK(sqlite3_prepare_v2(db, "UPDATE mq_body SET data = ? WHERE id = ?", -1,
+                             &st, NULL) == SQLITE_OK);
+    sqlite3_bind_blob(st, 1, copy, len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, body);
+    CHECK(sqlite3_step(st) == SQLITE_DONE);
+    CHECK(sqlite3_changes(db) == 1);
+    sqlite3_finalize(st);
+  }
+  free(copy);
+  sqlite3_close(db);
+}
+
+static int64_t stored_len(const char *path, int64_t id) {
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "SELECT length(data) FROM mq_body WHERE id = "
+           "(SELECT body_id FROM mq_msg WHERE id = %lld)",
+           (long long)id);
+  return tu_sql_int(path, sql);
+}
+
+/* Every message the library hands out must carry exactly one of the
+** payloads we put: never damaged bytes. */
+static int is_original(const mq_msg *m, const char *const *orig, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (tu_msg_is(m, orig[i])) return 1;
+  return 0;
+}
+
+static void test_corrupt_payload_skipped(void) {
+  const char *p = test_path("crc");
+  log_box box = {0, 0, ""};
+  mq_store *s = open_logged(p, &box);
+  tu_create(s, "q", 1000, 0, NULL);
+  static const char *const orig[] = {"first payload, to be damaged",
+                                     "second payload, good", "third, good"};
+  int64_t bad = tu_put(s, "q", orig[0]);
+  int64_t good = tu_put(s, "q", orig[1]);
+  int64_t good2 = tu_put(s, "q", orig[2]);
+  CHECK_OK(mq_store_close(s));
+  corrupt_payload(p, bad);
+
+  s = open_logged(p, &box);
+  /* Peek must not show the damaged bytes either. */
+  mq_msg *pk[4];
+  size_t n = 0;
+  if (mq_peek(s, "q", 4, pk, &n) == MQ_OK) {
+    for (size_t i = 0; i < n; i++) {
+      CHECK(is_original(pk[i], orig, 3));
+      mq_msg_free(pk[i]);
+    }
+  }
+
+  int serious_before = box.serious;
+  mq_msg *m = tu_get(s, "q");
+  CHECK(m && mq_msg_id(m) == good && tu_msg_is(m, orig[1]));
+  CHECK(box.serious > serious_before); /* the log callback reported it */
+  if (box.serious <= serious_before) fprintf(stderr, "  no ERROR/WARN log\n");
+  if (m) CHECK_OK(mq_ack(s, "q", mq_msg_receipt(m)));
+  mq_msg_free(m);
+  m = tu_get(s, "q");
+  CHECK(m && mq_msg_id(m) == good2 && tu_msg_is(m, orig[2]));
+  if (m) CHECK_OK(mq_ack(s, "q", mq_msg_receipt(m)));
+  mq_msg_free(m);
+
+  /* It is dead (no dlq here), never delivered, and says why. */
+  test_now_ms += 100000;
+  CHECK(tu_get(s, "q") == NULL);
+  CHECK_STATS(s, "q", 0, 0, 0, 1, 1);
+  CHECK_OK(mq_store_close(s));
+  char reason[64];
+  char sql[96];
+  snprintf(sql, sizeof sql, "SELECT reason FROM mq_msg WHERE id = %lld", (long long)bad);
+  tu_sql_text(p, sql, reason, sizeof reason);
+  CHECK(strcmp(reason, "corrupt payload") == 0);
+  if (strcmp(reason, "corrupt payload")) fprintf(stderr, "  reason \"%s\"\n", reason);
+  test_unlink_store(p);
+}
+
+static void test_corrupt_crc_to_dlq(void) {
+  /* Damage the checksum instead of the data: the pair no longer agrees,
+  ** which is all the reader can know. */
+  const char *p = test_path("crc2");
+  log_box box = {0, 0, ""};
+  mq_store *s = open_logged(p, &box);
+  tu_create(s, "dlq", 0, 0, NULL);
+  tu_create(s, "q", 1000, 5, "dlq");
+  static const char *const orig[] = {"checksum will lie", "fine"};
+  int64_t bad = tu_put(s, "q", orig[0]);
+  int64_t good = tu_put(s, "q", orig[1]);
+  CHECK_OK(mq_store_close(s));
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "UPDATE mq_body SET crc = crc + 1 WHERE id = "
+           "(SELECT body_id FROM mq_msg WHERE id = %lld)",
+           (long long)bad);
+  CHECK(tu_sql_exec(p, sql) == SQLITE_OK);
+
+  s = open_logged(p, &box);
+  mq_msg *m = tu_get(s, "q");
+  CHECK(m && mq_msg_id(m) == good && tu_msg_is(m, orig[1]));
+  mq_msg_free(m);
+  CHECK_STATS(s, "q", 0, 1, 0, 0, 1);
+  CHECK_STATS(s, "dlq", 1, 0, 0, 0, 1);
+  /* Whatever the dlq does with it, the damaged payload never comes out. */
+  for (int k = 0; k < 3; k++) {
+    m = tu_get(s, "dlq");
+    CHECK(m == NULL || is_original(m, orig, 2));
+    if (m) {
+      CHECK(mq_msg_reason(m) && strcmp(mq_msg_reason(m), "corrupt payload") == 0);
+      mq_msg_free(m);
+    }
+  }
+  CHECK_OK(mq_store_close(s));
+  test_unlink_store(p);
+}
+
+static void fill_text(char *buf, size_t len, unsigned seed) {
+  size_t off = 0;
+  unsigned line = 0;
+  while (off < len) {
+    char tmp[128];
+    int k = snprintf(tmp, sizeof tmp, "%u line %06u: the quick brown fox jumps over the lazy dog\n",
+                     seed, line++);
+    size_t take = (size_t)k < len - off ? (size_t)k : len - off;
+    memcpy(buf + off, tmp, take);
+    off += take;
+  }
+}
+
+static void fill_random(char *buf, size_t len, uint64_t seed) {
+  for (size_t i = 0; i < len; i++) buf[i] = (char)(tu_rand(&seed) >> 24);
+}
+
+static int64_t file_size(const char *path) {
+  struct stat sb;
+  return stat(path, &sb) == 0 ? (int64_t)sb.st_size : -1;
+}
+
+#define BIG ((size_t)100 * 1024)
+
+static void test_compression(void) {
+  const char *p = test_path("zlib");
+  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  qo.compress_above = 100;
+  CHECK_OK(mq_queue_create(s, "z", &qo));
+  CHECK_OK(mq_queue_create(s, "plain", NULL)); /* default: never compress */
+
+  char *text[10], *noise = malloc(BIG), *small = malloc(100);
+  int64_t tid[10], nid = -1, sid = -1, pid = -1;
+  for (int i = 0; i < 10; i++) {
+    text[i] = malloc(BIG);
+    fill_text(text[i], BIG, (unsigned)i);
+    CHECK_OK(mq_put(s, "z", text[i], BIG, NULL, &tid[i]));
+  }
+  fill_random(noise, BIG, 12345);
+  memset(small, 'a', 100); /* compressible, but not above the threshold */
+  CHECK_OK(mq_put(s, "z", noise, BIG, NULL, &nid));
+  CHECK_OK(mq_put(s, "z", small, 100, NULL, &sid));
+  CHECK_OK(mq_put(s, "plain", text[0], BIG, NULL, &pid));
+  mq_queue_stats st = tu_stats(s, "z");
+  CHECK(st.bytes == (int64_t)(11 * BIG + 100)); /* sizes as given, not stored */
+  CHECK_OK(mq_store_close(s));
+
+  for (int i = 0; i < 10; i++) {
+    int64_t len = stored_len(p, tid[i]);
+    CHECK(len > 0 && len < (int64_t)(BIG / 10));
+    if (i == 0) fprintf(stderr, "  100 KiB of text stored in %lld bytes\n", (long long)len);
+  }
+  int64_t nlen = stored_len(p, nid);
+  CHECK(nlen > 0 && nlen <= (int64_t)BIG);
+  CHECK(stored_len(p, sid) == 100);
+  CHECK(stored_len(p, pid) == (int64_t)BIG);
+  /* The whole file holds 1.1 MB of text in well under that. */
+  int64_t fsize = file_size(p);
+  fprintf(stderr, "  file size %lld bytes\n", (long long)fsize);
+  CHECK(fsize > 0 && fsize < (int64_t)(6 * BIG));
+
+  s = test_open(p, MQ_SYNC_NORMAL);
+  for (int i = 0; i < 10; i++) {
+    mq_msg *m = tu_get(s, "z");
+    CHECK(m && mq_msg_id(m) == tid[i]);
+    CHECK(m && mq_msg_size(m) == BIG && memcmp(mq_msg_data(m), text[i], BIG) == 0);
+    if (m) CHECK_OK(mq_ack(s, "z", mq_msg_receipt(m)));
+    mq_msg_free(m);
+  }
+  mq_msg *m = tu_get(s, "z");
+  CHECK(m && mq_msg_id(m) == nid);
+  CHECK(m && mq_msg_size(m) == BIG && memcmp(mq_msg_data(m), noise, BIG) == 0);
+  mq_msg_free(m);
+  m = tu_get(s, "z");
+  CHECK(m && mq_msg_id(m) == sid && mq_msg_size(m) == 100 &&
+        memcmp(mq_msg_data(m), small, 100) == 0);
+  mq_msg_free(m);
+  m = tu_get(s, "plain");
+  CHECK(m && mq_msg_size(m) == BIG && memcmp(mq_msg_data(m), text[0], BIG) == 0);
+  mq_msg_free(m);
+  CHECK_OK(mq_store_close(s));
+  for (int i = 0; i < 10; i++) free(text[i]);
+  free(noise);
+  free(small);
+  test_unlink_store(p);
+}
+
+static void test_corrupt_compressed(void) {
+  const char *p = test_path("zcrc");
+  log_box box = {0, 0, ""};
+  mq_store *s = open_logged(p, &box);
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  qo.compress_above = 100;
+  CHECK_OK(mq_queue_create(s, "z", &qo));
+  char *text = malloc(BIG);
+  fill_text(text, BIG, 7);
+  int64_t bad = -1;
+  CHECK_OK(mq_put(s, "z", text, BIG, NULL, &bad));
+  int64_t good = tu_put(s, "z", "after");
+  CHECK_OK(mq_store_close(s));
+  CHECK(stored_len(p, bad) < (int64_t)BIG); /* really compressed */
+  corrupt_payload(p, bad);
+
+  s = open_logged(p, &box);
+  mq_msg *m = tu_get(s, "z");
+  CHECK(m && mq_msg_id(m) == good && tu_msg_is(m, "after"));
+  mq_msg_free(m);
+  CHECK_STATS(s, "z", 0, 1, 0, 1, 2);
+  CHECK_OK(mq_store_close(s));
+  free(text);
+  test_unlink_store(p);
+}
+
+int main(void) {
+  TEST(test_corrupt_payload_skipped);
+  TEST(test_corrupt_crc_to_dlq);
+  TEST(test_compression);
+  TEST(test_corrupt_compressed);
+  return test_done();
+}
