@@ -10,9 +10,11 @@
 # the file's checksum compared before and after).  JSON output is parsed
 # back with sed/grep only; payloads are compared byte for byte with cmp.
 #
-# Time is never waited for: the tool reads MQ_CLI_CLOCK_OFFSET_MS and adds
-# it to its store clock, so leases, delays and TTLs are expired by moving
-# that offset.  Every command runs under `timeout`, so the script is
+# Time is never waited for: with MQ_CLI_CLOCK_OFFSET_MS set, the tool runs
+# on the wall clock plus that offset instead of the store clock, so leases,
+# delays and TTLs are expired by moving the offset.  (Without it the tool
+# uses the store clock, which on a file created in this boot starts at the
+# wall clock: the two agree to within the test's margins.)  Every command runs under `timeout`, so the script is
 # bounded.  Files live in a temporary directory under $MQ_TEST_TMPDIR (or
 # from mktemp), removed at the end.  Prints "N passed, N failed" last and
 # exits non-zero on any failure.
@@ -95,6 +97,32 @@ r "$DB" get --help
 status "mq FILE get --help" 0
 has "mq FILE get --help" out '--visibility MS'
 [ ! -e "$DB" ] && ok || no "--help created the file"
+for c in create put get peek ack nack touch stats ls purge drop redrive check export import \
+  topic publish subscribe unsubscribe bench; do
+  r "$c" --help
+  status "mq $c --help" 0
+  has "mq $c --help has its usage" out "^usage: mq FILE $c( |\$)"
+  r --help
+  has "mq --help lists $c" out "^  $c( |\$)"
+done
+r --help
+for form in 'topic create TOPIC \[--max-payload BYTES\]' 'topic drop TOPIC$' 'topic ls$' \
+  'topic stats TOPIC$' 'publish TOPIC \[DATA\] \[--subject S\]' 'subscribe TOPIC SUB \[--filter F\]' \
+  'unsubscribe TOPIC SUB$' 'import \[QUEUE\]'; do
+  has "mq --help: $form" out "^  $form"
+done
+r topic --help
+has "mq topic --help: every form" out '^       mq FILE topic stats TOPIC$'
+has "mq topic --help: the options" out '--compress-above BYTES'
+r topic create --help
+has "mq topic create --help is topic's help" out '^usage: mq FILE topic create TOPIC'
+r "$DB" topic ls --help
+has "mq FILE topic ls --help" out '^usage: mq FILE topic create'
+r publish --help
+has "mq publish --help: --subject" out '--subject S'
+r subscribe --help
+has "mq subscribe --help: --filter" out '--filter F'
+[ ! -e "$DB" ] && ok || no "--help created the file"
 r
 status "no arguments" 2
 r "$DB" frobnicate
@@ -145,9 +173,22 @@ r "$DB" create bad --visibility 10x
 failed "create with a bad duration" 2 'duration'
 r "$DB" ls
 status "ls" 0
-is "ls lists sorted names" "$(tr '\n' ' ' <out)" "bin dlq q w "
+is "ls lists sorted names" "$(awk '{print $1}' out | tr '\n' ' ')" "bin dlq q w "
+has "ls shows the kind and options" out '^w +queue +visibility=1s max_receives=2 dlq=dlq retention=0 max_payload=1M compress_above=0 dedup_window=5m$'
+has "ls shows sizes as typed" out '^bin +queue +visibility=30s max_receives=0 retention=0 max_payload=64K compress_above=100 dedup_window=5m$'
 r --json "$DB" ls
 is "ls --json" "$(j queue | tr '\n' ' ')" "bin dlq q w "
+has "ls --json options" out '^\{"queue":"w","kind":"queue","visibility_ms":1000,"max_receives":2,"dlq":"dlq","retention_ms":0,"max_payload":1048576,"compress_above":0,"dedup_window_ms":300000\}$'
+has "ls --json: no dlq is null" out '^\{"queue":"bin","kind":"queue",.*"dlq":null,.*"max_payload":65536,"compress_above":100,'
+r --json "$DB" stats w
+has "stats --json QUEUE has the options" out '"total":0,.*"kind":"queue","visibility_ms":1000,"max_receives":2,"dlq":"dlq",'
+r "$DB" stats w
+has "stats QUEUE shows the kind" out '^kind: queue$'
+has "stats QUEUE shows the options" out '^options: visibility=1s max_receives=2 dlq=dlq retention=0 '
+r "$DB" create opts --visibility 1500 --retention 2h --dedup-window 90s --max-payload 3000
+r "$DB" ls
+has "ls durations and sizes that are not round" out '^opts +queue +visibility=1500 max_receives=0 retention=2h max_payload=3000 compress_above=0 dedup_window=90s$'
+r "$DB" drop opts
 
 # ---- put and get ---------------------------------------------------------------------
 r "$DB" put q hello
@@ -159,7 +200,7 @@ failed "put to an unknown queue" 4 'no queue named "nosuch"'
 r "$DB" put q2 x --create
 status "put --create" 0
 r "$DB" ls
-has "put --create made the queue" out '^q2$'
+has "put --create made the queue" out '^q2 +queue '
 r --json "$DB" get q
 status "get" 0
 is "get --json id" "$(j id)" "$id1"
@@ -378,7 +419,9 @@ is "the leased one is the priority one" "$(j body)" "first"
 at 2000 "$DB" export x
 status "export" 0
 cp out x1.jsonl
-is "export skips the expired message" "$(wc -l <x1.jsonl | tr -d ' ')" 4
+is "export skips the expired message (header + 4)" "$(wc -l <x1.jsonl | tr -d ' ')" 5
+is "export starts with the header" "$(head -n 1 x1.jsonl)" \
+  '{"queue":"x","options":{"visibility_ms":30000,"max_receives":0,"dlq":null,"retention_ms":0,"max_payload":1048576,"compress_above":0,"dedup_window_ms":300000}}'
 has "export state inflight" x1.jsonl '"state":"inflight".*"body":"first"'
 has "export state delayed with what remains" x1.jsonl '"state":"delayed".*"delay_ms":[0-9]+,"expires_at":[0-9]+,"ttl_ms":[0-9]+'
 has "export binary as base64" x1.jsonl '"headers":\{"kind":"binary"\},"body_base64":"AAEC'
@@ -445,6 +488,331 @@ ri bad.jsonl "$W/never.db" import x
 status "bad import into a missing file" 2
 [ ! -e "$W/never.db" ] && ok || no "a bad import created the file"
 
+# ---- export header: queue options travel with the messages ---------------------------------------
+r "$DB" create cfg.dead
+r "$DB" create cfg --visibility 5s --max-receives 3 --dlq cfg.dead --retention 1h --max-payload 100 \
+  --compress-above 50 --dedup-window 1m
+r "$DB" put cfg hello
+r "$DB" put cfg 'a second one'
+r "$DB" export cfg
+cp out cfg.jsonl
+is "the header carries every option" "$(head -n 1 cfg.jsonl)" \
+  '{"queue":"cfg","options":{"visibility_ms":5000,"max_receives":3,"dlq":"cfg.dead","retention_ms":3600000,"max_payload":100,"compress_above":50,"dedup_window_ms":60000}}'
+DB4=$W/cfg.db
+ri cfg.jsonl "$DB4" import
+failed "import: the header's dlq is missing" 2 'dead-letter queue "cfg.dead", which does not exist'
+[ ! -e "$DB4" ] && ok || no "an import refused for its dlq created the file"
+r "$DB4" create keep
+snapshot "$DB4" before.snap
+ri cfg.jsonl "$DB4" import other
+failed "import: the header's dlq is missing (existing file)" 2 'dead-letter queue "cfg.dead"'
+unchanged "import refused for its dlq" "$DB4" before.snap
+ri cfg.jsonl --json "$DB4" import --dlq ''
+status "import --dlq '' drops the header's dlq" 0
+is "import without QUEUE uses the header's name" "$(j queue)" "cfg"
+has "import --json says it created the queue" out '"created":true'
+r --json "$DB4" ls
+has "the created queue has the header's options, without the dlq" out \
+  '^\{"queue":"cfg","kind":"queue","visibility_ms":5000,"max_receives":3,"dlq":null,"retention_ms":3600000,"max_payload":100,"compress_above":50,"dedup_window_ms":60000\}$'
+rm -f "$DB4"
+r "$DB4" create cfg.dead
+ri cfg.jsonl "$DB4" import
+status "import with the dlq present" 0
+r --json "$DB4" ls
+has "the dlq is kept when it exists" out '^\{"queue":"cfg","kind":"queue",.*"dlq":"cfg.dead"'
+r "$DB4" export cfg
+is "export -> import -> export keeps the header" "$(head -n 1 out)" "$(head -n 1 cfg.jsonl)"
+ri cfg.jsonl "$DB4" import renamed --visibility 9s --max-payload 50
+status "import into a new name with options" 0
+r --json "$DB4" ls
+has "command-line options replace the header's, the rest is kept" out \
+  '^\{"queue":"renamed","kind":"queue","visibility_ms":9000,"max_receives":3,"dlq":"cfg.dead","retention_ms":3600000,"max_payload":50,"compress_above":50,'
+# An existing queue keeps its own options.
+r "$DB4" create plain
+ri cfg.jsonl --json "$DB4" import plain
+status "import into an existing queue" 0
+has "import --json: not created" out '"created":false'
+r --json "$DB4" ls
+has "an existing queue's options do not change" out \
+  '^\{"queue":"plain","kind":"queue","visibility_ms":30000,"max_receives":0,"dlq":null,"retention_ms":0,"max_payload":1048576,'
+is "and it got the messages" "$(stat1 "$DB4" plain total)" 2
+snapshot "$DB4" before.snap
+ri cfg.jsonl "$DB4" import plain --visibility 7s
+failed "import: options given that an existing queue does not have" 2 'exists with other options'
+unchanged "import with disagreeing options" "$DB4" before.snap
+ri cfg.jsonl "$DB4" import plain --visibility 30s
+status "import: options given that an existing queue has" 0
+
+# Payload sizes are checked against the target before anything is written.
+r "$DB4" create tiny --max-payload 6
+snapshot "$DB4" before.snap
+ri cfg.jsonl "$DB4" import tiny --batch 1
+failed "import: a payload over the target's max_payload" 2 'line 3: the payload of 12 bytes is over the max payload of 6 bytes'
+unchanged "import with a too-large payload (the first batch fits)" "$DB4" before.snap
+is "nothing imported into tiny" "$(stat1 "$DB4" tiny total)" 0
+{ printf '%s\n' '{"queue":"small","options":{"max_payload":4}}'; tail -n 2 cfg.jsonl; } >small.jsonl
+ri small.jsonl "$W/small.db" import
+failed "import: a payload over the header's max_payload" 2 'over the max payload of 4 bytes'
+[ ! -e "$W/small.db" ] && ok || no "an import refused for its sizes created the file"
+{ printf '%s\n' '{"queue":"deadbig","options":{"max_payload":3}}' '{"state":"dead","body":"toolarge"}' '{"body":"ok"}'; } >dead.jsonl
+ri dead.jsonl "$DB4" import --skip-dead
+status "import --skip-dead does not check the payloads it leaves out" 0
+
+# Bad headers import nothing.
+snapshot "$DB4" before.snap
+bad_header() { # DESC LINES... ; the last argument is the expected message
+  local desc=$1 re=${*: -1}
+  shift
+  printf '%s\n' "${@:1:$#-1}" >badh.jsonl
+  ri badh.jsonl "$DB4" import
+  status "import: $desc" 2
+  has "import: $desc (message)" err "^mq: .*$re"
+  unchanged "import: $desc" "$DB4" before.snap
+}
+bad_header "unknown header field" '{"queue":"h","kind":"queue"}' '{"body":"x"}' 'unknown field "kind"'
+bad_header "unknown option" '{"queue":"h","options":{"visibilty_ms":1}}' 'unknown field "visibilty_ms"'
+bad_header "option out of range" '{"queue":"h","options":{"max_payload":0}}' 'max_payload must be'
+bad_header "negative option" '{"queue":"h","options":{"visibility_ms":-1}}' 'visibility_ms must be'
+bad_header "option of the wrong type" '{"queue":"h","options":{"dlq":5}}' 'expected a string'
+bad_header "repeated option" '{"queue":"h","options":{"retention_ms":1,"retention_ms":2}}' 'twice'
+bad_header "trailing text" '{"queue":"h"} x' 'after the object'
+bad_header "a header not first" '{"body":"x"}' '{"queue":"h"}' 'line 2: an export header can only be the first line'
+bad_header "two exports concatenated" '{"queue":"h"}' '{"body":"x"}' '{"queue":"h"}' 'line 3: an export header'
+printf '%s\n' '{"body":"x"}' >nohdr.jsonl
+ri nohdr.jsonl "$DB4" import
+failed "import without QUEUE or header" 2 'no export header'
+unchanged "import without QUEUE or header" "$DB4" before.snap
+
+# ---- topics and subscriptions ------------------------------------------------------------------
+T=$W/topics.db
+r "$T" topic
+failed "topic without a subcommand" 2 'subcommand'
+r "$T" topic frob
+failed "unknown topic subcommand" 2 'unknown topic subcommand "frob"'
+r "$T" topic create news --visibility 5s
+failed "topic create takes no --visibility" 2 'topic create has no option --visibility'
+r "$T" subscribe news all
+failed "subscribe on a missing file" 7 'does not exist'
+r "$T" publish news x
+failed "publish on a missing file" 7 'does not exist'
+[ ! -e "$T" ] && ok || no "topic usage errors created the file"
+r "$T" topic create news
+status "topic create (creates the file)" 0
+r "$T" topic create news
+status "topic create again with the same options" 0
+r "$T" topic create news --max-payload 10
+failed "topic create with other options" 2 'exists'
+r "$T" create jobs
+r "$T" create jobs.dead
+r "$T" topic create jobs
+failed "topic create on a queue's name" 2 'exists as a queue'
+r "$T" create news
+failed "create a queue on a topic's name" 2 'exists as a topic'
+r "$T" topic create alerts --max-payload 1K --compress-above 100 --retention 1h --dedup-window 2m
+status "topic create with options" 0
+r "$T" subscribe news all
+status "subscribe" 0
+r "$T" subscribe news kitchen --filter 'sensors.kitchen.>'
+status "subscribe --filter" 0
+r "$T" subscribe news temps --filter 'sensors/*/temp' --visibility 1s --max-receives 2 --dlq jobs.dead
+status "subscribe with queue options" 0
+r "$T" subscribe news all
+status "subscribe again with the same filter" 0
+snapshot "$T" before.snap
+r "$T" subscribe news all --filter 'a.b'
+failed "subscribe again with another filter" 2 'exists with another filter'
+for f in 'a.>.b' 'a.b*' '#.x' "$(printf 'a.\001')"; do
+  r "$T" subscribe news bad --filter "$f"
+  failed "a malformed filter [$f]" 2 'filter .* is malformed'
+done
+r "$T" subscribe nosuch s
+failed "subscribe to an unknown topic" 4 'no topic named "nosuch"'
+r "$T" subscribe jobs s
+failed "subscribe to a queue" 2 '"jobs" is a queue, not a topic'
+r "$T" subscribe news s --dlq nosuch
+failed "subscribe with a missing dlq" 2 'dead-letter queue "nosuch"'
+r "$T" subscribe news s --dlq alerts
+failed "subscribe with a topic as dlq" 2 'dead-letter queue "alerts" is not a queue'
+r "$T" subscribe news
+failed "subscribe without SUB" 2 'missing SUB'
+unchanged "refused subscriptions" "$T" before.snap
+
+r "$T" topic ls
+status "topic ls" 0
+has "topic ls header" out '^topic +subscriptions$'
+has "topic ls counts subscriptions" out '^news +3$'
+has "topic ls: a topic without subscriptions" out '^alerts +0$'
+r --json "$T" topic ls
+is "topic ls --json" "$(tr '\n' ' ' <out)" '{"topic":"alerts","subscriptions":0} {"topic":"news","subscriptions":3} '
+r "$T" ls
+is "ls: queues, then each topic and its subscriptions" "$(awk '{print $1 "/" $2}' out | tr '\n' ' ')" \
+  "jobs/queue jobs.dead/queue alerts/topic news/topic news/all/subscription news/kitchen/subscription news/temps/subscription "
+has "ls: a topic's options" out '^alerts +topic +subscriptions=0 retention=1h max_payload=1K compress_above=100 dedup_window=2m$'
+has "ls: a subscription's filter and options" out '^news/temps +subscription +filter=sensors/\*/temp visibility=1s max_receives=2 dlq=jobs.dead '
+r --json "$T" ls
+has "ls --json: topic" out '^\{"queue":"news","kind":"topic","retention_ms":0,"max_payload":1048576,"compress_above":0,"dedup_window_ms":300000,"subscriptions":3\}$'
+has "ls --json: subscription" out '^\{"queue":"news/kitchen","kind":"subscription","visibility_ms":30000,.*"filter":"sensors.kitchen.>"\}$'
+has "ls --json: subscription without a filter" out '^\{"queue":"news/all",.*"filter":""\}$'
+
+# publish
+r "$T" publish news 'kitchen temp' --subject sensors.kitchen.temp
+status "publish" 0
+[[ $(cat out) =~ ^[0-9]+\ delivered\ 3$ ]] && ok || no "publish prints the id and 3 subscriptions: [$(cat out)]"
+r --json "$T" publish news 'hall humidity' --subject sensors.hall.humidity --priority 4 --header h=1
+status "publish --json" 0
+is "publish --json delivered" "$(j delivered)" 1
+pid=$(j id)
+r --json "$T" publish news 'no subject'
+is "no subject: only the unfiltered subscription" "$(j delivered)" 1
+r --json "$T" publish news 'slash temp' --subject sensors/hall/temp
+is "'/' and '.' are the same separator" "$(j delivered)" 2
+r --json "$T" publish news dup --subject sensors.hall.humidity --dedup d1
+dupid=$(j id)
+r --json "$T" publish news dup2 --subject sensors.hall.humidity --dedup d1
+is "publish --dedup: the first id" "$(j id)" "$dupid"
+is "publish --dedup: delivered nowhere again" "$(j delivered)" 0
+printf 'l1\nl2\n' >plines.in
+ri plines.in --json "$T" publish news --lines --subject sensors.kitchen.light
+status "publish --lines" 0
+is "publish --lines: one line each" "$(j delivered | tr '\n' ' ')" "2 2 "
+is "stats of a subscription" "$(stat1 "$T" news/all total)" 7
+is "the filter kept the rest out" "$(stat1 "$T" news/kitchen total)" 3
+is "a wildcard filter" "$(stat1 "$T" news/temps total)" 2
+r --json "$T" topic stats news
+status "topic stats" 0
+has "topic stats: the topic's counts (payloads stored once)" out '^\{"topic":"news","subscriptions":3,"messages":12,"payloads":7,"bytes":'
+has "topic stats: each subscription" out '^\{"queue":"news/kitchen","ready":3,.*"kind":"subscription",'
+is "topic stats: 1 + 3 lines" "$(wc -l <out | tr -d ' ')" 4
+r "$T" topic stats news
+has "topic stats (human)" out '^topic news: subscriptions 3, messages 12, payloads 7, bytes [0-9]+$'
+has "topic stats table" out '^news/temps +2 +0 +0 +0 +2 +[0-9]+ +[0-9]+$'
+r "$T" topic stats nosuch
+failed "topic stats of an unknown topic" 4 'no topic named'
+r "$T" subscribe alerts fire --filter 'fire.>'
+snapshot "$T" before.snap
+r "$T" publish alerts 'water' --subject water.leak
+status "publish that matches nothing" 0
+is "publish that matches nothing prints id 0" "$(cat out)" "0 delivered 0"
+unchanged "a publish nobody receives stores nothing" "$T" before.snap
+
+# Bad publishes and puts change nothing.
+snapshot "$T" before.snap
+for sj in 'a.*.b' 'a.>' '#' "$(printf 'a\001b')"; do
+  r "$T" publish news x --subject "$sj"
+  failed "a malformed subject [$sj]" 2 'subject .* is malformed'
+done
+r "$T" publish nosuch x
+failed "publish to an unknown topic" 4 'no topic named "nosuch"'
+r "$T" publish jobs x
+failed "publish to a queue" 2 '"jobs" is a queue, not a topic'
+r "$T" publish news/all x
+failed "publish to a subscription" 2 '"news/all" is a subscription: publish to its topic "news"'
+r "$T" put news x
+failed "put to a topic" 2 '"news" is a topic: send to it with mq FILE publish news'
+r "$T" put news x --create
+failed "put --create to a topic" 2 'is a topic'
+ri plines.in "$T" put news --lines
+failed "put --lines to a topic" 2 'is a topic'
+r "$T" put news/all x
+failed "put to a subscription" 2 'is a subscription: publish to its topic'
+r "$T" publish alerts "$(head -c 1100 /dev/zero | tr '\0' x)" --subject fire.x
+failed "publish over the topic's max_payload" 2 'max_payload of 1024'
+unchanged "refused publishes and puts" "$T" before.snap
+
+# A subscription is a queue: get, peek, ack, nack, touch, purge, redrive, export.
+r --json "$T" peek news/all --count 10
+status "peek a subscription" 0
+has "peek --json shows the subject" out '"priority":4,"subject":"sensors.hall.humidity",.*"headers":\{"h":"1"\},"body":"hall humidity"'
+hasnt "no subject member without a subject" out '"subject":[^,]*,[^}]*"body":"no subject"'
+r --json "$T" get news/kitchen
+status "get from a subscription" 0
+is "get --json subject" "$(j subject)" "sensors.kitchen.temp"
+is "get --json body" "$(j body)" "kitchen temp"
+kr=$(j receipt)
+is "leased in the subscription" "$(stat1 "$T" news/kitchen inflight)" 1
+is "other subscriptions untouched" "$(stat1 "$T" news/all inflight)" 0
+r "$T" ack news/kitchen "$kr"
+status "ack in a subscription" 0
+r "$T" ack news/kitchen "$kr"
+failed "a second ack in a subscription is stale" 5 'not leased'
+r "$T" get news/kitchen
+has "human get shows the subject" out '^subject: sensors.kitchen.light$'
+kr=$(sed -n 's/^receipt: //p' out)
+r "$T" touch news/kitchen "$kr" --visibility 1h
+status "touch in a subscription" 0
+r "$T" nack news/kitchen "$kr" --reason later
+status "nack in a subscription" 0
+r --json "$T" get news/kitchen --count 5 --ack
+is "get --ack from a subscription" "$(wc -l <out | tr -d ' ')" 2
+is "the subscription is empty" "$(stat1 "$T" news/kitchen total)" 0
+is "its messages are still in the others" "$(stat1 "$T" news/all total)" 7
+# Dead letters of a subscription (max-receives 2, dlq jobs.dead) and redrive.
+r "$T" get news/temps --count 5
+at 2000 "$T" get news/temps --count 5
+status "second delivery from a subscription" 0
+at 4000 "$T" get news/temps
+status "no third delivery from a subscription" 3
+is "dead-lettered to the subscription's dlq" "$(stat1 "$T" jobs.dead ready)" 2
+r --json "$T" redrive jobs.dead
+is "redrive back to the subscription" "$(j moved)" 2
+is "back in the subscription" "$(MQ_CLI_CLOCK_OFFSET_MS=4000 "$MQ" --json "$T" stats news/temps |
+  sed -n 's/.*"ready":\([0-9]*\).*/\1/p')" 2
+r "$T" redrive news/temps
+status "redrive a subscription" 0
+r "$T" export news/all
+status "export a subscription" 0
+cp out sub.jsonl
+is "export a subscription: header + 7" "$(wc -l <sub.jsonl | tr -d ' ')" 8
+has "export header of a subscription" sub.jsonl '^\{"queue":"news/all","options":\{"visibility_ms":30000,'
+has "export keeps the subject" sub.jsonl '"subject":"sensors.kitchen.temp".*"body":"kitchen temp"'
+ri sub.jsonl "$T" import
+failed "import into a subscription" 2 '"news/all" is a subscription: import writes to queues only'
+ri sub.jsonl "$T" import fromsub
+status "import a subscription's export into a queue" 0
+is "imported all" "$(cat out)" "imported 7"
+r --json "$T" purge news/all
+status "purge a subscription" 0
+is "purge a subscription: count" "$(j purged)" 7
+is "the payloads shared with others stay" "$(stat1 "$T" news/temps total)" 2
+
+# A topic's name where a queue is meant: a clear message, nothing changed.
+snapshot "$T" before.snap
+for cmd in "get news" "peek news" "stats news" "purge news" "redrive news" "export news" \
+  "ack news 0000000000000001000000000000000a" "nack news 0000000000000001000000000000000a" \
+  "touch news 0000000000000001000000000000000a --visibility 1s"; do
+  # shellcheck disable=SC2086
+  r "$T" $cmd
+  failed "$cmd on a topic" 2 '"news" is a topic'
+done
+r "$T" drop news
+failed "drop a topic" 2 'is a topic: drop it with mq FILE topic drop news'
+r "$T" drop news/all
+failed "drop a subscription" 2 'is a subscription: drop it with mq FILE unsubscribe news all'
+r "$T" topic drop jobs
+failed "topic drop of a queue" 2 '"jobs" is a queue, not a topic'
+r "$T" topic drop nosuch
+failed "topic drop of an unknown topic" 4 'no topic named'
+r "$T" unsubscribe news nosuch
+failed "unsubscribe an unknown subscription" 4 'has no subscription "nosuch"'
+r "$T" unsubscribe nosuch all
+failed "unsubscribe from an unknown topic" 4 'no topic named'
+unchanged "topic names where queues are meant" "$T" before.snap
+
+r "$T" unsubscribe news kitchen
+status "unsubscribe" 0
+r "$T" get news/kitchen
+failed "get from a dropped subscription" 4 'no queue named "news/kitchen"'
+r --json "$T" publish news x --subject sensors.kitchen.temp
+is "a dropped subscription receives nothing" "$(j delivered)" 2
+r "$T" topic drop news
+status "topic drop" 0
+r "$T" topic ls
+hasnt "a dropped topic is gone" out '^news '
+r "$T" ls
+hasnt "its subscriptions are gone" out '^news'
+r "$T" check
+status "the store is sound after all that" 0
+
 # ---- damaged, foreign and unopenable files ------------------------------------------------------
 head -c 4096 /dev/urandom >garbage.db
 sum0=$(cksum <garbage.db)
@@ -499,8 +867,33 @@ if command -v sqlite3 >/dev/null 2>&1; then
   has "check --json problem line" out '^\{"problem":"queue \\"q\\": message [0-9]+: payload fails'
   r "$DB3" export q
   status "export of a damaged queue" 6
-  is "export writes the intact message" "$(wc -l <out | tr -d ' ')" 1
+  is "export writes the header and the intact message" "$(wc -l <out | tr -d ' ')" 2
   has "export says what it left out" err 'damaged payload'
+
+  # The tool runs on the store clock that every application of the file
+  # shares, not on the wall clock: move the store clock an hour ahead of
+  # the wall clock (as a wall-clock step back would) and look.
+  DB5=$W/clock.db
+  r "$DB5" create c
+  sqlite3 "$DB5" "UPDATE mq_meta SET value = value + 3600000 WHERE key = 'clock_offset'"
+  r "$DB5" put c ahead
+  r --json "$DB5" peek c
+  skew=$(($(j enqueued_at) - $(date +%s%3N)))
+  [ "$skew" -gt 3540000 ] && [ "$skew" -lt 3660000 ] && ok ||
+    no "the tool's put uses the store clock: enqueued_at - wall clock = $skew ms, expected about 1 h"
+  # A message that expires 2 h after the wall clock's now has 1 h left on
+  # the store clock: export says so.
+  r "$DB5" purge c
+  at 0 "$DB5" put c wall --ttl 2h
+  r "$DB5" export c
+  ttl=$(sed -n 's/.*"ttl_ms":\([0-9]*\).*/\1/p' out)
+  [ -n "$ttl" ] && [ "$ttl" -gt 3540000 ] && [ "$ttl" -le 3600000 ] && ok ||
+    no "export gives the TTL left on the store clock: [$ttl], expected about 1 h"
+  # The test hook is a clock of its own: the wall clock plus the offset.
+  at 0 --json "$DB5" peek c
+  skew=$(($(j enqueued_at) - $(date +%s%3N)))
+  [ "$skew" -gt -60000 ] && [ "$skew" -le 0 ] && ok ||
+    no "MQ_CLI_CLOCK_OFFSET_MS=0 runs on the wall clock: skew $skew ms"
 else
   echo "skip: no sqlite3 CLI for the foreign-file and damage cases" >&2
 fi

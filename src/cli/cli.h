@@ -48,8 +48,10 @@ typedef struct cli_ctx {
   int json;             /* --json: one JSON object per line */
   int sync;             /* MQ_SYNC_* from --sync */
   int busy_timeout_ms;  /* --busy-timeout, or -1 for the library default */
-  int64_t clock_offset; /* MQ_CLI_CLOCK_OFFSET_MS: shifts the store clock,
-                            so tests can move time without sleeping */
+  int clock_hook;       /* MQ_CLI_CLOCK_OFFSET_MS is set: the tool installs
+                            its own clock (wall clock + clock_offset), so
+                            tests can move time without sleeping */
+  int64_t clock_offset;
   mq_store *store;      /* open once cli_open succeeded */
 } cli_ctx;
 
@@ -58,8 +60,6 @@ typedef struct cli_ctx {
 /* Open ctx->path as mode (CLI_OPEN_*).  On failure prints the reason and
 ** returns its exit status; on success CLI_EXIT_OK and ctx->store is set. */
 int cli_open(cli_ctx *ctx, int mode);
-/* The store clock as the tool set it up: real time plus the offset. */
-int64_t cli_now(const cli_ctx *ctx);
 /* Print "mq: " and the library's message for rc on the store (or the
 ** code's text), return the exit status for rc. */
 int cli_fail(cli_ctx *ctx, int rc);
@@ -67,6 +67,11 @@ int cli_fail(cli_ctx *ctx, int rc);
 int cli_fail_at(cli_ctx *ctx, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Print "mq: <message>" and the command's synopsis; return CLI_EXIT_USAGE. */
 int cli_usage(cli_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For a command given a queue name: if name is a topic (which holds no
+** messages of its own), print why the command does not apply and return
+** CLI_EXIT_USAGE; otherwise CLI_EXIT_OK (a missing name included: the
+** command's own call reports that).  what is the command's action. */
+int cli_reject_topic(cli_ctx *ctx, const char *name, const char *what);
 /* Print "mq: <message>" and return status. */
 int cli_error(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The exit status for a library result code. */
@@ -145,6 +150,7 @@ void cli_jobj_begin(cli_jobj *o, FILE *f);
 void cli_jobj_int(cli_jobj *o, const char *key, int64_t v);
 void cli_jobj_double(cli_jobj *o, const char *key, double v);
 void cli_jobj_bool(cli_jobj *o, const char *key, int v);
+void cli_jobj_null(cli_jobj *o, const char *key);
 /* A string member; s must be valid UTF-8 (the caller checks). */
 void cli_jobj_str(cli_jobj *o, const char *key, const char *s, size_t len);
 /* A member whose value is base64 text. */
@@ -171,10 +177,26 @@ void cli_print_safe(FILE *f, const char *s, size_t len);
 /* Format a store-clock time (ms since the epoch) as ISO 8601 UTC. */
 void cli_format_time(int64_t ms, char *buf, size_t n);
 
+/* A duration in ms or a size in bytes in the syntax the options take
+** ("30s", "5m", "1500", "64K"), so what ls prints can be typed back. */
+void cli_format_ms(int64_t ms, char *buf, size_t n);
+void cli_format_size(int64_t bytes, char *buf, size_t n);
+/* "queue", "topic" or "subscription" for an MQ_KIND_*. */
+const char *cli_kind_name(int kind);
+/* The options of info as members of o (--json), or as " name=value"
+** pairs on f (human).  A topic gets only the options a topic uses
+** (retention, max_payload, compress_above, dedup_window), a subscription
+** also its filter. */
+void cli_info_json(cli_jobj *o, const mq_queue_info *info);
+void cli_info_human(FILE *f, const mq_queue_info *info);
+/* All seven queue options of info as members of o: the export header. */
+void cli_options_json(cli_jobj *o, const mq_queue_info *info);
+
 /* Write one message of get or peek: a JSON line (ctx->json) or a block of
 ** "name: value" lines followed by an empty line. */
 void cli_print_msg(cli_ctx *ctx, const mq_msg *m);
-/* Write one message as an export line (always JSON). */
+/* Write one message as an export line (always JSON); now is the store's
+** time, against which the remaining delay and TTL are given. */
 void cli_export_line(FILE *f, const mq_msg *m, int state, int64_t now);
 /* The name of an MQ_STATE_*, or NULL. */
 const char *cli_state_name(int state);
@@ -200,6 +222,23 @@ typedef struct cli_record {
 int cli_record_parse(const char *line, size_t len, cli_record *rec, char *err, size_t errlen);
 void cli_record_free(cli_record *rec);
 
+/* The first line of an export: the queue's name and options.  Only the
+** options present on the line are set in o (bit CLI_QO_* of given); dlq
+** is NULL for a "dlq":null.  Strings point into arena. */
+typedef struct cli_header {
+  const char *queue; /* NULL if absent */
+  unsigned given;
+  mq_queue_options o;
+  char *arena;
+} cli_header;
+
+/* If line is an export header -- an object whose first member is "queue"
+** or "options" -- parse it into h and return 1, or -1 with the problem in
+** err if it is malformed.  Return 0 if it is not a header (a message
+** line); h is then empty.  Free with cli_header_free after 1. */
+int cli_header_parse(const char *line, size_t len, cli_header *h, char *err, size_t errlen);
+void cli_header_free(cli_header *h);
+
 /* ---- commands ------------------------------------------------------------ */
 
 /* Each runs one command: argv[0] is the first argument after its name. */
@@ -219,20 +258,41 @@ int cli_cmd_touch(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_export(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_import(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_bench(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_topic(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_publish(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_subscribe(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_unsubscribe(cli_ctx *ctx, int argc, char **argv);
 
-/* Queue options shared by create and import: the specs, and filling
-** mq_queue_options from parsed values starting at spec index first.
-** *any is set when at least one was given. */
+/* The queue options, in this order everywhere: the bits of a `given`
+** mask, the export header's fields, the specs below. */
+enum {
+  CLI_QO_VISIBILITY,
+  CLI_QO_MAX_RECEIVES,
+  CLI_QO_DLQ,
+  CLI_QO_RETENTION,
+  CLI_QO_MAX_PAYLOAD,
+  CLI_QO_COMPRESS_ABOVE,
+  CLI_QO_DEDUP_WINDOW,
+  CLI_QUEUE_NOPTS
+};
+/* The specs of all seven, for create and import. */
 #define CLI_QUEUE_OPTSPECS                                                                   \
   {"visibility", CLI_VALUE}, {"max-receives", CLI_VALUE}, {"dlq", CLI_VALUE},                \
       {"retention", CLI_VALUE}, {"max-payload", CLI_VALUE}, {"compress-above", CLI_VALUE}, { \
     "dedup-window", CLI_VALUE                                                                \
   }
-#define CLI_QUEUE_NOPTS 7
-int cli_queue_options(cli_ctx *ctx, const cli_args *a, size_t first, mq_queue_options *o, int *any);
-/* Make sure queue exists (put --create, import).  strict: create it with
-** exactly o (an existing queue with other options is an error); otherwise
-** a missing queue is created with o and an existing one used as it is. */
-int cli_ensure_queue(cli_ctx *ctx, const char *queue, const mq_queue_options *o, int strict);
+/* Set the queue options CLI_QO_from..to-1 given on the command line in *o
+** (which the caller initialised), reading option k from spec index
+** first + k - from.  "--dlq ''" means no dlq.  Bit k of *given is set for
+** each option present. */
+int cli_queue_options(cli_ctx *ctx, const cli_args *a, size_t first, int from, int to,
+                      mq_queue_options *o, unsigned *given);
+/* Write the stats of n queues (info may be NULL, else one per queue): a
+** table, or with --json one line each with kind and options. */
+void cli_stats_print(cli_ctx *ctx, char **names, const mq_queue_stats *s,
+                     const mq_queue_info *info, size_t n);
+/* Make sure queue exists (put --create): a missing queue is created with
+** o, an existing one is used as it is. */
+int cli_ensure_queue(cli_ctx *ctx, const char *queue, const mq_queue_options *o);
 
 #endif /* MQ_CLI_H */

@@ -14,6 +14,12 @@
 ** writes any: a file that passes here can only fail on the store's side
 ** (disk full, a payload over the queue's limit).
 **
+** The first line of an export is a header naming the queue and its
+** options (cli_header_parse); it is told from a message line by its first
+** member, "queue" or "options", names a message line never uses.  It is
+** read just as strictly, and its values are range-checked as the library
+** would check them, so a bad header fails before anything is written.
+**
 ** Memory: every decoded string is written into one arena of the line's
 ** length plus one, which always suffices because no string decodes to more
 ** bytes than its quoted, escaped form takes on the line.  Base64 is decoded
@@ -274,7 +280,8 @@ static int cli_jp_headers(cli_jp *p, cli_record *r, int base64) {
 static const char *const cli_fields[] = {"id",          "state",       "priority", "receives",
                                          "enqueued_at", "visible_at",  "delay_ms", "expires_at",
                                          "ttl_ms",      "reason",      "headers",  "headers_base64",
-                                         "body",        "body_base64", "receipt",  "size"};
+                                         "body",        "body_base64", "receipt",  "size",
+                                         "subject",     "subject_base64"};
 enum {
   F_ID,
   F_STATE,
@@ -292,6 +299,8 @@ enum {
   F_BODY64,
   F_RECEIPT,
   F_SIZE,
+  F_SUBJECT,
+  F_SUBJECT64,
   F_COUNT
 };
 
@@ -336,8 +345,13 @@ static int cli_jp_field(cli_jp *p, cli_record *r, int f, int64_t *size) {
       return 0;
     case F_REASON:
     case F_RECEIPT:
+    case F_SUBJECT:
       if (cli_jp_null(p)) return 0;
       return cli_jp_string(p, &s, &n); /* not kept: see doc/cli.md */
+    case F_SUBJECT64:
+      if (cli_jp_null(p)) return 0;
+      if (cli_jp_string(p, &s, &n)) return -1;
+      return cli_jp_base64(p, s, n, &n);
     case F_HEADERS:
     case F_HEADERS64:
       return cli_jp_headers(p, r, f == F_HEADERS64);
@@ -427,5 +441,153 @@ int cli_record_parse(const char *line, size_t len, cli_record *r, char *err, siz
   return 0;
 fail:
   cli_record_free(r);
+  return -1;
+}
+
+/* ---- the export header ------------------------------------------------------ */
+
+static const char *const cli_opt_fields[CLI_QUEUE_NOPTS] = {
+    "visibility_ms",  "max_receives",   "dlq", "retention_ms", "max_payload",
+    "compress_above", "dedup_window_ms"};
+
+/* One member of "options": its value, range-checked as the library would,
+** so that a header that passes here can only fail on the store's side. */
+static int cli_jp_option(cli_jp *p, cli_header *h, int k) {
+  int64_t v;
+  char *s;
+  size_t n;
+  if (k == CLI_QO_DLQ) {
+    if (cli_jp_null(p)) {
+      h->o.dlq = NULL;
+      return 0;
+    }
+    if (cli_jp_string(p, &s, &n)) return -1;
+    if (n == 0 || n > MQ_NAME_MAX || memchr(s, '\0', n))
+      return cli_jp_fail(p, "dlq must be a queue name of 1 to %d bytes, or null", MQ_NAME_MAX);
+    h->o.dlq = s;
+    return 0;
+  }
+  if (cli_jp_int(p, &v)) return -1;
+  int64_t max = INT64_MAX, min = 0;
+  if (k == CLI_QO_MAX_RECEIVES) max = INT_MAX;
+  if (k == CLI_QO_MAX_PAYLOAD) min = 1, max = (int64_t)MQ_PAYLOAD_LIMIT;
+  if (v < min || v > max)
+    return cli_jp_fail(p, "%s must be from %lld to %lld", cli_opt_fields[k], (long long)min,
+                       (long long)max);
+  switch (k) {
+    case CLI_QO_VISIBILITY:
+      h->o.visibility_ms = v;
+      break;
+    case CLI_QO_MAX_RECEIVES:
+      h->o.max_receives = (int)v;
+      break;
+    case CLI_QO_RETENTION:
+      h->o.retention_ms = v;
+      break;
+    case CLI_QO_MAX_PAYLOAD:
+      h->o.max_payload = (size_t)v;
+      break;
+    case CLI_QO_COMPRESS_ABOVE:
+      if ((uint64_t)v > SIZE_MAX) return cli_jp_fail(p, "compress_above is too large");
+      h->o.compress_above = (size_t)v;
+      break;
+    default:
+      h->o.dedup_window_ms = v;
+      break;
+  }
+  return 0;
+}
+
+/* An object of members; for each, names[] gives its index (unknown and
+** repeated names are refused) and fn reads its value. */
+static int cli_jp_members(cli_jp *p, const char *const *names, int nnames, cli_header *h,
+                          int (*fn)(cli_jp *, cli_header *, int)) {
+  unsigned seen = 0;
+  if (cli_jp_expect(p, '{', "'{'")) return -1;
+  cli_jp_ws(p);
+  if (cli_jp_peek(p) == '}') {
+    p->pos++;
+    return 0;
+  }
+  for (;;) {
+    char *key;
+    size_t klen, at = p->pos;
+    if (cli_jp_string(p, &key, &klen)) return -1;
+    int k = 0;
+    while (k < nnames && strcmp(names[k], key) != 0) k++;
+    p->used -= klen + 1;
+    if (k == nnames) {
+      p->pos = at;
+      return cli_jp_fail(p, "unknown field \"%.60s\" in the export header", key);
+    }
+    if (seen & (1u << k)) {
+      p->pos = at;
+      return cli_jp_fail(p, "field \"%s\" appears twice", names[k]);
+    }
+    seen |= 1u << k;
+    if (cli_jp_expect(p, ':', "':' after a field name")) return -1;
+    if (fn(p, h, k)) return -1;
+    cli_jp_ws(p);
+    int c = cli_jp_peek(p);
+    if (c == '}') {
+      p->pos++;
+      return 0;
+    }
+    if (c != ',') return cli_jp_fail(p, "expected ',' or '}'");
+    p->pos++;
+  }
+}
+
+static int cli_jp_option_member(cli_jp *p, cli_header *h, int k) {
+  if (cli_jp_option(p, h, k)) return -1;
+  h->given |= 1u << k;
+  return 0;
+}
+
+static int cli_jp_header_member(cli_jp *p, cli_header *h, int k) {
+  if (k == 1) return cli_jp_members(p, cli_opt_fields, CLI_QUEUE_NOPTS, h, cli_jp_option_member);
+  char *s;
+  size_t n;
+  if (cli_jp_string(p, &s, &n)) return -1;
+  if (n == 0 || n > 2 * MQ_NAME_MAX + 1 || memchr(s, '\0', n))
+    return cli_jp_fail(p, "queue must be a queue name");
+  h->queue = s;
+  return 0;
+}
+
+/* Whether the line's first member is named "queue" or "options": what
+** tells a header from a message line, which never has either. */
+static int cli_is_header(const unsigned char *s, size_t len) {
+  size_t i = 0;
+  while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r')) i++;
+  if (i >= len || s[i++] != '{') return 0;
+  while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r')) i++;
+  return (len - i >= 7 && memcmp(s + i, "\"queue\"", 7) == 0) ||
+         (len - i >= 9 && memcmp(s + i, "\"options\"", 9) == 0);
+}
+
+void cli_header_free(cli_header *h) {
+  free(h->arena);
+  memset(h, 0, sizeof *h);
+}
+
+int cli_header_parse(const char *line, size_t len, cli_header *h, char *err, size_t errlen) {
+  static const char *const names[] = {"queue", "options"};
+  memset(h, 0, sizeof *h);
+  mq_queue_options_init(&h->o);
+  if (!cli_is_header((const unsigned char *)line, len)) return 0;
+  cli_jp p = {(const unsigned char *)line, len, 0, NULL, 0, err, errlen};
+  size_t good = cli_utf8_prefix(p.s, len);
+  if (good != len) {
+    p.pos = good;
+    return cli_jp_fail(&p, "not valid UTF-8");
+  }
+  if (!(p.arena = h->arena = malloc(len + 1))) return cli_jp_fail(&p, "out of memory");
+  if (cli_jp_members(&p, names, 2, h, cli_jp_header_member) == 0) {
+    cli_jp_ws(&p);
+    if (p.pos == len) return 1;
+    cli_jp_fail(&p, "unexpected text after the object");
+  }
+  cli_header_free(h);
   return -1;
 }

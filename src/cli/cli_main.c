@@ -8,7 +8,12 @@
 ** anything touches the file, so a mistyped command line never creates,
 ** opens or changes a store.  Each command decides how the file is opened
 ** (read-only for commands that only read; a missing file is created only by
-** create, put --create and import): see cli_open.
+** create, topic create, put --create and import): see cli_open.
+**
+** Time: by default the store is opened without a clock, so the tool runs on
+** the store clock that every application of the file shares, and reads it
+** with mq_store_now.  MQ_CLI_CLOCK_OFFSET_MS, a test hook, replaces it with
+** the wall clock plus an offset (cli_hook_clock).
 **
 ** Exit statuses are a contract with scripts, like the library's result
 ** codes: one per class of failure (cli.h, doc/cli.md), and every failure
@@ -58,7 +63,9 @@ static const cli_command cli_commands[] = {
      "                       newline), put in batches of 500; prints every id\n"
      "  --create             create QUEUE with default options (and FILE) if missing\n"},
     {"get", cli_cmd_get, "get QUEUE [--visibility MS] [--wait MS] [--count N] [--raw] [--ack]",
-     "Lease the next message(s) and print id, receipt, receive count and body.\n"
+     "Lease the next message(s) and print id, receipt, receive count, subject (for\n"
+     "a message published to a topic) and body.  QUEUE may be a subscription,\n"
+     "TOPIC/SUB, as for every command that takes a QUEUE below.\n"
      "Exit status 3 when no message was available.\n"
      "  --visibility MS      lease length (default: the queue's)\n"
      "  --wait MS            wait up to this long for a message\n"
@@ -79,12 +86,19 @@ static const cli_command cli_commands[] = {
     {"touch", cli_cmd_touch, "touch QUEUE RECEIPT --visibility MS",
      "Extend (or shorten) a lease: the message stays hidden for MS from now.\n"},
     {"stats", cli_cmd_stats, "stats [QUEUE]",
-     "Counts for one queue, or for every queue: ready, in flight, delayed, dead,\n"
-     "total, age of the oldest message and payload bytes.  Opens read-only.\n"},
-    {"ls", cli_cmd_ls, "ls", "List the queue names, sorted.  Opens read-only.\n"},
+     "Counts for one queue or subscription (TOPIC/SUB), or for every queue and\n"
+     "subscription: ready, in flight, delayed, dead, total, age of the oldest\n"
+     "message and payload bytes.  For one QUEUE the options are shown too.\n"
+     "Opens read-only.\n"},
+    {"ls", cli_cmd_ls, "ls",
+     "List every queue, topic and subscription (TOPIC/SUB) with its kind and\n"
+     "options: queues sorted, then each topic followed by its subscriptions.\n"
+     "Opens read-only.\n"},
     {"purge", cli_cmd_purge, "purge QUEUE",
      "Delete every message of a queue (in any state) and print how many.\n"},
-    {"drop", cli_cmd_drop, "drop QUEUE", "Delete a queue and all its messages.\n"},
+    {"drop", cli_cmd_drop, "drop QUEUE",
+     "Delete a queue and all its messages (topics: topic drop; subscriptions:\n"
+     "unsubscribe).\n"},
     {"redrive", cli_cmd_redrive, "redrive QUEUE [--max N]",
      "Move dead letters back: from a dead-letter queue to the queues they came\n"
      "from, or a queue's own dead messages back to ready.  Prints how many moved.\n"
@@ -94,17 +108,65 @@ static const cli_command cli_commands[] = {
      "library's invariants) and print each problem.  Exit status 0 when sound,\n"
      "6 when damaged.  Opens read-only.\n"},
     {"export", cli_cmd_export, "export QUEUE",
-     "Write every message of a queue, in any state, as JSON lines on standard\n"
-     "output (see doc/cli.md for the fields).  Opens read-only.\n"},
-    {"import", cli_cmd_import, "import QUEUE [--batch N] [--skip-dead] [create options...]",
+     "Write a header line with the queue's name and options, then every message\n"
+     "of the queue, in any state, as JSON lines on standard output (see\n"
+     "doc/cli.md for the fields).  Opens read-only.\n"},
+    {"import", cli_cmd_import, "import [QUEUE] [--batch N] [--skip-dead] [create options...]",
      "Read JSON lines (the export format) from standard input and put each\n"
      "message with its priority, remaining delay and TTL, and headers.  Every line\n"
-     "is checked before anything is written: a malformed file imports nothing.\n"
-     "The queue is created if missing (with the create options given, which are\n"
-     "those of `create`).  Creates FILE if missing.\n"
+     "is checked, and every payload against the queue's max payload, before\n"
+     "anything is written: a bad file imports nothing.  Without QUEUE, the name\n"
+     "in the export header is used.  A missing queue is created with the header's\n"
+     "options, replaced by the create options given (those of `create`; --dlq ''\n"
+     "for none); an existing queue keeps its options, and must match the create\n"
+     "options given.  Creates FILE if missing.\n"
      "  --batch N            messages per transaction (default 500)\n"
      "  --skip-dead          leave out messages exported in the dead state (by\n"
      "                       default they are imported as ready)\n"},
+    {"topic", cli_cmd_topic,
+     "topic create TOPIC [--max-payload BYTES] [--compress-above BYTES]\n"
+     "       [--retention MS] [--dedup-window MS]\n"
+     "  topic drop TOPIC\n"
+     "  topic ls\n"
+     "  topic stats TOPIC",
+     "Manage topics.  A message published to a topic reaches every subscription\n"
+     "that exists at that moment and whose filter matches its subject; each\n"
+     "subscription then works as a queue named TOPIC/SUB.\n"
+     "  topic create TOPIC   create a topic (creating FILE if it does not exist);\n"
+     "                       again with the same options succeeds\n"
+     "    --max-payload BYTES     largest payload accepted (1M)\n"
+     "    --compress-above BYTES  zlib-compress larger payloads (0: never)\n"
+     "    --retention MS          delete messages older than this unread (0: keep)\n"
+     "    --dedup-window MS       how long a dedup key is remembered (5m)\n"
+     "  topic drop TOPIC     delete a topic, its subscriptions and their messages\n"
+     "  topic ls             list the topics with their number of subscriptions\n"
+     "  topic stats TOPIC    the topic's counts (subscriptions, pending deliveries,\n"
+     "                       distinct payloads, bytes), then each subscription's\n"
+     "                       stats.  ls and stats open read-only.\n"},
+    {"publish", cli_cmd_publish,
+     "publish TOPIC [DATA] [--subject S] [--delay MS] [--priority N] [--ttl MS]\n"
+     "       [--dedup KEY] [--header NAME=VALUE]... [--lines]",
+     "Publish one message to a topic and print its publish id and the number of\n"
+     "subscriptions it reached.  None matched: id 0, nothing stored.  Without\n"
+     "DATA (or with DATA \"-\") the payload is all of standard input.\n"
+     "  --subject S          the subject subscriptions filter on: levels separated\n"
+     "                       by '.' or '/', e.g. sensors.kitchen.temp\n"
+     "  --delay, --priority, --ttl, --dedup, --header, --lines  as for put (a dedup\n"
+     "                       key is per topic; a duplicate prints the first id and\n"
+     "                       0 subscriptions)\n"},
+    {"subscribe", cli_cmd_subscribe,
+     "subscribe TOPIC SUB [--filter F] [--visibility MS] [--max-receives N --dlq QUEUE]\n"
+     "       [--retention MS]",
+     "Create the durable subscription SUB of TOPIC.  It receives what is published\n"
+     "from now on; read it as the queue TOPIC/SUB (get, ack, stats...).  Creating\n"
+     "it again with the same filter and options succeeds.\n"
+     "  --filter F           only subjects matching F: '*' or '+' is one level, '>'\n"
+     "                       one or more remaining levels, '#' zero or more ('>'\n"
+     "                       and '#' last only); no filter: every message\n"
+     "  --visibility MS, --max-receives N, --dlq QUEUE, --retention MS\n"
+     "                       as for create\n"},
+    {"unsubscribe", cli_cmd_unsubscribe, "unsubscribe TOPIC SUB",
+     "Delete a subscription and the messages waiting in it.\n"},
     {"bench", cli_cmd_bench, "bench [--count N] [--size BYTES]",
      "Measure put, get, ack and a full put/get/ack cycle on a temporary queue in\n"
      "FILE (dropped afterwards) and print operations per second.\n"
@@ -128,12 +190,11 @@ static void cli_help_general(FILE *f) {
           "A command-line shell for mq queue files.\n"
           "\n"
           "Commands:\n");
-  for (size_t i = 0; i < CLI_NCOMMANDS; i++) {
-    const char *s = cli_commands[i].synopsis;
-    const char *nl = strchr(s, '\n');
-    fprintf(f, "  %.*s%s\n", nl ? (int)(nl - s) : (int)strlen(s), s, nl ? " ..." : "");
-  }
+  /* Every line of every synopsis, so the list is the whole grammar. */
+  for (size_t i = 0; i < CLI_NCOMMANDS; i++) fprintf(f, "  %s\n", cli_commands[i].synopsis);
   fprintf(f,
+          "\n"
+          "A subscription is used as the queue TOPIC/SUB wherever a QUEUE is taken.\n"
           "\n"
           "Options (anywhere on the line):\n"
           "  --json               one JSON object per line on standard output\n"
@@ -143,12 +204,26 @@ static void cli_help_general(FILE *f) {
           "  --version            the tool's, library's and SQLite's versions\n"
           "\n"
           "Exit status: 0 ok, 1 other error, 2 usage or invalid input, 3 empty (get),\n"
-          "4 no such queue, 5 stale receipt, 6 damaged store, 7 cannot open / not an\n"
-          "mq store / newer format, 8 disk full or outcome unknown, 9 store locked.\n");
+          "4 no such queue or topic, 5 stale receipt, 6 damaged store, 7 cannot open /\n"
+          "not an mq store / newer format, 8 disk full or outcome unknown, 9 store locked.\n");
 }
 
+/* A synopsis line indented by two spaces is another form of the command
+** (topic's subcommands); one indented further continues the line above. */
 static void cli_help_command(FILE *f, const cli_command *c) {
-  fprintf(f, "usage: mq FILE %s\n\n%s", c->synopsis, c->help);
+  const char *s = c->synopsis;
+  for (int first = 1; *s; first = 0) {
+    const char *nl = strchr(s, '\n');
+    int len = nl ? (int)(nl - s) : (int)strlen(s);
+    if (first)
+      fprintf(f, "usage: mq FILE %.*s\n", len, s);
+    else if (len > 2 && s[0] == ' ' && s[1] == ' ' && s[2] != ' ')
+      fprintf(f, "       mq FILE %.*s\n", len - 2, s + 2);
+    else
+      fprintf(f, "%.*s\n", len, s);
+    s += len + (nl != NULL);
+  }
+  fprintf(f, "\n%s", c->help);
 }
 
 /* ---- errors and exit statuses --------------------------------------------- */
@@ -240,25 +315,28 @@ int cli_finish(cli_ctx *ctx, int status) {
 
 /* ---- the store ------------------------------------------------------------ */
 
-static int64_t cli_realtime_ms(void) {
+/* The test hook's clock (MQ_CLI_CLOCK_OFFSET_MS): the wall clock plus the
+** offset.  It cannot be the store's own clock plus the offset, because a
+** clock callback cannot reach the store clock; so with the hook the tool
+** runs on a different clock than applications do (doc/cli.md says so).
+** Without the hook no clock is installed and the tool uses the store clock
+** every application of the file shares, reading it with mq_store_now. */
+static int64_t cli_hook_clock(void *arg) {
+  const cli_ctx *ctx = arg;
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + ctx->clock_offset;
 }
-
-int64_t cli_now(const cli_ctx *ctx) { return cli_realtime_ms() + ctx->clock_offset; }
-
-/* The store's clock is the tool's, so export can say how much of a delay or
-** TTL remains on exactly the clock the library used. */
-static int64_t cli_clock(void *arg) { return cli_now(arg); }
 
 int cli_open(cli_ctx *ctx, int mode) {
   mq_store_options o;
   mq_store_options_init(&o);
   o.sync = ctx->sync;
   if (ctx->busy_timeout_ms >= 0) o.busy_timeout_ms = ctx->busy_timeout_ms;
-  o.clock = cli_clock;
-  o.clock_ctx = ctx;
+  if (ctx->clock_hook) {
+    o.clock = cli_hook_clock;
+    o.clock_ctx = ctx;
+  }
   if (mode == CLI_OPEN_READ)
     o.flags = MQ_OPEN_READONLY;
   else
@@ -269,6 +347,16 @@ int cli_open(cli_ctx *ctx, int mode) {
     return cli_fail(ctx, rc);
   }
   return CLI_EXIT_OK;
+}
+
+int cli_reject_topic(cli_ctx *ctx, const char *name, const char *what) {
+  mq_queue_info info;
+  if (mq_queue_info_get(ctx->store, name, &info) != MQ_OK || info.kind != MQ_KIND_TOPIC)
+    return CLI_EXIT_OK;
+  return cli_error(CLI_EXIT_USAGE,
+                   "\"%s\" is a topic, which holds no messages itself: %s one of its "
+                   "subscriptions, \"%s/SUB\" (see mq FILE topic stats %s)",
+                   name, what, name, name);
 }
 
 /* ---- main ----------------------------------------------------------------- */
@@ -293,6 +381,7 @@ int main(int argc, char **argv) {
     if (errno || *end || v < -(1LL << 50) || v > (1LL << 50))
       return cli_error(CLI_EXIT_USAGE, "MQ_CLI_CLOCK_OFFSET_MS=\"%s\" is not a number of ms", env);
     ctx.clock_offset = v;
+    ctx.clock_hook = 1;
   }
 
   int help = 0, version = 0, i = 1, status = CLI_EXIT_OK;
@@ -349,7 +438,10 @@ int main(int argc, char **argv) {
       if (cli_is_help(argv[j])) help = 1;
   if (file && strcmp(file, "help") == 0 && (!cmd || c)) help = 1;
   if (help) {
-    /* `mq put --help` puts the command where FILE would be. */
+    /* `mq put --help` puts the command where FILE would be; in
+    ** `mq topic create --help` the subcommand is where COMMAND would be. */
+    if (file && strcmp(file, "topic") == 0 && (!c || !cmd || cli_find(cmd)))
+      c = cli_find(file);
     if (!c && file && !cmd) c = cli_find(file);
     if (c)
       cli_help_command(stdout, c);

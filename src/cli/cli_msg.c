@@ -1,6 +1,8 @@
 /*
-** cli_msg.c -- the `mq` commands that work on messages: put, get, peek,
-** ack, nack and touch.
+** cli_msg.c -- the `mq` commands that work on messages: put, publish, get,
+** peek, ack, nack and touch.  A subscription is read like a queue, by the
+** name "topic/sub", so get and the settling commands need nothing of their
+** own for topics; publish shares put's options and payload handling.
 **
 ** Payloads are bytes: put reads standard input whole and unaltered (no
 ** newline is added or stripped), and `get --raw` writes exactly the stored
@@ -24,101 +26,174 @@
 /* ---- put --------------------------------------------------------------------- */
 
 enum { PUT_DELAY, PUT_PRIORITY, PUT_TTL, PUT_DEDUP, PUT_HEADER, PUT_LINES, PUT_CREATE, PUT_NOPTS };
+/* publish takes put's first six options, then its own. */
+enum { PUB_SUBJECT = PUT_CREATE, PUB_NOPTS };
 
-static void cli_print_id(cli_ctx *ctx, int64_t id) {
+/* What put and publish send: parsed from the command line (and standard
+** input) before the file is opened. */
+typedef struct cli_send {
+  const char *name;    /* the queue or topic */
+  int publish;
+  const char *subject; /* publish --subject, or NULL */
+  int lines;
+  mq_put_options po;
+  mq_header *h;        /* the headers, owned */
+  const char *data;    /* DATA from the command line, or NULL */
+  char *buf;           /* standard input, owned */
+  size_t len;
+} cli_send;
+
+static void cli_print_sent(cli_ctx *ctx, const cli_send *m, int64_t id, int64_t delivered) {
   if (ctx->json) {
     cli_jobj o;
     cli_jobj_begin(&o, stdout);
     cli_jobj_int(&o, "id", id);
+    if (m->publish) cli_jobj_int(&o, "delivered", delivered);
     cli_jobj_end(&o);
+  } else if (m->publish) {
+    printf("%" PRId64 " delivered %" PRId64 "\n", id, delivered);
   } else {
     printf("%" PRId64 "\n", id);
   }
 }
 
-/* Every line of buf as one message, CLI_PUT_BATCH per transaction. */
-static int cli_put_lines(cli_ctx *ctx, const char *queue, char *buf, size_t len,
-                         const mq_put_options *po) {
-  mq_entry *e = malloc(CLI_PUT_BATCH * sizeof *e);
-  int64_t *ids = malloc(CLI_PUT_BATCH * sizeof *ids);
+/* Parse the positional arguments and the options put and publish share,
+** and read standard input when it is the payload. */
+static int cli_send_parse(cli_ctx *ctx, const cli_args *a, cli_send *m) {
   int st = CLI_EXIT_OK;
-  size_t pos = 0, line = 0, stored = 0;
-  if (!e || !ids) st = cli_error(CLI_EXIT_OTHER, "out of memory");
-  while (st == CLI_EXIT_OK && pos < len) {
-    size_t n = 0, first = line + 1;
-    while (n < CLI_PUT_BATCH && pos < len) {
-      char *nl = memchr(buf + pos, '\n', len - pos);
-      size_t end = nl ? (size_t)(nl - buf) : len;
-      e[n].data = buf + pos;
-      e[n].len = end - pos;
-      e[n].opts = po;
-      n++;
-      line++;
-      pos = nl ? end + 1 : len;
-    }
-    int rc = mq_put_batch(ctx->store, queue, e, n, ids);
-    if (rc != MQ_OK) {
-      st = cli_fail_at(ctx, rc, "lines %zu-%zu (the %zu lines before were stored)", first, line,
-                       stored);
-      break;
-    }
-    for (size_t i = 0; i < n; i++) cli_print_id(ctx, ids[i]);
-    stored += n;
-  }
-  free(e);
-  free(ids);
-  return st;
-}
-
-int cli_cmd_put(cli_ctx *ctx, int argc, char **argv) {
-  static const cli_optspec spec[PUT_NOPTS] = {
-      {"delay", CLI_VALUE},  {"priority", CLI_VALUE}, {"ttl", CLI_VALUE},  {"dedup", CLI_VALUE},
-      {"header", CLI_MULTI}, {"lines", CLI_FLAG},     {"create", CLI_FLAG}};
-  cli_args a;
-  int st = cli_args_parse(ctx, argc, argv, spec, PUT_NOPTS, &a);
-  if (st) return st;
-  mq_put_options po;
-  mq_put_options_init(&po);
-  mq_header *h = NULL;
-  char *buf = NULL;
-  size_t len = 0;
   int64_t v;
-  int lines = a.val[PUT_LINES] != NULL;
-  const char *data = a.npos > 1 ? a.pos[1] : NULL;
-  if (a.npos < 1)
-    st = cli_usage(ctx, "missing QUEUE");
-  else if (a.npos > 2)
-    st = cli_usage(ctx, "unexpected argument \"%s\" (quote DATA that has spaces)", a.pos[2]);
-  else if (lines && data)
+  const char *what = m->publish ? "TOPIC" : "QUEUE";
+  mq_put_options_init(&m->po);
+  m->lines = a->val[PUT_LINES] != NULL;
+  m->data = a->npos > 1 ? a->pos[1] : NULL;
+  m->name = a->npos ? a->pos[0] : NULL;
+  if (a->npos < 1)
+    st = cli_usage(ctx, "missing %s", what);
+  else if (a->npos > 2)
+    st = cli_usage(ctx, "unexpected argument \"%s\" (quote DATA that has spaces)", a->pos[2]);
+  else if (m->lines && m->data)
     st = cli_usage(ctx, "--lines reads standard input: give no DATA");
-  else if (lines && a.val[PUT_DEDUP])
+  else if (m->lines && a->val[PUT_DEDUP])
     st = cli_usage(ctx, "--dedup would store only the first of the lines");
-  if (!st && a.val[PUT_DELAY]) st = cli_parse_ms(ctx, "--delay", a.val[PUT_DELAY], &po.delay_ms);
-  if (!st && a.val[PUT_TTL]) st = cli_parse_ms(ctx, "--ttl", a.val[PUT_TTL], &po.ttl_ms);
-  if (!st && a.val[PUT_PRIORITY] &&
-      !(st = cli_parse_int(ctx, "--priority", a.val[PUT_PRIORITY], INT32_MIN, INT32_MAX, &v)))
-    po.priority = (int)v;
-  po.dedup_key = a.val[PUT_DEDUP];
-  size_t nh = a.nmulti[PUT_HEADER];
+  if (!st && a->val[PUT_DELAY])
+    st = cli_parse_ms(ctx, "--delay", a->val[PUT_DELAY], &m->po.delay_ms);
+  if (!st && a->val[PUT_TTL]) st = cli_parse_ms(ctx, "--ttl", a->val[PUT_TTL], &m->po.ttl_ms);
+  if (!st && a->val[PUT_PRIORITY] &&
+      !(st = cli_parse_int(ctx, "--priority", a->val[PUT_PRIORITY], INT32_MIN, INT32_MAX, &v)))
+    m->po.priority = (int)v;
+  m->po.dedup_key = a->val[PUT_DEDUP];
+  size_t nh = a->nmulti[PUT_HEADER];
   if (!st && nh) {
-    if (!(h = calloc(nh, sizeof *h))) st = cli_error(CLI_EXIT_OTHER, "out of memory");
+    if (!(m->h = calloc(nh, sizeof *m->h))) st = cli_error(CLI_EXIT_OTHER, "out of memory");
     for (size_t i = 0; !st && i < nh; i++) {
       /* NAME=VALUE: split at the first '=', so a value may contain '='. */
-      char *nv = (char *)(uintptr_t)a.multi[PUT_HEADER][i], *eq = strchr(nv, '=');
+      char *nv = (char *)(uintptr_t)a->multi[PUT_HEADER][i], *eq = strchr(nv, '=');
       if (!eq || eq == nv) {
         st = cli_usage(ctx, "--header takes NAME=VALUE, not \"%s\"", nv);
         break;
       }
       *eq = '\0';
-      h[i].name = nv;
-      h[i].value = eq + 1;
+      m->h[i].name = nv;
+      m->h[i].value = eq + 1;
     }
-    po.headers = h;
-    po.n_headers = nh;
+    m->po.headers = m->h;
+    m->po.n_headers = nh;
   }
   /* Read the payload before opening, so a failed read creates no file. */
-  if (!st && (!data || strcmp(data, "-") == 0))
-    st = cli_read_all(stdin, lines ? (size_t)-1 / 4 : MQ_PAYLOAD_LIMIT, &buf, &len);
+  if (!st && (!m->data || strcmp(m->data, "-") == 0))
+    st = cli_read_all(stdin, m->lines ? (size_t)-1 / 4 : MQ_PAYLOAD_LIMIT, &m->buf, &m->len);
+  return st;
+}
+
+/* A put or publish refused because the name is of the wrong kind: the
+** library's message names its own calls (or the bad byte '/' in a topic
+** name), this one the tool's commands. */
+static int cli_put_fail(cli_ctx *ctx, int rc, const cli_send *m) {
+  mq_queue_info info;
+  const char *name = m->name;
+  if (rc == MQ_EINVAL && (!m->publish || strchr(name, '/')) &&
+      mq_queue_info_get(ctx->store, name, &info) == MQ_OK) {
+    if (info.kind == MQ_KIND_TOPIC)
+      return cli_error(CLI_EXIT_USAGE, "\"%s\" is a topic: send to it with mq FILE publish %s",
+                       name, name);
+    if (info.kind == MQ_KIND_SUBSCRIPTION)
+      return cli_error(CLI_EXIT_USAGE,
+                       "\"%s\" is a subscription: publish to its topic \"%.*s\" instead", name,
+                       (int)strcspn(name, "/"), name);
+  }
+  return cli_fail(ctx, rc);
+}
+
+/* Every line of the input as one message, CLI_PUT_BATCH per transaction. */
+static int cli_send_lines(cli_ctx *ctx, const cli_send *m) {
+  mq_entry *e = malloc(CLI_PUT_BATCH * sizeof *e);
+  mq_pub_entry *pe = malloc(CLI_PUT_BATCH * sizeof *pe);
+  int64_t *ids = malloc(CLI_PUT_BATCH * sizeof *ids);
+  int st = CLI_EXIT_OK;
+  size_t pos = 0, line = 0, stored = 0;
+  if (!e || !pe || !ids) st = cli_error(CLI_EXIT_OTHER, "out of memory");
+  while (st == CLI_EXIT_OK && pos < m->len) {
+    size_t n = 0, first = line + 1;
+    while (n < CLI_PUT_BATCH && pos < m->len) {
+      char *nl = memchr(m->buf + pos, '\n', m->len - pos);
+      size_t end = nl ? (size_t)(nl - m->buf) : m->len;
+      e[n].data = pe[n].data = m->buf + pos;
+      e[n].len = pe[n].len = end - pos;
+      e[n].opts = pe[n].opts = &m->po;
+      pe[n].subject = m->subject;
+      n++;
+      line++;
+      pos = nl ? end + 1 : m->len;
+    }
+    int64_t delivered = 0;
+    int rc = m->publish ? mq_publish_batch(ctx->store, m->name, pe, n, ids, &delivered)
+                        : mq_put_batch(ctx->store, m->name, e, n, ids);
+    if (rc != MQ_OK) {
+      st = rc != MQ_EINVAL || stored
+               ? cli_fail_at(ctx, rc, "lines %zu-%zu (the %zu lines before were stored)", first,
+                             line, stored)
+               : cli_put_fail(ctx, rc, m);
+      break;
+    }
+    /* The lines share one subject and no dedup key, so each reached the
+    ** same subscriptions; an id of 0 is a line that reached none. */
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) sent += ids[i] != 0;
+    for (size_t i = 0; i < n; i++)
+      cli_print_sent(ctx, m, ids[i], ids[i] && sent ? delivered / (int64_t)sent : 0);
+    stored += n;
+  }
+  free(e);
+  free(pe);
+  free(ids);
+  return st;
+}
+
+static int cli_send_run(cli_ctx *ctx, const cli_send *m) {
+  if (m->lines) return cli_send_lines(ctx, m);
+  int64_t id = 0, delivered = 0;
+  const void *p = m->buf ? (const void *)m->buf : m->data;
+  size_t len = m->buf ? m->len : strlen(m->data);
+  int rc = m->publish
+               ? mq_publish(ctx->store, m->name, m->subject, p, len, &m->po, &id, &delivered)
+               : mq_put(ctx->store, m->name, p, len, &m->po, &id);
+  if (rc != MQ_OK) return cli_put_fail(ctx, rc, m);
+  cli_print_sent(ctx, m, id, delivered);
+  return CLI_EXIT_OK;
+}
+
+#define CLI_SEND_OPTSPECS                                                                   \
+  {"delay", CLI_VALUE}, {"priority", CLI_VALUE}, {"ttl", CLI_VALUE}, {"dedup", CLI_VALUE}, \
+      {"header", CLI_MULTI}, {"lines", CLI_FLAG}
+
+int cli_cmd_put(cli_ctx *ctx, int argc, char **argv) {
+  static const cli_optspec spec[PUT_NOPTS] = {CLI_SEND_OPTSPECS, {"create", CLI_FLAG}};
+  cli_args a;
+  cli_send m;
+  memset(&m, 0, sizeof m);
+  int st = cli_args_parse(ctx, argc, argv, spec, PUT_NOPTS, &a);
+  if (st) return st;
+  st = cli_send_parse(ctx, &a, &m);
   /* Without --create a put cannot succeed on a missing file (it has no
   ** queues), so only --create may create one. */
   int create = a.val[PUT_CREATE] != NULL;
@@ -126,21 +201,30 @@ int cli_cmd_put(cli_ctx *ctx, int argc, char **argv) {
   if (!st && create) {
     mq_queue_options qo;
     mq_queue_options_init(&qo);
-    st = cli_ensure_queue(ctx, a.pos[0], &qo, 0);
+    st = cli_ensure_queue(ctx, m.name, &qo);
   }
-  if (!st && lines) {
-    st = cli_put_lines(ctx, a.pos[0], buf, len, &po);
-  } else if (!st) {
-    int64_t id = 0;
-    const void *p = buf ? (const void *)buf : data;
-    int rc = mq_put(ctx->store, a.pos[0], p, buf ? len : strlen(data), &po, &id);
-    if (rc != MQ_OK)
-      st = cli_fail(ctx, rc);
-    else
-      cli_print_id(ctx, id);
-  }
-  free(buf);
-  free(h);
+  if (!st) st = cli_send_run(ctx, &m);
+  free(m.buf);
+  free(m.h);
+  cli_args_free(&a);
+  return st;
+}
+
+int cli_cmd_publish(cli_ctx *ctx, int argc, char **argv) {
+  static const cli_optspec spec[PUB_NOPTS] = {CLI_SEND_OPTSPECS, {"subject", CLI_VALUE}};
+  cli_args a;
+  cli_send m;
+  memset(&m, 0, sizeof m);
+  m.publish = 1;
+  int st = cli_args_parse(ctx, argc, argv, spec, PUB_NOPTS, &a);
+  if (st) return st;
+  m.subject = a.val[PUB_SUBJECT];
+  st = cli_send_parse(ctx, &a, &m);
+  /* A topic exists only in an existing file. */
+  if (!st) st = cli_open(ctx, CLI_OPEN_WRITE);
+  if (!st) st = cli_send_run(ctx, &m);
+  free(m.buf);
+  free(m.h);
   cli_args_free(&a);
   return st;
 }
@@ -236,7 +320,7 @@ int cli_cmd_peek(cli_ctx *ctx, int argc, char **argv) {
     int rc = mq_peek(ctx->store, a.pos[0], max, msgs, &n);
     if (rc != MQ_OK)
       st = cli_fail(ctx, rc);
-    else if (n == 0)
+    else if (n == 0 && !(st = cli_reject_topic(ctx, a.pos[0], "peek at")))
       st = cli_error(CLI_EXIT_EMPTY, "no message ready in queue \"%s\"", a.pos[0]);
   }
   if (!st) st = cli_write_msgs(ctx, msgs, n, a.val[1] != NULL);
@@ -262,6 +346,8 @@ int cli_cmd_ack(cli_ctx *ctx, int argc, char **argv) {
   int *res = malloc(n * sizeof *res);
   if (!res) st = cli_error(CLI_EXIT_OTHER, "out of memory");
   if (!st) st = cli_open(ctx, CLI_OPEN_WRITE);
+  /* A topic has no leases: its receipts can only look stale. */
+  if (!st) st = cli_reject_topic(ctx, a.pos[0], "ack messages of");
   if (!st && n == 1) {
     /* One receipt: the library's own message says why it is stale. */
     int rc = mq_ack(ctx->store, a.pos[0], r[0]);
@@ -303,7 +389,8 @@ int cli_cmd_nack(cli_ctx *ctx, int argc, char **argv) {
   if (!st) st = cli_open(ctx, CLI_OPEN_WRITE);
   if (!st) {
     int rc = mq_nack(ctx->store, a.pos[0], a.pos[1], delay, a.val[1]);
-    if (rc != MQ_OK) st = cli_fail(ctx, rc);
+    if (rc != MQ_OK && !(st = cli_reject_topic(ctx, a.pos[0], "nack messages of")))
+      st = cli_fail(ctx, rc);
   }
   cli_args_free(&a);
   return st;
@@ -324,7 +411,8 @@ int cli_cmd_touch(cli_ctx *ctx, int argc, char **argv) {
   if (!st) st = cli_open(ctx, CLI_OPEN_WRITE);
   if (!st) {
     int rc = mq_touch(ctx->store, a.pos[0], a.pos[1], vis);
-    if (rc != MQ_OK) st = cli_fail(ctx, rc);
+    if (rc != MQ_OK && !(st = cli_reject_topic(ctx, a.pos[0], "touch messages of")))
+      st = cli_fail(ctx, rc);
   }
   cli_args_free(&a);
   return st;

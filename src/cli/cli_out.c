@@ -1,7 +1,8 @@
 /*
 ** cli_out.c -- everything the `mq` tool writes about messages: a strict
 ** UTF-8 validator, a JSON encoder, base64, terminal-safe text and the
-** message layouts for get, peek and export.
+** message layouts for get, peek and export, and queue options as ls,
+** stats and the export header show them.
 **
 ** JSON strings must be valid UTF-8, and payloads and header values are
 ** arbitrary bytes, so every byte string goes through cli_utf8_valid before
@@ -149,6 +150,11 @@ void cli_jobj_bool(cli_jobj *o, const char *key, int v) {
   fputs(v ? "true" : "false", o->f);
 }
 
+void cli_jobj_null(cli_jobj *o, const char *key) {
+  cli_jobj_key(o, key);
+  fputs("null", o->f);
+}
+
 void cli_jobj_str(cli_jobj *o, const char *key, const char *s, size_t len) {
   cli_jobj_key(o, key);
   cli_json_string(o->f, s, len);
@@ -271,6 +277,113 @@ void cli_format_time(int64_t ms, char *buf, size_t n) {
   snprintf(buf, n, "%s.%03dZ", date, frac);
 }
 
+void cli_format_ms(int64_t ms, char *buf, size_t n) {
+  if (ms != 0 && ms % 3600000 == 0)
+    snprintf(buf, n, "%" PRId64 "h", ms / 3600000);
+  else if (ms != 0 && ms % 60000 == 0)
+    snprintf(buf, n, "%" PRId64 "m", ms / 60000);
+  else if (ms != 0 && ms % 1000 == 0)
+    snprintf(buf, n, "%" PRId64 "s", ms / 1000);
+  else
+    snprintf(buf, n, "%" PRId64, ms);
+}
+
+void cli_format_size(int64_t b, char *buf, size_t n) {
+  if (b != 0 && b % (1024 * 1024 * 1024) == 0)
+    snprintf(buf, n, "%" PRId64 "G", b / (1024 * 1024 * 1024));
+  else if (b != 0 && b % (1024 * 1024) == 0)
+    snprintf(buf, n, "%" PRId64 "M", b / (1024 * 1024));
+  else if (b != 0 && b % 1024 == 0)
+    snprintf(buf, n, "%" PRId64 "K", b / 1024);
+  else
+    snprintf(buf, n, "%" PRId64, b);
+}
+
+const char *cli_kind_name(int kind) {
+  switch (kind) {
+    case MQ_KIND_QUEUE:
+      return "queue";
+    case MQ_KIND_TOPIC:
+      return "topic";
+    case MQ_KIND_SUBSCRIPTION:
+      return "subscription";
+    default:
+      return "unknown";
+  }
+}
+
+/* ---- queue options ------------------------------------------------------------- */
+
+/* Which options apply to a kind: a topic's visibility, max_receives and dlq
+** are never used (its messages live in its subscriptions), so showing them
+** would only mislead. */
+static int cli_info_has(const mq_queue_info *info, int k) {
+  if (info->kind != MQ_KIND_TOPIC) return 1;
+  return k != CLI_QO_VISIBILITY && k != CLI_QO_MAX_RECEIVES && k != CLI_QO_DLQ;
+}
+
+static void cli_info_members(cli_jobj *o, const mq_queue_info *info, int all) {
+  if (all || cli_info_has(info, CLI_QO_VISIBILITY))
+    cli_jobj_int(o, "visibility_ms", info->visibility_ms);
+  if (all || cli_info_has(info, CLI_QO_MAX_RECEIVES))
+    cli_jobj_int(o, "max_receives", info->max_receives);
+  if (all || cli_info_has(info, CLI_QO_DLQ)) {
+    if (info->dlq[0])
+      cli_jobj_str(o, "dlq", info->dlq, strlen(info->dlq));
+    else
+      cli_jobj_null(o, "dlq");
+  }
+  cli_jobj_int(o, "retention_ms", info->retention_ms);
+  cli_jobj_int(o, "max_payload", (int64_t)info->max_payload);
+  cli_jobj_int(o, "compress_above", (int64_t)info->compress_above);
+  cli_jobj_int(o, "dedup_window_ms", info->dedup_window_ms);
+}
+
+void cli_options_json(cli_jobj *o, const mq_queue_info *info) { cli_info_members(o, info, 1); }
+
+void cli_info_json(cli_jobj *o, const mq_queue_info *info) {
+  const char *k = cli_kind_name(info->kind);
+  cli_jobj_str(o, "kind", k, strlen(k));
+  cli_info_members(o, info, 0);
+  if (info->kind == MQ_KIND_SUBSCRIPTION) {
+    size_t n = strlen(info->filter);
+    if (cli_utf8_valid((const unsigned char *)info->filter, n))
+      cli_jobj_str(o, "filter", info->filter, n);
+    else
+      cli_jobj_base64(o, "filter_base64", info->filter, n);
+  }
+}
+
+void cli_info_human(FILE *f, const mq_queue_info *info) {
+  char v[64];
+  if (info->kind == MQ_KIND_SUBSCRIPTION && info->filter[0]) {
+    /* Spaces escaped too, so that the pairs split on spaces. */
+    fputs(" filter=", f);
+    for (const char *p = info->filter; *p;) {
+      size_t run = strcspn(p, " ");
+      cli_print_safe(f, p, run);
+      p += run;
+      if (*p == ' ') {
+        fputs("\\x20", f);
+        p++;
+      }
+    }
+  }
+  if (cli_info_has(info, CLI_QO_VISIBILITY)) {
+    cli_format_ms(info->visibility_ms, v, sizeof v);
+    fprintf(f, " visibility=%s max_receives=%d", v, info->max_receives);
+    if (info->dlq[0]) fprintf(f, " dlq=%s", info->dlq);
+  }
+  cli_format_ms(info->retention_ms, v, sizeof v);
+  fprintf(f, " retention=%s", v);
+  cli_format_size((int64_t)info->max_payload, v, sizeof v);
+  fprintf(f, " max_payload=%s", v);
+  cli_format_size((int64_t)info->compress_above, v, sizeof v);
+  fprintf(f, " compress_above=%s", v);
+  cli_format_ms(info->dedup_window_ms, v, sizeof v);
+  fprintf(f, " dedup_window=%s", v);
+}
+
 const char *cli_state_name(int state) {
   switch (state) {
     case MQ_STATE_READY:
@@ -330,6 +443,17 @@ static void cli_json_headers_body(cli_jobj *o, const mq_msg *m) {
     cli_jobj_base64(o, "body_base64", d, len);
 }
 
+/* The subject of a published message, when it has one. */
+static void cli_json_subject(cli_jobj *o, const mq_msg *m) {
+  const char *sj = mq_msg_subject(m);
+  if (!sj) return;
+  size_t n = strlen(sj);
+  if (cli_utf8_valid((const unsigned char *)sj, n))
+    cli_jobj_str(o, "subject", sj, n);
+  else
+    cli_jobj_base64(o, "subject_base64", sj, n);
+}
+
 static void cli_human_time(FILE *f, const char *label, int64_t ms) {
   char t[64];
   cli_format_time(ms, t, sizeof t);
@@ -347,6 +471,7 @@ void cli_print_msg(cli_ctx *ctx, const mq_msg *m) {
     cli_jobj_str(&o, "receipt", mq_msg_receipt(m), strlen(mq_msg_receipt(m)));
     cli_jobj_int(&o, "receives", mq_msg_receives(m));
     cli_jobj_int(&o, "priority", mq_msg_priority(m));
+    cli_json_subject(&o, m);
     cli_jobj_int(&o, "enqueued_at", mq_msg_enqueued_at(m));
     cli_jobj_int(&o, "visible_at", mq_msg_visible_at(m));
     if (exp) cli_jobj_int(&o, "expires_at", exp);
@@ -361,6 +486,11 @@ void cli_print_msg(cli_ctx *ctx, const mq_msg *m) {
   if (*mq_msg_receipt(m)) fprintf(f, "receipt: %s\n", mq_msg_receipt(m));
   fprintf(f, "receives: %d\n", mq_msg_receives(m));
   fprintf(f, "priority: %d\n", mq_msg_priority(m));
+  if (mq_msg_subject(m)) {
+    fputs("subject: ", f);
+    cli_print_safe(f, mq_msg_subject(m), strlen(mq_msg_subject(m)));
+    fputc('\n', f);
+  }
   cli_human_time(f, "enqueued_at", mq_msg_enqueued_at(m));
   if (*mq_msg_receipt(m)) cli_human_time(f, "lease_until", mq_msg_visible_at(m));
   if (exp) cli_human_time(f, "expires_at", exp);
@@ -406,6 +536,7 @@ void cli_export_line(FILE *f, const mq_msg *m, int state, int64_t now) {
   const char *sn = cli_state_name(state);
   if (sn) cli_jobj_str(&o, "state", sn, strlen(sn));
   cli_jobj_int(&o, "priority", mq_msg_priority(m));
+  cli_json_subject(&o, m);
   cli_jobj_int(&o, "receives", mq_msg_receives(m));
   cli_jobj_int(&o, "enqueued_at", mq_msg_enqueued_at(m));
   cli_jobj_int(&o, "visible_at", vis);
