@@ -27,8 +27,11 @@
 */
 #include "mqi.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+
+#define COMMIT_GATHER_YIELDS 4
 
 int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...) {
   va_list ap;
@@ -153,6 +156,19 @@ out:
   pthread_mutex_unlock(&s->dblock);
 }
 
+/* Before taking a batch, give callers that were just released by the
+** previous one a moment to come back: with several busy threads, the
+** first of them to return would otherwise commit alone, and the others
+** in the next batch, halving what each fsync carries.  Only when the last
+** batch was bigger than what is queued now, and only briefly. */
+static void commit_gather(mq_store *s) {
+  for (int i = 0; i < COMMIT_GATHER_YIELDS && s->queued < s->last_batch; i++) {
+    pthread_mutex_unlock(&s->lock);
+    sched_yield();
+    pthread_mutex_lock(&s->lock);
+  }
+}
+
 int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
   mqi_op op;
   op.fn = fn;
@@ -161,8 +177,10 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
   op.flags = 0;
   op.rc = MQ_OK;
   op.finished = 0;
+  op.lead = 0;
   op.next = NULL;
   op.err[0] = 0;
+  pthread_cond_init(&op.wake, NULL);
 
   pthread_mutex_lock(&s->lock);
   if (s->tail)
@@ -170,25 +188,39 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
   else
     s->head = &op;
   s->tail = &op;
-  while (!op.finished) {
-    if (s->leading) {
-      pthread_cond_wait(&s->done, &s->lock);
-      continue;
-    }
+  s->queued++;
+  if (s->leading) {
+    /* Someone is committing: wait until our op is done, or until the
+    ** leadership is handed to us. */
+    while (!op.finished && !op.lead) pthread_cond_wait(&op.wake, &s->lock);
+  } else {
     s->leading = 1;
+  }
+  if (!op.finished) {
+    /* We lead; our op is queued, so it is in the batch we take. */
+    commit_gather(s);
     mqi_op *batch = s->head;
+    s->last_batch = s->queued;
     s->head = s->tail = NULL;
+    s->queued = 0;
     pthread_mutex_unlock(&s->lock);
     commit_batch(s, batch);
     pthread_mutex_lock(&s->lock);
     for (mqi_op *o = batch, *next; o; o = next) {
       next = o->next;
-      o->finished = 1; /* o may be gone once its thread sees this */
+      o->finished = 1;
+      if (o != &op) pthread_cond_signal(&o->wake); /* o may be gone after this */
     }
-    s->leading = 0;
-    pthread_cond_broadcast(&s->done);
+    /* Hand over to the oldest waiter, or step down. */
+    if (s->head) {
+      s->head->lead = 1;
+      pthread_cond_signal(&s->head->wake);
+    } else {
+      s->leading = 0;
+    }
   }
   pthread_mutex_unlock(&s->lock);
+  pthread_cond_destroy(&op.wake);
   if (op.rc != MQ_OK && op.rc != MQ_EMPTY) mqi_err_copy(s, op.rc, op.err);
   return op.rc;
 }

@@ -58,51 +58,69 @@ int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_
 }
 
 /* Apply the queue's timers as of now (see the file comment). */
-static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now) {
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_EXPIRED);
-  int src, rc;
+/* The earliest time stored in a partial index of the queue, or INT64_MAX. */
+static int get_next_time(mq_store *s, mqi_op *op, enum mqi_stmt_id id, int64_t qid, int64_t *when) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, q->id);
-  sqlite3_bind_int64(st, 2, now);
-  /* RETURNING rows are all computed at the first step; collect them before
-  ** touching the bodies. */
-  int64_t local[64], *bodies = local;
-  size_t nb = 0, cap = 64;
-  rc = MQ_OK;
-  while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-    if (nb == cap) {
-      int64_t *nbod = malloc(cap * 2 * sizeof *nbod);
-      if (!nbod) {
-        rc = mqi_op_fail(op, MQ_ENOMEM, "out of memory deleting expired messages");
-        break;
-      }
-      memcpy(nbod, bodies, nb * sizeof *nbod);
-      if (bodies != local) free(bodies);
-      bodies = nbod;
-      cap *= 2;
-    }
-    bodies[nb++] = sqlite3_column_int64(st, 0);
-  }
+  sqlite3_bind_int64(st, 1, qid);
+  int src = sqlite3_step(st);
+  *when = src == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL
+              ? sqlite3_column_int64(st, 0)
+              : INT64_MAX;
   sqlite3_reset(st);
-  if (rc == MQ_OK && src != SQLITE_DONE)
-    rc = mqi_op_sqlite(s, op, src, "deleting expired messages");
-  for (size_t i = 0; rc == MQ_OK && i < nb; i++) rc = mqi_body_release(s, op, bodies[i]);
-  if (bodies != local) free(bodies);
+  if (src != SQLITE_ROW) return mqi_op_sqlite(s, op, src, "reading timers");
+  return MQ_OK;
+}
+
+/* Apply the queue's timers as of now (see the file comment).  Each kind of
+** timer costs one probe of its partial index when nothing is due, which is
+** the common case; the statements that change rows run only when needed. */
+static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now,
+                        int64_t *next_hidden) {
+  int64_t when;
+  int src, rc = get_next_time(s, op, MQI_ST_MSG_NEXT_EXPIRY, q->id, &when);
+  while (rc == MQ_OK && when <= now) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_EXPIRED);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, q->id);
+    sqlite3_bind_int64(st, 2, now);
+    int64_t ids[64], bodies[64];
+    int n = 0;
+    while (n < 64 && (src = sqlite3_step(st)) == SQLITE_ROW) {
+      ids[n] = sqlite3_column_int64(st, 0);
+      bodies[n++] = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    if (n < 64 && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding expired messages");
+    for (int i = 0; rc == MQ_OK && i < n; i++) {
+      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
+        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      sqlite3_bind_int64(st, 1, ids[i]);
+      src = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting an expired message");
+      rc = mqi_body_release(s, op, bodies[i]);
+    }
+    if (n < 64) break;
+  }
   if (rc != MQ_OK) return rc;
+
+  if ((rc = get_next_time(s, op, MQI_ST_MSG_NEXT_VISIBLE, q->id, next_hidden)) != MQ_OK) return rc;
+  if (*next_hidden > now) return MQ_OK;
 
   if (q->max_receives > 0) {
     for (;;) {
-      if (!(st = mqi_store_stmt(s, MQI_ST_MSG_OVERDUE)))
-        return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_OVERDUE);
+      if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
       sqlite3_bind_int64(st, 1, q->id);
       sqlite3_bind_int64(st, 2, now);
       sqlite3_bind_int(st, 3, q->max_receives);
       int64_t ids[64];
       int n = 0;
-      while ((src = sqlite3_step(st)) == SQLITE_ROW && n < 64)
+      while (n < 64 && (src = sqlite3_step(st)) == SQLITE_ROW)
         ids[n++] = sqlite3_column_int64(st, 0);
       sqlite3_reset(st);
-      if (src != SQLITE_DONE && src != SQLITE_ROW)
+      if (n < 64 && src != SQLITE_DONE)
         return mqi_op_sqlite(s, op, src, "finding overdue messages");
       for (int i = 0; i < n; i++)
         if ((rc = mqi_get_deadletter(s, op, q, ids[i], NULL)) != MQ_OK) return rc;
@@ -110,14 +128,15 @@ static int get_maintain(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t now
     }
   }
 
-  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_PROMOTE)))
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_PROMOTE);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_int64(st, 2, now);
   src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "returning hidden messages");
-  return MQ_OK;
+  /* Everything due is ready now; what stays hidden is due later. */
+  return get_next_time(s, op, MQI_ST_MSG_NEXT_VISIBLE, q->id, next_hidden);
 }
 
 typedef struct get_arg {
@@ -167,7 +186,8 @@ static int get_op(mq_store *s, mqi_op *op) {
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
-  if ((rc = get_maintain(s, op, &q, now)) != MQ_OK) return rc;
+  int64_t next_hidden;
+  if ((rc = get_maintain(s, op, &q, now, &next_hidden)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
 
   while (a->count < a->max) {
@@ -245,14 +265,8 @@ static int get_op(mq_store *s, mqi_op *op) {
   }
   if (a->count) return MQ_OK;
 
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NEXT_VISIBLE);
-  a->next_visible = 0;
-  if (st) {
-    sqlite3_bind_int64(st, 1, q.id);
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
-      a->next_visible = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-  }
+  /* Nothing was leased, so what maintenance saw hidden is still so. */
+  a->next_visible = next_hidden == INT64_MAX ? 0 : next_hidden;
   return MQ_EMPTY;
 }
 

@@ -144,6 +144,8 @@ enum mqi_stmt_id {
   MQI_ST_MSG_READY,
   MQI_ST_MSG_LEASE,
   MQI_ST_MSG_EXPIRED,
+  MQI_ST_MSG_NEXT_EXPIRY,
+  MQI_ST_MSG_DELETE,
   MQI_ST_MSG_OVERDUE,
   MQI_ST_MSG_PROMOTE,
   MQI_ST_MSG_NEXT_VISIBLE,
@@ -165,7 +167,6 @@ typedef struct mqi_op mqi_op;
 
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
-  pthread_cond_t done;    /* signalled when a batch has finished */
   pthread_mutex_t dblock; /* guards db and everything used with it */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
@@ -186,7 +187,9 @@ struct mq_store {
   mqi_gate *gate;
   uint64_t rng;        /* lease tokens; used under dblock */
   mqi_op *head, *tail; /* ops waiting for a leader */
+  int queued;          /* how many */
   int leading;         /* a thread is running a batch */
+  int last_batch;      /* ops in the previous batch */
   int broken;          /* a commit failed with an I/O error: reconnect first */
   int64_t next_id;     /* id sequence, valid when id_state != 0 */
   int id_state;        /* 0 not read in this transaction, 1 read, 2 advanced */
@@ -225,7 +228,9 @@ struct mqi_op {
   int durable; /* must survive power loss under FULL (put, ack) */
   int flags;   /* MQI_OP_* set by fn as it goes */
   int rc;
-  int finished;
+  int finished; /* set by the leader that ran it */
+  int lead;     /* handed the leadership: run the next batch */
+  pthread_cond_t wake;
   mqi_op *next;
   char err[MQI_ERRMSG_MAX];
 };

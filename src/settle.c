@@ -42,9 +42,18 @@ static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_q
   sqlite3_bind_int64(st, 3, (int64_t)lease);
   int src = sqlite3_step(st);
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-  if (src == SQLITE_ROW) src = sqlite3_step(st);
   sqlite3_reset(st);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
+  if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding a lease");
+  if (body) {
+    /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
+    ** table on every ack. */
+    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
+      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    sqlite3_bind_int64(st, 1, id);
+    src = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
+  }
   if (!body)
     return mqi_op_fail(op, MQ_ESTALE,
                        "%s: queue \"%s\": message %lld is not leased under this receipt "

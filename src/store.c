@@ -53,7 +53,10 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_MSG_LEASE] =
         "UPDATE mq_msg SET state=1, lease=?2, visible_at=?3, receives=receives+1 WHERE id=?1",
     [MQI_ST_MSG_EXPIRED] =
-        "DELETE FROM mq_msg WHERE queue_id=?1 AND expires_at<=?2 RETURNING body_id",
+        "SELECT id, body_id FROM mq_msg WHERE queue_id=?1 AND expires_at<=?2 LIMIT 64",
+    [MQI_ST_MSG_NEXT_EXPIRY] =
+        "SELECT min(expires_at) FROM mq_msg WHERE queue_id=?1 AND expires_at IS NOT NULL",
+    [MQI_ST_MSG_DELETE] = "DELETE FROM mq_msg WHERE id=?1",
     [MQI_ST_MSG_OVERDUE] =
         "SELECT id FROM mq_msg WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2"
         " AND receives>=?3 LIMIT 64",
@@ -62,8 +65,7 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_MSG_NEXT_VISIBLE] =
         "SELECT min(visible_at) FROM mq_msg WHERE queue_id=?1 AND state IN (1,2)",
     [MQI_ST_MSG_ACK] =
-        "DELETE FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)"
-        " RETURNING body_id",
+        "SELECT body_id FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)",
     [MQI_ST_MSG_NACK] =
         "SELECT receives FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3"
         " AND state IN (0,1)",
@@ -186,7 +188,6 @@ static void store_free(mq_store *s) {
   mqi_gate_close(s->gate);
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->dblock);
-  pthread_cond_destroy(&s->done);
   free(s->path);
   free(s);
 }
@@ -286,7 +287,6 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   if (!s) return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_mutex_init(&s->dblock, NULL);
-  pthread_cond_init(&s->done, NULL);
   s->path = strdup(path);
   s->sync = o.sync;
   s->readonly = readonly;

@@ -272,9 +272,20 @@ void cli_format_time(int64_t ms, char *buf, size_t n) {
     snprintf(buf, n, "%" PRId64 "ms", ms);
     return;
   }
-  char date[64];
-  strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(buf, n, "%s.%03dZ", date, frac);
+  /* strftime cannot write milliseconds; append them, clamped so the
+  ** compiler can see the field is three digits. */
+  size_t len = strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm);
+  if (len == 0 || len + 6 > n) {
+    snprintf(buf, n, "%" PRId64 "ms", ms);
+    return;
+  }
+  unsigned f = frac < 0 ? 0u : frac > 999 ? 999u : (unsigned)frac;
+  buf[len] = '.';
+  buf[len + 1] = (char)('0' + f / 100);
+  buf[len + 2] = (char)('0' + f / 10 % 10);
+  buf[len + 3] = (char)('0' + f % 10);
+  buf[len + 4] = 'Z';
+  buf[len + 5] = 0;
 }
 
 void cli_format_ms(int64_t ms, char *buf, size_t n) {
