@@ -343,6 +343,7 @@ MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int pri
                           size_t data_len, mq_msg **out);
 MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
 MQI_API void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at);
+MQI_API void mqi_msg_set_body(mq_msg *m, int64_t body_id);
 /* Parse a receipt made by mqi_msg_set_receipt. */
 MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
@@ -2775,6 +2776,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       }
       mqi_msg_set_receipt(m, c->id, lease);
       mqi_msg_set_times(m, now + vis, c->expires_at);
+      mqi_msg_set_body(m, c->body_id);
       a->msgs[a->count++] = m;
     }
     for (size_t i = 0; i < nc; i++) free(cands[i].reason);
@@ -2866,7 +2868,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
       " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
-      " q.kind FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       " LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -2904,6 +2906,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       }
       if (rc != MQ_OK) break;
       mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
+      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       msgs[n++] = m;
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
@@ -3250,6 +3253,7 @@ struct mq_msg {
   int64_t enqueued_at;
   int64_t visible_at;
   int64_t expires_at;
+  int64_t body_id;
   int receives;
   int priority;
   size_t size;
@@ -3389,6 +3393,8 @@ void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at) {
   m->expires_at = expires_at;
 }
 
+void mqi_msg_set_body(mq_msg *m, int64_t body_id) { m->body_id = body_id; }
+
 void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease) {
   snprintf(m->receipt, sizeof m->receipt, "%016" PRIx64 "%016" PRIx64, (uint64_t)id, lease);
 }
@@ -3423,6 +3429,7 @@ int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
 int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
 const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
 const char *mq_msg_subject(const mq_msg *m) { return m ? m->subject : NULL; }
+int64_t mq_msg_publish_id(const mq_msg *m) { return m ? (m->body_id ? m->body_id : m->id) : 0; }
 int64_t mq_msg_visible_at(const mq_msg *m) { return m ? m->visible_at : 0; }
 int64_t mq_msg_expires_at(const mq_msg *m) { return m ? m->expires_at : 0; }
 size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }
@@ -3511,7 +3518,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     src = sqlite3_prepare_v2(
         s->db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
         " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
         " ORDER BY m.id",
@@ -3539,6 +3546,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       }
       int64_t vis = sqlite3_column_int64(st, 10);
       mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
+      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
       mq_msg_free(m);
       if (stop) {
@@ -4059,6 +4067,7 @@ int mq_subscription_drop(mq_store *s, const char *topic, const char *sub) {
 typedef struct topic_sub {
   mqi_queue q;
   char *filter;
+  int hit; /* matches the message being published */
 } topic_sub;
 
 static int topic_publish_op(mq_store *s, mqi_op *op) {
@@ -4121,7 +4130,8 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       continue;
     }
     int matches = 0;
-    for (size_t k = 0; k < ns; k++) matches += topic_match(subs[k].filter, it->subject);
+    for (size_t k = 0; k < ns; k++)
+      matches += subs[k].hit = topic_match(subs[k].filter, it->subject);
     if (matches == 0) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
@@ -4129,7 +4139,7 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
     rc = mqi_store_next_id(s, op, &body);
     if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
     for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
-      if (!topic_match(subs[k].filter, it->subject)) continue;
+      if (!subs[k].hit) continue;
       rc = mqi_store_next_id(s, op, &id);
       if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
       a->delivered++;
@@ -7023,9 +7033,11 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
   if (mqi_net_local_name(fd, ep->name, sizeof ep->name) != MQ_OK)
     snprintf(ep->name, sizeof ep->name, "%s", endpoint);
   s->neps++;
-  mqi_log(s->store, MQ_LOG_INFO, "server: %s %s%s%s listening on %s",
-          kind == MQI_EP_PULL ? "PULL into" : kind == MQI_EP_PUSH ? "PUSH from" : "ROUTER",
-          queue ? "\"" : "", queue ? queue : "", queue ? "\"" : "", ep->name);
+  if (kind == MQI_EP_ROUTER)
+    mqi_log(s->store, MQ_LOG_INFO, "server: ROUTER listening on %s", ep->name);
+  else
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s \"%s\" listening on %s",
+            kind == MQI_EP_PULL ? "PULL into" : "PUSH from", queue, ep->name);
   return MQ_OK;
 }
 

@@ -396,6 +396,10 @@ MQ_API const char *mq_msg_header(const mq_msg *msg, const char *name);
 MQ_API size_t mq_msg_header_count(const mq_msg *msg);
 MQ_API const char *mq_msg_header_name(const mq_msg *msg, size_t i);
 MQ_API const char *mq_msg_header_value(const mq_msg *msg, size_t i);
+/* For a message delivered through a topic subscription, the id mq_publish
+** returned for it (the same in every subscription); for a plain put, the
+** message id. */
+MQ_API int64_t mq_msg_publish_id(const mq_msg *msg);
 /* The subject the message was published with, or NULL (plain puts). */
 MQ_API const char *mq_msg_subject(const mq_msg *msg);
 /* The reason given by the last nack, or NULL. */

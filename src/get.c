@@ -250,6 +250,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       }
       mqi_msg_set_receipt(m, c->id, lease);
       mqi_msg_set_times(m, now + vis, c->expires_at);
+      mqi_msg_set_body(m, c->body_id);
       a->msgs[a->count++] = m;
     }
     for (size_t i = 0; i < nc; i++) free(cands[i].reason);
@@ -341,7 +342,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       s->db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
       " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
-      " q.kind FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
+      " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
       "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
       "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       " LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -379,6 +380,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       }
       if (rc != MQ_OK) break;
       mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
+      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       msgs[n++] = m;
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;

@@ -63,7 +63,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     src = sqlite3_prepare_v2(
         s->db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject"
+        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
         " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
         " ORDER BY m.id",
@@ -91,6 +91,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       }
       int64_t vis = sqlite3_column_int64(st, 10);
       mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
+      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
       mq_msg_free(m);
       if (stop) {

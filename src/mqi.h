@@ -311,6 +311,7 @@ MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int pri
                           size_t data_len, mq_msg **out);
 MQI_API void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease);
 MQI_API void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at);
+MQI_API void mqi_msg_set_body(mq_msg *m, int64_t body_id);
 /* Parse a receipt made by mqi_msg_set_receipt. */
 MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */

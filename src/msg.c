@@ -26,6 +26,7 @@ struct mq_msg {
   int64_t enqueued_at;
   int64_t visible_at;
   int64_t expires_at;
+  int64_t body_id;
   int receives;
   int priority;
   size_t size;
@@ -165,6 +166,8 @@ void mqi_msg_set_times(mq_msg *m, int64_t visible_at, int64_t expires_at) {
   m->expires_at = expires_at;
 }
 
+void mqi_msg_set_body(mq_msg *m, int64_t body_id) { m->body_id = body_id; }
+
 void mqi_msg_set_receipt(mq_msg *m, int64_t id, uint64_t lease) {
   snprintf(m->receipt, sizeof m->receipt, "%016" PRIx64 "%016" PRIx64, (uint64_t)id, lease);
 }
@@ -199,6 +202,7 @@ int64_t mq_msg_enqueued_at(const mq_msg *m) { return m ? m->enqueued_at : 0; }
 int mq_msg_priority(const mq_msg *m) { return m ? m->priority : 0; }
 const char *mq_msg_reason(const mq_msg *m) { return m ? m->reason : NULL; }
 const char *mq_msg_subject(const mq_msg *m) { return m ? m->subject : NULL; }
+int64_t mq_msg_publish_id(const mq_msg *m) { return m ? (m->body_id ? m->body_id : m->id) : 0; }
 int64_t mq_msg_visible_at(const mq_msg *m) { return m ? m->visible_at : 0; }
 int64_t mq_msg_expires_at(const mq_msg *m) { return m ? m->expires_at : 0; }
 size_t mq_msg_header_count(const mq_msg *m) { return m ? m->n_headers : 0; }

@@ -375,6 +375,7 @@ int mq_subscription_drop(mq_store *s, const char *topic, const char *sub) {
 typedef struct topic_sub {
   mqi_queue q;
   char *filter;
+  int hit; /* matches the message being published */
 } topic_sub;
 
 static int topic_publish_op(mq_store *s, mqi_op *op) {
@@ -437,7 +438,8 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       continue;
     }
     int matches = 0;
-    for (size_t k = 0; k < ns; k++) matches += topic_match(subs[k].filter, it->subject);
+    for (size_t k = 0; k < ns; k++)
+      matches += subs[k].hit = topic_match(subs[k].filter, it->subject);
     if (matches == 0) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
@@ -445,7 +447,7 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
     rc = mqi_store_next_id(s, op, &body);
     if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
     for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
-      if (!topic_match(subs[k].filter, it->subject)) continue;
+      if (!subs[k].hit) continue;
       rc = mqi_store_next_id(s, op, &id);
       if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
       a->delivered++;

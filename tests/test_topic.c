@@ -122,10 +122,21 @@ static void fan_out_and_filters(void) {
   CHECK_OK(mq_queue_stats_get(s, "events/all", &st));
   CHECK(st.ready == 4 && st.total == 4);
 
-  /* The subject travels with the message. */
-  mq_msg *m = NULL;
+  /* The subject travels with the message, and so does the publish id:
+  ** the same in every subscription, unlike each delivery's own id. */
+  mq_msg *m = NULL, *m2 = NULL;
   CHECK_OK(mq_get(s, "events/all", NULL, &m));
   CHECK(m && mq_msg_subject(m) && strcmp(mq_msg_subject(m), "sensors.kitchen.temp") == 0);
+  int64_t first_pub;
+  CHECK_OK(mq_publish(s, "events", "sensors.kitchen.x", "k", 1, NULL, &first_pub, NULL));
+  mq_msg *seen[8];
+  size_t nseen = 0;
+  CHECK_OK(mq_peek(s, "events/kitchen", 8, seen, &nseen));
+  CHECK(nseen == 1 && mq_msg_publish_id(seen[0]) == first_pub && mq_msg_id(seen[0]) != first_pub);
+  for (size_t i = 0; i < nseen; i++) mq_msg_free(seen[i]);
+  CHECK_OK(mq_get(s, "events/kitchen", NULL, &m2));
+  CHECK(m2 && mq_msg_publish_id(m2) == first_pub);
+  mq_msg_free(m2);
   mq_msg_free(m);
 
   /* A late subscriber sees nothing older. */
