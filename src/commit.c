@@ -76,6 +76,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   }
 
   pthread_mutex_lock(&s->dblock);
+  uint32_t ticket = mqi_gate_enter(s->gate);
   if (s->broken && mqi_store_reconnect(s) != MQ_OK) {
     snprintf(msg, sizeof msg,
              "%s: the store could not be reopened after an I/O error; close it and "
@@ -83,8 +84,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
              s->path);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_EIO;
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
-    pthread_mutex_unlock(&s->dblock);
-    return;
+    goto out;
   }
   if (s->sync == MQ_SYNC_FULL) {
     /* The level can only change outside a transaction; it is read at
@@ -96,7 +96,6 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     else if (s->cur_sync != want && want == 2)
       s->cur_sync = -1; /* unknown: try again next time, and fail below */
   }
-  uint32_t ticket = mqi_gate_enter(s->gate);
   int src = (s->sync == MQ_SYNC_FULL && need_sync && s->cur_sync != 2)
                 ? SQLITE_ERROR
                 : commit_exec(s, MQI_ST_BEGIN);
@@ -150,6 +149,11 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     for (mqi_op *op = batch; op; op = op->next)
       if (commit_is_answer(op->rc) && (op->flags & MQI_OP_WAKE)) wake = 1;
     if (wake) mqi_gate_bump(s->gate);
+    /* Near the free-space floor the WAL must not grow towards the auto-
+    ** checkpoint's 4 MiB: fold it into the file and cut it back now, so
+    ** gets and acks keep working in the room the floor leaves. */
+    if (mqi_store_low_space(s))
+      sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
   }
 out:
   mqi_gate_leave(s->gate, ticket);

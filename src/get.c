@@ -365,13 +365,15 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
       }
       if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
       mq_msg *m = NULL;
-      rc = mqi_msg_build(sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3),
-                         sqlite3_column_int(st, 2), sqlite3_column_int(st, 1),
-                         (const char *)sqlite3_column_text(st, 4),
-                         (const char *)sqlite3_column_text(st, 12), sqlite3_column_int64(st, 5),
-                         (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
-                         sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
-                         sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      rc = mqi_msg_build(
+          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+          (const char *)sqlite3_column_text(st, 12),
+          /* a missing body (NULL size) is damage, not an empty payload */
+          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
+          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
       if (rc == MQ_ECORRUPT) {
         mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path,
                 queue, (long long)sqlite3_column_int64(st, 0));

@@ -86,6 +86,8 @@ MQI_API void mqi_os_futex_wake(uint32_t *addr);
 ** a message in err. */
 MQI_API int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonly,
                                 char *err, size_t errlen);
+/* Is path an empty file beside a -wal that holds frames? */
+MQI_API int mqi_os_empty_beside_wal(const char *path);
 /* Identity of the file for naming shared memory. */
 MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
 /* Incremented in the child at every fork(); a handle remembers it. */
@@ -160,6 +162,7 @@ enum mqi_stmt_id {
   MQI_ST_ID_GET,
   MQI_ST_ID_MAX,
   MQI_ST_ID_SET,
+  MQI_ST_FREELIST,
   MQI_ST_COUNT
 };
 
@@ -209,7 +212,9 @@ MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
 /* Inside the transaction, before COMMIT: persist the id sequence. */
 MQI_API int mqi_store_save_ids(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */
-MQI_API int mqi_store_space_ok(mq_store *s);
+MQI_API int mqi_store_space_ok(mq_store *s, int64_t incoming);
+/* Near the free-space floor: commits should keep the WAL short. */
+MQI_API int mqi_store_low_space(mq_store *s);
 
 /* ---- schema.c ------------------------------------------------------------ */
 /* Check that db is an mq store of a format we read, creating the schema in

@@ -177,6 +177,14 @@ int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonl
   return MQ_OK;
 }
 
+int mqi_os_empty_beside_wal(const char *path) {
+  struct stat st, wal;
+  char w[4200];
+  if (stat(path, &st) != 0 || st.st_size != 0) return 0;
+  snprintf(w, sizeof w, "%s-wal", path);
+  return stat(w, &wal) == 0 && wal.st_size > 32; /* more than a WAL header */
+}
+
 int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino) {
   struct stat st;
   if (stat(path, &st) != 0) return MQ_ECANTOPEN;

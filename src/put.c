@@ -194,6 +194,12 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
+static int64_t put_bytes(const mqi_put_item *items, size_t n) {
+  int64_t total = 0;
+  for (size_t i = 0; i < n; i++) total += (int64_t)items[i].len;
+  return total;
+}
+
 static int put_op(mq_store *s, mqi_op *op) {
   put_arg *a = op->arg;
   mqi_queue q;
@@ -203,7 +209,7 @@ static int put_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s: %s", s->path, a->queue,
                        q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
                        q.kind == MQI_KIND_TOPIC ? "use mq_publish" : "publish to its topic");
-  if (mqi_store_space_ok(s) != MQ_OK)
+  if (mqi_store_space_ok(s, put_bytes(a->items, a->n)) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL,
                        "%s: free space is below the floor of %lld bytes; puts are refused "
                        "so that acks and checkpoints keep working",

@@ -21,7 +21,9 @@
 
 #define STORE_DEFAULT_MIN_FREE ((int64_t)16 * 1024 * 1024)
 #define STORE_FREE_RECHECK_MS 250
-#define STORE_OPEN_MIN_FREE ((int64_t)256 * 1024) /* room for -shm and a WAL start */
+#define STORE_FREE_MARGIN ((int64_t)8 * 1024 * 1024) /* near the floor: read often */
+#define STORE_PUT_OVERHEAD ((int64_t)16 * 1024)      /* pages a put touches */
+#define STORE_OPEN_MIN_FREE ((int64_t)256 * 1024)    /* room for -shm and a WAL start */
 
 static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -88,6 +90,8 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
         " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
     [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
+    [MQI_ST_FREELIST] =
+        "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
 };
 
 const char *mq_libversion(void) { return MQ_VERSION; }
@@ -245,6 +249,14 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
   }
   sqlite3_extended_result_codes(s->db, 1);
   sqlite3_busy_timeout(s->db, s->busy_timeout_ms);
+  /* SQLite quietly opens a file it cannot write read-only; a caller who
+  ** asked to write should hear it now, not at the first put. */
+  if (!s->readonly && sqlite3_db_readonly(s->db, "main") == 1) {
+    snprintf(err, errlen,
+             "%s is not writable by this process; open it with MQ_OPEN_READONLY to read it",
+             s->path);
+    return MQ_EREADONLY;
+  }
   int rc = mqi_schema_open(s->db, s->readonly, err, errlen);
   if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
   return rc;
@@ -319,16 +331,31 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     return mqi_err_copy(NULL, MQ_EFULL, err);
   }
 
-  rc = store_connect(s, err, sizeof err);
-  if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
-  uint64_t dev = 0, ino = 0;
-  if (rc == MQ_OK && mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
-    snprintf(err, sizeof err, "cannot stat %s after opening it", path);
-    rc = MQ_ECANTOPEN;
+  /* A main file emptied by damage next to a WAL full of commits would
+  ** otherwise be taken for a new store, and the WAL thrown away. */
+  if (mqi_os_empty_beside_wal(path)) {
+    snprintf(err, sizeof err,
+             "%s is empty but its -wal file is not: refusing to start a new store over "
+             "what may be recoverable data",
+             path);
+    store_free(s);
+    return mqi_err_copy(NULL, MQ_ECORRUPT, err);
   }
-  if (rc == MQ_OK && !(s->gate = mqi_gate_open(dev, ino, o.mode))) {
+
+  /* The gate first: creating the schema and recording this boot's clock
+  ** are writes, and every write goes through the gate. */
+  uint64_t dev = 0, ino = 0;
+  if (mqi_os_file_id(path, &dev, &ino) != MQ_OK) {
+    snprintf(err, sizeof err, "cannot stat %s", path);
+    rc = MQ_ECANTOPEN;
+  } else if (!(s->gate = mqi_gate_open(dev, ino, o.mode))) {
     snprintf(err, sizeof err, "out of memory opening %s", path);
     rc = MQ_ENOMEM;
+  } else {
+    uint32_t ticket = mqi_gate_enter(s->gate);
+    rc = store_connect(s, err, sizeof err);
+    if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
+    mqi_gate_leave(s->gate, ticket);
   }
   if (rc != MQ_OK) {
     if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
@@ -452,14 +479,46 @@ int mqi_store_save_ids(mq_store *s) {
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
-int mqi_store_space_ok(mq_store *s) {
-  if (s->min_free_bytes <= 0) return MQ_OK;
+/* Room for new messages: free space on the file system, plus the pages
+** acked messages left free inside the file, which SQLite reuses before it
+** grows the file.  -1 if the file system cannot say. */
+static int64_t store_free_bytes(mq_store *s) {
+  int64_t fs = mqi_os_free_bytes(s->path);
+  if (fs < 0) return -1;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_FREELIST);
+  if (st && sqlite3_step(st) == SQLITE_ROW) fs += sqlite3_column_int64(st, 0);
+  if (st) sqlite3_reset(st);
+  return fs;
+}
+
+int mqi_store_low_space(mq_store *s) {
+  if (s->min_free_bytes <= 0) return 0;
   int64_t now = mqi_os_monotonic_ms();
   if (now - s->free_checked_at >= STORE_FREE_RECHECK_MS) {
-    s->free_bytes = mqi_os_free_bytes(s->path);
+    s->free_bytes = store_free_bytes(s);
     s->free_checked_at = now;
   }
-  if (s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes) return MQ_EFULL;
+  return s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes + STORE_FREE_MARGIN;
+}
+
+int mqi_store_space_ok(mq_store *s, int64_t incoming) {
+  if (s->min_free_bytes <= 0) return MQ_OK;
+  int64_t now = mqi_os_monotonic_ms();
+  /* statvfs is read at most every STORE_FREE_RECHECK_MS while far from the
+  ** floor.  In between, every put takes a pessimistic guess of what it
+  ** will use (its payload in the WAL and again in the file, and the pages
+  ** around it) off the figure, so the figure only falls between readings:
+  ** a producer faster than the readings still meets a fresh one before it
+  ** can reach the floor. */
+  if (now - s->free_checked_at >= STORE_FREE_RECHECK_MS ||
+      s->free_bytes < s->min_free_bytes + STORE_FREE_MARGIN) {
+    s->free_bytes = store_free_bytes(s);
+    s->free_checked_at = now;
+  }
+  if (s->free_bytes < 0) return MQ_OK; /* unknown: SQLite will tell */
+  int64_t need = 2 * incoming + STORE_PUT_OVERHEAD;
+  if (s->free_bytes - need < s->min_free_bytes) return MQ_EFULL;
+  s->free_bytes -= need;
   return MQ_OK;
 }
 

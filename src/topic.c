@@ -383,7 +383,7 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
   mqi_queue t;
   int rc = topic_find(s, op, a->topic, &t);
   if (rc != MQ_OK) return rc;
-  if (mqi_store_space_ok(s) != MQ_OK)
+  if (mqi_store_space_ok(s, 0) != MQ_OK)
     return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
                        (long long)s->min_free_bytes);
   /* Size is checked whether or not anyone listens: the answer to a bad
