@@ -166,8 +166,6 @@ enum mqi_stmt_id {
   MQI_ST_SAVEPOINT,
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
-  MQI_ST_SYNC_FULL,
-  MQI_ST_SYNC_NORMAL,
   MQI_ST_QUEUE_BY_NAME,
   MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
@@ -238,6 +236,9 @@ MQI_API int64_t mqi_store_now(mq_store *s);
 /* Close and reopen the connection (under dblock): after an I/O error at
 ** commit, the connection's view of the file can no longer be trusted. */
 MQI_API int mqi_store_reconnect(mq_store *s);
+/* Take dblock for a read, reconnecting first if an earlier failure left
+** the connection unusable.  On failure dblock is not held. */
+MQI_API int mqi_store_lock(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
@@ -539,6 +540,19 @@ int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonl
   /* No SQLite connection of this process has the new file open yet, so
   ** closing this descriptor cannot drop anyone's POSIX locks. */
   close(fd);
+  /* The new name must survive a power cut too, under any sync mode. */
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  size_t n = slash ? (size_t)(slash - path) : 0;
+  if (n >= sizeof dir) n = 0;
+  if (slash && n == 0) n = 1; /* "/file" */
+  memcpy(dir, slash ? path : ".", slash ? n : 1);
+  dir[slash ? n : 1] = 0;
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
   return MQ_OK;
 }
 
@@ -973,8 +987,6 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_SAVEPOINT] = "SAVEPOINT mq_op",
     [MQI_ST_RELEASE] = "RELEASE mq_op",
     [MQI_ST_ROLLBACK_TO] = "ROLLBACK TO mq_op",
-    [MQI_ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
-    [MQI_ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
@@ -1200,6 +1212,15 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
   }
   int rc = mqi_schema_open(s->db, s->readonly, err, errlen);
   if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
+  /* The statements that end transactions are compiled now, so that no
+  ** rollback can fail later for want of memory to compile it. */
+  for (int id = MQI_ST_BEGIN; rc == MQ_OK && !s->readonly && id <= MQI_ST_ROLLBACK_TO; id++) {
+    if (!mqi_store_stmt(s, (enum mqi_stmt_id)id)) {
+      snprintf(err, errlen, "%s: preparing statements: %s", s->path, sqlite3_errmsg(s->db));
+      rc = mqi_err_from_sqlite(sqlite3_errcode(s->db));
+      if (rc == MQ_OK) rc = MQ_ERROR;
+    }
+  }
   return rc;
 }
 
@@ -1215,11 +1236,33 @@ int mqi_store_reconnect(mq_store *s) {
   int rc = store_connect(s, err, sizeof err);
   if (rc == MQ_OK) {
     s->broken = 0;
-    mqi_log(s, MQ_LOG_WARN, "%s: reopened after an I/O error at commit", s->path);
+    mqi_log(s, MQ_LOG_WARN, "%s: reopened after an error that left the connection unusable",
+            s->path);
   } else {
-    mqi_log(s, MQ_LOG_ERROR, "%s: reopening after an I/O error failed: %s", s->path, err);
+    for (int i = 0; i < MQI_ST_COUNT; i++) {
+      sqlite3_finalize(s->stmt[i]);
+      s->stmt[i] = NULL;
+    }
+    sqlite3_close_v2(s->db);
+    s->db = NULL; /* every call reconnects first (mqi_store_lock, commit) */
+    s->broken = 1;
+    mqi_log(s, MQ_LOG_ERROR, "%s: reopening failed: %s", s->path, err);
   }
   return rc;
+}
+
+int mqi_store_lock(mq_store *s) {
+  pthread_mutex_lock(&s->dblock);
+  if (!s->broken && s->db) return MQ_OK;
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int rc = mqi_store_reconnect(s);
+  mqi_gate_leave(s->gate, ticket);
+  if (rc == MQ_OK) return MQ_OK;
+  pthread_mutex_unlock(&s->dblock);
+  return mqi_err_set(s, rc,
+                     "%s: the store could not be reopened after an error; close it and open it "
+                     "again",
+                     s->path);
 }
 
 int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out) {
@@ -1466,7 +1509,7 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
 int mq_store_checkpoint(mq_store *s) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   uint32_t ticket = mqi_gate_enter(s->gate);
   int src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
   mqi_gate_leave(s->gate, ticket);
@@ -1733,6 +1776,16 @@ static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
   return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
+/* End the open transaction without keeping anything.  If even ROLLBACK
+** fails (out of memory), closing the connection is the rollback of last
+** resort: reconnect at once, so no half-done batch can be committed later
+** by another call on this handle. */
+static void commit_rollback(mq_store *s) {
+  if (sqlite3_get_autocommit(s->db)) return;
+  if (commit_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
+  if (mqi_store_reconnect(s) != MQ_OK) s->broken = 1;
+}
+
 static int commit_is_answer(int rc) { return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE; }
 
 /* Fail every op of the batch that has not failed on its own. */
@@ -1754,7 +1807,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
 
   pthread_mutex_lock(&s->dblock);
   uint32_t ticket = mqi_gate_enter(s->gate);
-  if (s->broken && mqi_store_reconnect(s) != MQ_OK) {
+  if ((s->broken || !s->db) && mqi_store_reconnect(s) != MQ_OK) {
     snprintf(msg, sizeof msg,
              "%s: the store could not be reopened after an I/O error; close it and "
              "open it again",
@@ -1763,19 +1816,24 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
     goto out;
   }
+  int src = SQLITE_OK;
   if (s->sync == MQ_SYNC_FULL) {
     /* The level can only change outside a transaction; it is read at
-    ** COMMIT.  Ops say up front whether they need durability. */
+    ** COMMIT.  Ops say up front whether they need durability; a batch that
+    ** needs it must not start without it. */
     int want = need_sync ? 2 : 1;
-    if (s->cur_sync != want &&
-        commit_exec(s, want == 2 ? MQI_ST_SYNC_FULL : MQI_ST_SYNC_NORMAL) == SQLITE_OK)
-      s->cur_sync = want;
-    else if (s->cur_sync != want && want == 2)
-      s->cur_sync = -1; /* unknown: try again next time, and fail below */
+    if (s->cur_sync != want) {
+      /* Never from a cached statement: SQLite applies this pragma when it
+      ** is compiled, and stepping a compiled copy again does not reliably
+      ** apply it (measured: it left a connection at NORMAL while the FULL
+      ** statement "ran", so puts were not fsynced). */
+      src = sqlite3_exec(s->db, want == 2 ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                         NULL, NULL, NULL);
+      s->cur_sync = src == SQLITE_OK ? want : -1;
+      if (src != SQLITE_OK && want == 1) src = SQLITE_OK; /* FULL is never wrong */
+    }
   }
-  int src = (s->sync == MQ_SYNC_FULL && need_sync && s->cur_sync != 2)
-                ? SQLITE_ERROR
-                : commit_exec(s, MQI_ST_BEGIN);
+  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_BEGIN);
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
@@ -1795,14 +1853,27 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     }
     op->rc = op->fn(s, op);
     if (n > 1) {
-      if (!commit_is_answer(op->rc)) commit_exec(s, MQI_ST_ROLLBACK_TO);
-      commit_exec(s, MQI_ST_RELEASE);
+      /* If an op's own undo fails, its half-done work is in the
+      ** transaction: nothing of this batch may be kept. */
+      src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
+      if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_RELEASE);
+      if (src != SQLITE_OK) {
+        int rc = mqi_err_from_sqlite(src);
+        snprintf(msg, sizeof msg, "%s: cannot undo a failed operation: %s", s->path,
+                 sqlite3_errmsg(s->db));
+        commit_rollback(s);
+        for (mqi_op *o = batch; o; o = o->next) {
+          o->rc = rc == MQ_OK ? MQ_ERROR : rc;
+          snprintf(o->err, sizeof o->err, "%s", msg);
+        }
+        goto out;
+      }
     }
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
   if (!any_kept) {
-    commit_exec(s, MQI_ST_ROLLBACK);
+    commit_rollback(s);
     goto out;
   }
   src = mqi_store_save_ids(s);
@@ -1815,7 +1886,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,
              rc == MQ_EUNKNOWN ? "; the change may or may not be durable" : "",
              sqlite3_errmsg(s->db), src);
-    if (!sqlite3_get_autocommit(s->db)) commit_exec(s, MQI_ST_ROLLBACK);
+    commit_rollback(s);
     /* After a failed fsync the kernel may have dropped the dirty pages and
     ** reports success next time (fsyncgate): never reuse this connection's
     ** state; reopen before the next transaction. */
@@ -2194,7 +2265,7 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   char **v = NULL;
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
                                &st, NULL);
   if (src == SQLITE_OK) {
@@ -2238,7 +2309,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
@@ -2292,7 +2363,7 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_info_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
@@ -2818,6 +2889,10 @@ static int get_op(mq_store *s, mqi_op *op) {
       c->expires_at = sqlite3_column_int64(st, 6);
       const char *r = (const char *)sqlite3_column_text(st, 5);
       c->reason = r ? strdup(r) : NULL;
+      if (r && !c->reason) {
+        src = SQLITE_NOMEM; /* freed below with the others */
+        break;
+      }
     }
     sqlite3_reset(st);
     if (src != SQLITE_DONE) {
@@ -2868,7 +2943,10 @@ static int get_op(mq_store *s, mqi_op *op) {
   if (rc != MQ_OK) {
     /* The savepoint (or the whole transaction) is rolled back: the leases
     ** above never happened, so neither do the messages. */
-    for (size_t i = 0; i < a->count; i++) mq_msg_free(a->msgs[i]);
+    for (size_t i = 0; i < a->count; i++) {
+      mq_msg_free(a->msgs[i]);
+      a->msgs[i] = NULL;
+    }
     a->count = 0;
     return rc;
   }
@@ -2917,7 +2995,16 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     if (slice > left) slice = left;
     mqi_gate_wait(s->gate, seq, slice);
   }
-  if (rc == MQ_OK) *count = a.count;
+  if (rc == MQ_OK) {
+    *count = a.count;
+  } else {
+    /* The op may have built messages for a transaction whose commit then
+    ** failed: those leases never happened, so the messages go. */
+    for (size_t i = 0; i < a.count; i++) {
+      mq_msg_free(msgs[i]);
+      msgs[i] = NULL;
+    }
+  }
   return rc;
 }
 
@@ -2942,7 +3029,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
@@ -3440,10 +3527,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, c
     if (size) memcpy(m->data, data, (size_t)size);
   } else {
     uLongf dlen = (uLongf)size;
-    if (uncompress(m->data, &dlen, (const Bytef *)(data ? data : ""), (uLong)data_len) != Z_OK ||
-        dlen != (uLongf)size) {
+    int zrc = uncompress(m->data, &dlen, (const Bytef *)(data ? data : ""), (uLong)data_len);
+    if (zrc != Z_OK || dlen != (uLongf)size) {
       free(mem);
-      return MQ_ECORRUPT;
+      /* Out of memory is not damage: the payload must not be dead-lettered. */
+      return zrc == Z_MEM_ERROR ? MQ_ENOMEM : MQ_ECORRUPT;
     }
   }
   m->data[size] = 0;
@@ -3554,12 +3642,26 @@ void mq_msg_free(mq_msg *m) { free(m); }
 /* #include "mqi.h" -- inlined above */
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static int inspect_begin(mq_store *s) { return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL); }
+/* A read transaction for one consistent snapshot.  *began says whether it
+** was started here: inspect_end ends only what inspect_begin began. */
+static int inspect_begin(mq_store *s, int *began) {
+  *began = 0;
+  int src = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+  if (src == SQLITE_OK) *began = 1;
+  return src;
+}
 
-static void inspect_end(mq_store *s) {
-  if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+static void inspect_end(mq_store *s, int began) {
+  if (!began || sqlite3_get_autocommit(s->db)) return;
+  /* Ending a read transaction can still fail (out of memory): then roll
+  ** back, and if even that fails, reopen, so that no later call runs
+  ** inside this transaction. */
+  if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (!sqlite3_get_autocommit(s->db)) s->broken = 1;
 }
 
 /* The visible state of a row as of now, as a get would see it. */
@@ -3574,10 +3676,11 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int src = inspect_begin(s);
+  int began;
+  int src = inspect_begin(s, &began);
   int64_t qid = 0;
   if (src == SQLITE_OK)
     src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
@@ -3644,7 +3747,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(s->db));
   sqlite3_finalize(st);
-  inspect_end(s);
+  inspect_end(s, began);
   pthread_mutex_unlock(&s->dblock);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -3716,17 +3819,29 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
   verify_ctx v = {fn, ctx, 0};
-  pthread_mutex_lock(&s->dblock);
-  int src = inspect_begin(s);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  int began;
+  int src = inspect_begin(s, &began);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
     sqlite3_stmt *st = NULL;
     src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
-    while (src == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+    int step = SQLITE_DONE;
+    while (src == SQLITE_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
       const char *line = (const char *)sqlite3_column_text(st, 0);
-      if (line && strcmp(line, "ok") != 0) verify_report(&v, "file: %s", line);
+      if (!line || strcmp(line, "ok") == 0) continue;
+      /* A page that could not be read (I/O error, out of memory) is not
+      ** damage: the check could not run, which is another answer. */
+      const char *code = strstr(line, "error code=");
+      int ec = code ? atoi(code + 11) & 0xff : 0;
+      if (ec == SQLITE_IOERR || ec == SQLITE_NOMEM) {
+        step = ec;
+        break;
+      }
+      verify_report(&v, "file: %s", line);
     }
+    if (src == SQLITE_OK && step != SQLITE_DONE) src = step;
     sqlite3_finalize(st);
   }
   if (src == SQLITE_OK)
@@ -3754,7 +3869,7 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       "");
   if (src == SQLITE_OK) src = verify_payloads(s, &v);
-  inspect_end(s);
+  inspect_end(s, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {
@@ -3961,7 +4076,7 @@ static int topic_list(mq_store *s, const char *topic, char ***names, size_t *cou
   size_t n = 0, cap = 0, skip = topic ? strlen(topic) + 1 : 0;
   int found = topic == NULL;
   sqlite3_stmt *st = NULL;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int src = sqlite3_prepare_v2(
       s->db,
       topic ? "SELECT t.id, s.name FROM mq_queue t LEFT JOIN mq_queue s ON s.parent_id = t.id"
@@ -4297,7 +4412,7 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,

@@ -56,6 +56,16 @@ static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
   return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
+/* End the open transaction without keeping anything.  If even ROLLBACK
+** fails (out of memory), closing the connection is the rollback of last
+** resort: reconnect at once, so no half-done batch can be committed later
+** by another call on this handle. */
+static void commit_rollback(mq_store *s) {
+  if (sqlite3_get_autocommit(s->db)) return;
+  if (commit_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
+  if (mqi_store_reconnect(s) != MQ_OK) s->broken = 1;
+}
+
 static int commit_is_answer(int rc) { return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE; }
 
 /* Fail every op of the batch that has not failed on its own. */
@@ -77,7 +87,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
 
   pthread_mutex_lock(&s->dblock);
   uint32_t ticket = mqi_gate_enter(s->gate);
-  if (s->broken && mqi_store_reconnect(s) != MQ_OK) {
+  if ((s->broken || !s->db) && mqi_store_reconnect(s) != MQ_OK) {
     snprintf(msg, sizeof msg,
              "%s: the store could not be reopened after an I/O error; close it and "
              "open it again",
@@ -86,19 +96,24 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
     goto out;
   }
+  int src = SQLITE_OK;
   if (s->sync == MQ_SYNC_FULL) {
     /* The level can only change outside a transaction; it is read at
-    ** COMMIT.  Ops say up front whether they need durability. */
+    ** COMMIT.  Ops say up front whether they need durability; a batch that
+    ** needs it must not start without it. */
     int want = need_sync ? 2 : 1;
-    if (s->cur_sync != want &&
-        commit_exec(s, want == 2 ? MQI_ST_SYNC_FULL : MQI_ST_SYNC_NORMAL) == SQLITE_OK)
-      s->cur_sync = want;
-    else if (s->cur_sync != want && want == 2)
-      s->cur_sync = -1; /* unknown: try again next time, and fail below */
+    if (s->cur_sync != want) {
+      /* Never from a cached statement: SQLite applies this pragma when it
+      ** is compiled, and stepping a compiled copy again does not reliably
+      ** apply it (measured: it left a connection at NORMAL while the FULL
+      ** statement "ran", so puts were not fsynced). */
+      src = sqlite3_exec(s->db, want == 2 ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                         NULL, NULL, NULL);
+      s->cur_sync = src == SQLITE_OK ? want : -1;
+      if (src != SQLITE_OK && want == 1) src = SQLITE_OK; /* FULL is never wrong */
+    }
   }
-  int src = (s->sync == MQ_SYNC_FULL && need_sync && s->cur_sync != 2)
-                ? SQLITE_ERROR
-                : commit_exec(s, MQI_ST_BEGIN);
+  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_BEGIN);
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
@@ -118,14 +133,27 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     }
     op->rc = op->fn(s, op);
     if (n > 1) {
-      if (!commit_is_answer(op->rc)) commit_exec(s, MQI_ST_ROLLBACK_TO);
-      commit_exec(s, MQI_ST_RELEASE);
+      /* If an op's own undo fails, its half-done work is in the
+      ** transaction: nothing of this batch may be kept. */
+      src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
+      if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_RELEASE);
+      if (src != SQLITE_OK) {
+        int rc = mqi_err_from_sqlite(src);
+        snprintf(msg, sizeof msg, "%s: cannot undo a failed operation: %s", s->path,
+                 sqlite3_errmsg(s->db));
+        commit_rollback(s);
+        for (mqi_op *o = batch; o; o = o->next) {
+          o->rc = rc == MQ_OK ? MQ_ERROR : rc;
+          snprintf(o->err, sizeof o->err, "%s", msg);
+        }
+        goto out;
+      }
     }
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
   if (!any_kept) {
-    commit_exec(s, MQI_ST_ROLLBACK);
+    commit_rollback(s);
     goto out;
   }
   src = mqi_store_save_ids(s);
@@ -138,7 +166,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     snprintf(msg, sizeof msg, "%s: commit failed%s: %s (SQLite code %d)", s->path,
              rc == MQ_EUNKNOWN ? "; the change may or may not be durable" : "",
              sqlite3_errmsg(s->db), src);
-    if (!sqlite3_get_autocommit(s->db)) commit_exec(s, MQI_ST_ROLLBACK);
+    commit_rollback(s);
     /* After a failed fsync the kernel may have dropped the dirty pages and
     ** reports success next time (fsyncgate): never reuse this connection's
     ** state; reopen before the next transaction. */

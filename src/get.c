@@ -210,6 +210,10 @@ static int get_op(mq_store *s, mqi_op *op) {
       c->expires_at = sqlite3_column_int64(st, 6);
       const char *r = (const char *)sqlite3_column_text(st, 5);
       c->reason = r ? strdup(r) : NULL;
+      if (r && !c->reason) {
+        src = SQLITE_NOMEM; /* freed below with the others */
+        break;
+      }
     }
     sqlite3_reset(st);
     if (src != SQLITE_DONE) {
@@ -260,7 +264,10 @@ static int get_op(mq_store *s, mqi_op *op) {
   if (rc != MQ_OK) {
     /* The savepoint (or the whole transaction) is rolled back: the leases
     ** above never happened, so neither do the messages. */
-    for (size_t i = 0; i < a->count; i++) mq_msg_free(a->msgs[i]);
+    for (size_t i = 0; i < a->count; i++) {
+      mq_msg_free(a->msgs[i]);
+      a->msgs[i] = NULL;
+    }
     a->count = 0;
     return rc;
   }
@@ -309,7 +316,16 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     if (slice > left) slice = left;
     mqi_gate_wait(s->gate, seq, slice);
   }
-  if (rc == MQ_OK) *count = a.count;
+  if (rc == MQ_OK) {
+    *count = a.count;
+  } else {
+    /* The op may have built messages for a transaction whose commit then
+    ** failed: those leases never happened, so the messages go. */
+    for (size_t i = 0; i < a.count; i++) {
+      mq_msg_free(msgs[i]);
+      msgs[i] = NULL;
+    }
+  }
   return rc;
 }
 
@@ -334,7 +350,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;

@@ -15,12 +15,26 @@
 #include "mqi.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-static int inspect_begin(mq_store *s) { return sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL); }
+/* A read transaction for one consistent snapshot.  *began says whether it
+** was started here: inspect_end ends only what inspect_begin began. */
+static int inspect_begin(mq_store *s, int *began) {
+  *began = 0;
+  int src = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+  if (src == SQLITE_OK) *began = 1;
+  return src;
+}
 
-static void inspect_end(mq_store *s) {
-  if (!sqlite3_get_autocommit(s->db)) sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+static void inspect_end(mq_store *s, int began) {
+  if (!began || sqlite3_get_autocommit(s->db)) return;
+  /* Ending a read transaction can still fail (out of memory): then roll
+  ** back, and if even that fails, reopen, so that no later call runs
+  ** inside this transaction. */
+  if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (!sqlite3_get_autocommit(s->db)) s->broken = 1;
 }
 
 /* The visible state of a row as of now, as a get would see it. */
@@ -35,10 +49,11 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int src = inspect_begin(s);
+  int began;
+  int src = inspect_begin(s, &began);
   int64_t qid = 0;
   if (src == SQLITE_OK)
     src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
@@ -105,7 +120,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(s->db));
   sqlite3_finalize(st);
-  inspect_end(s);
+  inspect_end(s, began);
   pthread_mutex_unlock(&s->dblock);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -177,17 +192,29 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
   verify_ctx v = {fn, ctx, 0};
-  pthread_mutex_lock(&s->dblock);
-  int src = inspect_begin(s);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  int began;
+  int src = inspect_begin(s, &began);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
     sqlite3_stmt *st = NULL;
     src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
-    while (src == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+    int step = SQLITE_DONE;
+    while (src == SQLITE_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
       const char *line = (const char *)sqlite3_column_text(st, 0);
-      if (line && strcmp(line, "ok") != 0) verify_report(&v, "file: %s", line);
+      if (!line || strcmp(line, "ok") == 0) continue;
+      /* A page that could not be read (I/O error, out of memory) is not
+      ** damage: the check could not run, which is another answer. */
+      const char *code = strstr(line, "error code=");
+      int ec = code ? atoi(code + 11) & 0xff : 0;
+      if (ec == SQLITE_IOERR || ec == SQLITE_NOMEM) {
+        step = ec;
+        break;
+      }
+      verify_report(&v, "file: %s", line);
     }
+    if (src == SQLITE_OK && step != SQLITE_DONE) src = step;
     sqlite3_finalize(st);
   }
   if (src == SQLITE_OK)
@@ -215,7 +242,7 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       "");
   if (src == SQLITE_OK) src = verify_payloads(s, &v);
-  inspect_end(s);
+  inspect_end(s, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

@@ -134,8 +134,6 @@ enum mqi_stmt_id {
   MQI_ST_SAVEPOINT,
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
-  MQI_ST_SYNC_FULL,
-  MQI_ST_SYNC_NORMAL,
   MQI_ST_QUEUE_BY_NAME,
   MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
@@ -206,6 +204,9 @@ MQI_API int64_t mqi_store_now(mq_store *s);
 /* Close and reopen the connection (under dblock): after an I/O error at
 ** commit, the connection's view of the file can no longer be trusted. */
 MQI_API int mqi_store_reconnect(mq_store *s);
+/* Take dblock for a read, reconnecting first if an earlier failure left
+** the connection unusable.  On failure dblock is not held. */
+MQI_API int mqi_store_lock(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);

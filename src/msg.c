@@ -129,10 +129,11 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, c
     if (size) memcpy(m->data, data, (size_t)size);
   } else {
     uLongf dlen = (uLongf)size;
-    if (uncompress(m->data, &dlen, (const Bytef *)(data ? data : ""), (uLong)data_len) != Z_OK ||
-        dlen != (uLongf)size) {
+    int zrc = uncompress(m->data, &dlen, (const Bytef *)(data ? data : ""), (uLong)data_len);
+    if (zrc != Z_OK || dlen != (uLongf)size) {
       free(mem);
-      return MQ_ECORRUPT;
+      /* Out of memory is not damage: the payload must not be dead-lettered. */
+      return zrc == Z_MEM_ERROR ? MQ_ENOMEM : MQ_ECORRUPT;
     }
   }
   m->data[size] = 0;

@@ -174,6 +174,19 @@ int mqi_os_prepare_file(const char *path, unsigned mode, int create, int readonl
   /* No SQLite connection of this process has the new file open yet, so
   ** closing this descriptor cannot drop anyone's POSIX locks. */
   close(fd);
+  /* The new name must survive a power cut too, under any sync mode. */
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  size_t n = slash ? (size_t)(slash - path) : 0;
+  if (n >= sizeof dir) n = 0;
+  if (slash && n == 0) n = 1; /* "/file" */
+  memcpy(dir, slash ? path : ".", slash ? n : 1);
+  dir[slash ? n : 1] = 0;
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    fsync(dfd);
+    close(dfd);
+  }
   return MQ_OK;
 }
 

@@ -284,7 +284,7 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   char **v = NULL;
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
                                &st, NULL);
   if (src == SQLITE_OK) {
@@ -328,7 +328,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
@@ -382,7 +382,7 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_info_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,

@@ -32,8 +32,6 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_SAVEPOINT] = "SAVEPOINT mq_op",
     [MQI_ST_RELEASE] = "RELEASE mq_op",
     [MQI_ST_ROLLBACK_TO] = "ROLLBACK TO mq_op",
-    [MQI_ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
-    [MQI_ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
@@ -259,6 +257,15 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
   }
   int rc = mqi_schema_open(s->db, s->readonly, err, errlen);
   if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
+  /* The statements that end transactions are compiled now, so that no
+  ** rollback can fail later for want of memory to compile it. */
+  for (int id = MQI_ST_BEGIN; rc == MQ_OK && !s->readonly && id <= MQI_ST_ROLLBACK_TO; id++) {
+    if (!mqi_store_stmt(s, (enum mqi_stmt_id)id)) {
+      snprintf(err, errlen, "%s: preparing statements: %s", s->path, sqlite3_errmsg(s->db));
+      rc = mqi_err_from_sqlite(sqlite3_errcode(s->db));
+      if (rc == MQ_OK) rc = MQ_ERROR;
+    }
+  }
   return rc;
 }
 
@@ -274,11 +281,33 @@ int mqi_store_reconnect(mq_store *s) {
   int rc = store_connect(s, err, sizeof err);
   if (rc == MQ_OK) {
     s->broken = 0;
-    mqi_log(s, MQ_LOG_WARN, "%s: reopened after an I/O error at commit", s->path);
+    mqi_log(s, MQ_LOG_WARN, "%s: reopened after an error that left the connection unusable",
+            s->path);
   } else {
-    mqi_log(s, MQ_LOG_ERROR, "%s: reopening after an I/O error failed: %s", s->path, err);
+    for (int i = 0; i < MQI_ST_COUNT; i++) {
+      sqlite3_finalize(s->stmt[i]);
+      s->stmt[i] = NULL;
+    }
+    sqlite3_close_v2(s->db);
+    s->db = NULL; /* every call reconnects first (mqi_store_lock, commit) */
+    s->broken = 1;
+    mqi_log(s, MQ_LOG_ERROR, "%s: reopening failed: %s", s->path, err);
   }
   return rc;
+}
+
+int mqi_store_lock(mq_store *s) {
+  pthread_mutex_lock(&s->dblock);
+  if (!s->broken && s->db) return MQ_OK;
+  uint32_t ticket = mqi_gate_enter(s->gate);
+  int rc = mqi_store_reconnect(s);
+  mqi_gate_leave(s->gate, ticket);
+  if (rc == MQ_OK) return MQ_OK;
+  pthread_mutex_unlock(&s->dblock);
+  return mqi_err_set(s, rc,
+                     "%s: the store could not be reopened after an error; close it and open it "
+                     "again",
+                     s->path);
 }
 
 int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out) {
@@ -525,7 +554,7 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
 int mq_store_checkpoint(mq_store *s) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   uint32_t ticket = mqi_gate_enter(s->gate);
   int src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
   mqi_gate_leave(s->gate, ticket);

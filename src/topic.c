@@ -185,7 +185,7 @@ static int topic_list(mq_store *s, const char *topic, char ***names, size_t *cou
   size_t n = 0, cap = 0, skip = topic ? strlen(topic) + 1 : 0;
   int found = topic == NULL;
   sqlite3_stmt *st = NULL;
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   int src = sqlite3_prepare_v2(
       s->db,
       topic ? "SELECT t.id, s.name FROM mq_queue t LEFT JOIN mq_queue s ON s.parent_id = t.id"
@@ -521,7 +521,7 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
-  pthread_mutex_lock(&s->dblock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
