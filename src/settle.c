@@ -93,20 +93,27 @@ static int settle_parse(mq_store *s, settle_arg *a) {
   return MQ_OK;
 }
 
+/* Parse one receipt into a and run fn on it: the common end of ack, nack
+** and touch, after each has checked its own arguments. */
+static int settle_one(mq_store *s, const char *queue, const char *receipt, settle_arg *a,
+                      mqi_op_fn fn, int durable) {
+  int64_t id;
+  uint64_t lease;
+  a->queue = queue;
+  a->receipts = &receipt;
+  a->ids = &id;
+  a->leases = &lease;
+  a->n = 1;
+  int rc = settle_parse(s, a);
+  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable);
+}
+
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_ack_op, &a, 1);
+  return settle_one(s, queue, receipt, &a, settle_ack_op, 1);
 }
 
 int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n,
@@ -184,18 +191,10 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
   if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
   if (reason && strlen(reason) > 1000)
     return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
   a.delay_ms = delay_ms;
   a.reason = reason;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_nack_op, &a, 0);
+  return settle_one(s, queue, receipt, &a, settle_nack_op, 0);
 }
 
 static int settle_touch_op(mq_store *s, mqi_op *op) {
@@ -225,17 +224,9 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
   a.visibility_ms = visibility_ms;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_touch_op, &a, 0);
+  return settle_one(s, queue, receipt, &a, settle_touch_op, 0);
 }
 
 /* ---- redrive ---------------------------------------------------------------- */
