@@ -3202,20 +3202,27 @@ static int settle_parse(mq_store *s, settle_arg *a) {
   return MQ_OK;
 }
 
+/* Parse one receipt into a and run fn on it: the common end of ack, nack
+** and touch, after each has checked its own arguments. */
+static int settle_one(mq_store *s, const char *queue, const char *receipt, settle_arg *a,
+                      mqi_op_fn fn, int durable) {
+  int64_t id;
+  uint64_t lease;
+  a->queue = queue;
+  a->receipts = &receipt;
+  a->ids = &id;
+  a->leases = &lease;
+  a->n = 1;
+  int rc = settle_parse(s, a);
+  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable);
+}
+
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_ack_op, &a, 1);
+  return settle_one(s, queue, receipt, &a, settle_ack_op, 1);
 }
 
 int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n,
@@ -3293,18 +3300,10 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
   if (delay_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_nack: delay_ms is negative");
   if (reason && strlen(reason) > 1000)
     return mqi_err_set(s, MQ_EINVAL, "mq_nack: reason is longer than 1000 bytes");
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
   a.delay_ms = delay_ms;
   a.reason = reason;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_nack_op, &a, 0);
+  return settle_one(s, queue, receipt, &a, settle_nack_op, 0);
 }
 
 static int settle_touch_op(mq_store *s, mqi_op *op) {
@@ -3334,17 +3333,9 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "mq_touch: visibility_ms is negative");
-  int64_t id;
-  uint64_t lease;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = &receipt;
-  a.ids = &id;
-  a.leases = &lease;
-  a.n = 1;
   a.visibility_ms = visibility_ms;
-  if ((rc = settle_parse(s, &a)) != MQ_OK) return rc;
-  return mqi_commit_run(s, settle_touch_op, &a, 0);
+  return settle_one(s, queue, receipt, &a, settle_touch_op, 0);
 }
 
 /* ---- redrive ---------------------------------------------------------------- */
@@ -5946,3 +5937,3074 @@ int mqi_zmtp_welcome_parse(const mqi_zmtp_cmd *c) {
   return MQI_ZMTP_OK;
 }
 /*** end src/zmtp_cmd.c ***/
+
+/*** begin src/zmtp_net.h ***/
+/*
+** zmtp_net.h -- the ZMTP network engine: sockets (zmtp_net.c), one
+** connection's state machine (zmtp_conn.c) and the server that serves
+** queues to ZeroMQ peers (zmtp_server.c, zmtp_router.c).
+**
+** Layering, bottom up: the pure codec (zmtp.h) knows bytes; a connection
+** (mqi_zconn) owns one non-blocking TCP socket and drives the codec through
+** the greeting, the NULL or PLAIN handshake and the traffic that follows,
+** with its timers (handshake timeout, heartbeats); the server owns the
+** listeners, the poll(2) loop and every connection, and turns complete
+** messages into calls of the public queue API of mq.h on its store.  A
+** connection never calls into the store and never decides what a message
+** means; the server never touches a socket except through a connection.
+**
+** Time: connections never read a clock.  Every call that may fire a timer
+** takes `now` (milliseconds on the server's clock: monotonic by default,
+** injectable for tests through mqi_server_test_clock), so the handshake
+** timeout and the heartbeats can be tested without sleeping.
+**
+** Nothing here is public; the amalgamation makes it all static.
+*/
+#ifndef MQI_ZMTP_NET_H
+#define MQI_ZMTP_NET_H
+
+#include <stdatomic.h>
+#include <sys/socket.h>
+
+/* #include "zmtp.h" -- inlined above */
+
+/* ---- zmtp_net.c: addresses, listeners, accept, the wake pipe -------------- */
+
+#define MQI_NET_NAME_MAX 80 /* "tcp://[ffff:...]:65535" and a NUL */
+
+/* Parse "tcp://HOST:PORT" where HOST is a dotted IPv4 address, an IPv6
+** address in brackets, "*" (every IPv4 address) or "localhost"
+** (127.0.0.1), and PORT is 0..65535 (0: the kernel picks one).  Returns
+** MQ_OK or MQ_EINVAL with a reason in err. */
+MQI_API int mqi_net_parse(const char *endpoint, struct sockaddr_storage *ss, socklen_t *len,
+                          char *err, size_t errlen);
+/* A non-blocking, close-on-exec listening socket bound to ss with
+** SO_REUSEADDR (so a restarted server gets its port back while old
+** connections sit in TIME_WAIT).  MQ_OK with *fd, or MQ_ENET with err. */
+MQI_API int mqi_net_listen(const struct sockaddr_storage *ss, socklen_t len, int *fd, char *err,
+                           size_t errlen);
+/* "tcp://ADDR:PORT" of the socket's local end into buf. */
+MQI_API int mqi_net_local_name(int fd, char *buf, size_t cap);
+/* Accept one connection: a non-blocking, close-on-exec socket with
+** TCP_NODELAY, and the peer's "ADDR:PORT" in peer.  Returns the socket or
+** -1 with errno (EAGAIN when none is waiting). */
+MQI_API int mqi_net_accept(int lfd, char *peer, size_t cap);
+/* A non-blocking pipe whose read end wakes poll(2): fds[0] read, fds[1]
+** write.  MQ_OK or MQ_ENET. */
+MQI_API int mqi_net_pipe(int fds[2]);
+/* Write one byte to the pipe.  Async-signal-safe; keeps errno. */
+MQI_API void mqi_net_pipe_poke(int wfd);
+/* Read everything from the pipe's read end. */
+MQI_API void mqi_net_pipe_drain(int rfd);
+
+/* ---- zmtp_conn.c: one ZMTP connection ----------------------------------- */
+
+/* Connection states, in the order a connection goes through them. */
+#define MQI_ZC_GREETING 0  /* exchanging the 64-byte greetings */
+#define MQI_ZC_HANDSHAKE 1 /* mechanism commands (READY; HELLO/INITIATE) */
+#define MQI_ZC_ACTIVE 2    /* both READYs done: messages may flow */
+#define MQI_ZC_CLOSING 3   /* flushing a final ERROR, then closing */
+#define MQI_ZC_DEAD 4      /* the socket is closed; free it */
+
+/* Results of mqi_zconn_input. */
+#define MQI_ZC_OK 0     /* read what the socket had (or the budget) */
+#define MQI_ZC_PAUSED 1 /* the message handler asked to stop for now */
+#define MQI_ZC_CLOSED 2 /* the connection is dead */
+
+/* Check PLAIN credentials (raw bytes, any content); return 1 to accept. */
+typedef int (*mqi_zconn_auth_fn)(void *ctx, const uint8_t *user, size_t user_len,
+                                 const uint8_t *pass, size_t pass_len, const char *peer);
+
+typedef struct mqi_zconn_config {
+  int socket_type;             /* ours: MQI_ZMTP_SOCKET_PULL, _PUSH, _ROUTER */
+  int mechanism;               /* MQI_ZMTP_MECH_NULL or _PLAIN (we serve) */
+  mqi_zconn_auth_fn auth;      /* PLAIN: required */
+  void *auth_ctx;
+  int64_t heartbeat_ms;        /* PING when nothing came for this long; 0 off */
+  int64_t heartbeat_timeout_ms; /* close when nothing comes this long after */
+  int64_t handshake_timeout_ms; /* 0: none */
+  mqi_zmtp_limits limits;      /* for traffic after the handshake */
+  size_t out_limit;            /* most bytes queued for output; see send */
+} mqi_zconn_config;
+
+/* One frame of an outgoing message. */
+typedef struct mqi_zpart {
+  const void *data;
+  size_t len;
+} mqi_zpart;
+
+typedef struct mqi_zconn mqi_zconn;
+
+/* Called with each complete message: n >= 1 frames.  The callee may take a
+** frame's body (and then must set parts[i].body to NULL and free it with
+** free()); the rest are released after the call.  Return 0 to go on,
+** nonzero to stop reading this connection for now (mqi_zconn_input then
+** returns MQI_ZC_PAUSED and keeps the unread bytes). */
+typedef int (*mqi_zconn_msg_fn)(void *ctx, mqi_zconn *c, mqi_zmtp_frame *parts, size_t n);
+
+/* Take over socket fd (non-blocking) of a peer at address peer, and queue
+** our greeting.  The config is copied.  MQ_OK or MQ_ENOMEM (fd is then
+** still the caller's). */
+MQI_API int mqi_zconn_new(int fd, const char *peer, const mqi_zconn_config *cfg, int64_t now,
+                          mqi_zconn **out);
+/* Close the socket (if still open) and free everything.  NULL-safe. */
+MQI_API void mqi_zconn_free(mqi_zconn *c);
+/* Close now, for reason why (kept for mqi_zconn_reason). */
+MQI_API void mqi_zconn_close(mqi_zconn *c, const char *why);
+
+MQI_API int mqi_zconn_fd(const mqi_zconn *c);
+MQI_API int mqi_zconn_state(const mqi_zconn *c);
+/* Why the connection closed ("" while it is open). */
+MQI_API const char *mqi_zconn_reason(const mqi_zconn *c);
+MQI_API const char *mqi_zconn_peer(const mqi_zconn *c);
+/* The peer's Socket-Type (valid once ACTIVE). */
+MQI_API int mqi_zconn_peer_type(const mqi_zconn *c);
+/* The peer's Identity property (may be empty), valid once ACTIVE. */
+MQI_API const uint8_t *mqi_zconn_identity(const mqi_zconn *c, size_t *len);
+/* The PLAIN user name the peer authenticated as ("" for NULL). */
+MQI_API const char *mqi_zconn_user(const mqi_zconn *c);
+
+/*
+** Read from the socket (at most about budget bytes) and process what came:
+** greeting, handshake commands, PING (answered with PONG), and messages,
+** which go to fn.  Bytes left over when fn pauses are kept and processed
+** first by the next call.  Returns MQI_ZC_OK, MQI_ZC_PAUSED or
+** MQI_ZC_CLOSED (the reason is in mqi_zconn_reason).
+*/
+MQI_API int mqi_zconn_input(mqi_zconn *c, int64_t now, size_t budget, mqi_zconn_msg_fn fn,
+                            void *ctx);
+/* Bytes read from the socket but not processed yet (after a pause). */
+MQI_API size_t mqi_zconn_buffered(const mqi_zconn *c);
+
+/*
+** Queue a message of n >= 1 frames for the peer.  Only while ACTIVE
+** (MQI_ZMTP_EINVAL otherwise: nothing may precede the peer's READY).
+** MQI_ZMTP_ESPACE when output is already pending and this message would
+** take it past out_limit (a message alone may be larger: it is queued when
+** nothing is pending).  MQI_ZMTP_ENOMEM.  Nothing is written yet: see
+** mqi_zconn_flush.
+*/
+MQI_API int mqi_zconn_send(mqi_zconn *c, const mqi_zpart *parts, size_t n);
+/* Write queued bytes until the socket would block.  MQI_ZC_OK or
+** MQI_ZC_CLOSED. */
+MQI_API int mqi_zconn_flush(mqi_zconn *c, int64_t now);
+/* Bytes queued and not yet handed to the kernel. */
+MQI_API size_t mqi_zconn_pending(const mqi_zconn *c);
+/* Totals since the connection began: bytes queued, and bytes handed to the
+** kernel.  A message queued when `queued` was Q and ending at Q' has left
+** us once `written` >= Q'. */
+MQI_API uint64_t mqi_zconn_queued(const mqi_zconn *c);
+MQI_API uint64_t mqi_zconn_written(const mqi_zconn *c);
+
+/* Fire due timers: handshake timeout, heartbeat PING, peer silent past
+** the heartbeat timeout or its own TTL, the end of CLOSING.  Returns
+** MQI_ZC_OK or MQI_ZC_CLOSED. */
+MQI_API int mqi_zconn_tick(mqi_zconn *c, int64_t now);
+/* When mqi_zconn_tick must run next (INT64_MAX: no timer). */
+MQI_API int64_t mqi_zconn_deadline(const mqi_zconn *c);
+
+/* ---- zmtp_server.c: the server's insides, shared with zmtp_router.c ---- */
+
+#define MQI_EP_PULL 0
+#define MQI_EP_PUSH 1
+#define MQI_EP_ROUTER 2
+
+/* One message of a PULL endpoint's batch: payload (malloc'd, may be NULL
+** when len is 0) and, for a multipart message, the frame sizes. */
+typedef struct mqi_srv_item {
+  void *data;
+  size_t len;
+  char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
+} mqi_srv_item;
+
+typedef struct mqi_srv_ep {
+  int kind;                      /* MQI_EP_* */
+  char queue[MQ_NAME_MAX + 1];   /* "" for ROUTER */
+  int topic;                     /* PULL into a topic: publish */
+  int fd;                        /* the listening socket */
+  char name[MQI_NET_NAME_MAX];   /* where it listens */
+  /* PULL: messages read and not yet committed. */
+  mqi_srv_item *items;
+  size_t nitems, itemcap, bytes;
+  int failing;                   /* the last commit failed: retry, read nothing */
+  int64_t retry_at;              /* monotonic ms */
+  int64_t backoff;
+  /* PUSH: the next connection in turn, and when to look at the queue. */
+  size_t rr;
+  int64_t empty_until;           /* monotonic ms; 0: look now */
+} mqi_srv_ep;
+
+/* A PUSH egress message queued on a connection and not yet acked. */
+typedef struct mqi_srv_pend {
+  uint64_t end; /* mqi_zconn_queued() right after it */
+  char receipt[MQ_RECEIPT_MAX + 1];
+} mqi_srv_pend;
+
+typedef struct mqi_rt_conn mqi_rt_conn;   /* zmtp_router.c */
+typedef struct mqi_rt_state mqi_rt_state; /* zmtp_router.c */
+
+typedef struct mqi_srv_conn {
+  mq_server *srv;
+  mqi_zconn *z;
+  size_t ep;        /* index into the server's endpoints */
+  uint64_t serial;  /* for logs */
+  int was_active;
+  /* PUSH egress: messages written to the connection, oldest first. */
+  mqi_srv_pend *pend;
+  size_t pend_head, pend_len, pend_cap;
+  mqi_rt_conn *rt;  /* ROUTER state, owned by zmtp_router.c */
+} mqi_srv_conn;
+
+struct mq_server {
+  mq_store *store;
+  mq_server_options opt;
+  char *plain_user, *plain_password;
+  size_t plain_user_len, plain_password_len;
+  mqi_srv_ep *eps;
+  size_t neps, epcap;
+  mqi_srv_conn **conns;
+  size_t nconns, conncap;
+  void *pfds; /* struct pollfd[], reused across turns */
+  size_t pfdcap;
+  uint64_t serial;
+  size_t turn;
+  int wake[2];
+  _Atomic int stop;
+  int running;
+  int64_t (*clock)(void *);
+  void *clock_ctx;
+  size_t out_limit;
+  mqi_rt_state *rt;
+  /* The PULL commit thread and its one job (zmtp_server.c).  cjob: 0 idle,
+  ** 1 handed over, 2 done, and the cjob_* fields: under cmu.  cbusy: the
+  ** loop's own note that a job is out (read by the loop thread only). */
+  pthread_t committer;
+  int cstarted, csync, cquit, cjob, cjob_rc, cjob_topic, cbusy;
+  char cjob_queue[MQ_NAME_MAX + 1];
+  pthread_mutex_t cmu;
+  pthread_cond_t ccv;
+  size_t cjob_ep, cjob_n, cnext;
+  mqi_srv_item *cjob_items;
+  char cjob_err[256];
+};
+
+/* The server's protocol clock (monotonic unless a test replaced it). */
+MQI_API int64_t mqi_server_now(mq_server *s);
+/* Queue a message on a connection; a peer that lets its output grow past
+** the limit (it does not read) is disconnected.  Returns MQI_ZMTP_OK or
+** the send error (the message was not queued). */
+MQI_API int mqi_server_send(mq_server *s, mqi_srv_conn *sc, const mqi_zpart *parts, size_t n);
+/* A put reached queue: look at it again for egress at once. */
+MQI_API void mqi_server_kick(mq_server *s, const char *queue);
+
+/* ---- zmtp_router.c: the MQ1 request protocol of a ROUTER endpoint -------- */
+MQI_API int mqi_router_new(mq_server *s);
+MQI_API void mqi_router_free(mq_server *s);
+/* A request arrived on sc (frames as the connection delivered them).
+** Returns nonzero to pause reading sc (too much work queued this turn). */
+MQI_API int mqi_router_message(mq_server *s, mqi_srv_conn *sc, mqi_zmtp_frame *parts, size_t n);
+/* sc finished its handshake (identity handover). */
+MQI_API void mqi_router_ready(mq_server *s, mqi_srv_conn *sc);
+/* Do the turn's work: commit puts and send their ACKs, settle, serve GETs
+** and CONSUME windows. */
+MQI_API void mqi_router_work(mq_server *s);
+/* sc is going away: give back what it holds. */
+MQI_API void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc);
+/* When the router wants a turn even if no socket is ready (monotonic ms,
+** INT64_MAX: never). */
+MQI_API int64_t mqi_router_wake(mq_server *s);
+/* A put reached queue: consumers waiting on it may look again. */
+MQI_API void mqi_router_kick(mq_server *s, const char *queue);
+
+/* ---- test hooks ------------------------------------------------------------ */
+
+/* Replace the server's clock (protocol timers: handshake, heartbeats) with
+** fn; NULL restores the monotonic clock.  For tests. */
+MQI_API void mqi_server_test_clock(mq_server *s, int64_t (*fn)(void *), void *ctx);
+/* Set the per-connection output limit (default 4 MiB).  For tests. */
+MQI_API void mqi_server_test_out_limit(mq_server *s, size_t bytes);
+
+#endif /* MQI_ZMTP_NET_H */
+/*** end src/zmtp_net.h ***/
+
+/*** begin src/zmtp_net.c ***/
+/*
+** zmtp_net.c -- the socket layer of the network engine: endpoint strings,
+** listening sockets, accept, and the self-pipe that wakes the poll loop.
+**
+** Everything here is a thin, careful wrapper over POSIX sockets, kept in
+** one file so that the rest of the engine never sees a sockaddr.  The rules
+** it enforces:
+**   - Every descriptor is created non-blocking and close-on-exec in the same
+**     call (accept4, pipe2, SOCK_NONBLOCK), so a fork+exec elsewhere in the
+**     host program never inherits a socket of ours and nothing ever blocks
+**     the loop.
+**   - Endpoints are numeric: "tcp://HOST:PORT" with an IPv4 address, an IPv6
+**     address in brackets, "*" (all IPv4 addresses, as libzmq reads it) or
+**     "localhost".  No name resolution, so binding never waits on DNS.
+**   - Listeners set SO_REUSEADDR: a restarted server must get its port back
+**     at once although its old connections linger in TIME_WAIT, because
+**     libzmq peers keep reconnecting to that very port.
+**   - mqi_net_pipe_poke is async-signal-safe (one write(2), errno kept), so
+**     mq_server_stop may be called from a signal handler.
+*/
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* #include "zmtp_net.h" -- inlined above */
+
+#define NET_BACKLOG 128
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static int
+net_fail(char *err, size_t errlen, int rc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  if (err && errlen) vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* Parse a decimal port 0..65535 that fills s exactly. */
+static int net_port(const char *s, unsigned *port) {
+  unsigned v = 0;
+  if (!*s || strlen(s) > 5) return -1;
+  for (const char *p = s; *p; p++) {
+    if (*p < '0' || *p > '9') return -1;
+    v = v * 10 + (unsigned)(*p - '0');
+  }
+  if (v > 65535) return -1;
+  *port = v;
+  return 0;
+}
+
+int mqi_net_parse(const char *endpoint, struct sockaddr_storage *ss, socklen_t *len, char *err,
+                  size_t errlen) {
+  char host[64];
+  const char *rest, *colon;
+  unsigned port = 0;
+  if (err && errlen) err[0] = '\0';
+  if (!endpoint || !ss || !len) return net_fail(err, errlen, MQ_EINVAL, "endpoint is NULL");
+  memset(ss, 0, sizeof *ss);
+  if (strncmp(endpoint, "tcp://", 6) != 0)
+    return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\" does not start with tcp://",
+                    endpoint);
+  rest = endpoint + 6;
+  if (rest[0] == '[') {
+    const char *rb = strchr(rest, ']');
+    if (!rb || rb[1] != ':')
+      return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\": expected [IPV6]:PORT",
+                      endpoint);
+    size_t n = (size_t)(rb - rest - 1);
+    if (n == 0 || n >= sizeof host)
+      return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\": bad IPv6 address", endpoint);
+    memcpy(host, rest + 1, n);
+    host[n] = '\0';
+    colon = rb + 1;
+  } else {
+    colon = strrchr(rest, ':');
+    size_t n = colon ? (size_t)(colon - rest) : 0;
+    if (!colon || n == 0 || n >= sizeof host)
+      return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\": expected HOST:PORT", endpoint);
+    memcpy(host, rest, n);
+    host[n] = '\0';
+  }
+  if (net_port(colon + 1, &port) != 0)
+    return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\": bad port \"%.20s\"", endpoint,
+                    colon + 1);
+  if (rest[0] == '[') {
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+      return net_fail(err, errlen, MQ_EINVAL, "endpoint \"%.100s\": bad IPv6 address \"%s\"",
+                      endpoint, host);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons((uint16_t)port);
+    *len = sizeof *a6;
+    return MQ_OK;
+  }
+  struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+  a4->sin_family = AF_INET;
+  a4->sin_port = htons((uint16_t)port);
+  *len = sizeof *a4;
+  if (strcmp(host, "*") == 0) {
+    a4->sin_addr.s_addr = htonl(INADDR_ANY);
+  } else if (strcmp(host, "localhost") == 0) {
+    a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  } else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1) {
+    return net_fail(err, errlen, MQ_EINVAL,
+                    "endpoint \"%.100s\": \"%s\" is not an IPv4 address, [IPv6], * or localhost",
+                    endpoint, host);
+  }
+  return MQ_OK;
+}
+
+int mqi_net_listen(const struct sockaddr_storage *ss, socklen_t len, int *fd, char *err,
+                   size_t errlen) {
+  int one = 1;
+  *fd = -1;
+  int s = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s < 0) return net_fail(err, errlen, MQ_ENET, "socket: %s", strerror(errno));
+  if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      (ss->ss_family == AF_INET6 &&
+       setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)) {
+    int e = errno;
+    close(s);
+    return net_fail(err, errlen, MQ_ENET, "setsockopt: %s", strerror(e));
+  }
+  if (bind(s, (const struct sockaddr *)ss, len) != 0) {
+    int e = errno;
+    close(s);
+    return net_fail(err, errlen, MQ_ENET, "bind: %s", strerror(e));
+  }
+  if (listen(s, NET_BACKLOG) != 0) {
+    int e = errno;
+    close(s);
+    return net_fail(err, errlen, MQ_ENET, "listen: %s", strerror(e));
+  }
+  *fd = s;
+  return MQ_OK;
+}
+
+/* "ADDR:PORT" ("[ADDR]:PORT" for IPv6) of a socket address. */
+static void net_addr_name(const struct sockaddr_storage *ss, char *buf, size_t cap) {
+  char a[INET6_ADDRSTRLEN];
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+    inet_ntop(AF_INET6, &a6->sin6_addr, a, sizeof a);
+    snprintf(buf, cap, "[%s]:%u", a, (unsigned)ntohs(a6->sin6_port));
+  } else if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &a4->sin_addr, a, sizeof a);
+    snprintf(buf, cap, "%s:%u", a, (unsigned)ntohs(a4->sin_port));
+  } else {
+    snprintf(buf, cap, "?");
+  }
+}
+
+int mqi_net_local_name(int fd, char *buf, size_t cap) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char addr[MQI_NET_NAME_MAX];
+  memset(&ss, 0, sizeof ss);
+  if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return MQ_ENET;
+  net_addr_name(&ss, addr, sizeof addr);
+  snprintf(buf, cap, "tcp://%s", addr);
+  return MQ_OK;
+}
+
+int mqi_net_accept(int lfd, char *peer, size_t cap) {
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  int one = 1;
+  memset(&ss, 0, sizeof ss);
+  int s = accept4(lfd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (s < 0) return -1;
+  /* Small frames (READY, PONG, ACK replies) must not wait for Nagle. */
+  (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (peer && cap) net_addr_name(&ss, peer, cap);
+  return s;
+}
+
+int mqi_net_pipe(int fds[2]) {
+  if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    fds[0] = fds[1] = -1;
+    return MQ_ENET;
+  }
+  return MQ_OK;
+}
+
+void mqi_net_pipe_poke(int wfd) {
+  int saved = errno;
+  char b = 1;
+  /* A full pipe already holds a wake-up: EAGAIN is success here. */
+  ssize_t n = write(wfd, &b, 1);
+  (void)n;
+  errno = saved;
+}
+
+void mqi_net_pipe_drain(int rfd) {
+  char buf[256];
+  /* Bounded: the pipe holds at most its capacity, and pokes that race with
+  ** this loop leave a byte behind for the next poll, which is harmless. */
+  for (int i = 0; i < 64; i++) {
+    ssize_t n = read(rfd, buf, sizeof buf);
+    if (n <= 0) break;
+  }
+}
+/*** end src/zmtp_net.c ***/
+
+/*** begin src/zmtp_conn.c ***/
+/*
+** zmtp_conn.c -- one ZMTP 3.x connection over a non-blocking TCP socket,
+** server side: greeting, NULL or PLAIN handshake, traffic, heartbeats.
+**
+** A connection moves GREETING -> HANDSHAKE -> ACTIVE, and ends DEAD
+** (directly, or through CLOSING when a final ERROR must reach the peer).
+** The rules that make it interoperate with libzmq 4.3.4 (see the research
+** notes, section 0) are enforced here and nowhere else:
+**   - Our whole 64-byte greeting is queued the moment the connection exists;
+**     the peer's greeting is judged byte by byte, so a libzmq peer that sends
+**     10 bytes and waits for our byte 11 never deadlocks with us.
+**   - No message frame ever precedes the peer's READY (or, with PLAIN, its
+**     INITIATE): mqi_zconn_send refuses until the state is ACTIVE.  libzmq
+**     fails the handshake for good when a message overtakes its own READY.
+**   - ERROR is sent only when PLAIN authentication fails.  Every other
+**     problem (bad greeting, wrong socket type, malformed command, frame over
+**     the limit, silence) is a plain close, because a protocol error makes a
+**     connecting libzmq socket stop reconnecting forever.
+**   - Before the handshake is over the decoder's limits are the command
+**     limit, whatever the frame says it is, so an unauthenticated peer can
+**     make us allocate at most 64 KiB; limits are applied before allocation
+**     by the codec.
+**   - PINGs are answered at any time, also between the frames of a
+**     multipart message (libzmq sends them there); the message's frames are
+**     collected across them untouched.
+** A connection never reads a clock and never calls the store: its caller
+** passes `now` and receives complete messages through a callback, which can
+** pause reading (TCP backpressure) by returning nonzero.
+*/
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* #include "zmtp_net.h" -- inlined above */
+
+#define ZCONN_IBUF (64 * 1024)    /* one recv(2) at most */
+#define ZCONN_CLOSE_GRACE_MS 1000 /* how long a final ERROR may take to leave */
+#define ZCONN_CMD_MAX 600         /* our largest command frame (ERROR) */
+
+struct mqi_zconn {
+  int fd;
+  int state;
+  mqi_zconn_config cfg;
+  char peer[MQI_NET_NAME_MAX];
+  char why[200];
+  /* Timers, on the caller's clock. */
+  int64_t created;
+  int64_t last_recv;
+  int64_t last_ping;     /* when we last sent a PING */
+  int64_t ping_deadline; /* 0, or when silence after our PING kills us */
+  int64_t ttl_deadline;  /* 0, or when silence after the peer's PING does */
+  int64_t close_deadline;
+  /* Handshake. */
+  mqi_zmtp_greeting greet;
+  int hs_step; /* PLAIN: 0 = HELLO expected, 1 = INITIATE expected */
+  int peer_type;
+  uint8_t identity[MQI_ZMTP_IDENTITY_MAX];
+  size_t identity_len;
+  char user[MQI_ZMTP_PLAIN_FIELD_MAX + 1];
+  /* Input: bytes read but not processed, and the message being collected. */
+  mqi_zmtp_decoder dec;
+  uint8_t *ibuf;
+  size_t ipos, ilen;
+  mqi_zmtp_frame *parts;
+  size_t nparts, partcap;
+  /* Output: obuf[ohead..olen) is pending. */
+  uint8_t *obuf;
+  size_t ohead, olen, ocap;
+  uint64_t queued, written;
+  int shut_wr;
+};
+
+/* ------------------------------------------------------------------------
+** Life cycle
+*/
+static void zconn_drop_parts(mqi_zconn *c) {
+  for (size_t i = 0; i < c->nparts; i++) mqi_zmtp_frame_release(&c->dec, &c->parts[i]);
+  c->nparts = 0;
+}
+
+void mqi_zconn_close(mqi_zconn *c, const char *why) {
+  if (!c || c->state == MQI_ZC_DEAD) return;
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  c->state = MQI_ZC_DEAD;
+  snprintf(c->why, sizeof c->why, "%s", why ? why : "closed");
+  zconn_drop_parts(c);
+  mqi_zmtp_decoder_reset(&c->dec);
+  c->ipos = c->ilen = 0;
+  c->ohead = c->olen = 0;
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static int
+zconn_fail(mqi_zconn *c, const char *fmt, ...) {
+  char buf[200];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  mqi_zconn_close(c, buf);
+  return MQI_ZC_CLOSED;
+}
+
+/* Make room for n more output bytes; returns where they go, or NULL. */
+static uint8_t *zconn_reserve(mqi_zconn *c, size_t n) {
+  if (c->ohead > 0 && c->ohead == c->olen) c->ohead = c->olen = 0;
+  if (c->ocap - c->olen < n && c->ohead > 0) {
+    memmove(c->obuf, c->obuf + c->ohead, c->olen - c->ohead);
+    c->olen -= c->ohead;
+    c->ohead = 0;
+  }
+  if (c->ocap - c->olen < n) {
+    if (n > SIZE_MAX / 2 - c->olen) return NULL;
+    size_t cap = c->ocap ? c->ocap : 4096;
+    while (cap - c->olen < n) cap *= 2;
+    uint8_t *p = realloc(c->obuf, cap);
+    if (!p) return NULL;
+    c->obuf = p;
+    c->ocap = cap;
+  }
+  return c->obuf + c->olen;
+}
+
+/* Queue bytes that must go out (greeting, commands).  A failure to find
+** memory for a few hundred bytes ends the connection. */
+static int zconn_queue(mqi_zconn *c, const void *data, size_t n) {
+  uint8_t *at = zconn_reserve(c, n);
+  if (!at) return zconn_fail(c, "out of memory for output");
+  memcpy(at, data, n);
+  c->olen += n;
+  c->queued += n;
+  return MQI_ZC_OK;
+}
+
+int mqi_zconn_new(int fd, const char *peer, const mqi_zconn_config *cfg, int64_t now,
+                  mqi_zconn **out) {
+  uint8_t greeting[MQI_ZMTP_GREETING_SIZE];
+  mqi_zmtp_limits hs;
+  *out = NULL;
+  mqi_zconn *c = calloc(1, sizeof *c);
+  if (!c) return MQ_ENOMEM;
+  c->ibuf = malloc(ZCONN_IBUF);
+  if (!c->ibuf) {
+    free(c);
+    return MQ_ENOMEM;
+  }
+  c->fd = fd;
+  c->state = MQI_ZC_GREETING;
+  c->cfg = *cfg;
+  snprintf(c->peer, sizeof c->peer, "%s", peer ? peer : "?");
+  c->created = c->last_recv = c->last_ping = now;
+  c->peer_type = MQI_ZMTP_SOCKET_NONE;
+  mqi_zmtp_greeting_init(&c->greet, cfg->mechanism);
+  /* Until the peer is known, every frame is held to the command limit. */
+  hs = cfg->limits;
+  hs.max_frame = hs.max_command;
+  hs.max_message = hs.max_command;
+  hs.max_frames = 1;
+  mqi_zmtp_decoder_init(&c->dec, &hs, NULL, NULL);
+  mqi_zmtp_greeting_encode(greeting, cfg->mechanism, cfg->mechanism != MQI_ZMTP_MECH_NULL);
+  if (zconn_queue(c, greeting, sizeof greeting) != MQI_ZC_OK) {
+    c->fd = -1; /* still the caller's */
+    mqi_zconn_free(c);
+    return MQ_ENOMEM;
+  }
+  *out = c;
+  return MQ_OK;
+}
+
+void mqi_zconn_free(mqi_zconn *c) {
+  if (!c) return;
+  if (c->fd >= 0) close(c->fd);
+  c->fd = -1;
+  zconn_drop_parts(c);
+  mqi_zmtp_decoder_reset(&c->dec);
+  free(c->parts);
+  free(c->ibuf);
+  free(c->obuf);
+  free(c);
+}
+
+int mqi_zconn_fd(const mqi_zconn *c) { return c->fd; }
+int mqi_zconn_state(const mqi_zconn *c) { return c->state; }
+const char *mqi_zconn_reason(const mqi_zconn *c) { return c->why; }
+const char *mqi_zconn_peer(const mqi_zconn *c) { return c->peer; }
+int mqi_zconn_peer_type(const mqi_zconn *c) { return c->peer_type; }
+const char *mqi_zconn_user(const mqi_zconn *c) { return c->user; }
+size_t mqi_zconn_buffered(const mqi_zconn *c) { return c->ilen - c->ipos; }
+size_t mqi_zconn_pending(const mqi_zconn *c) { return c->olen - c->ohead; }
+uint64_t mqi_zconn_queued(const mqi_zconn *c) { return c->queued; }
+uint64_t mqi_zconn_written(const mqi_zconn *c) { return c->written; }
+
+const uint8_t *mqi_zconn_identity(const mqi_zconn *c, size_t *len) {
+  *len = c->identity_len;
+  return c->identity;
+}
+
+/* ------------------------------------------------------------------------
+** Handshake
+*/
+static int zconn_send_ready(mqi_zconn *c) {
+  uint8_t buf[ZCONN_CMD_MAX];
+  size_t n = 0;
+  int rc = mqi_zmtp_ready_encode(buf, sizeof buf, MQI_ZMTP_CMD_READY, c->cfg.socket_type, NULL, 0,
+                                 NULL, 0, &n);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode READY: %s", mqi_zmtp_rcstr(rc));
+  return zconn_queue(c, buf, n);
+}
+
+/* The peer's metadata (READY or INITIATE): check its socket type against
+** ours, keep its Identity, and open the connection for messages. */
+static int zconn_accept_meta(mqi_zconn *c, const mqi_zmtp_cmd *cmd) {
+  mqi_zmtp_meta meta;
+  int rc = mqi_zmtp_ready_parse(cmd, &meta);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "bad metadata: %s", mqi_zmtp_rcstr(rc));
+  if (mqi_zmtp_socket_check(c->cfg.socket_type, meta.socket_type) != MQI_ZMTP_OK) {
+    const char *theirs = mqi_zmtp_socket_name(meta.socket_type);
+    return zconn_fail(c, "peer socket type %s cannot talk to our %s", theirs ? theirs : "(none)",
+                      mqi_zmtp_socket_name(c->cfg.socket_type));
+  }
+  c->peer_type = meta.socket_type;
+  c->identity_len = meta.identity_len;
+  if (meta.identity_len) memcpy(c->identity, meta.identity, meta.identity_len);
+  c->state = MQI_ZC_ACTIVE;
+  mqi_zmtp_decoder_set_limits(&c->dec, &c->cfg.limits);
+  return MQI_ZC_OK;
+}
+
+/* PLAIN HELLO: check the credentials; WELCOME, or ERROR and close. */
+static int zconn_plain_hello(mqi_zconn *c, int64_t now, const mqi_zmtp_cmd *cmd) {
+  const uint8_t *user, *pass;
+  size_t ulen, plen, n = 0;
+  uint8_t buf[ZCONN_CMD_MAX];
+  int rc = mqi_zmtp_hello_parse(cmd, &user, &ulen, &pass, &plen);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "malformed PLAIN HELLO");
+  for (size_t i = 0; i < ulen; i++) c->user[i] = user[i] ? (char)user[i] : '?';
+  c->user[ulen] = '\0';
+  if (!c->cfg.auth || !c->cfg.auth(c->cfg.auth_ctx, user, ulen, pass, plen, c->peer)) {
+    /* libzmq's own spelling of ERROR: a libzmq PLAIN client recognises
+    ** only that one and then reports AUTH 400 to its application; either
+    ** spelling stops it from reconnecting with the same credentials. */
+    rc = mqi_zmtp_error_encode(buf, sizeof buf, "400", 3, 1, &n);
+    if (rc != MQI_ZMTP_OK || zconn_queue(c, buf, n) != MQI_ZC_OK)
+      return zconn_fail(c, "authentication failed");
+    snprintf(c->why, sizeof c->why, "PLAIN authentication failed for user \"%.64s\"", c->user);
+    c->state = MQI_ZC_CLOSING;
+    c->close_deadline = now + ZCONN_CLOSE_GRACE_MS;
+    return MQI_ZC_OK;
+  }
+  rc = mqi_zmtp_welcome_encode(buf, sizeof buf, &n);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode WELCOME");
+  c->hs_step = 1;
+  return zconn_queue(c, buf, n);
+}
+
+/* One frame during the handshake.  Like libzmq we do not insist on the
+** COMMAND flag here: a data frame carrying a READY body is a READY. */
+static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
+  mqi_zmtp_cmd cmd;
+  if (mqi_zmtp_cmd_parse(f->body, f->size, &cmd) != MQI_ZMTP_OK)
+    return zconn_fail(c, "malformed command during the handshake");
+  if (cmd.kind == MQI_ZMTP_CMD_ERROR) {
+    const uint8_t *r = NULL;
+    size_t rl = 0;
+    mqi_zmtp_error_parse(&cmd, &r, &rl);
+    return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
+                      r ? (const char *)r : "");
+  }
+  if (c->cfg.mechanism == MQI_ZMTP_MECH_NULL) {
+    if (cmd.kind != MQI_ZMTP_CMD_READY)
+      return zconn_fail(c, "expected READY, got \"%.*s\"", (int)cmd.name_len,
+                        (const char *)cmd.name);
+    return zconn_accept_meta(c, &cmd);
+  }
+  if (c->hs_step == 0) {
+    if (cmd.kind != MQI_ZMTP_CMD_HELLO)
+      return zconn_fail(c, "expected PLAIN HELLO, got \"%.*s\"", (int)cmd.name_len,
+                        (const char *)cmd.name);
+    return zconn_plain_hello(c, now, &cmd);
+  }
+  if (cmd.kind != MQI_ZMTP_CMD_INITIATE)
+    return zconn_fail(c, "expected PLAIN INITIATE, got \"%.*s\"", (int)cmd.name_len,
+                      (const char *)cmd.name);
+  int r = zconn_accept_meta(c, &cmd);
+  /* PLAIN: the server's READY is the last word; the client has sent all of
+  ** its handshake already, so messages may follow it at once. */
+  return r == MQI_ZC_OK ? zconn_send_ready(c) : r;
+}
+
+/* ------------------------------------------------------------------------
+** Traffic
+*/
+static int zconn_command(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
+  mqi_zmtp_cmd cmd;
+  /* After the handshake libzmq ignores what it does not understand, even
+  ** malformed commands; being stricter would only break peers. */
+  if (mqi_zmtp_cmd_parse(f->body, f->size, &cmd) != MQI_ZMTP_OK) return MQI_ZC_OK;
+  if (cmd.kind == MQI_ZMTP_CMD_PING) {
+    unsigned ttl = 0;
+    const uint8_t *ctx = NULL;
+    size_t ctx_len = 0, n = 0;
+    uint8_t buf[ZCONN_CMD_MAX];
+    if (mqi_zmtp_ping_parse(&cmd, &ttl, &ctx, &ctx_len) != MQI_ZMTP_OK) return MQI_ZC_OK;
+    if (ttl > 0) c->ttl_deadline = now + (int64_t)ttl * 100;
+    if (mqi_zmtp_pong_encode(buf, sizeof buf, ctx, ctx_len, &n) != MQI_ZMTP_OK) return MQI_ZC_OK;
+    return zconn_queue(c, buf, n);
+  }
+  if (cmd.kind == MQI_ZMTP_CMD_ERROR) {
+    const uint8_t *r = NULL;
+    size_t rl = 0;
+    mqi_zmtp_error_parse(&cmd, &r, &rl);
+    return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
+                      r ? (const char *)r : "");
+  }
+  return MQI_ZC_OK; /* PONG, a second READY, SUBSCRIBE, unknown: ignored */
+}
+
+/* A frame the decoder produced; *f is ours to release. */
+static int zconn_frame(mqi_zconn *c, int64_t now, mqi_zmtp_frame *f, mqi_zconn_msg_fn fn,
+                       void *ctx) {
+  int r;
+  if (c->state == MQI_ZC_HANDSHAKE) {
+    r = zconn_handshake(c, now, f);
+    /* The HELLO body holds a password: do not leave it in freed memory. */
+    if (f->body) memset(f->body, 0, f->size);
+    mqi_zmtp_frame_release(&c->dec, f);
+    return r;
+  }
+  if (c->state != MQI_ZC_ACTIVE) {
+    mqi_zmtp_frame_release(&c->dec, f);
+    return MQI_ZC_OK;
+  }
+  if (f->flags & MQI_ZMTP_F_COMMAND) {
+    r = zconn_command(c, now, f);
+    mqi_zmtp_frame_release(&c->dec, f);
+    return r;
+  }
+  if (c->nparts == c->partcap) {
+    size_t cap = c->partcap ? c->partcap * 2 : 4;
+    mqi_zmtp_frame *p = realloc(c->parts, cap * sizeof *p);
+    if (!p) {
+      mqi_zmtp_frame_release(&c->dec, f);
+      return zconn_fail(c, "out of memory for a message of %zu frames", c->nparts + 1);
+    }
+    c->parts = p;
+    c->partcap = cap;
+  }
+  c->parts[c->nparts++] = *f;
+  if (f->flags & MQI_ZMTP_F_MORE) return MQI_ZC_OK;
+  size_t n = c->nparts;
+  int pause = fn ? fn(ctx, c, c->parts, n) : 0;
+  if (c->state == MQI_ZC_DEAD) return MQI_ZC_CLOSED; /* the handler closed us */
+  zconn_drop_parts(c);
+  return pause ? MQI_ZC_PAUSED : MQI_ZC_OK;
+}
+
+/* Process buffered input until it is used up, the handler pauses, or the
+** connection dies. */
+static int zconn_process(mqi_zconn *c, int64_t now, mqi_zconn_msg_fn fn, void *ctx) {
+  while (c->ipos < c->ilen) {
+    const uint8_t *p = c->ibuf + c->ipos;
+    size_t n = c->ilen - c->ipos, used = 0;
+    if (c->state == MQI_ZC_GREETING) {
+      int rc = mqi_zmtp_greeting_feed(&c->greet, p, n, &used);
+      c->ipos += used;
+      if (rc == MQI_ZMTP_AGAIN) continue;
+      if (rc == MQI_ZMTP_EMECH)
+        return zconn_fail(c, "security mechanism mismatch (the peer does not use %s)",
+                          c->cfg.mechanism == MQI_ZMTP_MECH_NULL ? "NULL" : "PLAIN");
+      if (rc != MQI_ZMTP_OK) return zconn_fail(c, "greeting: %s", mqi_zmtp_rcstr(rc));
+      c->state = MQI_ZC_HANDSHAKE;
+      /* NULL is symmetric and libzmq sends READY at once; so do we.  With
+      ** PLAIN the server speaks only after the client's HELLO. */
+      if (c->cfg.mechanism == MQI_ZMTP_MECH_NULL && zconn_send_ready(c) != MQI_ZC_OK)
+        return MQI_ZC_CLOSED;
+      continue;
+    }
+    if (c->state != MQI_ZC_HANDSHAKE && c->state != MQI_ZC_ACTIVE) {
+      c->ipos = c->ilen; /* CLOSING: whatever else the peer says is moot */
+      break;
+    }
+    mqi_zmtp_frame f;
+    int rc = mqi_zmtp_decoder_feed(&c->dec, p, n, &used, &f);
+    c->ipos += used;
+    if (rc == MQI_ZMTP_AGAIN) continue;
+    if (rc != MQI_ZMTP_FRAME) return zconn_fail(c, "frame: %s", mqi_zmtp_rcstr(rc));
+    int r = zconn_frame(c, now, &f, fn, ctx);
+    if (r != MQI_ZC_OK) return r;
+  }
+  if (c->ipos == c->ilen) c->ipos = c->ilen = 0;
+  return c->state == MQI_ZC_DEAD ? MQI_ZC_CLOSED : MQI_ZC_OK;
+}
+
+/* CLOSING: read and discard until the peer closes, so that our ERROR is
+** not overtaken by a reset caused by unread input. */
+static int zconn_drain(mqi_zconn *c) {
+  for (int i = 0; i < 16; i++) {
+    ssize_t n = recv(c->fd, c->ibuf, ZCONN_IBUF, 0);
+    if (n > 0) continue;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return MQI_ZC_OK;
+    char why[sizeof c->why];
+    memcpy(why, c->why, sizeof why);
+    mqi_zconn_close(c, why);
+    return MQI_ZC_CLOSED;
+  }
+  return MQI_ZC_OK;
+}
+
+int mqi_zconn_input(mqi_zconn *c, int64_t now, size_t budget, mqi_zconn_msg_fn fn, void *ctx) {
+  if (c->state == MQI_ZC_DEAD) return MQI_ZC_CLOSED;
+  if (c->state == MQI_ZC_CLOSING) return zconn_drain(c);
+  int r = zconn_process(c, now, fn, ctx);
+  if (r != MQI_ZC_OK) return r;
+  size_t got = 0;
+  while (got < budget) {
+    ssize_t n = recv(c->fd, c->ibuf, ZCONN_IBUF, 0);
+    if (n > 0) {
+      got += (size_t)n;
+      c->ipos = 0;
+      c->ilen = (size_t)n;
+      /* Any traffic proves the peer alive (a PING in it re-arms its TTL). */
+      c->last_recv = now;
+      c->ping_deadline = 0;
+      c->ttl_deadline = 0;
+      r = zconn_process(c, now, fn, ctx);
+      if (r != MQI_ZC_OK) return r;
+      if (c->state == MQI_ZC_CLOSING) return MQI_ZC_OK;
+      continue;
+    }
+    if (n == 0) {
+      int mid = mqi_zmtp_decoder_finish(&c->dec) != MQI_ZMTP_OK || c->nparts > 0;
+      return zconn_fail(c, mid ? "peer closed the connection inside a message"
+                           : c->state == MQI_ZC_ACTIVE ? "peer closed the connection"
+                                                       : "peer closed during the handshake");
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return MQI_ZC_OK;
+    return zconn_fail(c, "recv: %s", strerror(errno));
+  }
+  return MQI_ZC_OK;
+}
+
+int mqi_zconn_send(mqi_zconn *c, const mqi_zpart *parts, size_t n) {
+  uint8_t hdr[MQI_ZMTP_HEADER_MAX];
+  size_t hl = 0, total = 0;
+  if (c->state != MQI_ZC_ACTIVE || n == 0) return MQI_ZMTP_EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    size_t one = (parts[i].len <= 255 ? 2 : 9) + parts[i].len;
+    if (parts[i].len > SIZE_MAX / 4 || total > SIZE_MAX / 4 - one) return MQI_ZMTP_EINVAL;
+    total += one;
+  }
+  size_t pending = mqi_zconn_pending(c);
+  if (pending > 0 && pending + total > c->cfg.out_limit) return MQI_ZMTP_ESPACE;
+  uint8_t *at = zconn_reserve(c, total);
+  if (!at) return MQI_ZMTP_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    unsigned flags = i + 1 < n ? MQI_ZMTP_F_MORE : 0;
+    mqi_zmtp_frame_header_encode(hdr, flags, parts[i].len, &hl);
+    memcpy(at, hdr, hl);
+    at += hl;
+    if (parts[i].len) memcpy(at, parts[i].data, parts[i].len);
+    at += parts[i].len;
+  }
+  c->olen += total;
+  c->queued += total;
+  return MQI_ZMTP_OK;
+}
+
+int mqi_zconn_flush(mqi_zconn *c, int64_t now) {
+  (void)now;
+  if (c->state == MQI_ZC_DEAD) return MQI_ZC_CLOSED;
+  while (c->ohead < c->olen) {
+    ssize_t n = send(c->fd, c->obuf + c->ohead, c->olen - c->ohead, MSG_NOSIGNAL);
+    if (n > 0) {
+      c->ohead += (size_t)n;
+      c->written += (uint64_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return MQI_ZC_OK;
+    return zconn_fail(c, "send: %s", n < 0 ? strerror(errno) : "no progress");
+  }
+  c->ohead = c->olen = 0;
+  if (c->state == MQI_ZC_CLOSING && !c->shut_wr) {
+    /* The ERROR is out: tell the peer we are done and wait for its close. */
+    shutdown(c->fd, SHUT_WR);
+    c->shut_wr = 1;
+  }
+  return MQI_ZC_OK;
+}
+
+/* ------------------------------------------------------------------------
+** Timers
+*/
+static int64_t zconn_next_ping(const mqi_zconn *c) {
+  if (c->cfg.heartbeat_ms <= 0 || c->ping_deadline) return INT64_MAX;
+  int64_t base = c->last_recv > c->last_ping ? c->last_recv : c->last_ping;
+  return base + c->cfg.heartbeat_ms;
+}
+
+int64_t mqi_zconn_deadline(const mqi_zconn *c) {
+  int64_t d = INT64_MAX;
+  switch (c->state) {
+    case MQI_ZC_GREETING:
+    case MQI_ZC_HANDSHAKE:
+      if (c->cfg.handshake_timeout_ms > 0) d = c->created + c->cfg.handshake_timeout_ms;
+      break;
+    case MQI_ZC_CLOSING:
+      d = c->close_deadline;
+      break;
+    case MQI_ZC_ACTIVE:
+      d = zconn_next_ping(c);
+      if (c->ping_deadline && c->ping_deadline < d) d = c->ping_deadline;
+      if (c->ttl_deadline && c->ttl_deadline < d) d = c->ttl_deadline;
+      break;
+    default:
+      break;
+  }
+  return d;
+}
+
+int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
+  switch (c->state) {
+    case MQI_ZC_DEAD:
+      return MQI_ZC_CLOSED;
+    case MQI_ZC_GREETING:
+    case MQI_ZC_HANDSHAKE:
+      if (c->cfg.handshake_timeout_ms > 0 && now - c->created >= c->cfg.handshake_timeout_ms)
+        return zconn_fail(c, "handshake not finished within %lld ms",
+                          (long long)c->cfg.handshake_timeout_ms);
+      return MQI_ZC_OK;
+    case MQI_ZC_CLOSING:
+      if (now >= c->close_deadline) {
+        char why[sizeof c->why];
+        memcpy(why, c->why, sizeof why);
+        mqi_zconn_close(c, why);
+        return MQI_ZC_CLOSED;
+      }
+      return MQI_ZC_OK;
+    default:
+      break;
+  }
+  if (c->ttl_deadline && now >= c->ttl_deadline)
+    return zconn_fail(c, "peer silent past the TTL of its own PING");
+  if (c->ping_deadline && now >= c->ping_deadline)
+    return zconn_fail(c, "peer silent for %lld ms after our PING",
+                      (long long)c->cfg.heartbeat_timeout_ms);
+  if (now >= zconn_next_ping(c)) {
+    uint8_t buf[ZCONN_CMD_MAX];
+    size_t n = 0;
+    /* The TTL tells the peer how long to wait for us: our own timeout,
+    ** in deciseconds, capped at 655 by the codec for libzmq's sake. */
+    int64_t ds = (c->cfg.heartbeat_timeout_ms + 99) / 100;
+    if (ds < 1) ds = 1;
+    if (ds > MQI_ZMTP_PING_TTL_MAX) ds = MQI_ZMTP_PING_TTL_MAX;
+    if (mqi_zmtp_ping_encode(buf, sizeof buf, (unsigned)ds, NULL, 0, &n) == MQI_ZMTP_OK &&
+        zconn_queue(c, buf, n) != MQI_ZC_OK)
+      return MQI_ZC_CLOSED;
+    c->last_ping = now;
+    c->ping_deadline = now + c->cfg.heartbeat_timeout_ms;
+  }
+  return MQI_ZC_OK;
+}
+/*** end src/zmtp_conn.c ***/
+
+/*** begin src/zmtp_server.c ***/
+/*
+** zmtp_server.c -- mq_server: listeners, the poll(2) loop, PULL ingest and
+** PUSH egress over the public queue API.
+**
+** One thread runs the loop (mq_server_run).  A turn of the loop is: poll;
+** read every readable connection (bounded per connection); accept; hand
+** the PULL messages read so far to the commit thread; do the ROUTER work of
+** zmtp_router.c; lease for PUSH peers that can take more; fire timers;
+** write; ack what the kernel took; reap dead connections.
+** Besides the loop there is one commit thread, started on first use, which
+** stores one PULL batch at a time with a single mq_put_batch (one
+** transaction, one fsync under MQ_SYNC_FULL: group commit) and pokes the
+** wake pipe when it is done; the batch is the thread's alone until then,
+** and everything else it shares with the loop is under cmu.  mq_server_stop
+** touches only an atomic flag and the wake pipe, so it is safe from any
+** thread and from signal handlers.
+**
+** Backpressure is TCP's.  While a batch is being committed the loop reads
+** the next one, up to PULL_BATCH_MSGS messages or PULL_BATCH_BYTES; then it
+** stops reading that endpoint's connections (their unread bytes wait in the
+** connection and in the kernel) until the commit is done.  While commits
+** fail (disk full, file locked) the endpoint reads nothing and retries with
+** a growing delay, so libzmq's PUSH blocks at its high-water mark -- we
+** never answer with ERROR, which would stop a libzmq peer from ever
+** reconnecting.
+**
+** PUSH egress leases only for connections that are ACTIVE and have written
+** out everything queued so far (the socket is writable), round-robin, and
+** acks a message once all its bytes were handed to the kernel.  That is
+** at-most-once on the peer's side (a peer that dies with messages in its
+** buffers loses them), and a crash of ours between write and ack delivers
+** the message again after its lease.  Messages leased but not fully written
+** when a connection dies are nacked (visible again at once).
+**
+** Multipart messages and PULL: the payload stored is the frames
+** concatenated; when there were several frames, the header "zmtp-frames"
+** lists their sizes ("5,0,12"), and PUSH egress uses it to send the message
+** with the same frames again (doc/protocol.md).
+**
+** Timers come in two kinds: protocol timers (handshake, heartbeats) run on
+** the server's clock, which tests may replace (mqi_server_test_clock);
+** queue polling (an empty queue is looked at again every EGRESS_POLL_MS,
+** since puts of other processes do not wake poll(2)) runs on real
+** monotonic time, because it is about the store, not the peer.
+*/
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* #include "zmtp_net.h" -- inlined above */
+
+#define PULL_BATCH_MSGS 8192
+#define PULL_BATCH_BYTES ((size_t)32 << 20)
+#define READ_BUDGET ((size_t)8 << 20) /* bytes read per connection per turn */
+#define PUSH_PER_CONN 32              /* leased per PUSH connection per turn */
+#define PUSH_LEASE_MAX 256            /* leased per PUSH endpoint per turn */
+#define EGRESS_POLL_MS 20             /* look at an empty queue this often */
+#define RETRY_MIN_MS 50
+#define RETRY_MAX_MS 2000
+#define NACK_ON_CLOSE_MAX 64 /* more come back when their lease ends */
+#define ACCEPT_PER_TURN 64
+#define OUT_LIMIT_DEFAULT ((size_t)4 << 20)
+#define MAX_FRAME_LIMIT ((size_t)1 << 31)
+#define POLL_MAX_MS 1000
+
+static int64_t srv_mono(void) { return mqi_os_monotonic_ms(); }
+
+int64_t mqi_server_now(mq_server *s) {
+  return s->clock ? s->clock(s->clock_ctx) : mqi_os_monotonic_ms();
+}
+
+void mqi_server_test_clock(mq_server *s, int64_t (*fn)(void *), void *ctx) {
+  if (!s) return;
+  s->clock = fn;
+  s->clock_ctx = ctx;
+}
+
+void mqi_server_test_out_limit(mq_server *s, size_t bytes) {
+  if (s && bytes) s->out_limit = bytes;
+}
+
+/* ------------------------------------------------------------------------
+** Options, new, free
+*/
+void mq_server_options_init(mq_server_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->heartbeat_ms = 5000;
+  o->heartbeat_timeout_ms = 15000;
+  o->handshake_timeout_ms = 10000;
+  o->max_frame = (size_t)16 << 20;
+  o->max_message = (size_t)16 << 20;
+  o->max_connections = 1024;
+  o->max_handshakes = 64;
+  o->credit = 1000;
+}
+
+static int srv_check_options(mq_store *st, const mq_server_options *o) {
+  if (o->heartbeat_ms < 0 || o->heartbeat_timeout_ms < 0 || o->handshake_timeout_ms < 0)
+    return mqi_err_set(st, MQ_EINVAL, "server: a negative time in mq_server_options");
+  if (o->max_frame == 0 || o->max_message == 0 || o->max_frame > MAX_FRAME_LIMIT ||
+      o->max_message > MAX_FRAME_LIMIT)
+    return mqi_err_set(st, MQ_EINVAL, "server: max_frame and max_message must be 1..%zu",
+                       MAX_FRAME_LIMIT);
+  if (o->max_connections < 1 || o->max_handshakes < 1)
+    return mqi_err_set(st, MQ_EINVAL,
+                       "server: max_connections and max_handshakes must be at least 1");
+  if (o->credit == 0 || o->credit > 1000000)
+    return mqi_err_set(st, MQ_EINVAL, "server: credit must be 1..1000000");
+  if (!o->auth && (!o->plain_user != !o->plain_password))
+    return mqi_err_set(st, MQ_EINVAL, "server: plain_user and plain_password go together");
+  if (!o->auth && o->plain_user &&
+      (strlen(o->plain_user) > MQI_ZMTP_PLAIN_FIELD_MAX ||
+       strlen(o->plain_password) > MQI_ZMTP_PLAIN_FIELD_MAX))
+    return mqi_err_set(st, MQ_EINVAL, "server: PLAIN user and password are at most %d bytes",
+                       MQI_ZMTP_PLAIN_FIELD_MAX);
+  return MQ_OK;
+}
+
+int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **out) {
+  mq_server_options o;
+  if (out) *out = NULL;
+  int rc = mqi_store_check(store, 0);
+  if (rc != MQ_OK) return rc;
+  if (!out) return mqi_err_set(store, MQ_EINVAL, "mq_server_new: out is NULL");
+  mq_server_options_init(&o);
+  if (opts) {
+    if (opts->size < sizeof(size_t) || opts->size > sizeof o)
+      return mqi_err_set(store, MQ_EINVAL,
+                         "mq_server_options.size is %zu: call mq_server_options_init first",
+                         opts->size);
+    memcpy(&o, opts, opts->size);
+    o.size = sizeof o;
+  }
+  if ((rc = srv_check_options(store, &o)) != MQ_OK) return rc;
+  /* libzmq's rule: a heartbeat timeout left at 0 means the interval. */
+  if (o.heartbeat_timeout_ms == 0) o.heartbeat_timeout_ms = o.heartbeat_ms;
+  mq_server *s = calloc(1, sizeof *s);
+  if (!s) return mqi_err_set(store, MQ_ENOMEM, "server: out of memory");
+  s->store = store;
+  s->opt = o;
+  s->wake[0] = s->wake[1] = -1;
+  s->out_limit = OUT_LIMIT_DEFAULT;
+  atomic_init(&s->stop, 0);
+  if (pthread_mutex_init(&s->cmu, NULL) != 0) {
+    free(s);
+    return mqi_err_set(store, MQ_ERROR, "server: cannot create a mutex");
+  }
+  if (pthread_cond_init(&s->ccv, NULL) != 0) {
+    pthread_mutex_destroy(&s->cmu);
+    free(s);
+    return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
+  }
+  s->csync = 1;
+  if (!o.auth && o.plain_user) {
+    s->plain_user = strdup(o.plain_user);
+    s->plain_password = strdup(o.plain_password);
+    s->plain_user_len = strlen(o.plain_user);
+    s->plain_password_len = strlen(o.plain_password);
+    if (!s->plain_user || !s->plain_password) {
+      mq_server_free(s);
+      return mqi_err_set(store, MQ_ENOMEM, "server: out of memory");
+    }
+  }
+  /* The copies above are ours; the caller's strings need not outlive us. */
+  s->opt.plain_user = s->plain_user;
+  s->opt.plain_password = s->plain_password;
+  if (mqi_net_pipe(s->wake) != MQ_OK) {
+    int e = errno;
+    mq_server_free(s);
+    return mqi_err_set(store, MQ_ENET, "server: pipe: %s", strerror(e));
+  }
+  if ((rc = mqi_router_new(s)) != MQ_OK) {
+    mq_server_free(s);
+    return mqi_err_set(store, rc, "server: out of memory");
+  }
+  *out = s;
+  return MQ_OK;
+}
+
+static void srv_wipe_free(char *p) {
+  if (!p) return;
+  volatile char *v = p;
+  while (*v) *v++ = 0;
+  free(p);
+}
+
+/* ------------------------------------------------------------------------
+** Endpoints
+*/
+static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint) {
+  struct sockaddr_storage ss;
+  socklen_t len = 0;
+  char err[256];
+  int fd = -1, topic = 0;
+  if (!s) return MQ_EINVAL;
+  if (s->running)
+    return mqi_err_set(s->store, MQ_EMISUSE, "server: endpoints cannot be added while it runs");
+  if (kind != MQI_EP_ROUTER) {
+    mq_queue_info info;
+    int rc = mq_queue_info_get(s->store, queue, &info);
+    if (rc != MQ_OK) return rc;
+    if (kind == MQI_EP_PUSH && info.kind == MQ_KIND_TOPIC)
+      return mqi_err_set(s->store, MQ_EINVAL,
+                         "server: \"%s\" is a topic: serve one of its subscriptions "
+                         "(\"topic/sub\") with PUSH",
+                         queue);
+    if (kind == MQI_EP_PULL && info.kind == MQ_KIND_SUBSCRIPTION)
+      return mqi_err_set(s->store, MQ_EINVAL,
+                         "server: \"%s\" is a subscription: PULL into its topic instead", queue);
+    topic = info.kind == MQ_KIND_TOPIC;
+  }
+  if (mqi_net_parse(endpoint, &ss, &len, err, sizeof err) != MQ_OK)
+    return mqi_err_set(s->store, MQ_EINVAL, "server: %s", err);
+  if (s->neps == s->epcap) {
+    size_t cap = s->epcap ? s->epcap * 2 : 4;
+    mqi_srv_ep *p = realloc(s->eps, cap * sizeof *p);
+    if (!p) return mqi_err_set(s->store, MQ_ENOMEM, "server: out of memory");
+    s->eps = p;
+    s->epcap = cap;
+  }
+  if (mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
+    return mqi_err_set(s->store, MQ_ENET, "server: %s: %s", endpoint, err);
+  mqi_srv_ep *ep = &s->eps[s->neps];
+  memset(ep, 0, sizeof *ep);
+  ep->kind = kind;
+  ep->fd = fd;
+  ep->topic = topic;
+  if (queue) snprintf(ep->queue, sizeof ep->queue, "%s", queue);
+  if (mqi_net_local_name(fd, ep->name, sizeof ep->name) != MQ_OK)
+    snprintf(ep->name, sizeof ep->name, "%s", endpoint);
+  s->neps++;
+  if (kind == MQI_EP_ROUTER)
+    mqi_log(s->store, MQ_LOG_INFO, "server: ROUTER listening on %s", ep->name);
+  else
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s \"%s\" listening on %s",
+            kind == MQI_EP_PULL ? "PULL into" : "PUSH from", queue, ep->name);
+  return MQ_OK;
+}
+
+int mq_server_pull(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull: queue is NULL");
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint);
+}
+
+int mq_server_push(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push: queue is NULL");
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint);
+}
+
+int mq_server_router(mq_server *s, const char *endpoint) {
+  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint);
+}
+
+int mq_server_endpoint(mq_server *s, size_t i, char *buf, size_t cap) {
+  if (buf && cap) buf[0] = '\0';
+  if (!s || !buf) return MQ_EINVAL;
+  if (i >= s->neps) return MQ_ENOTFOUND;
+  size_t n = strlen(s->eps[i].name);
+  if (n + 1 > cap) return MQ_EINVAL;
+  memcpy(buf, s->eps[i].name, n + 1);
+  return MQ_OK;
+}
+
+/* ------------------------------------------------------------------------
+** Connections
+*/
+
+/* PLAIN credentials: the user's callback, or the one pair, compared in
+** time that does not depend on where the bytes differ. */
+static int srv_auth(void *ctx, const uint8_t *user, size_t ulen, const uint8_t *pass, size_t plen,
+                    const char *peer) {
+  mq_server *s = ctx;
+  if (s->opt.auth) {
+    char u[MQI_ZMTP_PLAIN_FIELD_MAX + 1], p[MQI_ZMTP_PLAIN_FIELD_MAX + 1];
+    /* A NUL inside would make the C strings say something else. */
+    if (memchr(user, 0, ulen) || memchr(pass, 0, plen)) return 0;
+    memcpy(u, user, ulen);
+    u[ulen] = '\0';
+    memcpy(p, pass, plen);
+    p[plen] = '\0';
+    int ok = s->opt.auth(s->opt.auth_ctx, u, p, peer) == 1;
+    volatile char *v = p;
+    for (size_t i = 0; i < sizeof p; i++) v[i] = 0;
+    return ok;
+  }
+  if (!s->plain_user) return 0;
+  unsigned diff = (ulen != s->plain_user_len) | (plen != s->plain_password_len);
+  for (size_t i = 0; i < s->plain_user_len; i++)
+    diff |= (unsigned)(i < ulen ? user[i] : 0) ^ (unsigned char)s->plain_user[i];
+  for (size_t i = 0; i < s->plain_password_len; i++)
+    diff |= (unsigned)(i < plen ? pass[i] : 0) ^ (unsigned char)s->plain_password[i];
+  return diff == 0;
+}
+
+static void srv_config(mq_server *s, int kind, mqi_zconn_config *c) {
+  memset(c, 0, sizeof *c);
+  c->socket_type = kind == MQI_EP_PULL   ? MQI_ZMTP_SOCKET_PULL
+                   : kind == MQI_EP_PUSH ? MQI_ZMTP_SOCKET_PUSH
+                                         : MQI_ZMTP_SOCKET_ROUTER;
+  c->mechanism = (s->opt.auth || s->plain_user) ? MQI_ZMTP_MECH_PLAIN : MQI_ZMTP_MECH_NULL;
+  c->auth = srv_auth;
+  c->auth_ctx = s;
+  c->heartbeat_ms = s->opt.heartbeat_ms;
+  c->heartbeat_timeout_ms = s->opt.heartbeat_timeout_ms;
+  c->handshake_timeout_ms = s->opt.handshake_timeout_ms;
+  mqi_zmtp_limits_init(&c->limits);
+  c->limits.max_frame = s->opt.max_frame;
+  c->limits.max_message = s->opt.max_message;
+  c->out_limit = s->out_limit;
+}
+
+static size_t srv_handshaking(const mq_server *s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s->nconns; i++)
+    if (mqi_zconn_state(s->conns[i]->z) < MQI_ZC_ACTIVE) n++;
+  return n;
+}
+
+static void srv_accept(mq_server *s, size_t e, int64_t now) {
+  char peer[MQI_NET_NAME_MAX];
+  mqi_srv_ep *ep = &s->eps[e];
+  for (int k = 0; k < ACCEPT_PER_TURN; k++) {
+    int fd = mqi_net_accept(ep->fd, peer, sizeof peer);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s", ep->name, strerror(errno));
+      return;
+    }
+    /* Over a cap: close at once.  A libzmq peer retries after its
+    ** reconnect interval, which is what we want under load. */
+    if (s->nconns >= (size_t)s->opt.max_connections ||
+        srv_handshaking(s) >= (size_t)s->opt.max_handshakes) {
+      mqi_log(s->store, MQ_LOG_WARN, "server: %s: refused %s: too many %s", ep->name, peer,
+              s->nconns >= (size_t)s->opt.max_connections ? "connections"
+                                                          : "unauthenticated connections");
+      close(fd);
+      continue;
+    }
+    mqi_zconn_config cfg;
+    srv_config(s, ep->kind, &cfg);
+    mqi_srv_conn *sc = calloc(1, sizeof *sc);
+    mqi_zconn *z = NULL;
+    if (s->nconns == s->conncap) {
+      size_t cap = s->conncap ? s->conncap * 2 : 16;
+      mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
+      if (p) {
+        s->conns = p;
+        s->conncap = cap;
+      }
+    }
+    if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
+      mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
+      free(sc);
+      close(fd);
+      return;
+    }
+    sc->srv = s;
+    sc->z = z;
+    sc->ep = e;
+    sc->serial = ++s->serial;
+    s->conns[s->nconns++] = sc;
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " from %s", ep->name,
+            sc->serial, peer);
+  }
+}
+
+int mqi_server_send(mq_server *s, mqi_srv_conn *sc, const mqi_zpart *parts, size_t n) {
+  int rc = mqi_zconn_send(sc->z, parts, n);
+  if (rc == MQI_ZMTP_ESPACE || rc == MQI_ZMTP_ENOMEM) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: connection #%" PRIu64 " (%s): %s", sc->serial,
+            mqi_zconn_peer(sc->z),
+            rc == MQI_ZMTP_ESPACE ? "the peer does not read its replies" : "out of memory");
+    mqi_zconn_close(sc->z, rc == MQI_ZMTP_ESPACE ? "output limit reached" : "out of memory");
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------------------
+** PULL ingest
+*/
+static int srv_pull_full(const mqi_srv_ep *ep) {
+  return ep->failing || ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
+}
+
+/* The connection's message handler on a PULL endpoint: add the message to
+** the endpoint's batch; pause the connection when the batch is full. */
+static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n) {
+  mqi_srv_conn *sc = ctx;
+  mq_server *s = sc->srv;
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  mqi_srv_item it = {NULL, 0, NULL};
+  (void)z;
+  if (ep->nitems == ep->itemcap) {
+    size_t cap = ep->itemcap ? ep->itemcap * 2 : 256;
+    mqi_srv_item *p = realloc(ep->items, cap * sizeof *p);
+    if (!p) goto oom;
+    ep->items = p;
+    ep->itemcap = cap;
+  }
+  if (n == 1) {
+    it.data = parts[0].body;
+    it.len = parts[0].size;
+    parts[0].body = NULL;
+  } else {
+    size_t total = 0, hl = 0;
+    for (size_t i = 0; i < n; i++) total += parts[i].size; /* bounded by max_message */
+    it.len = total;
+    it.data = total ? malloc(total) : NULL;
+    it.frames = malloc(n * 21);
+    if ((total && !it.data) || !it.frames) goto oom;
+    for (size_t i = 0, at = 0; i < n; i++) {
+      if (parts[i].size) memcpy((char *)it.data + at, parts[i].body, parts[i].size);
+      at += parts[i].size;
+      hl += (size_t)snprintf(it.frames + hl, n * 21 - hl, i ? ",%zu" : "%zu", parts[i].size);
+    }
+  }
+  ep->items[ep->nitems++] = it;
+  ep->bytes += it.len;
+  return srv_pull_full(ep);
+oom:
+  free(it.data);
+  free(it.frames);
+  mqi_zconn_close(sc->z, "out of memory for a message");
+  return 1;
+}
+
+/* Store n messages in queue (published, for a topic) with one batch, one
+** commit; when one entry spoils the batch (too large for the queue), one
+** put each, dropping the refused ones with a warning.  Runs on the commit
+** thread; the error text is copied into err because mq_errmsg is per
+** thread. */
+static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_item *items,
+                           size_t n, char *err, size_t errlen) {
+  mq_put_options *po = malloc(n * sizeof *po);
+  mq_header *hd = malloc(n * sizeof *hd);
+  mq_entry *en = topic ? NULL : malloc(n * sizeof *en);
+  mq_pub_entry *pe = topic ? malloc(n * sizeof *pe) : NULL;
+  int rc;
+  err[0] = '\0';
+  if (!po || !hd || (!en && !pe)) {
+    rc = MQ_ENOMEM;
+    snprintf(err, errlen, "out of memory for a batch of %zu", n);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      mqi_srv_item *it = &items[i];
+      mq_put_options_init(&po[i]);
+      if (it->frames) {
+        hd[i].name = "zmtp-frames";
+        hd[i].value = it->frames;
+        po[i].headers = &hd[i];
+        po[i].n_headers = 1;
+      }
+      if (en) {
+        en[i].data = it->data;
+        en[i].len = it->len;
+        en[i].opts = &po[i];
+      } else {
+        pe[i].subject = NULL;
+        pe[i].data = it->data;
+        pe[i].len = it->len;
+        pe[i].opts = &po[i];
+      }
+    }
+    rc = en ? mq_put_batch(st, queue, en, n, NULL)
+            : mq_publish_batch(st, queue, pe, n, NULL, NULL);
+    if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
+      for (size_t i = 0; i < n; i++) {
+        int r = en ? mq_put(st, queue, items[i].data, items[i].len, &po[i], NULL)
+                   : mq_publish(st, queue, NULL, items[i].data, items[i].len, &po[i], NULL, NULL);
+        if (r != MQ_OK)
+          mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
+                  queue, items[i].len, mq_errmsg(st));
+      }
+      rc = MQ_OK;
+    } else if (rc != MQ_OK) {
+      snprintf(err, errlen, "%s", mq_errmsg(st));
+    }
+  }
+  free(po);
+  free(hd);
+  free(en);
+  free(pe);
+  return rc;
+}
+
+static void srv_items_release(mqi_srv_item *items, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(items[i].data);
+    free(items[i].frames);
+  }
+  free(items);
+}
+
+/* The commit thread: takes one batch at a time from the loop, stores it,
+** and pokes the wake pipe when done.  The loop meanwhile reads the next
+** batch, so network and disk work overlap; it stops reading when that
+** batch is full while the commit is still running (backpressure). */
+static void *srv_committer_main(void *arg) {
+  mq_server *s = arg;
+  pthread_mutex_lock(&s->cmu);
+  for (;;) {
+    while (!s->cquit && s->cjob != 1) pthread_cond_wait(&s->ccv, &s->cmu);
+    if (s->cjob != 1) break; /* quit, and nothing queued */
+    char queue[MQ_NAME_MAX + 1];
+    memcpy(queue, s->cjob_queue, sizeof queue);
+    int topic = s->cjob_topic;
+    mqi_srv_item *items = s->cjob_items;
+    size_t n = s->cjob_n;
+    pthread_mutex_unlock(&s->cmu);
+    char err[sizeof s->cjob_err];
+    int rc = srv_store_items(s->store, queue, topic, items, n, err, sizeof err);
+    pthread_mutex_lock(&s->cmu);
+    s->cjob_rc = rc;
+    memcpy(s->cjob_err, err, sizeof err);
+    s->cjob = 2;
+    mqi_net_pipe_poke(s->wake[1]);
+  }
+  pthread_mutex_unlock(&s->cmu);
+  return NULL;
+}
+
+/* Take the result of a finished commit, if any.  A failed batch goes back
+** in front of what was read since, and the endpoint reads nothing more
+** until it is stored: the peers' PUSH sockets block at their high-water
+** mark meanwhile. */
+static void srv_pull_collect(mq_server *s) {
+  pthread_mutex_lock(&s->cmu);
+  if (s->cjob != 2) {
+    pthread_mutex_unlock(&s->cmu);
+    return;
+  }
+  mqi_srv_ep *ep = &s->eps[s->cjob_ep];
+  mqi_srv_item *items = s->cjob_items;
+  size_t n = s->cjob_n;
+  int rc = s->cjob_rc;
+  char err[sizeof s->cjob_err];
+  memcpy(err, s->cjob_err, sizeof err);
+  s->cjob = 0;
+  s->cjob_items = NULL;
+  s->cjob_n = 0;
+  pthread_mutex_unlock(&s->cmu);
+  s->cbusy = 0;
+  if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
+    if (rc == MQ_ENOTFOUND)
+      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
+              ep->queue, err, n);
+    else
+      mqi_server_kick(s, ep->queue);
+    if (ep->failing)
+      mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
+    srv_items_release(items, n);
+    ep->failing = 0;
+    ep->backoff = 0;
+    return;
+  }
+  if (!ep->failing)
+    mqi_log(s->store, MQ_LOG_WARN, "server: PULL into \"%s\": commit failed (%s): %s; retrying",
+            ep->queue, mq_errstr(rc), err);
+  ep->failing = 1;
+  ep->backoff = ep->backoff ? ep->backoff * 2 : RETRY_MIN_MS;
+  if (ep->backoff > RETRY_MAX_MS) ep->backoff = RETRY_MAX_MS;
+  ep->retry_at = srv_mono() + ep->backoff;
+  /* Order matters: the failed batch was read first. */
+  size_t cap = n + ep->nitems;
+  mqi_srv_item *all = realloc(items, (cap ? cap : 1) * sizeof *all);
+  if (!all) {
+    mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
+            ep->queue, n);
+    srv_items_release(items, n);
+    return;
+  }
+  if (ep->nitems) memcpy(all + n, ep->items, ep->nitems * sizeof *all);
+  for (size_t i = 0; i < n; i++) ep->bytes += all[i].len;
+  free(ep->items);
+  ep->items = all;
+  ep->nitems = cap;
+  ep->itemcap = cap;
+}
+
+/* Hand a batch to the commit thread if it is idle (started on first use;
+** without it, the commit runs here). */
+static void srv_pull_submit(mq_server *s) {
+  int64_t mono = srv_mono();
+  if (s->cbusy) return;
+  for (size_t k = 0; k < s->neps; k++) {
+    size_t e = (s->cnext + k) % s->neps;
+    mqi_srv_ep *ep = &s->eps[e];
+    if (ep->kind != MQI_EP_PULL || ep->nitems == 0) continue;
+    if (ep->failing && mono < ep->retry_at) continue;
+    s->cnext = e + 1;
+    if (!s->cstarted) {
+      if (pthread_create(&s->committer, NULL, srv_committer_main, s) == 0) {
+        s->cstarted = 1;
+      } else {
+        /* No thread: commit in the loop, which then just reads less. */
+        char err[sizeof s->cjob_err];
+        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
+                                 sizeof err);
+        pthread_mutex_lock(&s->cmu);
+        s->cjob_ep = e;
+        s->cbusy = 1;
+        s->cjob_items = ep->items;
+        s->cjob_n = ep->nitems;
+        s->cjob_rc = rc;
+        memcpy(s->cjob_err, err, sizeof err);
+        s->cjob = 2;
+        pthread_mutex_unlock(&s->cmu);
+        ep->items = NULL;
+        ep->nitems = ep->itemcap = ep->bytes = 0;
+        srv_pull_collect(s);
+        return;
+      }
+    }
+    pthread_mutex_lock(&s->cmu);
+    s->cjob_ep = e;
+    memcpy(s->cjob_queue, ep->queue, sizeof s->cjob_queue);
+    s->cjob_topic = ep->topic;
+    s->cjob_items = ep->items;
+    s->cjob_n = ep->nitems;
+    s->cjob = 1;
+    pthread_cond_signal(&s->ccv);
+    pthread_mutex_unlock(&s->cmu);
+    s->cbusy = 1;
+    ep->items = NULL;
+    ep->nitems = ep->itemcap = ep->bytes = 0;
+    return;
+  }
+}
+
+/* Stop the commit thread after its current batch, and collect that. */
+static void srv_committer_stop(mq_server *s) {
+  if (!s->cstarted) return;
+  pthread_mutex_lock(&s->cmu);
+  s->cquit = 1;
+  pthread_cond_signal(&s->ccv);
+  pthread_mutex_unlock(&s->cmu);
+  pthread_join(s->committer, NULL);
+  s->cstarted = 0;
+  srv_pull_collect(s);
+}
+
+/* ------------------------------------------------------------------------
+** PUSH egress
+*/
+void mqi_server_kick(mq_server *s, const char *queue) {
+  for (size_t i = 0; i < s->neps; i++)
+    if (s->eps[i].kind == MQI_EP_PUSH && strcmp(s->eps[i].queue, queue) == 0)
+      s->eps[i].empty_until = 0;
+  mqi_router_kick(s, queue);
+}
+
+/* The frames of a stored message: its zmtp-frames header, if it is well
+** formed and matches the payload, else the payload as one frame.  Returns
+** the number of parts written to parts (at most cap). */
+static size_t srv_msg_parts(const mq_msg *m, mqi_zpart *parts, size_t cap) {
+  const char *data = mq_msg_data(m);
+  size_t size = mq_msg_size(m), n = 0, at = 0;
+  const char *h = mq_msg_header(m, "zmtp-frames");
+  if (h && *h) {
+    const char *p = h;
+    while (n < cap) {
+      if (*p < '0' || *p > '9') break;
+      size_t v = 0;
+      while (*p >= '0' && *p <= '9' && v <= size) v = v * 10 + (size_t)(*p++ - '0');
+      if (v > size - at) break;
+      parts[n].data = data + at;
+      parts[n].len = v;
+      n++;
+      at += v;
+      if (*p == ',') {
+        p++;
+        continue;
+      }
+      if (*p == '\0' && at == size) return n;
+      break;
+    }
+  }
+  parts[0].data = data;
+  parts[0].len = size;
+  return 1;
+}
+
+static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const char *receipt) {
+  if (sc->pend_head > 0 && sc->pend_head == sc->pend_len) sc->pend_head = sc->pend_len = 0;
+  if (sc->pend_len == sc->pend_cap) {
+    if (sc->pend_head > 0) {
+      memmove(sc->pend, sc->pend + sc->pend_head,
+              (sc->pend_len - sc->pend_head) * sizeof *sc->pend);
+      sc->pend_len -= sc->pend_head;
+      sc->pend_head = 0;
+    } else {
+      size_t cap = sc->pend_cap ? sc->pend_cap * 2 : 32;
+      mqi_srv_pend *p = realloc(sc->pend, cap * sizeof *p);
+      if (!p) return -1;
+      sc->pend = p;
+      sc->pend_cap = cap;
+    }
+  }
+  mqi_srv_pend *e = &sc->pend[sc->pend_len++];
+  e->end = end;
+  snprintf(e->receipt, sizeof e->receipt, "%s", receipt);
+  return 0;
+}
+
+static void srv_push_work(mq_server *s, size_t e) {
+  mqi_srv_ep *ep = &s->eps[e];
+  mqi_srv_conn *ready[PUSH_LEASE_MAX];
+  mq_msg *msgs[PUSH_LEASE_MAX];
+  size_t nready = 0, count = 0;
+  int64_t mono = srv_mono();
+  if (ep->empty_until && mono < ep->empty_until) return;
+  for (size_t i = 0; i < s->nconns && nready < PUSH_LEASE_MAX; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (sc->ep != e || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    if (mqi_zconn_pending(sc->z) > 0 || sc->pend_len - sc->pend_head >= s->opt.credit) continue;
+    ready[nready++] = sc;
+  }
+  if (nready == 0) return;
+  size_t want = nready * PUSH_PER_CONN;
+  if (want > PUSH_LEASE_MAX) want = PUSH_LEASE_MAX;
+  int rc = mq_get_batch(s->store, ep->queue, NULL, want, msgs, &count);
+  if (rc == MQ_EMPTY) {
+    ep->empty_until = mono + EGRESS_POLL_MS;
+    return;
+  }
+  if (rc != MQ_OK) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: PUSH from \"%s\": %s", ep->queue, mq_errmsg(s->store));
+    ep->empty_until = mono + RETRY_MAX_MS;
+    return;
+  }
+  for (size_t i = 0; i < count; i++) {
+    mqi_zpart parts[1024];
+    size_t np = srv_msg_parts(msgs[i], parts, sizeof parts / sizeof parts[0]);
+    int sent = 0;
+    for (size_t tries = 0; tries < nready && !sent; tries++) {
+      mqi_srv_conn *sc = ready[ep->rr++ % nready];
+      if (mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE || sc->pend_len - sc->pend_head >= s->opt.credit)
+        continue;
+      /* Over the output limit: skip this peer for now (not a failure). */
+      if (mqi_zconn_send(sc->z, parts, np) != MQI_ZMTP_OK) continue;
+      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), mq_msg_receipt(msgs[i])) != 0) {
+        mqi_zconn_close(sc->z, "out of memory");
+        continue;
+      }
+      sent = 1;
+    }
+    if (!sent) mq_nack(s->store, ep->queue, mq_msg_receipt(msgs[i]), 0, NULL);
+    mq_msg_free(msgs[i]);
+  }
+}
+
+/* Ack the PUSH messages whose last byte the kernel has taken: one
+** mq_ack_batch (one commit) per endpoint and turn, for all its peers. */
+static void srv_push_acks(mq_server *s) {
+  const char **rcpts = NULL;
+  size_t cap = 0;
+  for (size_t e = 0; e < s->neps; e++) {
+    if (s->eps[e].kind != MQI_EP_PUSH) continue;
+    size_t n = 0;
+    for (size_t i = 0; i < s->nconns; i++) {
+      mqi_srv_conn *sc = s->conns[i];
+      if (sc->ep != e) continue;
+      uint64_t written = mqi_zconn_written(sc->z);
+      while (sc->pend_head < sc->pend_len && sc->pend[sc->pend_head].end <= written) {
+        if (n == cap) {
+          size_t nc = cap ? cap * 2 : 256;
+          const char **p = realloc(rcpts, nc * sizeof *p);
+          if (!p) break; /* acked next turn */
+          rcpts = p;
+          cap = nc;
+        }
+        rcpts[n++] = sc->pend[sc->pend_head++].receipt;
+      }
+    }
+    if (n == 0) continue;
+    int rc = mq_ack_batch(s->store, s->eps[e].queue, rcpts, n, NULL);
+    if (rc != MQ_OK)
+      mqi_log(s->store, MQ_LOG_WARN,
+              "server: PUSH from \"%s\": ack of %zu delivered messages failed: %s "
+              "(they will be delivered again)",
+              s->eps[e].queue, n, mq_errmsg(s->store));
+  }
+  free(rcpts);
+}
+
+/* ------------------------------------------------------------------------
+** The loop
+*/
+
+static int srv_router_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n) {
+  mqi_srv_conn *sc = ctx;
+  (void)z;
+  return mqi_router_message(sc->srv, sc, parts, n);
+}
+
+/* Read one connection, dispatching its messages by endpoint kind. */
+static void srv_read(mq_server *s, mqi_srv_conn *sc, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  int st = mqi_zconn_state(sc->z);
+  if (st == MQI_ZC_DEAD) return;
+  if (ep->kind == MQI_EP_PULL) {
+    if (srv_pull_full(ep) && st == MQI_ZC_ACTIVE) return;
+    mqi_zconn_input(sc->z, now, READ_BUDGET, srv_pull_msg, sc);
+  } else if (ep->kind == MQI_EP_ROUTER) {
+    mqi_zconn_input(sc->z, now, READ_BUDGET, srv_router_msg, sc);
+  } else {
+    /* PUSH peers send nothing but commands; a message from one is dropped. */
+    mqi_zconn_input(sc->z, now, READ_BUDGET, NULL, NULL);
+  }
+}
+
+/* Whether the loop should read sc now (it may have buffered bytes, or the
+** socket may be readable). */
+static int srv_wants_read(const mq_server *s, const mqi_srv_conn *sc) {
+  const mqi_srv_ep *ep = &s->eps[sc->ep];
+  int st = mqi_zconn_state(sc->z);
+  if (st == MQI_ZC_DEAD) return 0;
+  if (st != MQI_ZC_ACTIVE) return 1;
+  if (ep->kind == MQI_EP_PULL) return !srv_pull_full(ep);
+  /* A ROUTER peer that does not read its replies gets no more read. */
+  if (ep->kind == MQI_EP_ROUTER) return mqi_zconn_pending(sc->z) < s->out_limit / 2;
+  return 1;
+}
+
+/* Give back what a closing connection holds and free it. */
+static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  if (ep->kind == MQI_EP_PUSH) {
+    size_t n = 0;
+    for (size_t i = sc->pend_head; i < sc->pend_len && n < NACK_ON_CLOSE_MAX; i++, n++)
+      mq_nack(s->store, ep->queue, sc->pend[i].receipt, 0, NULL);
+  }
+  if (ep->kind == MQI_EP_ROUTER) mqi_router_conn_gone(s, sc);
+  mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " (%s) closed: %s", ep->name,
+          sc->serial, mqi_zconn_peer(sc->z),
+          mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "server stopped");
+  mqi_zconn_free(sc->z);
+  free(sc->pend);
+  free(sc);
+}
+
+static void srv_reap(mq_server *s) {
+  size_t j = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (mqi_zconn_state(sc->z) == MQI_ZC_DEAD)
+      srv_conn_free(s, sc);
+    else
+      s->conns[j++] = sc;
+  }
+  s->nconns = j;
+}
+
+/* Everything a turn does after reading: commits, egress, timers, writes. */
+static void srv_work(mq_server *s, int64_t now) {
+  srv_pull_collect(s);
+  srv_pull_submit(s);
+  mqi_router_work(s);
+  for (size_t e = 0; e < s->neps; e++)
+    if (s->eps[e].kind == MQI_EP_PUSH) srv_push_work(s, e);
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    int st = mqi_zconn_state(sc->z);
+    if (!sc->was_active && st == MQI_ZC_ACTIVE) {
+      sc->was_active = 1;
+      if (s->eps[sc->ep].kind == MQI_EP_ROUTER) mqi_router_ready(s, sc);
+    }
+    mqi_zconn_tick(sc->z, now);
+    if (mqi_zconn_pending(sc->z) > 0) mqi_zconn_flush(sc->z, now);
+  }
+  srv_push_acks(s);
+}
+
+/* How long poll may sleep, in ms. */
+static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
+  int64_t mono = srv_mono();
+  int64_t wait = POLL_MAX_MS;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (mqi_zconn_buffered(sc->z) > 0 && srv_wants_read(s, sc)) return 0;
+    int64_t d = mqi_zconn_deadline(sc->z);
+    if (d != INT64_MAX && d - now < wait) wait = d - now;
+  }
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    /* A batch waits for the commit thread: it pokes the pipe when free. */
+    if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
+      int64_t d = ep->failing ? ep->retry_at - mono : 0;
+      if (d < wait) wait = d;
+    }
+    if (ep->kind == MQI_EP_PUSH) {
+      /* Only worth waking for when some peer could take a message. */
+      for (size_t i = 0; i < s->nconns; i++) {
+        mqi_srv_conn *sc = s->conns[i];
+        if (sc->ep == e && mqi_zconn_state(sc->z) == MQI_ZC_ACTIVE &&
+            mqi_zconn_pending(sc->z) == 0 && sc->pend_len - sc->pend_head < s->opt.credit) {
+          int64_t d = ep->empty_until - mono;
+          if (d < wait) wait = d;
+          break;
+        }
+      }
+    }
+  }
+  int64_t r = mqi_router_wake(s);
+  if (r != INT64_MAX && r - mono < wait) wait = r - mono;
+  if (end != INT64_MAX && end - mono < wait) wait = end - mono;
+  return wait < 0 ? 0 : (int)wait;
+}
+
+int mq_server_run(mq_server *s, int64_t timeout_ms) {
+  if (!s) return MQ_EINVAL;
+  if (s->running) return mqi_err_set(s->store, MQ_EMISUSE, "mq_server_run: already running");
+  int rc = mqi_store_check(s->store, 0);
+  if (rc != MQ_OK) return rc;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : srv_mono() + timeout_ms;
+  s->running = 1;
+  for (;;) {
+    if (atomic_exchange(&s->stop, 0)) break;
+    int64_t now = mqi_server_now(s);
+    size_t need = 1 + s->neps + s->nconns;
+    if (need > s->pfdcap) {
+      void *p = realloc(s->pfds, need * sizeof(struct pollfd));
+      if (!p) {
+        rc = mqi_err_set(s->store, MQ_ENOMEM, "server: out of memory");
+        break;
+      }
+      s->pfds = p;
+      s->pfdcap = need;
+    }
+    struct pollfd *pf = s->pfds;
+    size_t np = 0;
+    pf[np].fd = s->wake[0];
+    pf[np++].events = POLLIN;
+    for (size_t e = 0; e < s->neps; e++) {
+      pf[np].fd = s->eps[e].fd;
+      pf[np++].events = POLLIN;
+    }
+    for (size_t i = 0; i < s->nconns; i++) {
+      mqi_srv_conn *sc = s->conns[i];
+      short ev = (short)((srv_wants_read(s, sc) ? POLLIN : 0) |
+                         (mqi_zconn_pending(sc->z) > 0 ? POLLOUT : 0));
+      /* A negative fd is skipped by poll: a paused connection whose peer
+      ** hung up must not make poll return at once, again and again. */
+      pf[np].fd = ev ? mqi_zconn_fd(sc->z) : -1;
+      pf[np].events = ev;
+      np++;
+    }
+    for (size_t k = 0; k < np; k++) pf[k].revents = 0;
+    int wait = srv_poll_wait(s, now, end);
+    int n = poll(pf, (nfds_t)np, wait);
+    if (n < 0 && errno != EINTR) {
+      rc = mqi_err_set(s->store, MQ_ENET, "server: poll: %s", strerror(errno));
+      break;
+    }
+    now = mqi_server_now(s);
+    if (n > 0 && (pf[0].revents & POLLIN)) mqi_net_pipe_drain(s->wake[0]);
+    /* A finished commit frees its endpoint's next batch for the thread
+    ** before reading, so paused connections are read again at once. */
+    srv_pull_collect(s);
+    srv_pull_submit(s);
+    /* Connections first (accepting appends to the array), from a rotating
+    ** start so that one busy peer cannot always fill the batch first. */
+    size_t nc = s->nconns;
+    s->turn++;
+    for (size_t k = 0; k < nc; k++) {
+      size_t i = (k + s->turn) % nc;
+      mqi_srv_conn *sc = s->conns[i];
+      short rev = n > 0 ? pf[1 + s->neps + i].revents : 0;
+      int want = srv_wants_read(s, sc);
+      if ((want && ((rev & POLLIN) || mqi_zconn_buffered(sc->z) > 0)) ||
+          (rev & (POLLHUP | POLLERR)))
+        srv_read(s, sc, now);
+    }
+    for (size_t e = 0; e < s->neps && n > 0; e++)
+      if (pf[1 + e].revents & POLLIN) srv_accept(s, e, now);
+    srv_work(s, now);
+    srv_reap(s);
+    if (srv_mono() >= end) break;
+  }
+  s->running = 0;
+  return rc;
+}
+
+void mq_server_stop(mq_server *s) {
+  if (!s) return;
+  atomic_store(&s->stop, 1);
+  if (s->wake[1] >= 0) mqi_net_pipe_poke(s->wake[1]);
+}
+
+void mq_server_free(mq_server *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_zconn_close(s->conns[i]->z, "server closed");
+    srv_conn_free(s, s->conns[i]);
+  }
+  srv_committer_stop(s);
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    if (ep->kind == MQI_EP_PULL && ep->nitems) {
+      /* What was read and not stored yet gets one last try. */
+      char err[256];
+      int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
+                               sizeof err);
+      if (rc != MQ_OK && rc != MQ_ENOTFOUND)
+        mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
+                ep->queue, ep->nitems, err);
+    }
+    srv_items_release(ep->items, ep->nitems);
+    if (ep->fd >= 0) close(ep->fd);
+  }
+  mqi_router_free(s);
+  free(s->eps);
+  free(s->conns);
+  free(s->pfds);
+  if (s->wake[0] >= 0) close(s->wake[0]);
+  if (s->wake[1] >= 0) close(s->wake[1]);
+  if (s->csync) {
+    pthread_mutex_destroy(&s->cmu);
+    pthread_cond_destroy(&s->ccv);
+  }
+  srv_wipe_free(s->plain_user);
+  srv_wipe_free(s->plain_password);
+  free(s);
+}
+/*** end src/zmtp_server.c ***/
+
+/*** begin src/zmtp_router.c ***/
+/*
+** zmtp_router.c -- the MQ1 request protocol served on a ROUTER endpoint:
+** acknowledged, idempotent puts and leased consumption for libzmq DEALER
+** and REQ peers (doc/protocol.md is the reference; this is its server).
+**
+** Every request is one ZMTP message of separate frames:
+**     [""] "MQ1" VERB ARG...
+** An empty first frame is the delimiter a REQ socket always sends (a DEALER
+** may); it is echoed in front of every reply to that request, which is all
+** a REQ socket needs to accept the reply.  Replies go back on the
+** connection the request came on, so no routing id is ever needed.
+**
+** The durability promise lives in the order of operations: the PUTs read in
+** one turn of the loop are stored with one mq_put_batch per queue (one
+** commit, one fsync under MQ_SYNC_FULL), and their ACKs are queued only
+** after that call returned MQ_OK.  A PUT is idempotent: its client_msg_id,
+** prefixed by the producer (the ":producer" option, else the peer's ZMTP
+** Identity), is the message's dedup key, so a client that did not see its
+** ACK sends the same PUT again and gets the first message's id back.  That
+** makes puts over the network at-least-once into the queue and, within the
+** queue's dedup window, exactly-once.
+**
+** Consumption is leased like mq_get: GET returns one message (or EMPTY,
+** after waiting up to wait_ms); CONSUME opens a window of `credit`
+** messages that are pushed to the peer as they come and are counted until
+** the peer ACKs or NACKs them or their lease ends.  What a connection holds
+** when it goes away (CONSUME deliveries) is nacked so it is delivered again
+** at once; GET deliveries keep their lease, so a REQ client that reconnects
+** can still ack them.
+**
+** Protocol errors in a request are answered (ERR, or an ACK/DONE with a 4xx
+** status), never with a ZMTP ERROR or a close: the ZMTP session is sound
+** even when a request is not, and closing would only make libzmq resend.
+*/
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* #include "zmtp_net.h" -- inlined above */
+
+#define RT_TAG "MQ1"
+#define RT_ID_MAX 64 /* client_msg_id, producer, bytes */
+#define RT_HEADERS_MAX 64
+#define RT_BATCH_MSGS 4096 /* puts per turn before reading pauses */
+#define RT_BATCH_BYTES ((size_t)32 << 20)
+#define RT_SUBS_MAX 64    /* CONSUME streams per connection */
+#define RT_GETS_MAX 64    /* waiting GETs per connection */
+#define RT_DELIVER_MAX 64 /* leased per stream per turn */
+#define RT_POLL_MS 20     /* look at an empty queue this often */
+#define RT_NACK_ON_CLOSE_MAX 256
+#define RT_WAIT_MAX_MS 3600000
+
+/* Verbs of settle requests. */
+#define RT_ACK 0
+#define RT_NACK 1
+#define RT_TOUCH 2
+
+typedef struct rt_put {
+  mqi_srv_conn *sc;
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  char cid[RT_ID_MAX + 1];
+  char key[MQ_NAME_MAX + 1];
+  char subject[MQ_SUBJECT_MAX + 1];
+  void *data; /* owned (a frame body) */
+  size_t len;
+  mq_put_options po;
+  mq_header *hdrs; /* owned, strings in hbuf */
+  char *hbuf;
+  int status;
+  int64_t id;
+  char text[120];
+} rt_put;
+
+typedef struct rt_settle {
+  mqi_srv_conn *sc;
+  int delim;
+  int verb;
+  char queue[MQ_NAME_MAX + 1];
+  char receipt[MQ_RECEIPT_MAX + 1];
+  int64_t ms; /* NACK delay, TOUCH visibility */
+  char *reason;
+  int status;
+} rt_settle;
+
+typedef struct rt_get {
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  int64_t lease_ms;
+  int64_t deadline; /* monotonic ms */
+} rt_get;
+
+typedef struct rt_flight {
+  char receipt[MQ_RECEIPT_MAX + 1];
+  int64_t until; /* monotonic ms: the lease's end as we count it */
+} rt_flight;
+
+typedef struct rt_sub {
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  size_t window;
+  int64_t lease_ms; /* 0: the queue's */
+  int64_t empty_until;
+  rt_flight *fl;
+  size_t nfl, flcap;
+} rt_sub;
+
+struct mqi_rt_conn {
+  int known;                    /* producer has been derived */
+  char producer[RT_ID_MAX + 2]; /* from the Identity: see rt_producer */
+  rt_sub subs[RT_SUBS_MAX];
+  size_t nsubs;
+  rt_get gets[RT_GETS_MAX];
+  size_t ngets;
+};
+
+struct mqi_rt_state {
+  rt_put *puts;
+  size_t nputs, putcap, put_bytes;
+  rt_settle *settles;
+  size_t nsettles, settlecap;
+  int64_t poll_at; /* monotonic ms of the next look at waiting GETs */
+};
+
+static int64_t rt_mono(void) { return mqi_os_monotonic_ms(); }
+
+int mqi_router_new(mq_server *s) {
+  s->rt = calloc(1, sizeof *s->rt);
+  return s->rt ? MQ_OK : MQ_ENOMEM;
+}
+
+static void rt_put_clear(rt_put *p) {
+  free(p->data);
+  free(p->hdrs);
+  free(p->hbuf);
+  p->data = NULL;
+  p->hdrs = NULL;
+  p->hbuf = NULL;
+}
+
+void mqi_router_free(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  if (!st) return;
+  for (size_t i = 0; i < st->nputs; i++) rt_put_clear(&st->puts[i]);
+  for (size_t i = 0; i < st->nsettles; i++) free(st->settles[i].reason);
+  free(st->puts);
+  free(st->settles);
+  free(st);
+  s->rt = NULL;
+}
+
+/* ------------------------------------------------------------------------
+** Frames in and out
+*/
+static int rt_is(const mqi_zmtp_frame *f, const char *s) {
+  size_t n = strlen(s);
+  return f->size == n && (n == 0 || memcmp(f->body, s, n) == 0);
+}
+
+/* Copy a frame into a C string of 1..max printable ASCII bytes (no space
+** unless spaces is set).  0 on success. */
+static int rt_str(const mqi_zmtp_frame *f, char *out, size_t max, int spaces) {
+  if (f->size == 0 || f->size > max) return -1;
+  for (size_t i = 0; i < f->size; i++) {
+    uint8_t c = f->body[i];
+    if (c < 0x20 || c > 0x7e || (c == ' ' && !spaces)) return -1;
+  }
+  memcpy(out, f->body, f->size);
+  out[f->size] = '\0';
+  return 0;
+}
+
+/* A decimal integer (optionally negative) filling the frame. */
+static int rt_int(const mqi_zmtp_frame *f, int64_t min, int64_t max, int64_t *out) {
+  int64_t v = 0;
+  size_t i = 0;
+  int neg = 0;
+  if (f->size > 0 && f->body[0] == '-') {
+    neg = 1;
+    i = 1;
+  }
+  if (f->size == i || f->size - i > 18) return -1;
+  for (; i < f->size; i++) {
+    if (f->body[i] < '0' || f->body[i] > '9') return -1;
+    v = v * 10 + (f->body[i] - '0');
+  }
+  if (neg) v = -v;
+  if (v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Send [""] "MQ1" then n more frames. */
+static void rt_reply(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zpart *more, size_t n) {
+  mqi_zpart parts[8 + 2 * RT_HEADERS_MAX];
+  size_t k = 0;
+  if (!sc || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return;
+  if (delim) parts[k++] = (mqi_zpart){"", 0};
+  parts[k++] = (mqi_zpart){RT_TAG, 3};
+  for (size_t i = 0; i < n && k < sizeof parts / sizeof parts[0]; i++) parts[k++] = more[i];
+  mqi_server_send(s, sc, parts, k);
+}
+
+static mqi_zpart rt_p(const char *s) { return (mqi_zpart){s, strlen(s)}; }
+
+static void rt_err(mq_server *s, mqi_srv_conn *sc, int delim, const char *code, const char *text) {
+  mqi_zpart p[3] = {rt_p("ERR"), rt_p(code), rt_p(text)};
+  rt_reply(s, sc, delim, p, 3);
+}
+
+/* The reply status for a library result code. */
+static int rt_status(int rc) {
+  switch (rc) {
+    case MQ_OK:
+      return 200;
+    case MQ_EINVAL:
+      return 400;
+    case MQ_ENOTFOUND:
+      return 404;
+    case MQ_ESTALE:
+      return 410;
+    case MQ_ETOOBIG:
+      return 413;
+    case MQ_EFULL:
+      return 507;
+    case MQ_EBUSY:
+    case MQ_EUNKNOWN:
+    case MQ_EIO:
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+/* The producer prefix of dedup keys: the Identity when it is short
+** printable text, else a hash of it ("#" and 16 hex digits). */
+static void rt_producer(const uint8_t *id, size_t len, char *out, size_t cap) {
+  int printable = len > 0 && len <= RT_ID_MAX;
+  for (size_t i = 0; printable && i < len; i++) printable = id[i] > 0x20 && id[i] < 0x7f;
+  if (len == 0) {
+    out[0] = '\0';
+  } else if (printable) {
+    memcpy(out, id, len);
+    out[len] = '\0';
+  } else {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ id[i]) * 1099511628211ULL;
+    snprintf(out, cap, "#%016" PRIx64, h);
+  }
+}
+
+/* The router state of sc, made on first use; NULL (and sc closed) when out
+** of memory.  The producer is derived here, not when the handshake ends,
+** because the first request may come in the same read as the READY. */
+static mqi_rt_conn *rt_conn(mqi_srv_conn *sc) {
+  if (!sc->rt) sc->rt = calloc(1, sizeof *sc->rt);
+  if (!sc->rt) {
+    mqi_zconn_close(sc->z, "out of memory");
+    return NULL;
+  }
+  if (!sc->rt->known) {
+    size_t len = 0;
+    const uint8_t *id = mqi_zconn_identity(sc->z, &len);
+    rt_producer(id, len, sc->rt->producer, sizeof sc->rt->producer);
+    sc->rt->known = 1;
+  }
+  return sc->rt;
+}
+
+/* ------------------------------------------------------------------------
+** Requests
+*/
+static int rt_queue_kind(mq_server *s, const char *queue) {
+  mq_queue_info info;
+  return mq_queue_info_get(s->store, queue, &info) == MQ_OK ? info.kind : -1;
+}
+
+/* PUT queue client_msg_id payload *(name value) */
+static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_state *st = s->rt;
+  rt_put p;
+  const char *bad = NULL;
+  memset(&p, 0, sizeof p);
+  p.sc = sc;
+  p.delim = delim;
+  if (n < 2 || rt_str(&a[1], p.cid, RT_ID_MAX, 0) != 0) {
+    rt_err(s, sc, delim, "400", "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
+    return;
+  }
+  mq_put_options_init(&p.po);
+  if (n < 3)
+    bad = "PUT without a payload frame";
+  else if (rt_str(&a[0], p.queue, MQ_NAME_MAX, 0) != 0)
+    bad = "bad queue name";
+  else if ((n - 3) % 2 != 0)
+    bad = "header frames must come in name/value pairs";
+  else if ((n - 3) / 2 > RT_HEADERS_MAX)
+    bad = "too many headers";
+  const char *producer = sc->rt ? sc->rt->producer : "";
+  char opt_producer[RT_ID_MAX + 1];
+  size_t hsize = 0, nh = 0;
+  for (size_t i = 3; !bad && i + 1 < n; i += 2) {
+    mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
+    if (nm->size == 0 || nm->size > 255 || memchr(nm->body, 0, nm->size) ||
+        (val->size && memchr(val->body, 0, val->size))) {
+      bad = "a header name is empty or long, or a name or value holds a NUL byte";
+      break;
+    }
+    if (nm->body[0] != ':') {
+      hsize += nm->size + val->size + 2;
+      nh++;
+      continue;
+    }
+    int64_t v = 0;
+    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
+      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
+        bad = "bad :delay or :ttl";
+      else if (rt_is(nm, ":delay"))
+        p.po.delay_ms = v;
+      else
+        p.po.ttl_ms = v;
+    } else if (rt_is(nm, ":priority")) {
+      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
+        bad = "bad :priority";
+      else
+        p.po.priority = (int)v;
+    } else if (rt_is(nm, ":producer")) {
+      if (rt_str(val, opt_producer, RT_ID_MAX, 0) != 0)
+        bad = "bad :producer";
+      else
+        producer = opt_producer;
+    } else if (rt_is(nm, ":subject")) {
+      if (rt_str(val, p.subject, MQ_SUBJECT_MAX, 0) != 0) bad = "bad :subject";
+    } else {
+      bad = "unknown option (names starting with ':' are options)";
+    }
+  }
+  if (!bad && nh) {
+    p.hdrs = malloc(nh * sizeof *p.hdrs);
+    p.hbuf = malloc(hsize);
+    if (!p.hdrs || !p.hbuf) bad = "out of memory";
+    char *at = p.hbuf;
+    for (size_t i = 3, k = 0; !bad && i + 1 < n; i += 2) {
+      if (a[i].body[0] == ':') continue;
+      p.hdrs[k].name = at;
+      memcpy(at, a[i].body, a[i].size);
+      at += a[i].size;
+      *at++ = '\0';
+      p.hdrs[k].value = at;
+      if (a[i + 1].size) memcpy(at, a[i + 1].body, a[i + 1].size);
+      at += a[i + 1].size;
+      *at++ = '\0';
+      k++;
+    }
+    p.po.headers = p.hdrs;
+    p.po.n_headers = nh;
+  }
+  if (bad) {
+    mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("400"), rt_p(""), rt_p(bad)};
+    rt_reply(s, sc, delim, r, 5);
+    rt_put_clear(&p);
+    return;
+  }
+  if (*producer)
+    snprintf(p.key, sizeof p.key, "%s/%s", producer, p.cid);
+  else
+    snprintf(p.key, sizeof p.key, "%s", p.cid);
+  p.po.dedup_key = NULL; /* set at commit: p moves in memory until then */
+  p.data = a[2].body;
+  p.len = a[2].size;
+  a[2].body = NULL;
+  if (st->nputs == st->putcap) {
+    size_t cap = st->putcap ? st->putcap * 2 : 64;
+    rt_put *q = realloc(st->puts, cap * sizeof *q);
+    if (!q) {
+      mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("503"), rt_p(""), rt_p("out of memory")};
+      rt_reply(s, sc, delim, r, 5);
+      rt_put_clear(&p);
+      return;
+    }
+    st->puts = q;
+    st->putcap = cap;
+  }
+  st->puts[st->nputs++] = p;
+  st->put_bytes += p.len;
+}
+
+/* ACK/NACK/TOUCH queue receipt [...] */
+static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, int delim, int verb,
+                          const mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_state *st = s->rt;
+  rt_settle t;
+  memset(&t, 0, sizeof t);
+  t.sc = sc;
+  t.delim = delim;
+  t.verb = verb;
+  if (n < 2 || rt_str(&a[1], t.receipt, MQ_RECEIPT_MAX, 0) != 0) {
+    rt_err(s, sc, delim, "400", "ACK, NACK and TOUCH need: queue receipt");
+    return;
+  }
+  const char *bad = NULL;
+  if (rt_str(&a[0], t.queue, MQ_NAME_MAX, 0) != 0)
+    bad = "bad queue name";
+  else if (verb == RT_ACK && n != 2)
+    bad = "ACK takes: queue receipt";
+  else if (verb == RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0))
+    bad = "TOUCH takes: queue receipt visibility_ms";
+  else if (verb == RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0)))
+    bad = "NACK takes: queue receipt [delay_ms [reason]]";
+  else if (verb == RT_NACK && n == 4) {
+    if (a[3].size > 1000 || memchr(a[3].body, 0, a[3].size)) {
+      bad = "a NACK reason is at most 1000 bytes without NUL";
+    } else {
+      t.reason = malloc(a[3].size + 1);
+      if (!t.reason)
+        bad = "out of memory";
+      else {
+        if (a[3].size) memcpy(t.reason, a[3].body, a[3].size);
+        t.reason[a[3].size] = '\0';
+      }
+    }
+  }
+  if (!bad && st->nsettles == st->settlecap) {
+    size_t cap = st->settlecap ? st->settlecap * 2 : 64;
+    rt_settle *q = realloc(st->settles, cap * sizeof *q);
+    if (!q)
+      bad = "out of memory";
+    else {
+      st->settles = q;
+      st->settlecap = cap;
+    }
+  }
+  if (bad) {
+    free(t.reason);
+    mqi_zpart r[4] = {rt_p("DONE"), rt_p(t.receipt), rt_p("400"), rt_p(bad)};
+    rt_reply(s, sc, delim, r, 4);
+    return;
+  }
+  st->settles[st->nsettles++] = t;
+}
+
+/* GET queue [lease_ms [wait_ms]] */
+static void rt_req_get(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zmtp_frame *a,
+                       size_t n) {
+  mqi_rt_conn *rc = sc->rt;
+  rt_get g;
+  int64_t wait = 0;
+  memset(&g, 0, sizeof g);
+  g.delim = delim;
+  if (n < 1 || n > 3 || rt_str(&a[0], g.queue, MQ_NAME_MAX, 0) != 0 ||
+      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &g.lease_ms) != 0) ||
+      (n == 3 && rt_int(&a[2], 0, RT_WAIT_MAX_MS, &wait) != 0)) {
+    rt_err(s, sc, delim, "400", "GET takes: queue [lease_ms [wait_ms]]");
+    return;
+  }
+  if (!rc || rc->ngets == RT_GETS_MAX) {
+    rt_err(s, sc, delim, "429", "too many waiting GETs on this connection");
+    return;
+  }
+  g.deadline = rt_mono() + wait;
+  rc->gets[rc->ngets++] = g;
+  s->rt->poll_at = 0;
+}
+
+static rt_sub *rt_find_sub(mqi_rt_conn *rc, const char *queue) {
+  for (size_t i = 0; i < rc->nsubs; i++)
+    if (strcmp(rc->subs[i].queue, queue) == 0) return &rc->subs[i];
+  return NULL;
+}
+
+static void rt_sub_drop(mqi_rt_conn *rc, rt_sub *sub) {
+  free(sub->fl);
+  *sub = rc->subs[--rc->nsubs];
+}
+
+/* CONSUME queue credit [lease_ms]; STOP queue */
+static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
+                           const mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_conn *rc = sc->rt;
+  char queue[MQ_NAME_MAX + 1];
+  int64_t credit = 0, lease = 0;
+  if (n < 1 || rt_str(&a[0], queue, MQ_NAME_MAX, 0) != 0 ||
+      (stop ? n != 1
+            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &credit) != 0 ||
+               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &lease) != 0)))) {
+    rt_err(s, sc, delim, "400",
+           stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
+    return;
+  }
+  if (!rc) return;
+  rt_sub *sub = rt_find_sub(rc, queue);
+  if (stop || credit == 0) {
+    /* Deliveries in flight stay leased to the peer: it may still ack them. */
+    if (sub) rt_sub_drop(rc, sub);
+    mqi_zpart r[2] = {rt_p("STOPPED"), rt_p(queue)};
+    rt_reply(s, sc, delim, r, 2);
+    return;
+  }
+  int kind = rt_queue_kind(s, queue);
+  if (kind < 0 || kind == MQ_KIND_TOPIC) {
+    rt_err(s, sc, delim, kind < 0 ? "404" : "400",
+           kind < 0 ? "no such queue" : "a topic: consume one of its subscriptions");
+    return;
+  }
+  if (!sub) {
+    if (rc->nsubs == RT_SUBS_MAX) {
+      rt_err(s, sc, delim, "429", "too many CONSUME streams on this connection");
+      return;
+    }
+    sub = &rc->subs[rc->nsubs++];
+    memset(sub, 0, sizeof *sub);
+    snprintf(sub->queue, sizeof sub->queue, "%s", queue);
+  }
+  if ((uint64_t)credit > s->opt.credit) credit = (int64_t)s->opt.credit;
+  sub->delim = delim;
+  sub->window = (size_t)credit;
+  sub->lease_ms = lease;
+  sub->empty_until = 0;
+  char cbuf[24];
+  snprintf(cbuf, sizeof cbuf, "%" PRId64, credit);
+  mqi_zpart r[3] = {rt_p("CONSUMING"), rt_p(queue), rt_p(cbuf)};
+  rt_reply(s, sc, delim, r, 3);
+}
+
+int mqi_router_message(mq_server *s, mqi_srv_conn *sc, mqi_zmtp_frame *parts, size_t n) {
+  mqi_rt_state *st = s->rt;
+  size_t i = 0;
+  int delim = 0;
+  if (!rt_conn(sc)) return 1;
+  if (n > 1 && parts[0].size == 0) {
+    delim = 1;
+    i = 1;
+  }
+  if (n - i < 2 || !rt_is(&parts[i], RT_TAG)) {
+    rt_err(s, sc, delim, "400", "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
+    return 0;
+  }
+  const mqi_zmtp_frame *verb = &parts[i + 1];
+  mqi_zmtp_frame *a = parts + i + 2;
+  size_t na = n - i - 2;
+  if (rt_is(verb, "PUT"))
+    rt_req_put(s, sc, delim, a, na);
+  else if (rt_is(verb, "ACK"))
+    rt_req_settle(s, sc, delim, RT_ACK, a, na);
+  else if (rt_is(verb, "NACK"))
+    rt_req_settle(s, sc, delim, RT_NACK, a, na);
+  else if (rt_is(verb, "TOUCH"))
+    rt_req_settle(s, sc, delim, RT_TOUCH, a, na);
+  else if (rt_is(verb, "GET"))
+    rt_req_get(s, sc, delim, a, na);
+  else if (rt_is(verb, "CONSUME"))
+    rt_req_consume(s, sc, delim, 0, a, na);
+  else if (rt_is(verb, "STOP"))
+    rt_req_consume(s, sc, delim, 1, a, na);
+  else
+    rt_err(s, sc, delim, "400", "unknown verb");
+  return st->nputs >= RT_BATCH_MSGS || st->put_bytes >= RT_BATCH_BYTES ||
+         st->nsettles >= RT_BATCH_MSGS;
+}
+
+/* ------------------------------------------------------------------------
+** Connections
+*/
+
+void mqi_router_ready(mq_server *s, mqi_srv_conn *sc) {
+  size_t len = 0;
+  const uint8_t *id = mqi_zconn_identity(sc->z, &len);
+  if (!rt_conn(sc) || len == 0) return;
+  /* Handover: the newest connection with an Identity wins, so a peer that
+  ** reconnects is not shadowed by its own half-dead old connection. */
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *o = s->conns[i];
+    size_t olen = 0;
+    if (o == sc || s->eps[o->ep].kind != MQI_EP_ROUTER || !o->was_active ||
+        mqi_zconn_state(o->z) != MQI_ZC_ACTIVE)
+      continue;
+    const uint8_t *oid = mqi_zconn_identity(o->z, &olen);
+    if (olen == len && memcmp(oid, id, len) == 0)
+      mqi_zconn_close(o->z, "replaced by a newer connection with the same Identity");
+  }
+}
+
+void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc) {
+  mqi_rt_state *st = s->rt;
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; st && i < st->nputs; i++)
+    if (st->puts[i].sc == sc) st->puts[i].sc = NULL;
+  for (size_t i = 0; st && i < st->nsettles; i++)
+    if (st->settles[i].sc == sc) st->settles[i].sc = NULL;
+  if (!rc) return;
+  size_t nacked = 0;
+  for (size_t i = 0; i < rc->nsubs; i++) {
+    rt_sub *sub = &rc->subs[i];
+    for (size_t k = 0; k < sub->nfl && nacked < RT_NACK_ON_CLOSE_MAX; k++, nacked++)
+      mq_nack(s->store, sub->queue, sub->fl[k].receipt, 0, NULL);
+    free(sub->fl);
+  }
+  free(rc);
+  sc->rt = NULL;
+}
+
+/* ------------------------------------------------------------------------
+** The turn's work
+*/
+static void rt_ack_put(mq_server *s, rt_put *p) {
+  char status[8], id[24];
+  snprintf(status, sizeof status, "%d", p->status);
+  if (p->status == 200)
+    snprintf(id, sizeof id, "%" PRId64, p->id);
+  else
+    id[0] = '\0';
+  mqi_zpart r[5] = {rt_p("ACK"), rt_p(p->cid), rt_p(status), rt_p(id), rt_p(p->text)};
+  rt_reply(s, p->sc, p->delim, r, p->status == 200 ? 4 : 5);
+}
+
+/* Store the puts of one queue: one batch (one commit), or, when one entry
+** spoils the batch, one put each so every PUT gets its own answer. */
+static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
+  const char *queue = ps[0]->queue;
+  int kind = rt_queue_kind(s, queue);
+  int rc;
+  if (kind < 0 || kind == MQ_KIND_SUBSCRIPTION) {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = kind < 0 ? 404 : 400;
+      snprintf(ps[i]->text, sizeof ps[i]->text, "%s",
+               kind < 0 ? "no such queue" : "a subscription: put to its topic");
+    }
+    return;
+  }
+  int topic = kind == MQ_KIND_TOPIC;
+  int64_t *ids = malloc(n * sizeof *ids);
+  void *en = malloc(n * (topic ? sizeof(mq_pub_entry) : sizeof(mq_entry)));
+  if (!ids || !en) {
+    rc = MQ_ENOMEM;
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->po.dedup_key = ps[i]->key;
+      if (topic) {
+        mq_pub_entry *e = (mq_pub_entry *)en + i;
+        e->subject = ps[i]->subject[0] ? ps[i]->subject : NULL;
+        e->data = ps[i]->data;
+        e->len = ps[i]->len;
+        e->opts = &ps[i]->po;
+      } else {
+        mq_entry *e = (mq_entry *)en + i;
+        e->data = ps[i]->data;
+        e->len = ps[i]->len;
+        e->opts = &ps[i]->po;
+      }
+    }
+    rc = topic ? mq_publish_batch(s->store, queue, en, n, ids, NULL)
+               : mq_put_batch(s->store, queue, en, n, ids);
+  }
+  if (rc == MQ_OK) {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = 200;
+      ps[i]->id = ids[i];
+    }
+  } else if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
+    for (size_t i = 0; i < n; i++) {
+      int64_t id = 0;
+      int r = topic ? mq_publish(s->store, queue, ps[i]->subject[0] ? ps[i]->subject : NULL,
+                                 ps[i]->data, ps[i]->len, &ps[i]->po, &id, NULL)
+                    : mq_put(s->store, queue, ps[i]->data, ps[i]->len, &ps[i]->po, &id);
+      ps[i]->status = rt_status(r);
+      ps[i]->id = id;
+      if (r != MQ_OK) snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+    }
+  } else {
+    /* The batch failed as a whole (locked, disk full, I/O, outcome
+    ** unknown): nothing is acknowledged; the client retries with the same
+    ** ids and the dedup keys make that safe. */
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = rt_status(rc);
+      snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+    }
+    mqi_log(s->store, MQ_LOG_WARN, "server: ROUTER: %zu puts into \"%s\" failed: %s", n, queue,
+            mq_errmsg(s->store));
+  }
+  free(ids);
+  free(en);
+  for (size_t i = 0; i < n; i++)
+    if (ps[i]->status == 200) {
+      mqi_server_kick(s, queue);
+      break;
+    }
+}
+
+static void rt_commit_puts(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  size_t n = st->nputs;
+  if (n == 0) return;
+  rt_put **group = malloc(n * sizeof *group);
+  char *done = calloc(n, 1);
+  if (!group || !done) {
+    for (size_t i = 0; i < n; i++) {
+      st->puts[i].status = 503;
+      snprintf(st->puts[i].text, sizeof st->puts[i].text, "out of memory");
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      if (done[i]) continue;
+      size_t g = 0;
+      for (size_t k = i; k < n; k++)
+        if (!done[k] && strcmp(st->puts[k].queue, st->puts[i].queue) == 0) {
+          group[g++] = &st->puts[k];
+          done[k] = 1;
+        }
+      rt_commit_queue(s, group, g);
+    }
+  }
+  /* Only now, after the commits, do the ACKs go out, in request order. */
+  for (size_t i = 0; i < n; i++) {
+    rt_ack_put(s, &st->puts[i]);
+    rt_put_clear(&st->puts[i]);
+  }
+  free(group);
+  free(done);
+  st->nputs = 0;
+  st->put_bytes = 0;
+}
+
+/* Forget a delivery the peer settled (or whose lease ended). */
+static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
+  if (!sc || !sc->rt) return;
+  rt_sub *sub = rt_find_sub(sc->rt, queue);
+  if (!sub) return;
+  for (size_t k = 0; k < sub->nfl; k++)
+    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
+      sub->fl[k] = sub->fl[--sub->nfl];
+      return;
+    }
+}
+
+static void rt_done(mq_server *s, rt_settle *t, const char *text) {
+  char status[8];
+  snprintf(status, sizeof status, "%d", t->status);
+  mqi_zpart r[4] = {rt_p("DONE"), rt_p(t->receipt), rt_p(status), rt_p(text)};
+  rt_reply(s, t->sc, t->delim, r, t->status == 200 ? 3 : 4);
+}
+
+static void rt_commit_settles(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  size_t n = st->nsettles;
+  if (n == 0) return;
+  const char **rcpts = malloc(n * sizeof *rcpts);
+  int *res = malloc(n * sizeof *res);
+  rt_settle **grp = malloc(n * sizeof *grp);
+  char *done = calloc(n, 1);
+  for (size_t i = 0; i < n; i++) {
+    rt_settle *t = &st->settles[i];
+    if (done && done[i]) continue;
+    int rc;
+    if (t->verb == RT_ACK && rcpts && res && grp && done) {
+      /* Every ACK of this turn on this queue: one commit. */
+      size_t g = 0;
+      for (size_t k = i; k < n; k++)
+        if (!done[k] && st->settles[k].verb == RT_ACK &&
+            strcmp(st->settles[k].queue, t->queue) == 0) {
+          grp[g] = &st->settles[k];
+          rcpts[g++] = st->settles[k].receipt;
+          done[k] = 1;
+        }
+      rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
+      for (size_t k = 0; k < g; k++) {
+        grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
+        rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
+        rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
+      }
+      continue;
+    }
+    if (t->verb == RT_ACK)
+      rc = mq_ack(s->store, t->queue, t->receipt);
+    else if (t->verb == RT_NACK)
+      rc = mq_nack(s->store, t->queue, t->receipt, t->ms, t->reason);
+    else
+      rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
+    t->status = rt_status(rc);
+    if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
+    rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
+  }
+  for (size_t i = 0; i < n; i++) free(st->settles[i].reason);
+  free(rcpts);
+  free(res);
+  free(grp);
+  free(done);
+  st->nsettles = 0;
+}
+
+/* MSG queue msg_id receipt receives payload *(name value) */
+static int rt_send_msg(mq_server *s, mqi_srv_conn *sc, int delim, const char *queue,
+                       const mq_msg *m) {
+  mqi_zpart r[6 + 2 * RT_HEADERS_MAX];
+  char id[24], recv[16];
+  size_t k = 0;
+  snprintf(id, sizeof id, "%" PRId64, mq_msg_id(m));
+  snprintf(recv, sizeof recv, "%d", mq_msg_receives(m));
+  r[k++] = rt_p("MSG");
+  r[k++] = rt_p(queue);
+  r[k++] = rt_p(id);
+  r[k++] = rt_p(mq_msg_receipt(m));
+  r[k++] = rt_p(recv);
+  r[k++] = (mqi_zpart){mq_msg_data(m), mq_msg_size(m)};
+  size_t nh = mq_msg_header_count(m);
+  for (size_t i = 0; i < nh && i < RT_HEADERS_MAX; i++) {
+    r[k++] = rt_p(mq_msg_header_name(m, i));
+    r[k++] = rt_p(mq_msg_header_value(m, i));
+  }
+  if (mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return -1;
+  mqi_zpart all[8 + 2 * RT_HEADERS_MAX];
+  size_t j = 0;
+  if (delim) all[j++] = (mqi_zpart){"", 0};
+  all[j++] = (mqi_zpart){RT_TAG, 3};
+  for (size_t i = 0; i < k; i++) all[j++] = r[i];
+  return mqi_server_send(s, sc, all, j) == MQI_ZMTP_OK ? 0 : -1;
+}
+
+static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; i < rc->ngets;) {
+    rt_get *g = &rc->gets[i];
+    mq_get_options go;
+    mq_msg *m = NULL;
+    mq_get_options_init(&go);
+    go.visibility_ms = g->lease_ms;
+    int r = mq_get(s->store, g->queue, &go, &m);
+    if (r == MQ_EMPTY && mono < g->deadline) {
+      i++;
+      continue;
+    }
+    if (r == MQ_OK) {
+      if (rt_send_msg(s, sc, g->delim, g->queue, m) != 0)
+        mq_nack(s->store, g->queue, mq_msg_receipt(m), 0, NULL);
+      mq_msg_free(m);
+    } else if (r == MQ_EMPTY) {
+      mqi_zpart p[2] = {rt_p("EMPTY"), rt_p(g->queue)};
+      rt_reply(s, sc, g->delim, p, 2);
+    } else {
+      char code[8];
+      snprintf(code, sizeof code, "%d", rt_status(r));
+      rt_err(s, sc, g->delim, code, mq_errmsg(s->store));
+    }
+    rc->gets[i] = rc->gets[--rc->ngets];
+  }
+}
+
+static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; i < rc->nsubs; i++) {
+    rt_sub *sub = &rc->subs[i];
+    for (size_t k = 0; k < sub->nfl;)
+      if (sub->fl[k].until <= mono)
+        sub->fl[k] = sub->fl[--sub->nfl];
+      else
+        k++;
+    if (sub->nfl >= sub->window || mono < sub->empty_until) continue;
+    if (mqi_zconn_pending(sc->z) >= s->out_limit / 2) return;
+    size_t want = sub->window - sub->nfl;
+    if (want > RT_DELIVER_MAX) want = RT_DELIVER_MAX;
+    if (sub->flcap < sub->window) {
+      size_t cap = sub->window < 16 ? 16 : sub->window;
+      rt_flight *f = realloc(sub->fl, cap * sizeof *f);
+      if (!f) continue;
+      sub->fl = f;
+      sub->flcap = cap;
+    }
+    mq_msg *msgs[RT_DELIVER_MAX];
+    size_t count = 0;
+    mq_get_options go;
+    mq_get_options_init(&go);
+    go.visibility_ms = sub->lease_ms;
+    int r = mq_get_batch(s->store, sub->queue, &go, want, msgs, &count);
+    if (r == MQ_EMPTY) {
+      sub->empty_until = mono + RT_POLL_MS;
+      continue;
+    }
+    if (r != MQ_OK) {
+      char code[8];
+      snprintf(code, sizeof code, "%d", rt_status(r));
+      rt_err(s, sc, sub->delim, code, mq_errmsg(s->store));
+      sub->empty_until = mono + 1000;
+      continue;
+    }
+    for (size_t k = 0; k < count; k++) {
+      if (rt_send_msg(s, sc, sub->delim, sub->queue, msgs[k]) == 0 && sub->nfl < sub->flcap) {
+        rt_flight *f = &sub->fl[sub->nfl++];
+        snprintf(f->receipt, sizeof f->receipt, "%s", mq_msg_receipt(msgs[k]));
+        /* Our count of the lease: the message's own visible_at is on the
+        ** store clock, which need not be ours. */
+        int64_t lease = mq_msg_visible_at(msgs[k]) - mq_store_now(s->store);
+        f->until = mono + (lease > 0 ? lease : 0);
+      } else {
+        mq_nack(s->store, sub->queue, mq_msg_receipt(msgs[k]), 0, NULL);
+      }
+      mq_msg_free(msgs[k]);
+    }
+  }
+}
+
+void mqi_router_work(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  rt_commit_puts(s);
+  rt_commit_settles(s);
+  int64_t mono = rt_mono();
+  int poll_gets = mono >= st->poll_at;
+  int waiting = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    if (sc->rt->ngets && poll_gets) rt_serve_gets(s, sc, mono);
+    if (sc->rt->ngets) waiting = 1;
+    if (sc->rt->nsubs) rt_serve_subs(s, sc, mono);
+  }
+  if (poll_gets) st->poll_at = waiting ? mono + RT_POLL_MS : INT64_MAX;
+}
+
+int64_t mqi_router_wake(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  int64_t w = INT64_MAX;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    mqi_rt_conn *rc = sc->rt;
+    for (size_t k = 0; k < rc->ngets; k++) {
+      int64_t d = st->poll_at < rc->gets[k].deadline ? st->poll_at : rc->gets[k].deadline;
+      if (d < w) w = d;
+    }
+    /* A peer that does not read gets nothing more: no reason to wake. */
+    int blocked = mqi_zconn_pending(sc->z) >= s->out_limit / 2;
+    for (size_t k = 0; k < rc->nsubs; k++) {
+      rt_sub *sub = &rc->subs[k];
+      if (blocked) break;
+      if (sub->nfl < sub->window) {
+        if (sub->empty_until < w) w = sub->empty_until;
+      } else {
+        for (size_t f = 0; f < sub->nfl; f++)
+          if (sub->fl[f].until < w) w = sub->fl[f].until;
+      }
+    }
+  }
+  return w;
+}
+
+void mqi_router_kick(mq_server *s, const char *queue) {
+  if (!s->rt) return;
+  s->rt->poll_at = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_rt_conn *rc = s->conns[i]->rt;
+    if (!rc) continue;
+    rt_sub *sub = rt_find_sub(rc, queue);
+    if (sub) sub->empty_until = 0;
+  }
+}
+/*** end src/zmtp_router.c ***/

@@ -589,9 +589,9 @@ MQ_API int mq_subject_matches(const char *filter, const char *subject);
 ** Network endpoints (ZMTP 3.1, the ZeroMQ wire protocol; no libzmq needed)
 **
 ** A server serves queues of one store to ZeroMQ peers over TCP:
-**   - PULL ingest: a libzmq PUSH socket connects; each message it sends
-**     (all its frames concatenated, or only the last frame: see
-**     doc/protocol.md) is put on a queue.  At-most-once up to our commit:
+**   - PULL ingest: a libzmq PUSH socket connects; each message it sends is
+**     put on a queue (a multipart message's frames concatenated, their
+**     sizes in the header "zmtp-frames"; see doc/protocol.md).  At-most-once up to our commit:
 **     PUSH has no acknowledgement, so what sits in kernel buffers when a
 **     connection drops is lost.  Backpressure is TCP's: we stop reading
 **     while commits are behind.

@@ -921,5 +921,27 @@ is "bench --json" "$(grep -c '"ops_per_sec":' out)" 4
 r "$DB" ls
 hasnt "bench leaves no queue behind" out 'mq-bench'
 
+# ---- serve (built only with the network code) -------------------------------------------------
+if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
+  r "$DB" create served
+  timeout 30 "$MQ" "$DB" serve --pull served=tcp://127.0.0.1:0 --router tcp://127.0.0.1:0 \
+    </dev/null >serve.out 2>serve.err &
+  spid=$!
+  for _ in $(seq 200); do [ "$(wc -l <serve.out)" -ge 2 ] && break; sleep 0.05; done
+  is "serve prints where the pull endpoint listens" \
+    "$(grep -c '^pull served tcp://127\.0\.0\.1:[1-9][0-9]*$' serve.out)" 1
+  is "serve prints where the router listens" \
+    "$(grep -c '^router tcp://127\.0\.0\.1:[1-9][0-9]*$' serve.out)" 1
+  kill -TERM "$spid"
+  wait "$spid"
+  is "serve stops cleanly on SIGTERM (exit status)" "$?" 0
+  r "$DB" serve --pull nosuch=tcp://127.0.0.1:0
+  failed "serve an unknown queue" 4 'no queue "nosuch"'
+  r "$DB" serve --pull served=tcp://256.1.1.1:1
+  is "serve a malformed endpoint fails" "$([ "$rc" -ne 0 ] && echo yes)" yes
+else
+  echo "skip: mq built without the network code (no serve)" >&2
+fi
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -243,6 +243,7 @@ void cli_header_free(cli_header *h);
 
 /* Each runs one command: argv[0] is the first argument after its name. */
 int cli_cmd_create(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_drop(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_purge(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_ls(cli_ctx *ctx, int argc, char **argv);

@@ -167,6 +167,14 @@ static const cli_command cli_commands[] = {
      "                       as for create\n"},
     {"unsubscribe", cli_cmd_unsubscribe, "unsubscribe TOPIC SUB",
      "Delete a subscription and the messages waiting in it.\n"},
+#ifdef MQ_CLI_SERVE
+    {"serve", cli_cmd_serve,
+     "serve [--pull QUEUE=EP]... [--push QUEUE=EP]... [--router EP]...\n"
+     "       [--plain USER[:PASS]] [--heartbeat MS] [--max-frame BYTES] [--create] [--verbose]",
+     "Serve queues to ZeroMQ peers (ZMTP 3.1) until SIGINT/SIGTERM; prints where each\n"
+     "endpoint listens.  --create makes missing PULL/PUSH queues; USER alone takes the\n"
+     "password from $MQ_SERVE_PASSWORD.  See doc/protocol.md.\n"},
+#endif
     {"bench", cli_cmd_bench, "bench [--count N] [--size BYTES]",
      "Measure put, get, ack and a full put/get/ack cycle on a temporary queue in\n"
      "FILE (dropped afterwards) and print operations per second.\n"

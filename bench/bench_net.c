@@ -1,0 +1,222 @@
+/*
+** bench_net.c -- ingest throughput of a PULL endpoint, next to libzmq's own
+** PUSH -> PULL on the same loopback, in the same run.
+**
+** The producer is the same in both rows: a pyzmq PUSH socket in its own
+** process sending N messages of SIZE bytes as fast as it can.  The rows
+** differ in the receiver:
+**   libzmq   a pyzmq PULL socket in its own process that just receives
+**            (nothing is stored: this is the transport's ceiling);
+**   mq       our PULL endpoint (mq_server, this process) storing every
+**            message durably in a queue, MQ_SYNC_FULL by default, all the
+**            messages read in one loop turn in one commit (group commit).
+** Throughput is N over the time from the first message received (libzmq) or
+** stored (mq) to the last, so process start-up is not counted.  The server
+** runs in a thread of this process; mq's count comes from
+** mq_queue_stats_get, asked only while the queue is empty and after the
+** producer has finished, so the counting does not slow the ingest.  The table shows the median of --reps
+** runs per row, alternating the rows within each repetition, and the ratio
+** mq / libzmq (the target is at least 0.5: storing durably at half the
+** speed of not storing at all).
+**
+** Needs /usr/bin/python3 with pyzmq (python3-zmq); without it the program
+** says so and exits 0.  Not a test: nothing is asserted.
+*/
+#include "benchlib.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define NET_PYTHON "/usr/bin/python3"
+#define NET_MAXREPS 100
+
+static const char *net_producer =
+    "import sys, zmq\n"
+    "c = zmq.Context()\n"
+    "s = c.socket(zmq.PUSH)\n"
+    "s.setsockopt(zmq.SNDHWM, 100000)\n"
+    "s.connect(sys.argv[1])\n"
+    "n, p = int(sys.argv[2]), b'x' * int(sys.argv[3])\n"
+    "for i in range(n): s.send(p)\n"
+    "s.close(linger=-1)\n"
+    "c.term()\n";
+
+static const char *net_receiver =
+    "import sys, time, zmq\n"
+    "c = zmq.Context()\n"
+    "s = c.socket(zmq.PULL)\n"
+    "print(s.bind_to_random_port('tcp://127.0.0.1'), flush=True)\n"
+    "n = int(sys.argv[1])\n"
+    "s.recv()\n"
+    "t0 = time.monotonic()\n"
+    "for i in range(n - 1): s.recv()\n"
+    "print('%.6f' % (time.monotonic() - t0), flush=True)\n";
+
+/* Start python3 -c script args...; its stdout into *out (if not NULL). */
+static pid_t net_spawn(const char *script, const char *a1, const char *a2, const char *a3,
+                       int *out) {
+  posix_spawn_file_actions_t fa;
+  int fds[2] = {-1, -1};
+  pid_t pid = -1;
+  char *argv[] = {(char *)NET_PYTHON, (char *)"-c", (char *)script, (char *)a1, (char *)a2,
+                  (char *)a3, NULL};
+  posix_spawn_file_actions_init(&fa);
+  if (out) {
+    if (pipe(fds) != 0) bench_die("pipe: %s", strerror(errno));
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+  }
+  if (posix_spawn(&pid, NET_PYTHON, &fa, NULL, argv, environ) != 0) pid = -1;
+  posix_spawn_file_actions_destroy(&fa);
+  if (out) {
+    close(fds[1]);
+    *out = fds[0];
+  }
+  return pid;
+}
+
+/* Read one line (at most cap-1 bytes) from fd; 0 on success. */
+static int net_line(int fd, char *buf, size_t cap) {
+  size_t n = 0;
+  while (n + 1 < cap) {
+    ssize_t k = read(fd, buf + n, 1);
+    if (k <= 0) return -1;
+    if (buf[n] == '\n') break;
+    n++;
+  }
+  buf[n] = '\0';
+  return 0;
+}
+
+static int net_wait(pid_t pid) {
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int net_have_pyzmq(void) {
+  pid_t pid = net_spawn("import zmq", NULL, NULL, NULL, NULL);
+  return pid > 0 && net_wait(pid) == 0;
+}
+
+/* libzmq PUSH -> libzmq PULL: messages per second. */
+static double net_run_libzmq(long n, long size) {
+  char ns[32], ss[32], ep[96], line[64];
+  int out = -1;
+  snprintf(ns, sizeof ns, "%ld", n);
+  snprintf(ss, sizeof ss, "%ld", size);
+  pid_t rx = net_spawn(net_receiver, ns, NULL, NULL, &out);
+  if (rx < 0 || net_line(out, line, sizeof line) != 0) bench_die("libzmq receiver did not start");
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%s", line);
+  pid_t tx = net_spawn(net_producer, ep, ns, ss, NULL);
+  if (tx < 0) bench_die("producer did not start");
+  if (net_line(out, line, sizeof line) != 0) bench_die("libzmq receiver failed");
+  net_wait(tx);
+  net_wait(rx);
+  close(out);
+  double secs = atof(line);
+  return secs > 0 ? (double)n / secs : 0;
+}
+
+static void *net_serve(void *arg) {
+  mq_server_run(arg, -1);
+  return NULL;
+}
+
+/* The queue's message count, from the benchmark thread. */
+static int64_t net_total(mq_store *s) {
+  mq_queue_stats st;
+  if (mq_queue_stats_get(s, "bench", &st) != MQ_OK) bench_die("stats: %s", mq_errmsg(s));
+  return st.total;
+}
+
+/* libzmq PUSH -> our PULL endpoint, stored: messages per second. */
+static double net_run_mq(const bench_opts *o, int sync, long n, long size) {
+  char path[1100], ep[128], ns[32], ss[32];
+  mq_server *srv = NULL;
+  pthread_t th;
+  bench_db_path(path, sizeof path, o, "net");
+  mq_store *s = bench_mq_open(path, sync);
+  if (mq_server_new(s, NULL, &srv) != MQ_OK ||
+      mq_server_pull(srv, "bench", "tcp://127.0.0.1:0") != MQ_OK ||
+      mq_server_endpoint(srv, 0, ep, sizeof ep) != MQ_OK)
+    bench_die("server: %s", mq_errmsg(s));
+  if (pthread_create(&th, NULL, net_serve, srv) != 0) bench_die("pthread_create");
+  snprintf(ns, sizeof ns, "%ld", n);
+  snprintf(ss, sizeof ss, "%ld", size);
+  pid_t tx = net_spawn(net_producer, ep, ns, ss, NULL);
+  if (tx < 0) bench_die("producer did not start");
+  /* Counting is a query that scans the queue and takes the handle's lock:
+  ** it runs while the queue is tiny (to see the first message arrive) and
+  ** after the producer is done (to see the last), never in between. */
+  double t0 = 0, t1 = 0, deadline = bench_now() + 300;
+  while (net_total(s) == 0) {
+    if (bench_now() > deadline) bench_die("mq stored nothing");
+    bench_sleep(0.0005);
+  }
+  t0 = bench_now();
+  net_wait(tx);
+  for (;;) {
+    int64_t total = net_total(s);
+    if (total >= n) break;
+    if (bench_now() > deadline) bench_die("mq stored only %lld of %ld", (long long)total, n);
+    bench_sleep(0.002);
+  }
+  t1 = bench_now();
+  mq_server_stop(srv);
+  pthread_join(th, NULL);
+  mq_server_free(srv);
+  mq_store_close(s);
+  bench_db_remove(path);
+  return t1 > t0 ? (double)n / (t1 - t0) : 0;
+}
+
+int main(int argc, char **argv) {
+  bench_opts o;
+  static const long sizes[] = {100, 1000};
+  bench_opts_parse(&o, argc, argv, 3, 1.0, 1, "");
+  int sync = o.sync < 0 ? MQ_SYNC_FULL : o.sync;
+  long n = o.quick ? 50000 : 200000;
+  if (!net_have_pyzmq()) {
+    printf("bench_net: %s has no pyzmq (python3-zmq): skipped\n", NET_PYTHON);
+    return 0;
+  }
+  signal(SIGPIPE, SIG_IGN);
+  bench_header("bench_net", "PUSH -> PULL ingest over loopback", sync, &o);
+  printf("%ld messages per run; --secs and --slices are not used here\n", n);
+  printf("%-8s %12s %14s %8s\n", "size", "libzmq msg/s", "mq PULL msg/s", "ratio");
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    double base[NET_MAXREPS], ours[NET_MAXREPS];
+    int reps = o.reps > NET_MAXREPS ? NET_MAXREPS : o.reps;
+    for (int r = 0; r < reps; r++) {
+      /* Alternate which row goes first, so drift hurts both alike. */
+      if (r % 2 == 0) {
+        base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
+        ours[r] = net_run_mq(&o, sync, n, sizes[k]);
+      } else {
+        ours[r] = net_run_mq(&o, sync, n, sizes[k]);
+        base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
+      }
+      if (o.verbose)
+        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f\n", sizes[k], r, base[r], ours[r]);
+    }
+    double b = bench_median(base, reps), m = bench_median(ours, reps);
+    char label[16];
+    snprintf(label, sizeof label, "%ld B", sizes[k]);
+    printf("%-8s %12.0f %14.0f %8.2f\n", label, b, m, b > 0 ? m / b : 0.0);
+    fflush(stdout);
+  }
+  printf("ratio = mq / libzmq; target >= 0.50 (mq stores every message durably, libzmq "
+         "stores nothing)\n");
+  return 0;
+}

@@ -1,0 +1,954 @@
+/*
+** zmtp_router.c -- the MQ1 request protocol served on a ROUTER endpoint:
+** acknowledged, idempotent puts and leased consumption for libzmq DEALER
+** and REQ peers (doc/protocol.md is the reference; this is its server).
+**
+** Every request is one ZMTP message of separate frames:
+**     [""] "MQ1" VERB ARG...
+** An empty first frame is the delimiter a REQ socket always sends (a DEALER
+** may); it is echoed in front of every reply to that request, which is all
+** a REQ socket needs to accept the reply.  Replies go back on the
+** connection the request came on, so no routing id is ever needed.
+**
+** The durability promise lives in the order of operations: the PUTs read in
+** one turn of the loop are stored with one mq_put_batch per queue (one
+** commit, one fsync under MQ_SYNC_FULL), and their ACKs are queued only
+** after that call returned MQ_OK.  A PUT is idempotent: its client_msg_id,
+** prefixed by the producer (the ":producer" option, else the peer's ZMTP
+** Identity), is the message's dedup key, so a client that did not see its
+** ACK sends the same PUT again and gets the first message's id back.  That
+** makes puts over the network at-least-once into the queue and, within the
+** queue's dedup window, exactly-once.
+**
+** Consumption is leased like mq_get: GET returns one message (or EMPTY,
+** after waiting up to wait_ms); CONSUME opens a window of `credit`
+** messages that are pushed to the peer as they come and are counted until
+** the peer ACKs or NACKs them or their lease ends.  What a connection holds
+** when it goes away (CONSUME deliveries) is nacked so it is delivered again
+** at once; GET deliveries keep their lease, so a REQ client that reconnects
+** can still ack them.
+**
+** Protocol errors in a request are answered (ERR, or an ACK/DONE with a 4xx
+** status), never with a ZMTP ERROR or a close: the ZMTP session is sound
+** even when a request is not, and closing would only make libzmq resend.
+*/
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "zmtp_net.h"
+
+#define RT_TAG "MQ1"
+#define RT_ID_MAX 64 /* client_msg_id, producer, bytes */
+#define RT_HEADERS_MAX 64
+#define RT_BATCH_MSGS 4096 /* puts per turn before reading pauses */
+#define RT_BATCH_BYTES ((size_t)32 << 20)
+#define RT_SUBS_MAX 64    /* CONSUME streams per connection */
+#define RT_GETS_MAX 64    /* waiting GETs per connection */
+#define RT_DELIVER_MAX 64 /* leased per stream per turn */
+#define RT_POLL_MS 20     /* look at an empty queue this often */
+#define RT_NACK_ON_CLOSE_MAX 256
+#define RT_WAIT_MAX_MS 3600000
+
+/* Verbs of settle requests. */
+#define RT_ACK 0
+#define RT_NACK 1
+#define RT_TOUCH 2
+
+typedef struct rt_put {
+  mqi_srv_conn *sc;
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  char cid[RT_ID_MAX + 1];
+  char key[MQ_NAME_MAX + 1];
+  char subject[MQ_SUBJECT_MAX + 1];
+  void *data; /* owned (a frame body) */
+  size_t len;
+  mq_put_options po;
+  mq_header *hdrs; /* owned, strings in hbuf */
+  char *hbuf;
+  int status;
+  int64_t id;
+  char text[120];
+} rt_put;
+
+typedef struct rt_settle {
+  mqi_srv_conn *sc;
+  int delim;
+  int verb;
+  char queue[MQ_NAME_MAX + 1];
+  char receipt[MQ_RECEIPT_MAX + 1];
+  int64_t ms; /* NACK delay, TOUCH visibility */
+  char *reason;
+  int status;
+} rt_settle;
+
+typedef struct rt_get {
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  int64_t lease_ms;
+  int64_t deadline; /* monotonic ms */
+} rt_get;
+
+typedef struct rt_flight {
+  char receipt[MQ_RECEIPT_MAX + 1];
+  int64_t until; /* monotonic ms: the lease's end as we count it */
+} rt_flight;
+
+typedef struct rt_sub {
+  int delim;
+  char queue[MQ_NAME_MAX + 1];
+  size_t window;
+  int64_t lease_ms; /* 0: the queue's */
+  int64_t empty_until;
+  rt_flight *fl;
+  size_t nfl, flcap;
+} rt_sub;
+
+struct mqi_rt_conn {
+  int known;                    /* producer has been derived */
+  char producer[RT_ID_MAX + 2]; /* from the Identity: see rt_producer */
+  rt_sub subs[RT_SUBS_MAX];
+  size_t nsubs;
+  rt_get gets[RT_GETS_MAX];
+  size_t ngets;
+};
+
+struct mqi_rt_state {
+  rt_put *puts;
+  size_t nputs, putcap, put_bytes;
+  rt_settle *settles;
+  size_t nsettles, settlecap;
+  int64_t poll_at; /* monotonic ms of the next look at waiting GETs */
+};
+
+static int64_t rt_mono(void) { return mqi_os_monotonic_ms(); }
+
+int mqi_router_new(mq_server *s) {
+  s->rt = calloc(1, sizeof *s->rt);
+  return s->rt ? MQ_OK : MQ_ENOMEM;
+}
+
+static void rt_put_clear(rt_put *p) {
+  free(p->data);
+  free(p->hdrs);
+  free(p->hbuf);
+  p->data = NULL;
+  p->hdrs = NULL;
+  p->hbuf = NULL;
+}
+
+void mqi_router_free(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  if (!st) return;
+  for (size_t i = 0; i < st->nputs; i++) rt_put_clear(&st->puts[i]);
+  for (size_t i = 0; i < st->nsettles; i++) free(st->settles[i].reason);
+  free(st->puts);
+  free(st->settles);
+  free(st);
+  s->rt = NULL;
+}
+
+/* ------------------------------------------------------------------------
+** Frames in and out
+*/
+static int rt_is(const mqi_zmtp_frame *f, const char *s) {
+  size_t n = strlen(s);
+  return f->size == n && (n == 0 || memcmp(f->body, s, n) == 0);
+}
+
+/* Copy a frame into a C string of 1..max printable ASCII bytes (no space
+** unless spaces is set).  0 on success. */
+static int rt_str(const mqi_zmtp_frame *f, char *out, size_t max, int spaces) {
+  if (f->size == 0 || f->size > max) return -1;
+  for (size_t i = 0; i < f->size; i++) {
+    uint8_t c = f->body[i];
+    if (c < 0x20 || c > 0x7e || (c == ' ' && !spaces)) return -1;
+  }
+  memcpy(out, f->body, f->size);
+  out[f->size] = '\0';
+  return 0;
+}
+
+/* A decimal integer (optionally negative) filling the frame. */
+static int rt_int(const mqi_zmtp_frame *f, int64_t min, int64_t max, int64_t *out) {
+  int64_t v = 0;
+  size_t i = 0;
+  int neg = 0;
+  if (f->size > 0 && f->body[0] == '-') {
+    neg = 1;
+    i = 1;
+  }
+  if (f->size == i || f->size - i > 18) return -1;
+  for (; i < f->size; i++) {
+    if (f->body[i] < '0' || f->body[i] > '9') return -1;
+    v = v * 10 + (f->body[i] - '0');
+  }
+  if (neg) v = -v;
+  if (v < min || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Send [""] "MQ1" then n more frames. */
+static void rt_reply(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zpart *more, size_t n) {
+  mqi_zpart parts[8 + 2 * RT_HEADERS_MAX];
+  size_t k = 0;
+  if (!sc || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return;
+  if (delim) parts[k++] = (mqi_zpart){"", 0};
+  parts[k++] = (mqi_zpart){RT_TAG, 3};
+  for (size_t i = 0; i < n && k < sizeof parts / sizeof parts[0]; i++) parts[k++] = more[i];
+  mqi_server_send(s, sc, parts, k);
+}
+
+static mqi_zpart rt_p(const char *s) { return (mqi_zpart){s, strlen(s)}; }
+
+static void rt_err(mq_server *s, mqi_srv_conn *sc, int delim, const char *code, const char *text) {
+  mqi_zpart p[3] = {rt_p("ERR"), rt_p(code), rt_p(text)};
+  rt_reply(s, sc, delim, p, 3);
+}
+
+/* The reply status for a library result code. */
+static int rt_status(int rc) {
+  switch (rc) {
+    case MQ_OK:
+      return 200;
+    case MQ_EINVAL:
+      return 400;
+    case MQ_ENOTFOUND:
+      return 404;
+    case MQ_ESTALE:
+      return 410;
+    case MQ_ETOOBIG:
+      return 413;
+    case MQ_EFULL:
+      return 507;
+    case MQ_EBUSY:
+    case MQ_EUNKNOWN:
+    case MQ_EIO:
+      return 503;
+    default:
+      return 500;
+  }
+}
+
+/* The producer prefix of dedup keys: the Identity when it is short
+** printable text, else a hash of it ("#" and 16 hex digits). */
+static void rt_producer(const uint8_t *id, size_t len, char *out, size_t cap) {
+  int printable = len > 0 && len <= RT_ID_MAX;
+  for (size_t i = 0; printable && i < len; i++) printable = id[i] > 0x20 && id[i] < 0x7f;
+  if (len == 0) {
+    out[0] = '\0';
+  } else if (printable) {
+    memcpy(out, id, len);
+    out[len] = '\0';
+  } else {
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) h = (h ^ id[i]) * 1099511628211ULL;
+    snprintf(out, cap, "#%016" PRIx64, h);
+  }
+}
+
+/* The router state of sc, made on first use; NULL (and sc closed) when out
+** of memory.  The producer is derived here, not when the handshake ends,
+** because the first request may come in the same read as the READY. */
+static mqi_rt_conn *rt_conn(mqi_srv_conn *sc) {
+  if (!sc->rt) sc->rt = calloc(1, sizeof *sc->rt);
+  if (!sc->rt) {
+    mqi_zconn_close(sc->z, "out of memory");
+    return NULL;
+  }
+  if (!sc->rt->known) {
+    size_t len = 0;
+    const uint8_t *id = mqi_zconn_identity(sc->z, &len);
+    rt_producer(id, len, sc->rt->producer, sizeof sc->rt->producer);
+    sc->rt->known = 1;
+  }
+  return sc->rt;
+}
+
+/* ------------------------------------------------------------------------
+** Requests
+*/
+static int rt_queue_kind(mq_server *s, const char *queue) {
+  mq_queue_info info;
+  return mq_queue_info_get(s->store, queue, &info) == MQ_OK ? info.kind : -1;
+}
+
+/* PUT queue client_msg_id payload *(name value) */
+static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_state *st = s->rt;
+  rt_put p;
+  const char *bad = NULL;
+  memset(&p, 0, sizeof p);
+  p.sc = sc;
+  p.delim = delim;
+  if (n < 2 || rt_str(&a[1], p.cid, RT_ID_MAX, 0) != 0) {
+    rt_err(s, sc, delim, "400", "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
+    return;
+  }
+  mq_put_options_init(&p.po);
+  if (n < 3)
+    bad = "PUT without a payload frame";
+  else if (rt_str(&a[0], p.queue, MQ_NAME_MAX, 0) != 0)
+    bad = "bad queue name";
+  else if ((n - 3) % 2 != 0)
+    bad = "header frames must come in name/value pairs";
+  else if ((n - 3) / 2 > RT_HEADERS_MAX)
+    bad = "too many headers";
+  const char *producer = sc->rt ? sc->rt->producer : "";
+  char opt_producer[RT_ID_MAX + 1];
+  size_t hsize = 0, nh = 0;
+  for (size_t i = 3; !bad && i + 1 < n; i += 2) {
+    mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
+    if (nm->size == 0 || nm->size > 255 || memchr(nm->body, 0, nm->size) ||
+        (val->size && memchr(val->body, 0, val->size))) {
+      bad = "a header name is empty or long, or a name or value holds a NUL byte";
+      break;
+    }
+    if (nm->body[0] != ':') {
+      hsize += nm->size + val->size + 2;
+      nh++;
+      continue;
+    }
+    int64_t v = 0;
+    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
+      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
+        bad = "bad :delay or :ttl";
+      else if (rt_is(nm, ":delay"))
+        p.po.delay_ms = v;
+      else
+        p.po.ttl_ms = v;
+    } else if (rt_is(nm, ":priority")) {
+      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
+        bad = "bad :priority";
+      else
+        p.po.priority = (int)v;
+    } else if (rt_is(nm, ":producer")) {
+      if (rt_str(val, opt_producer, RT_ID_MAX, 0) != 0)
+        bad = "bad :producer";
+      else
+        producer = opt_producer;
+    } else if (rt_is(nm, ":subject")) {
+      if (rt_str(val, p.subject, MQ_SUBJECT_MAX, 0) != 0) bad = "bad :subject";
+    } else {
+      bad = "unknown option (names starting with ':' are options)";
+    }
+  }
+  if (!bad && nh) {
+    p.hdrs = malloc(nh * sizeof *p.hdrs);
+    p.hbuf = malloc(hsize);
+    if (!p.hdrs || !p.hbuf) bad = "out of memory";
+    char *at = p.hbuf;
+    for (size_t i = 3, k = 0; !bad && i + 1 < n; i += 2) {
+      if (a[i].body[0] == ':') continue;
+      p.hdrs[k].name = at;
+      memcpy(at, a[i].body, a[i].size);
+      at += a[i].size;
+      *at++ = '\0';
+      p.hdrs[k].value = at;
+      if (a[i + 1].size) memcpy(at, a[i + 1].body, a[i + 1].size);
+      at += a[i + 1].size;
+      *at++ = '\0';
+      k++;
+    }
+    p.po.headers = p.hdrs;
+    p.po.n_headers = nh;
+  }
+  if (bad) {
+    mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("400"), rt_p(""), rt_p(bad)};
+    rt_reply(s, sc, delim, r, 5);
+    rt_put_clear(&p);
+    return;
+  }
+  if (*producer)
+    snprintf(p.key, sizeof p.key, "%s/%s", producer, p.cid);
+  else
+    snprintf(p.key, sizeof p.key, "%s", p.cid);
+  p.po.dedup_key = NULL; /* set at commit: p moves in memory until then */
+  p.data = a[2].body;
+  p.len = a[2].size;
+  a[2].body = NULL;
+  if (st->nputs == st->putcap) {
+    size_t cap = st->putcap ? st->putcap * 2 : 64;
+    rt_put *q = realloc(st->puts, cap * sizeof *q);
+    if (!q) {
+      mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("503"), rt_p(""), rt_p("out of memory")};
+      rt_reply(s, sc, delim, r, 5);
+      rt_put_clear(&p);
+      return;
+    }
+    st->puts = q;
+    st->putcap = cap;
+  }
+  st->puts[st->nputs++] = p;
+  st->put_bytes += p.len;
+}
+
+/* ACK/NACK/TOUCH queue receipt [...] */
+static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, int delim, int verb,
+                          const mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_state *st = s->rt;
+  rt_settle t;
+  memset(&t, 0, sizeof t);
+  t.sc = sc;
+  t.delim = delim;
+  t.verb = verb;
+  if (n < 2 || rt_str(&a[1], t.receipt, MQ_RECEIPT_MAX, 0) != 0) {
+    rt_err(s, sc, delim, "400", "ACK, NACK and TOUCH need: queue receipt");
+    return;
+  }
+  const char *bad = NULL;
+  if (rt_str(&a[0], t.queue, MQ_NAME_MAX, 0) != 0)
+    bad = "bad queue name";
+  else if (verb == RT_ACK && n != 2)
+    bad = "ACK takes: queue receipt";
+  else if (verb == RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0))
+    bad = "TOUCH takes: queue receipt visibility_ms";
+  else if (verb == RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0)))
+    bad = "NACK takes: queue receipt [delay_ms [reason]]";
+  else if (verb == RT_NACK && n == 4) {
+    if (a[3].size > 1000 || memchr(a[3].body, 0, a[3].size)) {
+      bad = "a NACK reason is at most 1000 bytes without NUL";
+    } else {
+      t.reason = malloc(a[3].size + 1);
+      if (!t.reason)
+        bad = "out of memory";
+      else {
+        if (a[3].size) memcpy(t.reason, a[3].body, a[3].size);
+        t.reason[a[3].size] = '\0';
+      }
+    }
+  }
+  if (!bad && st->nsettles == st->settlecap) {
+    size_t cap = st->settlecap ? st->settlecap * 2 : 64;
+    rt_settle *q = realloc(st->settles, cap * sizeof *q);
+    if (!q)
+      bad = "out of memory";
+    else {
+      st->settles = q;
+      st->settlecap = cap;
+    }
+  }
+  if (bad) {
+    free(t.reason);
+    mqi_zpart r[4] = {rt_p("DONE"), rt_p(t.receipt), rt_p("400"), rt_p(bad)};
+    rt_reply(s, sc, delim, r, 4);
+    return;
+  }
+  st->settles[st->nsettles++] = t;
+}
+
+/* GET queue [lease_ms [wait_ms]] */
+static void rt_req_get(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zmtp_frame *a,
+                       size_t n) {
+  mqi_rt_conn *rc = sc->rt;
+  rt_get g;
+  int64_t wait = 0;
+  memset(&g, 0, sizeof g);
+  g.delim = delim;
+  if (n < 1 || n > 3 || rt_str(&a[0], g.queue, MQ_NAME_MAX, 0) != 0 ||
+      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &g.lease_ms) != 0) ||
+      (n == 3 && rt_int(&a[2], 0, RT_WAIT_MAX_MS, &wait) != 0)) {
+    rt_err(s, sc, delim, "400", "GET takes: queue [lease_ms [wait_ms]]");
+    return;
+  }
+  if (!rc || rc->ngets == RT_GETS_MAX) {
+    rt_err(s, sc, delim, "429", "too many waiting GETs on this connection");
+    return;
+  }
+  g.deadline = rt_mono() + wait;
+  rc->gets[rc->ngets++] = g;
+  s->rt->poll_at = 0;
+}
+
+static rt_sub *rt_find_sub(mqi_rt_conn *rc, const char *queue) {
+  for (size_t i = 0; i < rc->nsubs; i++)
+    if (strcmp(rc->subs[i].queue, queue) == 0) return &rc->subs[i];
+  return NULL;
+}
+
+static void rt_sub_drop(mqi_rt_conn *rc, rt_sub *sub) {
+  free(sub->fl);
+  *sub = rc->subs[--rc->nsubs];
+}
+
+/* CONSUME queue credit [lease_ms]; STOP queue */
+static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
+                           const mqi_zmtp_frame *a, size_t n) {
+  mqi_rt_conn *rc = sc->rt;
+  char queue[MQ_NAME_MAX + 1];
+  int64_t credit = 0, lease = 0;
+  if (n < 1 || rt_str(&a[0], queue, MQ_NAME_MAX, 0) != 0 ||
+      (stop ? n != 1
+            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &credit) != 0 ||
+               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &lease) != 0)))) {
+    rt_err(s, sc, delim, "400",
+           stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
+    return;
+  }
+  if (!rc) return;
+  rt_sub *sub = rt_find_sub(rc, queue);
+  if (stop || credit == 0) {
+    /* Deliveries in flight stay leased to the peer: it may still ack them. */
+    if (sub) rt_sub_drop(rc, sub);
+    mqi_zpart r[2] = {rt_p("STOPPED"), rt_p(queue)};
+    rt_reply(s, sc, delim, r, 2);
+    return;
+  }
+  int kind = rt_queue_kind(s, queue);
+  if (kind < 0 || kind == MQ_KIND_TOPIC) {
+    rt_err(s, sc, delim, kind < 0 ? "404" : "400",
+           kind < 0 ? "no such queue" : "a topic: consume one of its subscriptions");
+    return;
+  }
+  if (!sub) {
+    if (rc->nsubs == RT_SUBS_MAX) {
+      rt_err(s, sc, delim, "429", "too many CONSUME streams on this connection");
+      return;
+    }
+    sub = &rc->subs[rc->nsubs++];
+    memset(sub, 0, sizeof *sub);
+    snprintf(sub->queue, sizeof sub->queue, "%s", queue);
+  }
+  if ((uint64_t)credit > s->opt.credit) credit = (int64_t)s->opt.credit;
+  sub->delim = delim;
+  sub->window = (size_t)credit;
+  sub->lease_ms = lease;
+  sub->empty_until = 0;
+  char cbuf[24];
+  snprintf(cbuf, sizeof cbuf, "%" PRId64, credit);
+  mqi_zpart r[3] = {rt_p("CONSUMING"), rt_p(queue), rt_p(cbuf)};
+  rt_reply(s, sc, delim, r, 3);
+}
+
+int mqi_router_message(mq_server *s, mqi_srv_conn *sc, mqi_zmtp_frame *parts, size_t n) {
+  mqi_rt_state *st = s->rt;
+  size_t i = 0;
+  int delim = 0;
+  if (!rt_conn(sc)) return 1;
+  if (n > 1 && parts[0].size == 0) {
+    delim = 1;
+    i = 1;
+  }
+  if (n - i < 2 || !rt_is(&parts[i], RT_TAG)) {
+    rt_err(s, sc, delim, "400", "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
+    return 0;
+  }
+  const mqi_zmtp_frame *verb = &parts[i + 1];
+  mqi_zmtp_frame *a = parts + i + 2;
+  size_t na = n - i - 2;
+  if (rt_is(verb, "PUT"))
+    rt_req_put(s, sc, delim, a, na);
+  else if (rt_is(verb, "ACK"))
+    rt_req_settle(s, sc, delim, RT_ACK, a, na);
+  else if (rt_is(verb, "NACK"))
+    rt_req_settle(s, sc, delim, RT_NACK, a, na);
+  else if (rt_is(verb, "TOUCH"))
+    rt_req_settle(s, sc, delim, RT_TOUCH, a, na);
+  else if (rt_is(verb, "GET"))
+    rt_req_get(s, sc, delim, a, na);
+  else if (rt_is(verb, "CONSUME"))
+    rt_req_consume(s, sc, delim, 0, a, na);
+  else if (rt_is(verb, "STOP"))
+    rt_req_consume(s, sc, delim, 1, a, na);
+  else
+    rt_err(s, sc, delim, "400", "unknown verb");
+  return st->nputs >= RT_BATCH_MSGS || st->put_bytes >= RT_BATCH_BYTES ||
+         st->nsettles >= RT_BATCH_MSGS;
+}
+
+/* ------------------------------------------------------------------------
+** Connections
+*/
+
+void mqi_router_ready(mq_server *s, mqi_srv_conn *sc) {
+  size_t len = 0;
+  const uint8_t *id = mqi_zconn_identity(sc->z, &len);
+  if (!rt_conn(sc) || len == 0) return;
+  /* Handover: the newest connection with an Identity wins, so a peer that
+  ** reconnects is not shadowed by its own half-dead old connection. */
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *o = s->conns[i];
+    size_t olen = 0;
+    if (o == sc || s->eps[o->ep].kind != MQI_EP_ROUTER || !o->was_active ||
+        mqi_zconn_state(o->z) != MQI_ZC_ACTIVE)
+      continue;
+    const uint8_t *oid = mqi_zconn_identity(o->z, &olen);
+    if (olen == len && memcmp(oid, id, len) == 0)
+      mqi_zconn_close(o->z, "replaced by a newer connection with the same Identity");
+  }
+}
+
+void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc) {
+  mqi_rt_state *st = s->rt;
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; st && i < st->nputs; i++)
+    if (st->puts[i].sc == sc) st->puts[i].sc = NULL;
+  for (size_t i = 0; st && i < st->nsettles; i++)
+    if (st->settles[i].sc == sc) st->settles[i].sc = NULL;
+  if (!rc) return;
+  size_t nacked = 0;
+  for (size_t i = 0; i < rc->nsubs; i++) {
+    rt_sub *sub = &rc->subs[i];
+    for (size_t k = 0; k < sub->nfl && nacked < RT_NACK_ON_CLOSE_MAX; k++, nacked++)
+      mq_nack(s->store, sub->queue, sub->fl[k].receipt, 0, NULL);
+    free(sub->fl);
+  }
+  free(rc);
+  sc->rt = NULL;
+}
+
+/* ------------------------------------------------------------------------
+** The turn's work
+*/
+static void rt_ack_put(mq_server *s, rt_put *p) {
+  char status[8], id[24];
+  snprintf(status, sizeof status, "%d", p->status);
+  if (p->status == 200)
+    snprintf(id, sizeof id, "%" PRId64, p->id);
+  else
+    id[0] = '\0';
+  mqi_zpart r[5] = {rt_p("ACK"), rt_p(p->cid), rt_p(status), rt_p(id), rt_p(p->text)};
+  rt_reply(s, p->sc, p->delim, r, p->status == 200 ? 4 : 5);
+}
+
+/* Store the puts of one queue: one batch (one commit), or, when one entry
+** spoils the batch, one put each so every PUT gets its own answer. */
+static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
+  const char *queue = ps[0]->queue;
+  int kind = rt_queue_kind(s, queue);
+  int rc;
+  if (kind < 0 || kind == MQ_KIND_SUBSCRIPTION) {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = kind < 0 ? 404 : 400;
+      snprintf(ps[i]->text, sizeof ps[i]->text, "%s",
+               kind < 0 ? "no such queue" : "a subscription: put to its topic");
+    }
+    return;
+  }
+  int topic = kind == MQ_KIND_TOPIC;
+  int64_t *ids = malloc(n * sizeof *ids);
+  void *en = malloc(n * (topic ? sizeof(mq_pub_entry) : sizeof(mq_entry)));
+  if (!ids || !en) {
+    rc = MQ_ENOMEM;
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->po.dedup_key = ps[i]->key;
+      if (topic) {
+        mq_pub_entry *e = (mq_pub_entry *)en + i;
+        e->subject = ps[i]->subject[0] ? ps[i]->subject : NULL;
+        e->data = ps[i]->data;
+        e->len = ps[i]->len;
+        e->opts = &ps[i]->po;
+      } else {
+        mq_entry *e = (mq_entry *)en + i;
+        e->data = ps[i]->data;
+        e->len = ps[i]->len;
+        e->opts = &ps[i]->po;
+      }
+    }
+    rc = topic ? mq_publish_batch(s->store, queue, en, n, ids, NULL)
+               : mq_put_batch(s->store, queue, en, n, ids);
+  }
+  if (rc == MQ_OK) {
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = 200;
+      ps[i]->id = ids[i];
+    }
+  } else if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
+    for (size_t i = 0; i < n; i++) {
+      int64_t id = 0;
+      int r = topic ? mq_publish(s->store, queue, ps[i]->subject[0] ? ps[i]->subject : NULL,
+                                 ps[i]->data, ps[i]->len, &ps[i]->po, &id, NULL)
+                    : mq_put(s->store, queue, ps[i]->data, ps[i]->len, &ps[i]->po, &id);
+      ps[i]->status = rt_status(r);
+      ps[i]->id = id;
+      if (r != MQ_OK) snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+    }
+  } else {
+    /* The batch failed as a whole (locked, disk full, I/O, outcome
+    ** unknown): nothing is acknowledged; the client retries with the same
+    ** ids and the dedup keys make that safe. */
+    for (size_t i = 0; i < n; i++) {
+      ps[i]->status = rt_status(rc);
+      snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+    }
+    mqi_log(s->store, MQ_LOG_WARN, "server: ROUTER: %zu puts into \"%s\" failed: %s", n, queue,
+            mq_errmsg(s->store));
+  }
+  free(ids);
+  free(en);
+  for (size_t i = 0; i < n; i++)
+    if (ps[i]->status == 200) {
+      mqi_server_kick(s, queue);
+      break;
+    }
+}
+
+static void rt_commit_puts(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  size_t n = st->nputs;
+  if (n == 0) return;
+  rt_put **group = malloc(n * sizeof *group);
+  char *done = calloc(n, 1);
+  if (!group || !done) {
+    for (size_t i = 0; i < n; i++) {
+      st->puts[i].status = 503;
+      snprintf(st->puts[i].text, sizeof st->puts[i].text, "out of memory");
+    }
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      if (done[i]) continue;
+      size_t g = 0;
+      for (size_t k = i; k < n; k++)
+        if (!done[k] && strcmp(st->puts[k].queue, st->puts[i].queue) == 0) {
+          group[g++] = &st->puts[k];
+          done[k] = 1;
+        }
+      rt_commit_queue(s, group, g);
+    }
+  }
+  /* Only now, after the commits, do the ACKs go out, in request order. */
+  for (size_t i = 0; i < n; i++) {
+    rt_ack_put(s, &st->puts[i]);
+    rt_put_clear(&st->puts[i]);
+  }
+  free(group);
+  free(done);
+  st->nputs = 0;
+  st->put_bytes = 0;
+}
+
+/* Forget a delivery the peer settled (or whose lease ended). */
+static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
+  if (!sc || !sc->rt) return;
+  rt_sub *sub = rt_find_sub(sc->rt, queue);
+  if (!sub) return;
+  for (size_t k = 0; k < sub->nfl; k++)
+    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
+      sub->fl[k] = sub->fl[--sub->nfl];
+      return;
+    }
+}
+
+static void rt_done(mq_server *s, rt_settle *t, const char *text) {
+  char status[8];
+  snprintf(status, sizeof status, "%d", t->status);
+  mqi_zpart r[4] = {rt_p("DONE"), rt_p(t->receipt), rt_p(status), rt_p(text)};
+  rt_reply(s, t->sc, t->delim, r, t->status == 200 ? 3 : 4);
+}
+
+static void rt_commit_settles(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  size_t n = st->nsettles;
+  if (n == 0) return;
+  const char **rcpts = malloc(n * sizeof *rcpts);
+  int *res = malloc(n * sizeof *res);
+  rt_settle **grp = malloc(n * sizeof *grp);
+  char *done = calloc(n, 1);
+  for (size_t i = 0; i < n; i++) {
+    rt_settle *t = &st->settles[i];
+    if (done && done[i]) continue;
+    int rc;
+    if (t->verb == RT_ACK && rcpts && res && grp && done) {
+      /* Every ACK of this turn on this queue: one commit. */
+      size_t g = 0;
+      for (size_t k = i; k < n; k++)
+        if (!done[k] && st->settles[k].verb == RT_ACK &&
+            strcmp(st->settles[k].queue, t->queue) == 0) {
+          grp[g] = &st->settles[k];
+          rcpts[g++] = st->settles[k].receipt;
+          done[k] = 1;
+        }
+      rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
+      for (size_t k = 0; k < g; k++) {
+        grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
+        rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
+        rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
+      }
+      continue;
+    }
+    if (t->verb == RT_ACK)
+      rc = mq_ack(s->store, t->queue, t->receipt);
+    else if (t->verb == RT_NACK)
+      rc = mq_nack(s->store, t->queue, t->receipt, t->ms, t->reason);
+    else
+      rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
+    t->status = rt_status(rc);
+    if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
+    rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
+  }
+  for (size_t i = 0; i < n; i++) free(st->settles[i].reason);
+  free(rcpts);
+  free(res);
+  free(grp);
+  free(done);
+  st->nsettles = 0;
+}
+
+/* MSG queue msg_id receipt receives payload *(name value) */
+static int rt_send_msg(mq_server *s, mqi_srv_conn *sc, int delim, const char *queue,
+                       const mq_msg *m) {
+  mqi_zpart r[6 + 2 * RT_HEADERS_MAX];
+  char id[24], recv[16];
+  size_t k = 0;
+  snprintf(id, sizeof id, "%" PRId64, mq_msg_id(m));
+  snprintf(recv, sizeof recv, "%d", mq_msg_receives(m));
+  r[k++] = rt_p("MSG");
+  r[k++] = rt_p(queue);
+  r[k++] = rt_p(id);
+  r[k++] = rt_p(mq_msg_receipt(m));
+  r[k++] = rt_p(recv);
+  r[k++] = (mqi_zpart){mq_msg_data(m), mq_msg_size(m)};
+  size_t nh = mq_msg_header_count(m);
+  for (size_t i = 0; i < nh && i < RT_HEADERS_MAX; i++) {
+    r[k++] = rt_p(mq_msg_header_name(m, i));
+    r[k++] = rt_p(mq_msg_header_value(m, i));
+  }
+  if (mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return -1;
+  mqi_zpart all[8 + 2 * RT_HEADERS_MAX];
+  size_t j = 0;
+  if (delim) all[j++] = (mqi_zpart){"", 0};
+  all[j++] = (mqi_zpart){RT_TAG, 3};
+  for (size_t i = 0; i < k; i++) all[j++] = r[i];
+  return mqi_server_send(s, sc, all, j) == MQI_ZMTP_OK ? 0 : -1;
+}
+
+static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; i < rc->ngets;) {
+    rt_get *g = &rc->gets[i];
+    mq_get_options go;
+    mq_msg *m = NULL;
+    mq_get_options_init(&go);
+    go.visibility_ms = g->lease_ms;
+    int r = mq_get(s->store, g->queue, &go, &m);
+    if (r == MQ_EMPTY && mono < g->deadline) {
+      i++;
+      continue;
+    }
+    if (r == MQ_OK) {
+      if (rt_send_msg(s, sc, g->delim, g->queue, m) != 0)
+        mq_nack(s->store, g->queue, mq_msg_receipt(m), 0, NULL);
+      mq_msg_free(m);
+    } else if (r == MQ_EMPTY) {
+      mqi_zpart p[2] = {rt_p("EMPTY"), rt_p(g->queue)};
+      rt_reply(s, sc, g->delim, p, 2);
+    } else {
+      char code[8];
+      snprintf(code, sizeof code, "%d", rt_status(r));
+      rt_err(s, sc, g->delim, code, mq_errmsg(s->store));
+    }
+    rc->gets[i] = rc->gets[--rc->ngets];
+  }
+}
+
+static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+  mqi_rt_conn *rc = sc->rt;
+  for (size_t i = 0; i < rc->nsubs; i++) {
+    rt_sub *sub = &rc->subs[i];
+    for (size_t k = 0; k < sub->nfl;)
+      if (sub->fl[k].until <= mono)
+        sub->fl[k] = sub->fl[--sub->nfl];
+      else
+        k++;
+    if (sub->nfl >= sub->window || mono < sub->empty_until) continue;
+    if (mqi_zconn_pending(sc->z) >= s->out_limit / 2) return;
+    size_t want = sub->window - sub->nfl;
+    if (want > RT_DELIVER_MAX) want = RT_DELIVER_MAX;
+    if (sub->flcap < sub->window) {
+      size_t cap = sub->window < 16 ? 16 : sub->window;
+      rt_flight *f = realloc(sub->fl, cap * sizeof *f);
+      if (!f) continue;
+      sub->fl = f;
+      sub->flcap = cap;
+    }
+    mq_msg *msgs[RT_DELIVER_MAX];
+    size_t count = 0;
+    mq_get_options go;
+    mq_get_options_init(&go);
+    go.visibility_ms = sub->lease_ms;
+    int r = mq_get_batch(s->store, sub->queue, &go, want, msgs, &count);
+    if (r == MQ_EMPTY) {
+      sub->empty_until = mono + RT_POLL_MS;
+      continue;
+    }
+    if (r != MQ_OK) {
+      char code[8];
+      snprintf(code, sizeof code, "%d", rt_status(r));
+      rt_err(s, sc, sub->delim, code, mq_errmsg(s->store));
+      sub->empty_until = mono + 1000;
+      continue;
+    }
+    for (size_t k = 0; k < count; k++) {
+      if (rt_send_msg(s, sc, sub->delim, sub->queue, msgs[k]) == 0 && sub->nfl < sub->flcap) {
+        rt_flight *f = &sub->fl[sub->nfl++];
+        snprintf(f->receipt, sizeof f->receipt, "%s", mq_msg_receipt(msgs[k]));
+        /* Our count of the lease: the message's own visible_at is on the
+        ** store clock, which need not be ours. */
+        int64_t lease = mq_msg_visible_at(msgs[k]) - mq_store_now(s->store);
+        f->until = mono + (lease > 0 ? lease : 0);
+      } else {
+        mq_nack(s->store, sub->queue, mq_msg_receipt(msgs[k]), 0, NULL);
+      }
+      mq_msg_free(msgs[k]);
+    }
+  }
+}
+
+void mqi_router_work(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  rt_commit_puts(s);
+  rt_commit_settles(s);
+  int64_t mono = rt_mono();
+  int poll_gets = mono >= st->poll_at;
+  int waiting = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    if (sc->rt->ngets && poll_gets) rt_serve_gets(s, sc, mono);
+    if (sc->rt->ngets) waiting = 1;
+    if (sc->rt->nsubs) rt_serve_subs(s, sc, mono);
+  }
+  if (poll_gets) st->poll_at = waiting ? mono + RT_POLL_MS : INT64_MAX;
+}
+
+int64_t mqi_router_wake(mq_server *s) {
+  mqi_rt_state *st = s->rt;
+  int64_t w = INT64_MAX;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    mqi_rt_conn *rc = sc->rt;
+    for (size_t k = 0; k < rc->ngets; k++) {
+      int64_t d = st->poll_at < rc->gets[k].deadline ? st->poll_at : rc->gets[k].deadline;
+      if (d < w) w = d;
+    }
+    /* A peer that does not read gets nothing more: no reason to wake. */
+    int blocked = mqi_zconn_pending(sc->z) >= s->out_limit / 2;
+    for (size_t k = 0; k < rc->nsubs; k++) {
+      rt_sub *sub = &rc->subs[k];
+      if (blocked) break;
+      if (sub->nfl < sub->window) {
+        if (sub->empty_until < w) w = sub->empty_until;
+      } else {
+        for (size_t f = 0; f < sub->nfl; f++)
+          if (sub->fl[f].until < w) w = sub->fl[f].until;
+      }
+    }
+  }
+  return w;
+}
+
+void mqi_router_kick(mq_server *s, const char *queue) {
+  if (!s->rt) return;
+  s->rt->poll_at = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_rt_conn *rc = s->conns[i]->rt;
+    if (!rc) continue;
+    rt_sub *sub = rt_find_sub(rc, queue);
+    if (sub) sub->empty_until = 0;
+  }
+}

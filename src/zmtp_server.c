@@ -1,0 +1,1031 @@
+/*
+** zmtp_server.c -- mq_server: listeners, the poll(2) loop, PULL ingest and
+** PUSH egress over the public queue API.
+**
+** One thread runs the loop (mq_server_run).  A turn of the loop is: poll;
+** read every readable connection (bounded per connection); accept; hand
+** the PULL messages read so far to the commit thread; do the ROUTER work of
+** zmtp_router.c; lease for PUSH peers that can take more; fire timers;
+** write; ack what the kernel took; reap dead connections.
+** Besides the loop there is one commit thread, started on first use, which
+** stores one PULL batch at a time with a single mq_put_batch (one
+** transaction, one fsync under MQ_SYNC_FULL: group commit) and pokes the
+** wake pipe when it is done; the batch is the thread's alone until then,
+** and everything else it shares with the loop is under cmu.  mq_server_stop
+** touches only an atomic flag and the wake pipe, so it is safe from any
+** thread and from signal handlers.
+**
+** Backpressure is TCP's.  While a batch is being committed the loop reads
+** the next one, up to PULL_BATCH_MSGS messages or PULL_BATCH_BYTES; then it
+** stops reading that endpoint's connections (their unread bytes wait in the
+** connection and in the kernel) until the commit is done.  While commits
+** fail (disk full, file locked) the endpoint reads nothing and retries with
+** a growing delay, so libzmq's PUSH blocks at its high-water mark -- we
+** never answer with ERROR, which would stop a libzmq peer from ever
+** reconnecting.
+**
+** PUSH egress leases only for connections that are ACTIVE and have written
+** out everything queued so far (the socket is writable), round-robin, and
+** acks a message once all its bytes were handed to the kernel.  That is
+** at-most-once on the peer's side (a peer that dies with messages in its
+** buffers loses them), and a crash of ours between write and ack delivers
+** the message again after its lease.  Messages leased but not fully written
+** when a connection dies are nacked (visible again at once).
+**
+** Multipart messages and PULL: the payload stored is the frames
+** concatenated; when there were several frames, the header "zmtp-frames"
+** lists their sizes ("5,0,12"), and PUSH egress uses it to send the message
+** with the same frames again (doc/protocol.md).
+**
+** Timers come in two kinds: protocol timers (handshake, heartbeats) run on
+** the server's clock, which tests may replace (mqi_server_test_clock);
+** queue polling (an empty queue is looked at again every EGRESS_POLL_MS,
+** since puts of other processes do not wake poll(2)) runs on real
+** monotonic time, because it is about the store, not the peer.
+*/
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "zmtp_net.h"
+
+#define PULL_BATCH_MSGS 8192
+#define PULL_BATCH_BYTES ((size_t)32 << 20)
+#define READ_BUDGET ((size_t)8 << 20) /* bytes read per connection per turn */
+#define PUSH_PER_CONN 32              /* leased per PUSH connection per turn */
+#define PUSH_LEASE_MAX 256            /* leased per PUSH endpoint per turn */
+#define EGRESS_POLL_MS 20             /* look at an empty queue this often */
+#define RETRY_MIN_MS 50
+#define RETRY_MAX_MS 2000
+#define NACK_ON_CLOSE_MAX 64 /* more come back when their lease ends */
+#define ACCEPT_PER_TURN 64
+#define OUT_LIMIT_DEFAULT ((size_t)4 << 20)
+#define MAX_FRAME_LIMIT ((size_t)1 << 31)
+#define POLL_MAX_MS 1000
+
+static int64_t srv_mono(void) { return mqi_os_monotonic_ms(); }
+
+int64_t mqi_server_now(mq_server *s) {
+  return s->clock ? s->clock(s->clock_ctx) : mqi_os_monotonic_ms();
+}
+
+void mqi_server_test_clock(mq_server *s, int64_t (*fn)(void *), void *ctx) {
+  if (!s) return;
+  s->clock = fn;
+  s->clock_ctx = ctx;
+}
+
+void mqi_server_test_out_limit(mq_server *s, size_t bytes) {
+  if (s && bytes) s->out_limit = bytes;
+}
+
+/* ------------------------------------------------------------------------
+** Options, new, free
+*/
+void mq_server_options_init(mq_server_options *o) {
+  if (!o) return;
+  memset(o, 0, sizeof *o);
+  o->size = sizeof *o;
+  o->heartbeat_ms = 5000;
+  o->heartbeat_timeout_ms = 15000;
+  o->handshake_timeout_ms = 10000;
+  o->max_frame = (size_t)16 << 20;
+  o->max_message = (size_t)16 << 20;
+  o->max_connections = 1024;
+  o->max_handshakes = 64;
+  o->credit = 1000;
+}
+
+static int srv_check_options(mq_store *st, const mq_server_options *o) {
+  if (o->heartbeat_ms < 0 || o->heartbeat_timeout_ms < 0 || o->handshake_timeout_ms < 0)
+    return mqi_err_set(st, MQ_EINVAL, "server: a negative time in mq_server_options");
+  if (o->max_frame == 0 || o->max_message == 0 || o->max_frame > MAX_FRAME_LIMIT ||
+      o->max_message > MAX_FRAME_LIMIT)
+    return mqi_err_set(st, MQ_EINVAL, "server: max_frame and max_message must be 1..%zu",
+                       MAX_FRAME_LIMIT);
+  if (o->max_connections < 1 || o->max_handshakes < 1)
+    return mqi_err_set(st, MQ_EINVAL,
+                       "server: max_connections and max_handshakes must be at least 1");
+  if (o->credit == 0 || o->credit > 1000000)
+    return mqi_err_set(st, MQ_EINVAL, "server: credit must be 1..1000000");
+  if (!o->auth && (!o->plain_user != !o->plain_password))
+    return mqi_err_set(st, MQ_EINVAL, "server: plain_user and plain_password go together");
+  if (!o->auth && o->plain_user &&
+      (strlen(o->plain_user) > MQI_ZMTP_PLAIN_FIELD_MAX ||
+       strlen(o->plain_password) > MQI_ZMTP_PLAIN_FIELD_MAX))
+    return mqi_err_set(st, MQ_EINVAL, "server: PLAIN user and password are at most %d bytes",
+                       MQI_ZMTP_PLAIN_FIELD_MAX);
+  return MQ_OK;
+}
+
+int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **out) {
+  mq_server_options o;
+  if (out) *out = NULL;
+  int rc = mqi_store_check(store, 0);
+  if (rc != MQ_OK) return rc;
+  if (!out) return mqi_err_set(store, MQ_EINVAL, "mq_server_new: out is NULL");
+  mq_server_options_init(&o);
+  if (opts) {
+    if (opts->size < sizeof(size_t) || opts->size > sizeof o)
+      return mqi_err_set(store, MQ_EINVAL,
+                         "mq_server_options.size is %zu: call mq_server_options_init first",
+                         opts->size);
+    memcpy(&o, opts, opts->size);
+    o.size = sizeof o;
+  }
+  if ((rc = srv_check_options(store, &o)) != MQ_OK) return rc;
+  /* libzmq's rule: a heartbeat timeout left at 0 means the interval. */
+  if (o.heartbeat_timeout_ms == 0) o.heartbeat_timeout_ms = o.heartbeat_ms;
+  mq_server *s = calloc(1, sizeof *s);
+  if (!s) return mqi_err_set(store, MQ_ENOMEM, "server: out of memory");
+  s->store = store;
+  s->opt = o;
+  s->wake[0] = s->wake[1] = -1;
+  s->out_limit = OUT_LIMIT_DEFAULT;
+  atomic_init(&s->stop, 0);
+  if (pthread_mutex_init(&s->cmu, NULL) != 0) {
+    free(s);
+    return mqi_err_set(store, MQ_ERROR, "server: cannot create a mutex");
+  }
+  if (pthread_cond_init(&s->ccv, NULL) != 0) {
+    pthread_mutex_destroy(&s->cmu);
+    free(s);
+    return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
+  }
+  s->csync = 1;
+  if (!o.auth && o.plain_user) {
+    s->plain_user = strdup(o.plain_user);
+    s->plain_password = strdup(o.plain_password);
+    s->plain_user_len = strlen(o.plain_user);
+    s->plain_password_len = strlen(o.plain_password);
+    if (!s->plain_user || !s->plain_password) {
+      mq_server_free(s);
+      return mqi_err_set(store, MQ_ENOMEM, "server: out of memory");
+    }
+  }
+  /* The copies above are ours; the caller's strings need not outlive us. */
+  s->opt.plain_user = s->plain_user;
+  s->opt.plain_password = s->plain_password;
+  if (mqi_net_pipe(s->wake) != MQ_OK) {
+    int e = errno;
+    mq_server_free(s);
+    return mqi_err_set(store, MQ_ENET, "server: pipe: %s", strerror(e));
+  }
+  if ((rc = mqi_router_new(s)) != MQ_OK) {
+    mq_server_free(s);
+    return mqi_err_set(store, rc, "server: out of memory");
+  }
+  *out = s;
+  return MQ_OK;
+}
+
+static void srv_wipe_free(char *p) {
+  if (!p) return;
+  volatile char *v = p;
+  while (*v) *v++ = 0;
+  free(p);
+}
+
+/* ------------------------------------------------------------------------
+** Endpoints
+*/
+static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint) {
+  struct sockaddr_storage ss;
+  socklen_t len = 0;
+  char err[256];
+  int fd = -1, topic = 0;
+  if (!s) return MQ_EINVAL;
+  if (s->running)
+    return mqi_err_set(s->store, MQ_EMISUSE, "server: endpoints cannot be added while it runs");
+  if (kind != MQI_EP_ROUTER) {
+    mq_queue_info info;
+    int rc = mq_queue_info_get(s->store, queue, &info);
+    if (rc != MQ_OK) return rc;
+    if (kind == MQI_EP_PUSH && info.kind == MQ_KIND_TOPIC)
+      return mqi_err_set(s->store, MQ_EINVAL,
+                         "server: \"%s\" is a topic: serve one of its subscriptions "
+                         "(\"topic/sub\") with PUSH",
+                         queue);
+    if (kind == MQI_EP_PULL && info.kind == MQ_KIND_SUBSCRIPTION)
+      return mqi_err_set(s->store, MQ_EINVAL,
+                         "server: \"%s\" is a subscription: PULL into its topic instead", queue);
+    topic = info.kind == MQ_KIND_TOPIC;
+  }
+  if (mqi_net_parse(endpoint, &ss, &len, err, sizeof err) != MQ_OK)
+    return mqi_err_set(s->store, MQ_EINVAL, "server: %s", err);
+  if (s->neps == s->epcap) {
+    size_t cap = s->epcap ? s->epcap * 2 : 4;
+    mqi_srv_ep *p = realloc(s->eps, cap * sizeof *p);
+    if (!p) return mqi_err_set(s->store, MQ_ENOMEM, "server: out of memory");
+    s->eps = p;
+    s->epcap = cap;
+  }
+  if (mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
+    return mqi_err_set(s->store, MQ_ENET, "server: %s: %s", endpoint, err);
+  mqi_srv_ep *ep = &s->eps[s->neps];
+  memset(ep, 0, sizeof *ep);
+  ep->kind = kind;
+  ep->fd = fd;
+  ep->topic = topic;
+  if (queue) snprintf(ep->queue, sizeof ep->queue, "%s", queue);
+  if (mqi_net_local_name(fd, ep->name, sizeof ep->name) != MQ_OK)
+    snprintf(ep->name, sizeof ep->name, "%s", endpoint);
+  s->neps++;
+  if (kind == MQI_EP_ROUTER)
+    mqi_log(s->store, MQ_LOG_INFO, "server: ROUTER listening on %s", ep->name);
+  else
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s \"%s\" listening on %s",
+            kind == MQI_EP_PULL ? "PULL into" : "PUSH from", queue, ep->name);
+  return MQ_OK;
+}
+
+int mq_server_pull(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull: queue is NULL");
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint);
+}
+
+int mq_server_push(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push: queue is NULL");
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint);
+}
+
+int mq_server_router(mq_server *s, const char *endpoint) {
+  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint);
+}
+
+int mq_server_endpoint(mq_server *s, size_t i, char *buf, size_t cap) {
+  if (buf && cap) buf[0] = '\0';
+  if (!s || !buf) return MQ_EINVAL;
+  if (i >= s->neps) return MQ_ENOTFOUND;
+  size_t n = strlen(s->eps[i].name);
+  if (n + 1 > cap) return MQ_EINVAL;
+  memcpy(buf, s->eps[i].name, n + 1);
+  return MQ_OK;
+}
+
+/* ------------------------------------------------------------------------
+** Connections
+*/
+
+/* PLAIN credentials: the user's callback, or the one pair, compared in
+** time that does not depend on where the bytes differ. */
+static int srv_auth(void *ctx, const uint8_t *user, size_t ulen, const uint8_t *pass, size_t plen,
+                    const char *peer) {
+  mq_server *s = ctx;
+  if (s->opt.auth) {
+    char u[MQI_ZMTP_PLAIN_FIELD_MAX + 1], p[MQI_ZMTP_PLAIN_FIELD_MAX + 1];
+    /* A NUL inside would make the C strings say something else. */
+    if (memchr(user, 0, ulen) || memchr(pass, 0, plen)) return 0;
+    memcpy(u, user, ulen);
+    u[ulen] = '\0';
+    memcpy(p, pass, plen);
+    p[plen] = '\0';
+    int ok = s->opt.auth(s->opt.auth_ctx, u, p, peer) == 1;
+    volatile char *v = p;
+    for (size_t i = 0; i < sizeof p; i++) v[i] = 0;
+    return ok;
+  }
+  if (!s->plain_user) return 0;
+  unsigned diff = (ulen != s->plain_user_len) | (plen != s->plain_password_len);
+  for (size_t i = 0; i < s->plain_user_len; i++)
+    diff |= (unsigned)(i < ulen ? user[i] : 0) ^ (unsigned char)s->plain_user[i];
+  for (size_t i = 0; i < s->plain_password_len; i++)
+    diff |= (unsigned)(i < plen ? pass[i] : 0) ^ (unsigned char)s->plain_password[i];
+  return diff == 0;
+}
+
+static void srv_config(mq_server *s, int kind, mqi_zconn_config *c) {
+  memset(c, 0, sizeof *c);
+  c->socket_type = kind == MQI_EP_PULL   ? MQI_ZMTP_SOCKET_PULL
+                   : kind == MQI_EP_PUSH ? MQI_ZMTP_SOCKET_PUSH
+                                         : MQI_ZMTP_SOCKET_ROUTER;
+  c->mechanism = (s->opt.auth || s->plain_user) ? MQI_ZMTP_MECH_PLAIN : MQI_ZMTP_MECH_NULL;
+  c->auth = srv_auth;
+  c->auth_ctx = s;
+  c->heartbeat_ms = s->opt.heartbeat_ms;
+  c->heartbeat_timeout_ms = s->opt.heartbeat_timeout_ms;
+  c->handshake_timeout_ms = s->opt.handshake_timeout_ms;
+  mqi_zmtp_limits_init(&c->limits);
+  c->limits.max_frame = s->opt.max_frame;
+  c->limits.max_message = s->opt.max_message;
+  c->out_limit = s->out_limit;
+}
+
+static size_t srv_handshaking(const mq_server *s) {
+  size_t n = 0;
+  for (size_t i = 0; i < s->nconns; i++)
+    if (mqi_zconn_state(s->conns[i]->z) < MQI_ZC_ACTIVE) n++;
+  return n;
+}
+
+static void srv_accept(mq_server *s, size_t e, int64_t now) {
+  char peer[MQI_NET_NAME_MAX];
+  mqi_srv_ep *ep = &s->eps[e];
+  for (int k = 0; k < ACCEPT_PER_TURN; k++) {
+    int fd = mqi_net_accept(ep->fd, peer, sizeof peer);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s", ep->name, strerror(errno));
+      return;
+    }
+    /* Over a cap: close at once.  A libzmq peer retries after its
+    ** reconnect interval, which is what we want under load. */
+    if (s->nconns >= (size_t)s->opt.max_connections ||
+        srv_handshaking(s) >= (size_t)s->opt.max_handshakes) {
+      mqi_log(s->store, MQ_LOG_WARN, "server: %s: refused %s: too many %s", ep->name, peer,
+              s->nconns >= (size_t)s->opt.max_connections ? "connections"
+                                                          : "unauthenticated connections");
+      close(fd);
+      continue;
+    }
+    mqi_zconn_config cfg;
+    srv_config(s, ep->kind, &cfg);
+    mqi_srv_conn *sc = calloc(1, sizeof *sc);
+    mqi_zconn *z = NULL;
+    if (s->nconns == s->conncap) {
+      size_t cap = s->conncap ? s->conncap * 2 : 16;
+      mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
+      if (p) {
+        s->conns = p;
+        s->conncap = cap;
+      }
+    }
+    if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
+      mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
+      free(sc);
+      close(fd);
+      return;
+    }
+    sc->srv = s;
+    sc->z = z;
+    sc->ep = e;
+    sc->serial = ++s->serial;
+    s->conns[s->nconns++] = sc;
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " from %s", ep->name,
+            sc->serial, peer);
+  }
+}
+
+int mqi_server_send(mq_server *s, mqi_srv_conn *sc, const mqi_zpart *parts, size_t n) {
+  int rc = mqi_zconn_send(sc->z, parts, n);
+  if (rc == MQI_ZMTP_ESPACE || rc == MQI_ZMTP_ENOMEM) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: connection #%" PRIu64 " (%s): %s", sc->serial,
+            mqi_zconn_peer(sc->z),
+            rc == MQI_ZMTP_ESPACE ? "the peer does not read its replies" : "out of memory");
+    mqi_zconn_close(sc->z, rc == MQI_ZMTP_ESPACE ? "output limit reached" : "out of memory");
+  }
+  return rc;
+}
+
+/* ------------------------------------------------------------------------
+** PULL ingest
+*/
+static int srv_pull_full(const mqi_srv_ep *ep) {
+  return ep->failing || ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
+}
+
+/* The connection's message handler on a PULL endpoint: add the message to
+** the endpoint's batch; pause the connection when the batch is full. */
+static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n) {
+  mqi_srv_conn *sc = ctx;
+  mq_server *s = sc->srv;
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  mqi_srv_item it = {NULL, 0, NULL};
+  (void)z;
+  if (ep->nitems == ep->itemcap) {
+    size_t cap = ep->itemcap ? ep->itemcap * 2 : 256;
+    mqi_srv_item *p = realloc(ep->items, cap * sizeof *p);
+    if (!p) goto oom;
+    ep->items = p;
+    ep->itemcap = cap;
+  }
+  if (n == 1) {
+    it.data = parts[0].body;
+    it.len = parts[0].size;
+    parts[0].body = NULL;
+  } else {
+    size_t total = 0, hl = 0;
+    for (size_t i = 0; i < n; i++) total += parts[i].size; /* bounded by max_message */
+    it.len = total;
+    it.data = total ? malloc(total) : NULL;
+    it.frames = malloc(n * 21);
+    if ((total && !it.data) || !it.frames) goto oom;
+    for (size_t i = 0, at = 0; i < n; i++) {
+      if (parts[i].size) memcpy((char *)it.data + at, parts[i].body, parts[i].size);
+      at += parts[i].size;
+      hl += (size_t)snprintf(it.frames + hl, n * 21 - hl, i ? ",%zu" : "%zu", parts[i].size);
+    }
+  }
+  ep->items[ep->nitems++] = it;
+  ep->bytes += it.len;
+  return srv_pull_full(ep);
+oom:
+  free(it.data);
+  free(it.frames);
+  mqi_zconn_close(sc->z, "out of memory for a message");
+  return 1;
+}
+
+/* Store n messages in queue (published, for a topic) with one batch, one
+** commit; when one entry spoils the batch (too large for the queue), one
+** put each, dropping the refused ones with a warning.  Runs on the commit
+** thread; the error text is copied into err because mq_errmsg is per
+** thread. */
+static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_item *items,
+                           size_t n, char *err, size_t errlen) {
+  mq_put_options *po = malloc(n * sizeof *po);
+  mq_header *hd = malloc(n * sizeof *hd);
+  mq_entry *en = topic ? NULL : malloc(n * sizeof *en);
+  mq_pub_entry *pe = topic ? malloc(n * sizeof *pe) : NULL;
+  int rc;
+  err[0] = '\0';
+  if (!po || !hd || (!en && !pe)) {
+    rc = MQ_ENOMEM;
+    snprintf(err, errlen, "out of memory for a batch of %zu", n);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      mqi_srv_item *it = &items[i];
+      mq_put_options_init(&po[i]);
+      if (it->frames) {
+        hd[i].name = "zmtp-frames";
+        hd[i].value = it->frames;
+        po[i].headers = &hd[i];
+        po[i].n_headers = 1;
+      }
+      if (en) {
+        en[i].data = it->data;
+        en[i].len = it->len;
+        en[i].opts = &po[i];
+      } else {
+        pe[i].subject = NULL;
+        pe[i].data = it->data;
+        pe[i].len = it->len;
+        pe[i].opts = &po[i];
+      }
+    }
+    rc = en ? mq_put_batch(st, queue, en, n, NULL)
+            : mq_publish_batch(st, queue, pe, n, NULL, NULL);
+    if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
+      for (size_t i = 0; i < n; i++) {
+        int r = en ? mq_put(st, queue, items[i].data, items[i].len, &po[i], NULL)
+                   : mq_publish(st, queue, NULL, items[i].data, items[i].len, &po[i], NULL, NULL);
+        if (r != MQ_OK)
+          mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
+                  queue, items[i].len, mq_errmsg(st));
+      }
+      rc = MQ_OK;
+    } else if (rc != MQ_OK) {
+      snprintf(err, errlen, "%s", mq_errmsg(st));
+    }
+  }
+  free(po);
+  free(hd);
+  free(en);
+  free(pe);
+  return rc;
+}
+
+static void srv_items_release(mqi_srv_item *items, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    free(items[i].data);
+    free(items[i].frames);
+  }
+  free(items);
+}
+
+/* The commit thread: takes one batch at a time from the loop, stores it,
+** and pokes the wake pipe when done.  The loop meanwhile reads the next
+** batch, so network and disk work overlap; it stops reading when that
+** batch is full while the commit is still running (backpressure). */
+static void *srv_committer_main(void *arg) {
+  mq_server *s = arg;
+  pthread_mutex_lock(&s->cmu);
+  for (;;) {
+    while (!s->cquit && s->cjob != 1) pthread_cond_wait(&s->ccv, &s->cmu);
+    if (s->cjob != 1) break; /* quit, and nothing queued */
+    char queue[MQ_NAME_MAX + 1];
+    memcpy(queue, s->cjob_queue, sizeof queue);
+    int topic = s->cjob_topic;
+    mqi_srv_item *items = s->cjob_items;
+    size_t n = s->cjob_n;
+    pthread_mutex_unlock(&s->cmu);
+    char err[sizeof s->cjob_err];
+    int rc = srv_store_items(s->store, queue, topic, items, n, err, sizeof err);
+    pthread_mutex_lock(&s->cmu);
+    s->cjob_rc = rc;
+    memcpy(s->cjob_err, err, sizeof err);
+    s->cjob = 2;
+    mqi_net_pipe_poke(s->wake[1]);
+  }
+  pthread_mutex_unlock(&s->cmu);
+  return NULL;
+}
+
+/* Take the result of a finished commit, if any.  A failed batch goes back
+** in front of what was read since, and the endpoint reads nothing more
+** until it is stored: the peers' PUSH sockets block at their high-water
+** mark meanwhile. */
+static void srv_pull_collect(mq_server *s) {
+  pthread_mutex_lock(&s->cmu);
+  if (s->cjob != 2) {
+    pthread_mutex_unlock(&s->cmu);
+    return;
+  }
+  mqi_srv_ep *ep = &s->eps[s->cjob_ep];
+  mqi_srv_item *items = s->cjob_items;
+  size_t n = s->cjob_n;
+  int rc = s->cjob_rc;
+  char err[sizeof s->cjob_err];
+  memcpy(err, s->cjob_err, sizeof err);
+  s->cjob = 0;
+  s->cjob_items = NULL;
+  s->cjob_n = 0;
+  pthread_mutex_unlock(&s->cmu);
+  s->cbusy = 0;
+  if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
+    if (rc == MQ_ENOTFOUND)
+      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
+              ep->queue, err, n);
+    else
+      mqi_server_kick(s, ep->queue);
+    if (ep->failing)
+      mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
+    srv_items_release(items, n);
+    ep->failing = 0;
+    ep->backoff = 0;
+    return;
+  }
+  if (!ep->failing)
+    mqi_log(s->store, MQ_LOG_WARN, "server: PULL into \"%s\": commit failed (%s): %s; retrying",
+            ep->queue, mq_errstr(rc), err);
+  ep->failing = 1;
+  ep->backoff = ep->backoff ? ep->backoff * 2 : RETRY_MIN_MS;
+  if (ep->backoff > RETRY_MAX_MS) ep->backoff = RETRY_MAX_MS;
+  ep->retry_at = srv_mono() + ep->backoff;
+  /* Order matters: the failed batch was read first. */
+  size_t cap = n + ep->nitems;
+  mqi_srv_item *all = realloc(items, (cap ? cap : 1) * sizeof *all);
+  if (!all) {
+    mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
+            ep->queue, n);
+    srv_items_release(items, n);
+    return;
+  }
+  if (ep->nitems) memcpy(all + n, ep->items, ep->nitems * sizeof *all);
+  for (size_t i = 0; i < n; i++) ep->bytes += all[i].len;
+  free(ep->items);
+  ep->items = all;
+  ep->nitems = cap;
+  ep->itemcap = cap;
+}
+
+/* Hand a batch to the commit thread if it is idle (started on first use;
+** without it, the commit runs here). */
+static void srv_pull_submit(mq_server *s) {
+  int64_t mono = srv_mono();
+  if (s->cbusy) return;
+  for (size_t k = 0; k < s->neps; k++) {
+    size_t e = (s->cnext + k) % s->neps;
+    mqi_srv_ep *ep = &s->eps[e];
+    if (ep->kind != MQI_EP_PULL || ep->nitems == 0) continue;
+    if (ep->failing && mono < ep->retry_at) continue;
+    s->cnext = e + 1;
+    if (!s->cstarted) {
+      if (pthread_create(&s->committer, NULL, srv_committer_main, s) == 0) {
+        s->cstarted = 1;
+      } else {
+        /* No thread: commit in the loop, which then just reads less. */
+        char err[sizeof s->cjob_err];
+        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
+                                 sizeof err);
+        pthread_mutex_lock(&s->cmu);
+        s->cjob_ep = e;
+        s->cbusy = 1;
+        s->cjob_items = ep->items;
+        s->cjob_n = ep->nitems;
+        s->cjob_rc = rc;
+        memcpy(s->cjob_err, err, sizeof err);
+        s->cjob = 2;
+        pthread_mutex_unlock(&s->cmu);
+        ep->items = NULL;
+        ep->nitems = ep->itemcap = ep->bytes = 0;
+        srv_pull_collect(s);
+        return;
+      }
+    }
+    pthread_mutex_lock(&s->cmu);
+    s->cjob_ep = e;
+    memcpy(s->cjob_queue, ep->queue, sizeof s->cjob_queue);
+    s->cjob_topic = ep->topic;
+    s->cjob_items = ep->items;
+    s->cjob_n = ep->nitems;
+    s->cjob = 1;
+    pthread_cond_signal(&s->ccv);
+    pthread_mutex_unlock(&s->cmu);
+    s->cbusy = 1;
+    ep->items = NULL;
+    ep->nitems = ep->itemcap = ep->bytes = 0;
+    return;
+  }
+}
+
+/* Stop the commit thread after its current batch, and collect that. */
+static void srv_committer_stop(mq_server *s) {
+  if (!s->cstarted) return;
+  pthread_mutex_lock(&s->cmu);
+  s->cquit = 1;
+  pthread_cond_signal(&s->ccv);
+  pthread_mutex_unlock(&s->cmu);
+  pthread_join(s->committer, NULL);
+  s->cstarted = 0;
+  srv_pull_collect(s);
+}
+
+/* ------------------------------------------------------------------------
+** PUSH egress
+*/
+void mqi_server_kick(mq_server *s, const char *queue) {
+  for (size_t i = 0; i < s->neps; i++)
+    if (s->eps[i].kind == MQI_EP_PUSH && strcmp(s->eps[i].queue, queue) == 0)
+      s->eps[i].empty_until = 0;
+  mqi_router_kick(s, queue);
+}
+
+/* The frames of a stored message: its zmtp-frames header, if it is well
+** formed and matches the payload, else the payload as one frame.  Returns
+** the number of parts written to parts (at most cap). */
+static size_t srv_msg_parts(const mq_msg *m, mqi_zpart *parts, size_t cap) {
+  const char *data = mq_msg_data(m);
+  size_t size = mq_msg_size(m), n = 0, at = 0;
+  const char *h = mq_msg_header(m, "zmtp-frames");
+  if (h && *h) {
+    const char *p = h;
+    while (n < cap) {
+      if (*p < '0' || *p > '9') break;
+      size_t v = 0;
+      while (*p >= '0' && *p <= '9' && v <= size) v = v * 10 + (size_t)(*p++ - '0');
+      if (v > size - at) break;
+      parts[n].data = data + at;
+      parts[n].len = v;
+      n++;
+      at += v;
+      if (*p == ',') {
+        p++;
+        continue;
+      }
+      if (*p == '\0' && at == size) return n;
+      break;
+    }
+  }
+  parts[0].data = data;
+  parts[0].len = size;
+  return 1;
+}
+
+static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const char *receipt) {
+  if (sc->pend_head > 0 && sc->pend_head == sc->pend_len) sc->pend_head = sc->pend_len = 0;
+  if (sc->pend_len == sc->pend_cap) {
+    if (sc->pend_head > 0) {
+      memmove(sc->pend, sc->pend + sc->pend_head,
+              (sc->pend_len - sc->pend_head) * sizeof *sc->pend);
+      sc->pend_len -= sc->pend_head;
+      sc->pend_head = 0;
+    } else {
+      size_t cap = sc->pend_cap ? sc->pend_cap * 2 : 32;
+      mqi_srv_pend *p = realloc(sc->pend, cap * sizeof *p);
+      if (!p) return -1;
+      sc->pend = p;
+      sc->pend_cap = cap;
+    }
+  }
+  mqi_srv_pend *e = &sc->pend[sc->pend_len++];
+  e->end = end;
+  snprintf(e->receipt, sizeof e->receipt, "%s", receipt);
+  return 0;
+}
+
+static void srv_push_work(mq_server *s, size_t e) {
+  mqi_srv_ep *ep = &s->eps[e];
+  mqi_srv_conn *ready[PUSH_LEASE_MAX];
+  mq_msg *msgs[PUSH_LEASE_MAX];
+  size_t nready = 0, count = 0;
+  int64_t mono = srv_mono();
+  if (ep->empty_until && mono < ep->empty_until) return;
+  for (size_t i = 0; i < s->nconns && nready < PUSH_LEASE_MAX; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (sc->ep != e || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
+    if (mqi_zconn_pending(sc->z) > 0 || sc->pend_len - sc->pend_head >= s->opt.credit) continue;
+    ready[nready++] = sc;
+  }
+  if (nready == 0) return;
+  size_t want = nready * PUSH_PER_CONN;
+  if (want > PUSH_LEASE_MAX) want = PUSH_LEASE_MAX;
+  int rc = mq_get_batch(s->store, ep->queue, NULL, want, msgs, &count);
+  if (rc == MQ_EMPTY) {
+    ep->empty_until = mono + EGRESS_POLL_MS;
+    return;
+  }
+  if (rc != MQ_OK) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: PUSH from \"%s\": %s", ep->queue, mq_errmsg(s->store));
+    ep->empty_until = mono + RETRY_MAX_MS;
+    return;
+  }
+  for (size_t i = 0; i < count; i++) {
+    mqi_zpart parts[1024];
+    size_t np = srv_msg_parts(msgs[i], parts, sizeof parts / sizeof parts[0]);
+    int sent = 0;
+    for (size_t tries = 0; tries < nready && !sent; tries++) {
+      mqi_srv_conn *sc = ready[ep->rr++ % nready];
+      if (mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE || sc->pend_len - sc->pend_head >= s->opt.credit)
+        continue;
+      /* Over the output limit: skip this peer for now (not a failure). */
+      if (mqi_zconn_send(sc->z, parts, np) != MQI_ZMTP_OK) continue;
+      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), mq_msg_receipt(msgs[i])) != 0) {
+        mqi_zconn_close(sc->z, "out of memory");
+        continue;
+      }
+      sent = 1;
+    }
+    if (!sent) mq_nack(s->store, ep->queue, mq_msg_receipt(msgs[i]), 0, NULL);
+    mq_msg_free(msgs[i]);
+  }
+}
+
+/* Ack the PUSH messages whose last byte the kernel has taken: one
+** mq_ack_batch (one commit) per endpoint and turn, for all its peers. */
+static void srv_push_acks(mq_server *s) {
+  const char **rcpts = NULL;
+  size_t cap = 0;
+  for (size_t e = 0; e < s->neps; e++) {
+    if (s->eps[e].kind != MQI_EP_PUSH) continue;
+    size_t n = 0;
+    for (size_t i = 0; i < s->nconns; i++) {
+      mqi_srv_conn *sc = s->conns[i];
+      if (sc->ep != e) continue;
+      uint64_t written = mqi_zconn_written(sc->z);
+      while (sc->pend_head < sc->pend_len && sc->pend[sc->pend_head].end <= written) {
+        if (n == cap) {
+          size_t nc = cap ? cap * 2 : 256;
+          const char **p = realloc(rcpts, nc * sizeof *p);
+          if (!p) break; /* acked next turn */
+          rcpts = p;
+          cap = nc;
+        }
+        rcpts[n++] = sc->pend[sc->pend_head++].receipt;
+      }
+    }
+    if (n == 0) continue;
+    int rc = mq_ack_batch(s->store, s->eps[e].queue, rcpts, n, NULL);
+    if (rc != MQ_OK)
+      mqi_log(s->store, MQ_LOG_WARN,
+              "server: PUSH from \"%s\": ack of %zu delivered messages failed: %s "
+              "(they will be delivered again)",
+              s->eps[e].queue, n, mq_errmsg(s->store));
+  }
+  free(rcpts);
+}
+
+/* ------------------------------------------------------------------------
+** The loop
+*/
+
+static int srv_router_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n) {
+  mqi_srv_conn *sc = ctx;
+  (void)z;
+  return mqi_router_message(sc->srv, sc, parts, n);
+}
+
+/* Read one connection, dispatching its messages by endpoint kind. */
+static void srv_read(mq_server *s, mqi_srv_conn *sc, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  int st = mqi_zconn_state(sc->z);
+  if (st == MQI_ZC_DEAD) return;
+  if (ep->kind == MQI_EP_PULL) {
+    if (srv_pull_full(ep) && st == MQI_ZC_ACTIVE) return;
+    mqi_zconn_input(sc->z, now, READ_BUDGET, srv_pull_msg, sc);
+  } else if (ep->kind == MQI_EP_ROUTER) {
+    mqi_zconn_input(sc->z, now, READ_BUDGET, srv_router_msg, sc);
+  } else {
+    /* PUSH peers send nothing but commands; a message from one is dropped. */
+    mqi_zconn_input(sc->z, now, READ_BUDGET, NULL, NULL);
+  }
+}
+
+/* Whether the loop should read sc now (it may have buffered bytes, or the
+** socket may be readable). */
+static int srv_wants_read(const mq_server *s, const mqi_srv_conn *sc) {
+  const mqi_srv_ep *ep = &s->eps[sc->ep];
+  int st = mqi_zconn_state(sc->z);
+  if (st == MQI_ZC_DEAD) return 0;
+  if (st != MQI_ZC_ACTIVE) return 1;
+  if (ep->kind == MQI_EP_PULL) return !srv_pull_full(ep);
+  /* A ROUTER peer that does not read its replies gets no more read. */
+  if (ep->kind == MQI_EP_ROUTER) return mqi_zconn_pending(sc->z) < s->out_limit / 2;
+  return 1;
+}
+
+/* Give back what a closing connection holds and free it. */
+static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
+  mqi_srv_ep *ep = &s->eps[sc->ep];
+  if (ep->kind == MQI_EP_PUSH) {
+    size_t n = 0;
+    for (size_t i = sc->pend_head; i < sc->pend_len && n < NACK_ON_CLOSE_MAX; i++, n++)
+      mq_nack(s->store, ep->queue, sc->pend[i].receipt, 0, NULL);
+  }
+  if (ep->kind == MQI_EP_ROUTER) mqi_router_conn_gone(s, sc);
+  mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " (%s) closed: %s", ep->name,
+          sc->serial, mqi_zconn_peer(sc->z),
+          mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "server stopped");
+  mqi_zconn_free(sc->z);
+  free(sc->pend);
+  free(sc);
+}
+
+static void srv_reap(mq_server *s) {
+  size_t j = 0;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (mqi_zconn_state(sc->z) == MQI_ZC_DEAD)
+      srv_conn_free(s, sc);
+    else
+      s->conns[j++] = sc;
+  }
+  s->nconns = j;
+}
+
+/* Everything a turn does after reading: commits, egress, timers, writes. */
+static void srv_work(mq_server *s, int64_t now) {
+  srv_pull_collect(s);
+  srv_pull_submit(s);
+  mqi_router_work(s);
+  for (size_t e = 0; e < s->neps; e++)
+    if (s->eps[e].kind == MQI_EP_PUSH) srv_push_work(s, e);
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    int st = mqi_zconn_state(sc->z);
+    if (!sc->was_active && st == MQI_ZC_ACTIVE) {
+      sc->was_active = 1;
+      if (s->eps[sc->ep].kind == MQI_EP_ROUTER) mqi_router_ready(s, sc);
+    }
+    mqi_zconn_tick(sc->z, now);
+    if (mqi_zconn_pending(sc->z) > 0) mqi_zconn_flush(sc->z, now);
+  }
+  srv_push_acks(s);
+}
+
+/* How long poll may sleep, in ms. */
+static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
+  int64_t mono = srv_mono();
+  int64_t wait = POLL_MAX_MS;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (mqi_zconn_buffered(sc->z) > 0 && srv_wants_read(s, sc)) return 0;
+    int64_t d = mqi_zconn_deadline(sc->z);
+    if (d != INT64_MAX && d - now < wait) wait = d - now;
+  }
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    /* A batch waits for the commit thread: it pokes the pipe when free. */
+    if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
+      int64_t d = ep->failing ? ep->retry_at - mono : 0;
+      if (d < wait) wait = d;
+    }
+    if (ep->kind == MQI_EP_PUSH) {
+      /* Only worth waking for when some peer could take a message. */
+      for (size_t i = 0; i < s->nconns; i++) {
+        mqi_srv_conn *sc = s->conns[i];
+        if (sc->ep == e && mqi_zconn_state(sc->z) == MQI_ZC_ACTIVE &&
+            mqi_zconn_pending(sc->z) == 0 && sc->pend_len - sc->pend_head < s->opt.credit) {
+          int64_t d = ep->empty_until - mono;
+          if (d < wait) wait = d;
+          break;
+        }
+      }
+    }
+  }
+  int64_t r = mqi_router_wake(s);
+  if (r != INT64_MAX && r - mono < wait) wait = r - mono;
+  if (end != INT64_MAX && end - mono < wait) wait = end - mono;
+  return wait < 0 ? 0 : (int)wait;
+}
+
+int mq_server_run(mq_server *s, int64_t timeout_ms) {
+  if (!s) return MQ_EINVAL;
+  if (s->running) return mqi_err_set(s->store, MQ_EMISUSE, "mq_server_run: already running");
+  int rc = mqi_store_check(s->store, 0);
+  if (rc != MQ_OK) return rc;
+  int64_t end = timeout_ms < 0 ? INT64_MAX : srv_mono() + timeout_ms;
+  s->running = 1;
+  for (;;) {
+    if (atomic_exchange(&s->stop, 0)) break;
+    int64_t now = mqi_server_now(s);
+    size_t need = 1 + s->neps + s->nconns;
+    if (need > s->pfdcap) {
+      void *p = realloc(s->pfds, need * sizeof(struct pollfd));
+      if (!p) {
+        rc = mqi_err_set(s->store, MQ_ENOMEM, "server: out of memory");
+        break;
+      }
+      s->pfds = p;
+      s->pfdcap = need;
+    }
+    struct pollfd *pf = s->pfds;
+    size_t np = 0;
+    pf[np].fd = s->wake[0];
+    pf[np++].events = POLLIN;
+    for (size_t e = 0; e < s->neps; e++) {
+      pf[np].fd = s->eps[e].fd;
+      pf[np++].events = POLLIN;
+    }
+    for (size_t i = 0; i < s->nconns; i++) {
+      mqi_srv_conn *sc = s->conns[i];
+      short ev = (short)((srv_wants_read(s, sc) ? POLLIN : 0) |
+                         (mqi_zconn_pending(sc->z) > 0 ? POLLOUT : 0));
+      /* A negative fd is skipped by poll: a paused connection whose peer
+      ** hung up must not make poll return at once, again and again. */
+      pf[np].fd = ev ? mqi_zconn_fd(sc->z) : -1;
+      pf[np].events = ev;
+      np++;
+    }
+    for (size_t k = 0; k < np; k++) pf[k].revents = 0;
+    int wait = srv_poll_wait(s, now, end);
+    int n = poll(pf, (nfds_t)np, wait);
+    if (n < 0 && errno != EINTR) {
+      rc = mqi_err_set(s->store, MQ_ENET, "server: poll: %s", strerror(errno));
+      break;
+    }
+    now = mqi_server_now(s);
+    if (n > 0 && (pf[0].revents & POLLIN)) mqi_net_pipe_drain(s->wake[0]);
+    /* A finished commit frees its endpoint's next batch for the thread
+    ** before reading, so paused connections are read again at once. */
+    srv_pull_collect(s);
+    srv_pull_submit(s);
+    /* Connections first (accepting appends to the array), from a rotating
+    ** start so that one busy peer cannot always fill the batch first. */
+    size_t nc = s->nconns;
+    s->turn++;
+    for (size_t k = 0; k < nc; k++) {
+      size_t i = (k + s->turn) % nc;
+      mqi_srv_conn *sc = s->conns[i];
+      short rev = n > 0 ? pf[1 + s->neps + i].revents : 0;
+      int want = srv_wants_read(s, sc);
+      if ((want && ((rev & POLLIN) || mqi_zconn_buffered(sc->z) > 0)) ||
+          (rev & (POLLHUP | POLLERR)))
+        srv_read(s, sc, now);
+    }
+    for (size_t e = 0; e < s->neps && n > 0; e++)
+      if (pf[1 + e].revents & POLLIN) srv_accept(s, e, now);
+    srv_work(s, now);
+    srv_reap(s);
+    if (srv_mono() >= end) break;
+  }
+  s->running = 0;
+  return rc;
+}
+
+void mq_server_stop(mq_server *s) {
+  if (!s) return;
+  atomic_store(&s->stop, 1);
+  if (s->wake[1] >= 0) mqi_net_pipe_poke(s->wake[1]);
+}
+
+void mq_server_free(mq_server *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_zconn_close(s->conns[i]->z, "server closed");
+    srv_conn_free(s, s->conns[i]);
+  }
+  srv_committer_stop(s);
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    if (ep->kind == MQI_EP_PULL && ep->nitems) {
+      /* What was read and not stored yet gets one last try. */
+      char err[256];
+      int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
+                               sizeof err);
+      if (rc != MQ_OK && rc != MQ_ENOTFOUND)
+        mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
+                ep->queue, ep->nitems, err);
+    }
+    srv_items_release(ep->items, ep->nitems);
+    if (ep->fd >= 0) close(ep->fd);
+  }
+  mqi_router_free(s);
+  free(s->eps);
+  free(s->conns);
+  free(s->pfds);
+  if (s->wake[0] >= 0) close(s->wake[0]);
+  if (s->wake[1] >= 0) close(s->wake[1]);
+  if (s->csync) {
+    pthread_mutex_destroy(&s->cmu);
+    pthread_cond_destroy(&s->ccv);
+  }
+  srv_wipe_free(s->plain_user);
+  srv_wipe_free(s->plain_password);
+  free(s);
+}

@@ -1,0 +1,969 @@
+/*
+** test_net.c -- the ZMTP server against a raw-socket peer written in C:
+** the exact bytes we send, and what we do with the bytes a peer sends.
+**
+** The peer is a plain TCP socket on 127.0.0.1 and the server runs in this
+** very thread: the test writes some bytes, lets the server take a few short
+** turns (mq_server_run with a small timeout), then reads what came back.
+** Nothing is left to a race between threads, and every wait is a bounded
+** number of turns.  Protocol timers (handshake timeout, heartbeats) run on
+** an injected clock (mqi_server_test_clock), which the test moves by hand,
+** so a 10-second timeout is tested without waiting 10 seconds and without
+** asserting anything about wall-clock time.
+**
+** Byte vectors are the ones captured from libzmq 4.3.4 in the research
+** notes (doc: ZMTP section 1): our greeting and READY must be exactly those,
+** because libzmq is picky in ways the RFCs do not predict.
+**
+** This test uses the internal test hooks of zmtp_net.h on purpose.
+*/
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#ifdef MQ_OMIT_ZMTP
+int main(void) {
+  fprintf(stderr, "test_net: built without ZMTP support: skipped\n");
+  return 77;
+}
+#else
+
+#include "harness.h"
+#include "zmtp_net.h"
+
+/* ------------------------------------------------------------------------
+** Harness: a store, a server on the injected clock, raw peers.
+*/
+static int64_t tn_now = 1000000;
+static int64_t tn_clock(void *ctx) {
+  (void)ctx;
+  return tn_now;
+}
+
+typedef struct tn_env {
+  const char *path;
+  mq_store *st;
+  mq_server *srv;
+  int port[4];
+} tn_env;
+
+static void tn_options(mq_server_options *o) {
+  mq_server_options_init(o);
+  o->heartbeat_ms = 0;
+  o->handshake_timeout_ms = 0;
+}
+
+/* kinds: a string of 'l' (PULL into q), 'h' (PUSH from q), 'r' (ROUTER). */
+static void tn_start(tn_env *e, const mq_server_options *o, const char *kinds) {
+  mq_queue_options qo;
+  memset(e, 0, sizeof *e);
+  e->path = test_path("net");
+  e->st = test_open(e->path, MQ_SYNC_NORMAL);
+  mq_queue_options_init(&qo);
+  qo.max_payload = (size_t)4 << 20;
+  CHECK_OK(mq_queue_create(e->st, "q", &qo));
+  CHECK_OK(mq_server_new(e->st, o, &e->srv));
+  mqi_server_test_clock(e->srv, tn_clock, NULL);
+  for (size_t i = 0; kinds[i]; i++) {
+    char buf[128];
+    int rc = kinds[i] == 'l'   ? mq_server_pull(e->srv, "q", "tcp://127.0.0.1:0")
+             : kinds[i] == 'h' ? mq_server_push(e->srv, "q", "tcp://127.0.0.1:0")
+                               : mq_server_router(e->srv, "tcp://127.0.0.1:0");
+    CHECK_OK(rc);
+    CHECK_OK(mq_server_endpoint(e->srv, i, buf, sizeof buf));
+    const char *colon = strrchr(buf, ':');
+    e->port[i] = colon ? atoi(colon + 1) : 0;
+  }
+}
+
+static void tn_stop(tn_env *e) {
+  mq_server_free(e->srv);
+  mq_store_close(e->st);
+  test_unlink_store(e->path);
+}
+
+/* Let the server take a few turns. */
+static void tn_pump(tn_env *e, int turns) {
+  for (int i = 0; i < turns; i++) mq_server_run(e->srv, 5);
+}
+
+static int tn_connect(int port) {
+  struct sockaddr_in a;
+  int one = 1;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  return fd;
+}
+
+static void tn_send(int fd, const void *p, size_t n) {
+  const char *b = p;
+  while (n > 0) {
+    ssize_t k = send(fd, b, n, MSG_NOSIGNAL);
+    if (k < 0 && errno == EAGAIN) {
+      struct pollfd pf = {fd, POLLOUT, 0};
+      poll(&pf, 1, 100);
+      continue;
+    }
+    CHECK(k > 0);
+    if (k <= 0) return;
+    b += k;
+    n -= (size_t)k;
+  }
+}
+
+/* Read exactly want bytes, pumping the server; returns how many came
+** (fewer if the server closed or did not send them within the turns). */
+static size_t tn_read(tn_env *e, int fd, void *buf, size_t want) {
+  size_t got = 0;
+  for (int i = 0; i < 400 && got < want; i++) {
+    ssize_t k = recv(fd, (char *)buf + got, want - got, 0);
+    if (k > 0) {
+      got += (size_t)k;
+      continue;
+    }
+    if (k == 0) break;
+    tn_pump(e, 1);
+  }
+  return got;
+}
+
+/* 1 if the server closed fd (EOF or reset) within a bounded number of
+** turns; bytes that arrive before the close are counted in *extra. */
+static int tn_closed(tn_env *e, int fd, size_t *extra) {
+  char buf[4096];
+  if (extra) *extra = 0;
+  for (int i = 0; i < 400; i++) {
+    ssize_t k = recv(fd, buf, sizeof buf, 0);
+    if (k == 0 || (k < 0 && errno == ECONNRESET)) return 1;
+    if (k > 0) {
+      if (extra) *extra += (size_t)k;
+      continue;
+    }
+    tn_pump(e, 1);
+  }
+  return 0;
+}
+
+/* Still open: nothing but EAGAIN after a few turns. */
+static int tn_open(tn_env *e, int fd) {
+  char buf[256];
+  tn_pump(e, 3);
+  ssize_t k = recv(fd, buf, sizeof buf, 0);
+  return k < 0 && errno == EAGAIN;
+}
+
+static void tn_drain_input(tn_env *e, int fd) {
+  char buf[4096];
+  tn_pump(e, 3);
+  for (int i = 0; i < 100 && recv(fd, buf, sizeof buf, 0) > 0; i++) {
+  }
+}
+
+static size_t tn_hex(const char *hex, uint8_t *out, size_t cap) {
+  size_t n = 0;
+  int hi = -1;
+  for (const char *s = hex; *s && n < cap; s++) {
+    int v;
+    if (*s >= '0' && *s <= '9') v = *s - '0';
+    else if (*s >= 'a' && *s <= 'f') v = *s - 'a' + 10;
+    else continue;
+    if (hi < 0) {
+      hi = v;
+    } else {
+      out[n++] = (uint8_t)(hi * 16 + v);
+      hi = -1;
+    }
+  }
+  return n;
+}
+
+static const uint8_t tn_null_greeting[64] = {0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 1, 'N', 'U',
+                                             'L', 'L'};
+
+static void tn_greeting(uint8_t g[64], const char *mech) {
+  memset(g, 0, 64);
+  g[0] = 0xff;
+  g[9] = 0x7f;
+  g[10] = 3;
+  g[11] = 1;
+  memcpy(g + 12, mech, strlen(mech));
+}
+
+/* A READY command frame for socket type t. */
+static size_t tn_ready(uint8_t *out, const char *t) {
+  size_t n = strlen(t), k = 0;
+  out[k++] = 4;
+  out[k++] = (uint8_t)(1 + 5 + 1 + 11 + 4 + n);
+  out[k++] = 5;
+  memcpy(out + k, "READY", 5);
+  k += 5;
+  out[k++] = 11;
+  memcpy(out + k, "Socket-Type", 11);
+  k += 11;
+  out[k++] = 0;
+  out[k++] = 0;
+  out[k++] = 0;
+  out[k++] = (uint8_t)n;
+  memcpy(out + k, t, n);
+  return k + n;
+}
+
+/* Connect, exchange greetings and READYs as a peer of socket type t, and
+** read our greeting and READY (whose length is ready_len). */
+static int tn_peer(tn_env *e, int port, const char *t, size_t ready_len) {
+  uint8_t g[64], r[64], in[128];
+  int fd = tn_connect(port);
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(e, fd, in, 64 + ready_len) == 64 + ready_len);
+  tn_send(fd, r, tn_ready(r, t));
+  tn_pump(e, 2);
+  return fd;
+}
+
+/* The next ready message of q, or NULL; acked. */
+static mq_msg *tn_take(tn_env *e) {
+  mq_msg *m = NULL;
+  if (mq_get(e->st, "q", NULL, &m) != MQ_OK) return NULL;
+  CHECK_OK(mq_ack(e->st, "q", mq_msg_receipt(m)));
+  return m;
+}
+
+static int tn_take_is(tn_env *e, const char *want) {
+  mq_msg *m = tn_take(e);
+  int ok = m && mq_msg_size(m) == strlen(want) && memcmp(mq_msg_data(m), want, strlen(want)) == 0;
+  mq_msg_free(m);
+  return ok;
+}
+
+static int64_t tn_total(tn_env *e) {
+  mq_queue_stats s;
+  CHECK_OK(mq_queue_stats_get(e->st, "q", &s));
+  return s.total;
+}
+
+/* ------------------------------------------------------------------------
+** Greeting and READY bytes
+*/
+static const char *tn_ready_pull =
+    "04 1a 05 52 45 41 44 59 0b 53 6f 63 6b 65 74 2d 54 79 70 65 00 00 00 04 50 55 4c 4c";
+static const char *tn_ready_push =
+    "04 1a 05 52 45 41 44 59 0b 53 6f 63 6b 65 74 2d 54 79 70 65 00 00 00 04 50 55 53 48";
+static const char *tn_ready_router =
+    "04 29 05 52 45 41 44 59 0b 53 6f 63 6b 65 74 2d 54 79 70 65 00 00 00 06 52 4f 55 54 45 52 "
+    "08 49 64 65 6e 74 69 74 79 00 00 00 00";
+
+static void test_greeting_and_ready_bytes(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  tn_start(&e, &o, "lhr");
+  const char *vec[3] = {tn_ready_pull, tn_ready_push, tn_ready_router};
+  for (int i = 0; i < 3; i++) {
+    uint8_t want[64], got[128], g[64];
+    size_t wl = tn_hex(vec[i], want, sizeof want);
+    int fd = tn_connect(e.port[i]);
+    /* Our whole greeting comes before the peer has said anything. */
+    CHECK(tn_read(&e, fd, got, 64) == 64);
+    CHECK(memcmp(got, tn_null_greeting, 64) == 0);
+    /* READY only once the peer's greeting is in, then nothing more. */
+    CHECK(tn_open(&e, fd));
+    tn_greeting(g, "NULL");
+    tn_send(fd, g, 64);
+    CHECK(tn_read(&e, fd, got, wl) == wl);
+    CHECK(memcmp(got, want, wl) == 0);
+    CHECK(tn_open(&e, fd));
+    close(fd);
+  }
+  tn_stop(&e);
+}
+
+/* libzmq sends 10 bytes, waits for our byte 11, sends its byte 11, waits
+** for the rest.  We must never wait for all 64 before answering. */
+static void test_staged_greeting(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t g[64], in[128], r[64];
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(g, "NULL");
+  g[8] = 1; /* libzmq's padding: routing id length + 1, never checked */
+  tn_send(fd, g, 10);
+  CHECK(tn_read(&e, fd, in, 11) == 11);
+  CHECK(in[10] == 3);
+  tn_send(fd, g + 10, 1);
+  CHECK(tn_read(&e, fd, in + 11, 53) == 53);
+  CHECK(memcmp(in, tn_null_greeting, 64) == 0);
+  tn_send(fd, g + 11, 53);
+  CHECK(tn_read(&e, fd, in, 28) == 28); /* our READY */
+  tn_send(fd, r, tn_ready(r, "PUSH"));
+  tn_send(fd, "\x00\x05hello", 7);
+  tn_pump(&e, 3);
+  CHECK(tn_take_is(&e, "hello"));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Everything one byte at a time: greeting, READY, a message, the message
+** split across its header. */
+static void test_byte_by_byte(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t all[256], in[128];
+  size_t n = 0;
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(all, "NULL");
+  n = 64;
+  n += tn_ready(all + n, "PUSH");
+  memcpy(all + n, "\x01\x01" "a" "\x00\x02" "bc", 7);
+  n += 7;
+  for (size_t i = 0; i < n; i++) {
+    tn_send(fd, all + i, 1);
+    tn_pump(&e, 1);
+  }
+  CHECK(tn_read(&e, fd, in, 64 + 28) == 64 + 28);
+  tn_pump(&e, 2);
+  mq_msg *m = tn_take(&e);
+  CHECK(m && mq_msg_size(m) == 3 && memcmp(mq_msg_data(m), "abc", 3) == 0);
+  CHECK(m && mq_msg_header(m, "zmtp-frames") && strcmp(mq_msg_header(m, "zmtp-frames"), "1,2") == 0);
+  mq_msg_free(m);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Greeting, READY and a message in one write: libzmq would fail the
+** handshake (the race); we accept it, being the lenient side. */
+static void test_greeting_ready_message_one_write(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t all[256];
+  size_t n;
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(all, "NULL");
+  n = 64 + tn_ready(all + 64, "PUSH");
+  memcpy(all + n, "\x00\x03xyz", 5);
+  tn_send(fd, all, n + 5);
+  tn_pump(&e, 4);
+  CHECK(tn_take_is(&e, "xyz"));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* The race guard: with a message waiting in the queue, a PULL peer that has
+** not sent READY gets our greeting and READY and nothing else. */
+static void test_no_message_before_peer_ready(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t g[64], in[128], r[64];
+  tn_options(&o);
+  tn_start(&e, &o, "h");
+  CHECK_OK(mq_put(e.st, "q", "early", 5, NULL, NULL));
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(&e, fd, in, 64 + 28) == 64 + 28);
+  tn_pump(&e, 10);
+  CHECK(tn_open(&e, fd)); /* no message frame yet */
+  CHECK(tn_total(&e) == 1);
+  tn_send(fd, r, tn_ready(r, "PULL"));
+  CHECK(tn_read(&e, fd, in, 7) == 7);
+  CHECK(memcmp(in, "\x00\x05" "early", 7) == 0);
+  tn_pump(&e, 3);
+  /* Handed to the kernel, so acked: at-most-once egress. */
+  CHECK(tn_total(&e) == 0);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* PUSH egress keeps order and sends a PULL-ingested multipart message with
+** its frames again. */
+static void test_push_order_and_frames(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t in[256];
+  mq_put_options po;
+  mq_header h = {"zmtp-frames", "2,0,3"};
+  tn_options(&o);
+  tn_start(&e, &o, "h");
+  CHECK_OK(mq_put(e.st, "q", "one", 3, NULL, NULL));
+  mq_put_options_init(&po);
+  po.headers = &h;
+  po.n_headers = 1;
+  CHECK_OK(mq_put(e.st, "q", "abxyz", 5, &po, NULL));
+  CHECK_OK(mq_put(e.st, "q", "two", 3, NULL, NULL));
+  int fd = tn_peer(&e, e.port[0], "PULL", 28);
+  static const uint8_t want[] = {0, 3, 'o', 'n', 'e', 1, 2, 'a', 'b', 1, 0, 0, 3, 'x', 'y', 'z',
+                                 0, 3, 't', 'w', 'o'};
+  CHECK(tn_read(&e, fd, in, sizeof want) == sizeof want);
+  CHECK(memcmp(in, want, sizeof want) == 0);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** Limits
+*/
+static void test_oversized_frame_closed(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  o.max_frame = 1000;
+  tn_start(&e, &o, "l");
+  /* Just over the limit, declared in the long form: closed on the header,
+  ** before any body byte is sent. */
+  int fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  tn_send(fd, "\x02\x00\x00\x00\x00\x00\x00\x03\xe9", 9);
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  /* 2^62 bytes: an allocation from the header would fail or take memory
+  ** for ever; the connection is just closed. */
+  fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  tn_send(fd, "\x02\x40\x00\x00\x00\x00\x00\x00\x00", 9);
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  /* A frame of exactly the limit is fine. */
+  fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  static uint8_t big[9 + 1000];
+  memcpy(big, "\x02\x00\x00\x00\x00\x00\x00\x03\xe8", 9);
+  memset(big + 9, 'z', 1000);
+  tn_send(fd, big, sizeof big);
+  tn_pump(&e, 3);
+  mq_msg *m = tn_take(&e);
+  CHECK(m && mq_msg_size(m) == 1000);
+  mq_msg_free(m);
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  /* Before the handshake the limit is the command limit (64 KiB), whatever
+  ** max_frame says: an unauthenticated peer cannot make us allocate more. */
+  mq_server_free(e.srv);
+  tn_options(&o);
+  CHECK_OK(mq_server_new(e.st, &o, &e.srv));
+  CHECK_OK(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:0"));
+  char buf[128];
+  CHECK_OK(mq_server_endpoint(e.srv, 0, buf, sizeof buf));
+  fd = tn_connect(atoi(strrchr(buf, ':') + 1));
+  uint8_t g[64];
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  tn_send(fd, "\x06\x00\x00\x00\x00\x00\x01\x00\x01", 9);
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  CHECK(tn_total(&e) == 0);
+  tn_stop(&e);
+}
+
+/* A message larger than max_message in total, made of small frames. */
+static void test_message_limit(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  o.max_message = 10;
+  tn_start(&e, &o, "l");
+  int fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  tn_send(fd, "\x01\x05" "aaaaa" "\x01\x05" "bbbbb" "\x00\x01" "c", 16);
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  CHECK(tn_total(&e) == 0);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** Timers on the injected clock
+*/
+static void test_handshake_timeout(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t g[64];
+  tn_options(&o);
+  o.handshake_timeout_ms = 5000;
+  tn_start(&e, &o, "l");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 30); /* and then silence */
+  tn_drain_input(&e, fd);
+  tn_now += 4999;
+  CHECK(tn_open(&e, fd));
+  tn_now += 1;
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  /* A finished handshake is not timed out later. */
+  fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  tn_now += 60000;
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  tn_stop(&e);
+}
+
+static void test_heartbeat_ping_and_timeout(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t in[64], want[16];
+  tn_options(&o);
+  o.heartbeat_ms = 1000;
+  o.heartbeat_timeout_ms = 3000;
+  tn_start(&e, &o, "l");
+  int fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  CHECK(tn_open(&e, fd));
+  tn_now += 1000;
+  /* PING with TTL 30 deciseconds (our timeout) and no context. */
+  size_t wl = tn_hex("04 07 04 50 49 4e 47 00 1e", want, sizeof want);
+  CHECK(tn_read(&e, fd, in, wl) == wl);
+  CHECK(memcmp(in, want, wl) == 0);
+  tn_now += 2999;
+  CHECK(tn_open(&e, fd));
+  tn_now += 1;
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  /* Any traffic keeps the connection: a PONG (or anything) after a PING. */
+  fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  for (int i = 0; i < 5; i++) {
+    tn_now += 1000; /* 1999 ms after the last PONG from the second round on */
+    CHECK(tn_read(&e, fd, in, wl) == wl);
+    tn_send(fd, "\x04\x05\x04PONG", 7);
+    tn_pump(&e, 2);
+    tn_now += 999;
+    CHECK(tn_open(&e, fd));
+  }
+  close(fd);
+  tn_stop(&e);
+}
+
+/* The peer's PINGs get PONGs with the context, also between the frames of
+** a multipart message, which must come through whole. */
+static void test_pong_and_ping_inside_message(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t in[64], want[32];
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  tn_send(fd, "\x04\x0a\x04PING\x00\x0a" "abc", 12);
+  size_t wl = tn_hex("04 08 04 50 4f 4e 47 61 62 63", want, sizeof want);
+  CHECK(tn_read(&e, fd, in, wl) == wl);
+  CHECK(memcmp(in, want, wl) == 0);
+  tn_send(fd, "\x01\x02" "AB", 4);
+  tn_send(fd, "\x04\x07\x04PING\x00\x00", 9);
+  tn_send(fd, "\x00\x02" "CD", 4);
+  wl = tn_hex("04 05 04 50 4f 4e 47", want, sizeof want);
+  CHECK(tn_read(&e, fd, in, wl) == wl);
+  CHECK(memcmp(in, want, wl) == 0);
+  tn_pump(&e, 2);
+  CHECK(tn_take_is(&e, "ABCD"));
+  CHECK(tn_total(&e) == 0);
+  /* A PING too short for its TTL is ignored, not answered from stale
+  ** memory (libzmq's bug) and not fatal. */
+  tn_send(fd, "\x04\x06\x04PING\x00", 7);
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** Bad peers
+*/
+static void test_garbage_peer_does_not_disturb(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int good = tn_peer(&e, e.port[0], "PUSH", 28);
+  int bad = tn_connect(e.port[0]);
+  const char *http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  tn_send(bad, http, strlen(http));
+  size_t extra = 0;
+  CHECK(tn_closed(&e, bad, &extra));
+  CHECK(extra == 64); /* our greeting went out before theirs was judged */
+  close(bad);
+  /* Well-formed greeting, then a nonsense command. */
+  bad = tn_connect(e.port[0]);
+  uint8_t g[64];
+  tn_greeting(g, "NULL");
+  tn_send(bad, g, 64);
+  tn_send(bad, "\x04\x06\xc8READY", 8);
+  CHECK(tn_closed(&e, bad, NULL));
+  close(bad);
+  tn_send(good, "\x00\x02ok", 4);
+  tn_pump(&e, 3);
+  CHECK(tn_take_is(&e, "ok"));
+  CHECK(tn_open(&e, good));
+  close(good);
+  tn_stop(&e);
+}
+
+/* Mismatches end in a plain close (never ERROR, which would stop libzmq
+** from reconnecting forever). */
+static void test_mismatch_closes_without_error(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t g[64], in[128], r[64];
+  tn_options(&o);
+  tn_start(&e, &o, "l");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(g, "PLAIN");
+  tn_send(fd, g, 64);
+  size_t extra = 0;
+  CHECK(tn_closed(&e, fd, &extra));
+  CHECK(extra == 64);
+  close(fd);
+  /* PULL peer on our PULL: READY from us, then a close, no ERROR. */
+  fd = tn_connect(e.port[0]);
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(&e, fd, in, 64 + 28) == 64 + 28);
+  tn_send(fd, r, tn_ready(r, "PULL"));
+  CHECK(tn_closed(&e, fd, &extra));
+  CHECK(extra == 0);
+  close(fd);
+  /* Version 2 (ZMTP 2.0 peer). */
+  fd = tn_connect(e.port[0]);
+  tn_greeting(g, "NULL");
+  g[10] = 1;
+  tn_send(fd, g, 64);
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  /* A 3.0 peer (minor 0) and a future 3.7 are fine. */
+  for (int minor = 0; minor <= 7; minor += 7) {
+    fd = tn_connect(e.port[0]);
+    tn_greeting(g, "NULL");
+    g[11] = (uint8_t)minor;
+    tn_send(fd, g, 64);
+    CHECK(tn_read(&e, fd, in, 64 + 28) == 64 + 28);
+    tn_send(fd, r, tn_ready(r, "PUSH"));
+    tn_send(fd, "\x00\x02v3", 4);
+    tn_pump(&e, 3);
+    CHECK(tn_take_is(&e, "v3"));
+    close(fd);
+  }
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** PLAIN
+*/
+static int tn_auth_calls;
+static int tn_auth(void *ctx, const char *user, const char *password, const char *peer) {
+  (void)ctx;
+  tn_auth_calls++;
+  return strcmp(user, "admin") == 0 && strcmp(password, "secret") == 0 &&
+         strncmp(peer, "127.0.0.1:", 10) == 0;
+}
+
+static void tn_plain_try(tn_env *e, int port, const char *user, const char *pass, int good) {
+  uint8_t g[64], in[128], hello[600], want[64], r[128];
+  size_t ul = strlen(user), pl = strlen(pass), n = 0;
+  int fd = tn_connect(port);
+  tn_greeting(g, "PLAIN");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(e, fd, in, 64) == 64);
+  CHECK(in[32] == 1); /* as-server: we are the PLAIN server */
+  hello[n++] = 4;
+  hello[n++] = (uint8_t)(6 + 2 + ul + pl);
+  memcpy(hello + n, "\x05HELLO", 6);
+  n += 6;
+  hello[n++] = (uint8_t)ul;
+  memcpy(hello + n, user, ul);
+  n += ul;
+  hello[n++] = (uint8_t)pl;
+  memcpy(hello + n, pass, pl);
+  n += pl;
+  tn_send(fd, hello, n);
+  if (!good) {
+    /* libzmq's spelling of ERROR "400", then the close. */
+    size_t wl = tn_hex("04 09 5e 52 52 4f 52 03 34 30 30", want, sizeof want);
+    CHECK(tn_read(e, fd, in, wl) == wl);
+    CHECK(memcmp(in, want, wl) == 0);
+    CHECK(tn_closed(e, fd, NULL));
+    close(fd);
+    return;
+  }
+  size_t wl = tn_hex("04 08 07 57 45 4c 43 4f 4d 45", want, sizeof want);
+  CHECK(tn_read(e, fd, in, wl) == wl);
+  CHECK(memcmp(in, want, wl) == 0);
+  /* INITIATE is READY's twin. */
+  n = tn_ready(r, "PUSH");
+  memmove(r + 2 + 9, r + 2 + 6, n - 8);
+  memcpy(r + 2, "\x08INITIATE", 9);
+  r[1] = (uint8_t)(r[1] + 3);
+  tn_send(fd, r, n + 3);
+  CHECK(tn_read(e, fd, in, 28) == 28);
+  CHECK(memcmp(in, "\x04\x1a\x05READY", 8) == 0);
+  tn_send(fd, "\x00\x04" "auth", 6);
+  tn_pump(e, 3);
+  CHECK(tn_take_is(e, "auth"));
+  close(fd);
+}
+
+static void test_plain(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  o.plain_user = "admin";
+  o.plain_password = "secret";
+  tn_start(&e, &o, "l");
+  tn_plain_try(&e, e.port[0], "admin", "secret", 1);
+  tn_plain_try(&e, e.port[0], "admin", "secreT", 0);
+  tn_plain_try(&e, e.port[0], "admin", "secret2", 0);
+  tn_plain_try(&e, e.port[0], "", "", 0);
+  /* A NULL peer on a PLAIN endpoint: mechanism mismatch, plain close. */
+  int fd = tn_connect(e.port[0]);
+  uint8_t g[64];
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  size_t extra = 0;
+  CHECK(tn_closed(&e, fd, &extra));
+  CHECK(extra == 64);
+  close(fd);
+  CHECK(tn_total(&e) == 0);
+  mq_server_free(e.srv);
+  /* With a callback. */
+  tn_options(&o);
+  o.auth = tn_auth;
+  CHECK_OK(mq_server_new(e.st, &o, &e.srv));
+  mqi_server_test_clock(e.srv, tn_clock, NULL);
+  CHECK_OK(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:0"));
+  char buf[128];
+  CHECK_OK(mq_server_endpoint(e.srv, 0, buf, sizeof buf));
+  int port = atoi(strrchr(buf, ':') + 1);
+  tn_auth_calls = 0;
+  tn_plain_try(&e, port, "admin", "secret", 1);
+  tn_plain_try(&e, port, "root", "secret", 0);
+  CHECK(tn_auth_calls == 2);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** ROUTER, from a raw DEALER
+*/
+
+/* Read one whole message of frames into bodies; returns the frame count. */
+static size_t tn_read_msg(tn_env *e, int fd, char bodies[][128], size_t max) {
+  size_t n = 0;
+  for (;;) {
+    uint8_t h[2];
+    if (tn_read(e, fd, h, 2) != 2) return 0;
+    if (h[0] & 4) { /* a command (PING): skip it */
+      char skip[256];
+      tn_read(e, fd, skip, h[1]);
+      continue;
+    }
+    CHECK(h[1] < 128 && n < max);
+    if (h[1] >= 128 || n >= max) return 0;
+    if (tn_read(e, fd, bodies[n], h[1]) != h[1]) return 0;
+    bodies[n][h[1]] = '\0';
+    n++;
+    if (!(h[0] & 1)) return n;
+  }
+}
+
+/* Send frames given as NUL-terminated strings (short ones). */
+static void tn_send_msg(int fd, const char *const *f, size_t n) {
+  uint8_t buf[2048];
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    size_t l = strlen(f[i]);
+    buf[k++] = i + 1 < n ? 1 : 0;
+    buf[k++] = (uint8_t)l;
+    memcpy(buf + k, f[i], l);
+    k += l;
+  }
+  tn_send(fd, buf, k);
+}
+
+static void test_router_put_ack_after_commit(void) {
+  mq_server_options o;
+  tn_env e;
+  char f[8][128];
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  uint8_t r[64];
+  int fd = tn_connect(e.port[0]);
+  uint8_t g[64], in[128];
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(&e, fd, in, 64 + 43) == 64 + 43);
+  tn_send(fd, r, tn_ready(r, "DEALER"));
+  const char *put[] = {"MQ1", "PUT", "q", "c-1", "payload"};
+  tn_send_msg(fd, put, 5);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5);
+  CHECK(strcmp(f[0], "MQ1") == 0 && strcmp(f[1], "ACK") == 0 && strcmp(f[2], "c-1") == 0 &&
+        strcmp(f[3], "200") == 0);
+  /* The ACK came after the commit: the message is there now. */
+  CHECK(tn_total(&e) == 1);
+  int64_t id = atoll(f[4]);
+  /* The same PUT again (a retry after a lost ACK): same id, no copy. */
+  tn_send_msg(fd, put, 5);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5);
+  CHECK(strcmp(f[3], "200") == 0 && atoll(f[4]) == id);
+  CHECK(tn_total(&e) == 1);
+  /* REQ-style envelope: the empty delimiter comes back. */
+  const char *req[] = {"", "MQ1", "GET", "q"};
+  tn_send_msg(fd, req, 4);
+  size_t n = tn_read_msg(&e, fd, f, 8);
+  CHECK(n == 8 && f[0][0] == '\0' && strcmp(f[2], "MSG") == 0 && strcmp(f[7], "payload") == 0);
+  char receipt[128];
+  snprintf(receipt, sizeof receipt, "%s", f[5]);
+  const char *ack[] = {"MQ1", "ACK", "q", receipt};
+  tn_send_msg(fd, ack, 4);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 4);
+  CHECK(strcmp(f[1], "DONE") == 0 && strcmp(f[3], "200") == 0);
+  CHECK(tn_total(&e) == 0);
+  tn_send_msg(fd, ack, 4);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5);
+  CHECK(strcmp(f[3], "410") == 0);
+  /* Bad requests get answers, and the connection stays. */
+  const char *bad[] = {"MQ2", "PUT"};
+  tn_send_msg(fd, bad, 2);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 4 && strcmp(f[1], "ERR") == 0 && strcmp(f[2], "400") == 0);
+  const char *noq[] = {"MQ1", "PUT", "nosuch", "c-2", "x"};
+  tn_send_msg(fd, noq, 5);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 6 && strcmp(f[3], "404") == 0);
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* A DEALER with an Identity: its PUTs are deduplicated under that
+** Identity however the bytes arrive -- also when the first PUT comes in
+** the same read as the READY that carries the Identity. */
+static void test_router_identity_dedup(void) {
+  mq_server_options o;
+  tn_env e;
+  char f[8][128];
+  uint8_t all[512], in[128];
+  static const char ready_id[] =
+      "\x04\x2d\x05READY\x0bSocket-Type\x00\x00\x00\x06" "DEALER"
+      "\x08Identity\x00\x00\x00\x04" "prod";
+  const char *put[] = {"MQ1", "PUT", "q", "k1", "once"};
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  int fd = tn_connect(e.port[0]);
+  tn_greeting(all, "NULL");
+  memcpy(all + 64, ready_id, sizeof ready_id - 1);
+  tn_send(fd, all, 64 + sizeof ready_id - 1);
+  tn_send_msg(fd, put, 5);
+  CHECK(tn_read(&e, fd, in, 64 + 43) == 64 + 43);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5 && strcmp(f[3], "200") == 0);
+  int64_t id = atoll(f[4]);
+  close(fd);
+  /* Reconnect, handshake first, then the retry of the same PUT. */
+  fd = tn_connect(e.port[0]);
+  tn_send(fd, all, 64 + sizeof ready_id - 1);
+  CHECK(tn_read(&e, fd, in, 64 + 43) == 64 + 43);
+  tn_pump(&e, 3);
+  tn_send_msg(fd, put, 5);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5 && strcmp(f[3], "200") == 0 && atoll(f[4]) == id);
+  CHECK(tn_total(&e) == 1);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** API edges
+*/
+static void test_api_edges(void) {
+  mq_server_options o;
+  tn_env e;
+  char buf[128];
+  tn_options(&o);
+  tn_start(&e, &o, "");
+  CHECK_RC(mq_server_pull(e.srv, "q", "udp://127.0.0.1:0"), MQ_EINVAL);
+  CHECK_RC(mq_server_pull(e.srv, "q", "tcp://127.0.0.1"), MQ_EINVAL);
+  CHECK_RC(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:65536"), MQ_EINVAL);
+  CHECK_RC(mq_server_pull(e.srv, "q", "tcp://example.com:1"), MQ_EINVAL);
+  CHECK_RC(mq_server_pull(e.srv, "nosuch", "tcp://127.0.0.1:0"), MQ_ENOTFOUND);
+  CHECK_RC(mq_server_push(e.srv, NULL, "tcp://127.0.0.1:0"), MQ_EINVAL);
+  CHECK_RC(mq_server_endpoint(e.srv, 0, buf, sizeof buf), MQ_ENOTFOUND);
+  CHECK_OK(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:0"));
+  CHECK_OK(mq_server_endpoint(e.srv, 0, buf, sizeof buf));
+  CHECK(strncmp(buf, "tcp://127.0.0.1:", 16) == 0 && atoi(buf + 16) > 0);
+  /* The port is taken now. */
+  char again[140];
+  snprintf(again, sizeof again, "%s", buf);
+  CHECK_RC(mq_server_endpoint(e.srv, 0, buf, 5), MQ_EINVAL);
+  CHECK_RC(mq_server_pull(e.srv, "q", again), MQ_ENET);
+  int rc6 = mq_server_pull(e.srv, "q", "tcp://[::1]:0");
+  CHECK(rc6 == MQ_OK || rc6 == MQ_ENET); /* ENET on a host without IPv6 */
+  /* A stop before run makes that run return at once, once. */
+  mq_server_stop(e.srv);
+  CHECK_OK(mq_server_run(e.srv, -1));
+  CHECK_OK(mq_server_run(e.srv, 10));
+  mq_server_stop(NULL);
+  mq_server_free(NULL);
+  CHECK_RC(mq_server_run(NULL, 0), MQ_EINVAL);
+  /* Options are checked. */
+  mq_server *s2 = NULL;
+  tn_options(&o);
+  o.max_frame = 0;
+  CHECK_RC(mq_server_new(e.st, &o, &s2), MQ_EINVAL);
+  CHECK(s2 == NULL);
+  tn_options(&o);
+  o.plain_user = "u";
+  CHECK_RC(mq_server_new(e.st, &o, &s2), MQ_EINVAL);
+  tn_options(&o);
+  o.size = 3;
+  CHECK_RC(mq_server_new(e.st, &o, &s2), MQ_EINVAL);
+  CHECK_RC(mq_server_new(NULL, NULL, &s2), MQ_EINVAL);
+  tn_stop(&e);
+}
+
+static void test_connection_caps(void) {
+  mq_server_options o;
+  tn_env e;
+  uint8_t in[64];
+  tn_options(&o);
+  o.max_handshakes = 2;
+  tn_start(&e, &o, "l");
+  int a = tn_connect(e.port[0]);
+  int b = tn_connect(e.port[0]);
+  tn_pump(&e, 3);
+  int c = tn_connect(e.port[0]);
+  CHECK(tn_closed(&e, c, NULL)); /* two are in their handshake already */
+  CHECK(tn_read(&e, a, in, 64) == 64 && tn_read(&e, b, in, 64) == 64);
+  close(a);
+  close(b);
+  close(c);
+  tn_pump(&e, 3);
+  /* Once those are gone, a new one is served. */
+  int d = tn_peer(&e, e.port[0], "PUSH", 28);
+  CHECK(tn_open(&e, d));
+  close(d);
+  tn_stop(&e);
+}
+
+int main(void) {
+  TEST(test_greeting_and_ready_bytes);
+  TEST(test_staged_greeting);
+  TEST(test_byte_by_byte);
+  TEST(test_greeting_ready_message_one_write);
+  TEST(test_no_message_before_peer_ready);
+  TEST(test_push_order_and_frames);
+  TEST(test_oversized_frame_closed);
+  TEST(test_message_limit);
+  TEST(test_handshake_timeout);
+  TEST(test_heartbeat_ping_and_timeout);
+  TEST(test_pong_and_ping_inside_message);
+  TEST(test_garbage_peer_does_not_disturb);
+  TEST(test_mismatch_closes_without_error);
+  TEST(test_plain);
+  TEST(test_router_put_ack_after_commit);
+  TEST(test_router_identity_dedup);
+  TEST(test_api_edges);
+  TEST(test_connection_caps);
+  return test_done();
+}
+#endif /* MQ_OMIT_ZMTP */
