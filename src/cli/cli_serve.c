@@ -184,6 +184,16 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
     int rc = mq_server_new(ctx->store, &so, &srv);
     if (rc != MQ_OK) st = cli_fail(ctx, rc);
   }
+  /* The handlers go in before anything is printed: whoever reads where we
+  ** listen may signal us at once, and must find us ready to stop cleanly.
+  ** A stop requested before mq_server_run makes it return at once. */
+  struct sigaction sa, old_int, old_term;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = cli_serve_on_signal;
+  sigemptyset(&sa.sa_mask);
+  cli_serve_server = srv;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
   /* Bind everything, then say where: endpoint i of the server is the i-th
   ** bound here, in the order pull, push, router. */
   size_t bound = 0;
@@ -209,19 +219,12 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   if (!st && fflush(stdout) != 0)
     st = cli_error(CLI_EXIT_OTHER, "writing to standard output failed");
   if (!st) {
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = cli_serve_on_signal;
-    sigemptyset(&sa.sa_mask);
-    cli_serve_server = srv;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
     int rc = mq_server_run(srv, -1);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    cli_serve_server = NULL;
     if (rc != MQ_OK) st = cli_fail(ctx, rc);
   }
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGTERM, &old_term, NULL);
+  cli_serve_server = NULL;
   mq_server_free(srv);
   cli_args_free(&a);
   return st;
