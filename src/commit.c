@@ -17,9 +17,10 @@
 ** corrupt message, say) is kept.
 **
 ** Leases need no fsync (losing one in a power cut only causes a
-** redelivery), so a batch made only of gets, nacks and touches is
-** committed with synchronous=NORMAL even under MQ_SYNC_FULL.  WAL frames
-** are appended in order, so the next FULL commit makes them durable too.
+** redelivery).  Under MQ_SYNC_FULL the connection runs at synchronous=
+** NORMAL and a batch that holds a put or an ack fsyncs the WAL after its
+** COMMIT (commit_sync_wal); a batch of gets, nacks and touches does not.
+** WAL frames are appended in order, so the next fsync covers them too.
 **
 ** If COMMIT itself fails with an I/O error the outcome is unknown -- the
 ** commit record may have reached the disk -- and every op that would have
@@ -66,6 +67,25 @@ static void commit_rollback(mq_store *s) {
   if (mqi_store_reconnect(s) != MQ_OK) s->broken = 1;
 }
 
+/* Make the commit just written durable: fsync the WAL, as SQLite's own
+** synchronous=FULL does inside COMMIT.  This is done here instead, still
+** inside the writer gate, so that commits carrying only leases (gets,
+** nacks, touches) need no fsync and the connection never switches
+** synchronous levels -- a switch costs a statement compile each time, and
+** a cached switch statement does not reliably apply (SQLite applies that
+** pragma when it is compiled).  Every mq write goes through the gate, so no
+** mq consumer can act on the new rows before this returns; a plain read
+** (peek, stats) may see them a moment early.  An error here means the
+** outcome is unknown, exactly like a failed fsync inside COMMIT. */
+static int commit_sync_wal(mq_store *s) {
+  sqlite3_file *wal = NULL;
+  if (sqlite3_file_control(s->db, "main", SQLITE_FCNTL_JOURNAL_POINTER, &wal) != SQLITE_OK ||
+      !wal || !wal->pMethods)
+    return SQLITE_IOERR_FSYNC; /* cannot tell that it is durable */
+  int src = wal->pMethods->xSync(wal, SQLITE_SYNC_NORMAL);
+  return src == SQLITE_OK ? SQLITE_OK : SQLITE_IOERR_FSYNC;
+}
+
 static int commit_is_answer(int rc) { return rc == MQ_OK || rc == MQ_EMPTY || rc == MQ_ESTALE; }
 
 /* Fail every op of the batch that has not failed on its own. */
@@ -96,24 +116,8 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
     goto out;
   }
-  int src = SQLITE_OK;
-  if (s->sync == MQ_SYNC_FULL) {
-    /* The level can only change outside a transaction; it is read at
-    ** COMMIT.  Ops say up front whether they need durability; a batch that
-    ** needs it must not start without it. */
-    int want = need_sync ? 2 : 1;
-    if (s->cur_sync != want) {
-      /* Never from a cached statement: SQLite applies this pragma when it
-      ** is compiled, and stepping a compiled copy again does not reliably
-      ** apply it (measured: it left a connection at NORMAL while the FULL
-      ** statement "ran", so puts were not fsynced). */
-      src = sqlite3_exec(s->db, want == 2 ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                         NULL, NULL, NULL);
-      s->cur_sync = src == SQLITE_OK ? want : -1;
-      if (src != SQLITE_OK && want == 1) src = SQLITE_OK; /* FULL is never wrong */
-    }
-  }
-  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_BEGIN);
+  int src = commit_exec(s, MQI_ST_BEGIN);
+
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
@@ -158,6 +162,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   }
   src = mqi_store_save_ids(s);
   if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
+  if (src == SQLITE_OK && need_sync && s->sync == MQ_SYNC_FULL) src = commit_sync_wal(s);
   if (src != SQLITE_OK) {
     int code = src & 0xff;
     int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN

@@ -172,8 +172,7 @@ struct mq_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
-  int sync;     /* MQ_SYNC_* */
-  int cur_sync; /* PRAGMA synchronous now in force (-1 unknown) */
+  int sync; /* MQ_SYNC_* */
   int readonly;
   int busy_timeout_ms;
   mq_clock_fn clock; /* NULL: boot clock + clock_offset */

@@ -219,7 +219,10 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
 
 static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   char sql[200];
-  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : s->sync == MQ_SYNC_NORMAL ? "NORMAL" : "FULL";
+  /* MQ_SYNC_FULL runs the connection at NORMAL and fsyncs the WAL itself
+  ** after each commit that must be durable (commit.c): leases then cost no
+  ** fsync, with no PRAGMA switching per transaction. */
+  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : "NORMAL";
   snprintf(sql, sizeof sql,
            "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
            sync);
@@ -228,7 +231,6 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
     snprintf(err, errlen, "setting up %s: %s", s->path, sqlite3_errmsg(s->db));
     return mqi_err_from_sqlite(rc);
   }
-  s->cur_sync = s->sync == MQ_SYNC_OFF ? 0 : s->sync == MQ_SYNC_NORMAL ? 1 : 2;
   return MQ_OK;
 }
 
@@ -277,7 +279,6 @@ int mqi_store_reconnect(mq_store *s) {
   }
   sqlite3_close_v2(s->db);
   s->db = NULL;
-  s->cur_sync = -1;
   int rc = store_connect(s, err, sizeof err);
   if (rc == MQ_OK) {
     s->broken = 0;
@@ -340,7 +341,6 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   s->free_checked_at = INT64_MIN / 2;
   s->fork_gen = mqi_os_fork_generation();
   s->rng = mqi_os_seed();
-  s->cur_sync = -1;
   if (!s->path) {
     store_free(s);
     return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
