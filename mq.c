@@ -95,6 +95,12 @@
 
 #define MQI_ERRMSG_MAX 512
 
+/* t + d for a time and a non-negative duration, saturating instead of
+** overflowing: a caller's INT64_MAX means "forever", never "long ago". */
+static inline int64_t mqi_time_add(int64_t t, int64_t d) {
+  return t > 0 && d > INT64_MAX - t ? INT64_MAX : t + d;
+}
+
 /* ---- os.c ---------------------------------------------------------------- */
 MQI_API int64_t mqi_os_realtime_ms(void);
 MQI_API int64_t mqi_os_monotonic_ms(void);
@@ -147,6 +153,8 @@ typedef struct mqi_gate mqi_gate;
 ** be had.  NULL only when out of memory. */
 MQI_API mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode);
 MQI_API void mqi_gate_close(mqi_gate *g);
+/* Release the gate in a child after fork(), leaving the shared object be. */
+MQI_API void mqi_gate_forget(mqi_gate *g);
 MQI_API int mqi_gate_is_shared(const mqi_gate *g);
 /* Line up behind earlier writers; returns the ticket to pass to leave. */
 MQI_API uint32_t mqi_gate_enter(mqi_gate *g);
@@ -297,6 +305,10 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* MQ_EINVAL if dlq would dead-letter what it receives from a queue with
+** max_receives at once. */
+MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
+                                const mqi_queue *dlq);
 /* The same for calls that need messages: a topic is MQ_EINVAL. */
 MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */
@@ -879,6 +891,19 @@ mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode) {
   return g;
 }
 
+void mqi_gate_forget(mqi_gate *g) {
+  if (!g) return;
+  /* In a child after fork() the descriptor shares the parent's flock:
+  ** taking it exclusively would succeed and unlink the parent's live gate. */
+  if (g->shared) {
+    munmap(g->sh, GATE_SHM_SIZE);
+    close(g->fd);
+  } else {
+    free(g->sh);
+  }
+  free(g);
+}
+
 void mqi_gate_close(mqi_gate *g) {
   if (!g) return;
   if (g->shared) {
@@ -1176,7 +1201,12 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   /* MQ_SYNC_FULL runs the connection at NORMAL and fsyncs the WAL itself
   ** after each commit that must be durable (commit.c): leases then cost no
   ** fsync, with no PRAGMA switching per transaction. */
-  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : "NORMAL";
+  /* MQ_SYNC_OFF runs at NORMAL too: in WAL mode NORMAL never fsyncs a
+  ** commit either, but its checkpoints do fsync, and a checkpoint run by
+  ** any handle must not weaken the durability other handles promised
+  ** (synchronous=OFF would copy their fsynced WAL into the file unsynced
+  ** and then reset the WAL). */
+  const char *sync = "NORMAL";
   snprintf(sql, sizeof sql,
            "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
            sync);
@@ -1363,6 +1393,8 @@ int mq_store_close(mq_store *s) {
     ** gives the memory back and leaves SQLite's state alone. */
     s->db = NULL;
     memset(s->stmt, 0, sizeof s->stmt);
+    mqi_gate_forget(s->gate);
+    s->gate = NULL;
     store_free(s);
     return MQ_EMISUSE;
   }
@@ -1904,8 +1936,13 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     /* Near the free-space floor the WAL must not grow towards the auto-
     ** checkpoint's 4 MiB: fold it into the file and cut it back now, so
     ** gets and acks keep working in the room the floor leaves. */
-    if (mqi_store_low_space(s))
+    if (mqi_store_low_space(s)) {
+      /* Without waiting: a reader keeping the WAL only makes this copy what
+      ** it can now, instead of stalling every writer behind the gate. */
+      sqlite3_busy_timeout(s->db, 0);
       sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+      sqlite3_busy_timeout(s->db, s->busy_timeout_ms);
+    }
   }
 out:
   mqi_gate_leave(s->gate, ticket);
@@ -2034,6 +2071,19 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
 }
 
+int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
+                        const mqi_queue *dlq) {
+  /* Dead letters keep their receive count, so a dlq that allows no more
+  ** deliveries than its source would dead-letter them again at once. */
+  if (max_receives > 0 && dlq->max_receives > 0 && dlq->max_receives <= max_receives)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\": its dead-letter queue allows %d receives, and dead letters "
+                       "arrive with the %d they already had; give the dlq max_receives 0 or more "
+                       "than %d",
+                       s->path, name, dlq->max_receives, max_receives, max_receives);
+  return MQ_OK;
+}
+
 int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   int rc = mqi_queue_find(s, op, name, q);
   if (rc == MQ_OK && q->kind == MQI_KIND_TOPIC)
@@ -2082,6 +2132,7 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
     if (dlq.kind != MQI_KIND_QUEUE)
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is a topic, not a queue",
                          s->path, a->o.dlq);
+    if ((rc = mqi_queue_check_dlq(s, op, a->name, a->o.max_receives, &dlq)) != MQ_OK) return rc;
   }
   rc = mqi_queue_find(s, op, a->name, &old);
   if (rc == MQ_OK) {
@@ -2504,7 +2555,7 @@ int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_p
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, id);
-  sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
+  sqlite3_bind_int64(st, 4, mqi_time_add(now, q->dedup_window_ms));
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
@@ -2557,17 +2608,18 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
   int64_t expires = 0;
-  if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
-  if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
-    expires = now + q->retention_ms;
-  if (retention_ms > 0 && (!expires || now + retention_ms < expires)) expires = now + retention_ms;
+  if (it->o.ttl_ms > 0) expires = mqi_time_add(now, it->o.ttl_ms);
+  if (q->retention_ms > 0 && (!expires || mqi_time_add(now, q->retention_ms) < expires))
+    expires = mqi_time_add(now, q->retention_ms);
+  if (retention_ms > 0 && (!expires || mqi_time_add(now, retention_ms) < expires))
+    expires = mqi_time_add(now, retention_ms);
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_int64(st, 2, body_id);
   sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
   sqlite3_bind_int(st, 4, it->o.priority);
-  sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
+  sqlite3_bind_int64(st, 5, mqi_time_add(now, it->o.delay_ms));
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
   sqlite3_bind_int64(st, 8, id);
@@ -2927,7 +2979,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       }
       sqlite3_bind_int64(st, 1, c->id);
       sqlite3_bind_int64(st, 2, (int64_t)lease);
-      sqlite3_bind_int64(st, 3, now + vis);
+      sqlite3_bind_int64(st, 3, mqi_time_add(now, vis));
       src = sqlite3_step(st);
       sqlite3_reset(st);
       if (src != SQLITE_DONE) {
@@ -2936,7 +2988,7 @@ static int get_op(mq_store *s, mqi_op *op) {
         break;
       }
       mqi_msg_set_receipt(m, c->id, lease);
-      mqi_msg_set_times(m, now + vis, c->expires_at);
+      mqi_msg_set_times(m, mqi_time_add(now, vis), c->expires_at);
       mqi_msg_set_body(m, c->body_id);
       a->msgs[a->count++] = m;
     }
@@ -2983,7 +3035,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
 
   get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0};
-  int64_t deadline = mqi_os_monotonic_ms() + o.wait_ms;
+  int64_t deadline = mqi_time_add(mqi_os_monotonic_ms(), o.wait_ms);
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
     a.count = 0;
@@ -2992,7 +3044,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     int64_t left = deadline - mqi_os_monotonic_ms();
     if (left <= 0) break;
     int64_t slice = mqi_gate_is_shared(s->gate) ? GET_MAX_WAIT_SLICE_MS : GET_POLL_SLICE_MS;
-    if (a.next_visible) {
+    if (a.next_visible && a.next_visible < INT64_MAX) {
       int64_t due = a.next_visible - mqi_store_now(s);
       if (due < slice) slice = due < 1 ? 1 : due;
     }
@@ -3287,7 +3339,7 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
-  sqlite3_bind_int64(st, 3, now + a->delay_ms);
+  sqlite3_bind_int64(st, 3, mqi_time_add(now, a->delay_ms));
   if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
@@ -3321,7 +3373,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int64(st, 2, q.id);
   sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
-  sqlite3_bind_int64(st, 4, now + a->visibility_ms);
+  sqlite3_bind_int64(st, 4, mqi_time_add(now, a->visibility_ms));
   sqlite3_bind_int64(st, 5, now);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
@@ -3360,7 +3412,9 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
       " state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
-      "   AND m.origin_id IN (SELECT id FROM mq_queue)))"
+      "   AND m.origin_id IN (SELECT id FROM mq_queue)"
+      /* a dead letter someone is working on (a live lease) stays put */
+      "   AND (m.state IN (0, 2) OR m.visible_at <= ?2)))"
       "  ORDER BY m.id LIMIT ?3)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
@@ -4144,6 +4198,7 @@ static int topic_sub_create_op(mq_store *s, mqi_op *op) {
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is not a queue", s->path,
                          a->o.dlq);
     if (rc != MQ_OK) return rc;
+    if ((rc = mqi_queue_check_dlq(s, op, a->path, a->o.max_receives, &dlq)) != MQ_OK) return rc;
   }
   rc = mqi_queue_find(s, op, a->path, &old);
   if (rc == MQ_OK) {

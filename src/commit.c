@@ -185,8 +185,13 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
     /* Near the free-space floor the WAL must not grow towards the auto-
     ** checkpoint's 4 MiB: fold it into the file and cut it back now, so
     ** gets and acks keep working in the room the floor leaves. */
-    if (mqi_store_low_space(s))
+    if (mqi_store_low_space(s)) {
+      /* Without waiting: a reader keeping the WAL only makes this copy what
+      ** it can now, instead of stalling every writer behind the gate. */
+      sqlite3_busy_timeout(s->db, 0);
       sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+      sqlite3_busy_timeout(s->db, s->busy_timeout_ms);
+    }
   }
 out:
   mqi_gate_leave(s->gate, ticket);

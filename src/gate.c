@@ -124,6 +124,19 @@ mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode) {
   return g;
 }
 
+void mqi_gate_forget(mqi_gate *g) {
+  if (!g) return;
+  /* In a child after fork() the descriptor shares the parent's flock:
+  ** taking it exclusively would succeed and unlink the parent's live gate. */
+  if (g->shared) {
+    munmap(g->sh, GATE_SHM_SIZE);
+    close(g->fd);
+  } else {
+    free(g->sh);
+  }
+  free(g);
+}
+
 void mqi_gate_close(mqi_gate *g) {
   if (!g) return;
   if (g->shared) {

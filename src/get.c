@@ -244,7 +244,7 @@ static int get_op(mq_store *s, mqi_op *op) {
       }
       sqlite3_bind_int64(st, 1, c->id);
       sqlite3_bind_int64(st, 2, (int64_t)lease);
-      sqlite3_bind_int64(st, 3, now + vis);
+      sqlite3_bind_int64(st, 3, mqi_time_add(now, vis));
       src = sqlite3_step(st);
       sqlite3_reset(st);
       if (src != SQLITE_DONE) {
@@ -253,7 +253,7 @@ static int get_op(mq_store *s, mqi_op *op) {
         break;
       }
       mqi_msg_set_receipt(m, c->id, lease);
-      mqi_msg_set_times(m, now + vis, c->expires_at);
+      mqi_msg_set_times(m, mqi_time_add(now, vis), c->expires_at);
       mqi_msg_set_body(m, c->body_id);
       a->msgs[a->count++] = m;
     }
@@ -300,7 +300,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
 
   get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0};
-  int64_t deadline = mqi_os_monotonic_ms() + o.wait_ms;
+  int64_t deadline = mqi_time_add(mqi_os_monotonic_ms(), o.wait_ms);
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
     a.count = 0;
@@ -309,7 +309,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
     int64_t left = deadline - mqi_os_monotonic_ms();
     if (left <= 0) break;
     int64_t slice = mqi_gate_is_shared(s->gate) ? GET_MAX_WAIT_SLICE_MS : GET_POLL_SLICE_MS;
-    if (a.next_visible) {
+    if (a.next_visible && a.next_visible < INT64_MAX) {
       int64_t due = a.next_visible - mqi_store_now(s);
       if (due < slice) slice = due < 1 ? 1 : due;
     }

@@ -63,6 +63,12 @@
 
 #define MQI_ERRMSG_MAX 512
 
+/* t + d for a time and a non-negative duration, saturating instead of
+** overflowing: a caller's INT64_MAX means "forever", never "long ago". */
+static inline int64_t mqi_time_add(int64_t t, int64_t d) {
+  return t > 0 && d > INT64_MAX - t ? INT64_MAX : t + d;
+}
+
 /* ---- os.c ---------------------------------------------------------------- */
 MQI_API int64_t mqi_os_realtime_ms(void);
 MQI_API int64_t mqi_os_monotonic_ms(void);
@@ -115,6 +121,8 @@ typedef struct mqi_gate mqi_gate;
 ** be had.  NULL only when out of memory. */
 MQI_API mqi_gate *mqi_gate_open(uint64_t dev, uint64_t ino, unsigned mode);
 MQI_API void mqi_gate_close(mqi_gate *g);
+/* Release the gate in a child after fork(), leaving the shared object be. */
+MQI_API void mqi_gate_forget(mqi_gate *g);
 MQI_API int mqi_gate_is_shared(const mqi_gate *g);
 /* Line up behind earlier writers; returns the ticket to pass to leave. */
 MQI_API uint32_t mqi_gate_enter(mqi_gate *g);
@@ -265,6 +273,10 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* MQ_EINVAL if dlq would dead-letter what it receives from a queue with
+** max_receives at once. */
+MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
+                                const mqi_queue *dlq);
 /* The same for calls that need messages: a topic is MQ_EINVAL. */
 MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */

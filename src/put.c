@@ -99,7 +99,7 @@ int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_p
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_text(st, 2, it->o.dedup_key, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, id);
-  sqlite3_bind_int64(st, 4, now + q->dedup_window_ms);
+  sqlite3_bind_int64(st, 4, mqi_time_add(now, q->dedup_window_ms));
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a dedup key");
@@ -152,17 +152,18 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
   int64_t expires = 0;
-  if (it->o.ttl_ms > 0) expires = now + it->o.ttl_ms;
-  if (q->retention_ms > 0 && (!expires || now + q->retention_ms < expires))
-    expires = now + q->retention_ms;
-  if (retention_ms > 0 && (!expires || now + retention_ms < expires)) expires = now + retention_ms;
+  if (it->o.ttl_ms > 0) expires = mqi_time_add(now, it->o.ttl_ms);
+  if (q->retention_ms > 0 && (!expires || mqi_time_add(now, q->retention_ms) < expires))
+    expires = mqi_time_add(now, q->retention_ms);
+  if (retention_ms > 0 && (!expires || mqi_time_add(now, retention_ms) < expires))
+    expires = mqi_time_add(now, retention_ms);
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, q->id);
   sqlite3_bind_int64(st, 2, body_id);
   sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
   sqlite3_bind_int(st, 4, it->o.priority);
-  sqlite3_bind_int64(st, 5, now + it->o.delay_ms);
+  sqlite3_bind_int64(st, 5, mqi_time_add(now, it->o.delay_ms));
   sqlite3_bind_int64(st, 6, now);
   if (expires) sqlite3_bind_int64(st, 7, expires);
   sqlite3_bind_int64(st, 8, id);

@@ -49,6 +49,19 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   return mqi_op_fail(op, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
 }
 
+int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
+                        const mqi_queue *dlq) {
+  /* Dead letters keep their receive count, so a dlq that allows no more
+  ** deliveries than its source would dead-letter them again at once. */
+  if (max_receives > 0 && dlq->max_receives > 0 && dlq->max_receives <= max_receives)
+    return mqi_op_fail(op, MQ_EINVAL,
+                       "%s: \"%s\": its dead-letter queue allows %d receives, and dead letters "
+                       "arrive with the %d they already had; give the dlq max_receives 0 or more "
+                       "than %d",
+                       s->path, name, dlq->max_receives, max_receives, max_receives);
+  return MQ_OK;
+}
+
 int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   int rc = mqi_queue_find(s, op, name, q);
   if (rc == MQ_OK && q->kind == MQI_KIND_TOPIC)
@@ -97,6 +110,7 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
     if (dlq.kind != MQI_KIND_QUEUE)
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is a topic, not a queue",
                          s->path, a->o.dlq);
+    if ((rc = mqi_queue_check_dlq(s, op, a->name, a->o.max_receives, &dlq)) != MQ_OK) return rc;
   }
   rc = mqi_queue_find(s, op, a->name, &old);
   if (rc == MQ_OK) {

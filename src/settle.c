@@ -174,7 +174,7 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
-  sqlite3_bind_int64(st, 3, now + a->delay_ms);
+  sqlite3_bind_int64(st, 3, mqi_time_add(now, a->delay_ms));
   if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
@@ -208,7 +208,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int64(st, 2, q.id);
   sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
-  sqlite3_bind_int64(st, 4, now + a->visibility_ms);
+  sqlite3_bind_int64(st, 4, mqi_time_add(now, a->visibility_ms));
   sqlite3_bind_int64(st, 5, now);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
@@ -247,7 +247,9 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
       " state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
-      "   AND m.origin_id IN (SELECT id FROM mq_queue)))"
+      "   AND m.origin_id IN (SELECT id FROM mq_queue)"
+      /* a dead letter someone is working on (a live lease) stays put */
+      "   AND (m.state IN (0, 2) OR m.visible_at <= ?2)))"
       "  ORDER BY m.id LIMIT ?3)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");

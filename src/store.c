@@ -222,7 +222,12 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   /* MQ_SYNC_FULL runs the connection at NORMAL and fsyncs the WAL itself
   ** after each commit that must be durable (commit.c): leases then cost no
   ** fsync, with no PRAGMA switching per transaction. */
-  const char *sync = s->sync == MQ_SYNC_OFF ? "OFF" : "NORMAL";
+  /* MQ_SYNC_OFF runs at NORMAL too: in WAL mode NORMAL never fsyncs a
+  ** commit either, but its checkpoints do fsync, and a checkpoint run by
+  ** any handle must not weaken the durability other handles promised
+  ** (synchronous=OFF would copy their fsynced WAL into the file unsynced
+  ** and then reset the WAL). */
+  const char *sync = "NORMAL";
   snprintf(sql, sizeof sql,
            "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
            sync);
@@ -409,6 +414,8 @@ int mq_store_close(mq_store *s) {
     ** gives the memory back and leaves SQLite's state alone. */
     s->db = NULL;
     memset(s->stmt, 0, sizeof s->stmt);
+    mqi_gate_forget(s->gate);
+    s->gate = NULL;
     store_free(s);
     return MQ_EMISUSE;
   }

@@ -258,6 +258,7 @@ static int topic_sub_create_op(mq_store *s, mqi_op *op) {
       return mqi_op_fail(op, MQ_EINVAL, "%s: dead-letter queue \"%s\" is not a queue", s->path,
                          a->o.dlq);
     if (rc != MQ_OK) return rc;
+    if ((rc = mqi_queue_check_dlq(s, op, a->path, a->o.max_receives, &dlq)) != MQ_OK) return rc;
   }
   rc = mqi_queue_find(s, op, a->path, &old);
   if (rc == MQ_OK) {

@@ -275,9 +275,13 @@ static void subscription_is_a_queue(void) {
   CHECK_OK(mq_nack(s, "t/work", mq_msg_receipt(m), 0, "failed twice"));
   mq_msg_free(m);
   CHECK_RC(mq_get(s, "t/work", NULL, &m), MQ_EMPTY);
-  CHECK_OK(mq_get(s, "dead", NULL, &m));
-  CHECK(m && strcmp(mq_msg_reason(m), "failed twice") == 0);
-  mq_msg_free(m);
+  /* Look at the dead letter without leasing it (a leased one is not
+  ** redriven from under its holder). */
+  mq_msg *dl[2];
+  size_t ndl = 0;
+  CHECK_OK(mq_peek(s, "dead", 2, dl, &ndl));
+  CHECK(ndl == 1 && strcmp(mq_msg_reason(dl[0]), "failed twice") == 0);
+  for (size_t i = 0; i < ndl; i++) mq_msg_free(dl[i]);
   int64_t moved;
   CHECK_OK(mq_redrive(s, "dead", 0, &moved));
   CHECK(moved == 1);
