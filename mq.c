@@ -1702,6 +1702,28 @@ static int schema_fail(sqlite3 *db, int src, const char *what, char *err, size_t
   return mqi_err_from_sqlite(src);
 }
 
+/* Switch to WAL mode and check that it took: SQLite answers with the mode
+** now in force and reports success even when it could not switch (no
+** shared memory on this file system, say).  Without WAL, mq's durability
+** (it fsyncs the WAL itself) and its concurrency do not hold. */
+static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+  char mode[16] = "";
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    snprintf(mode, sizeof mode, "%s", (const char *)sqlite3_column_text(st, 0));
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_OK) return schema_fail(db, src, "switching to WAL", err, errlen);
+  if (sqlite3_stricmp(mode, "wal") != 0) {
+    snprintf(err, errlen, "%s cannot be put in WAL mode (it stays in \"%s\" mode); mq needs WAL",
+             sqlite3_db_filename(db, "main"), mode);
+    return MQ_ECANTOPEN;
+  }
+  return MQ_OK;
+}
+
 int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
   int64_t app, version, objects;
   int rc = schema_identity(db, &app, &version, &objects, err, errlen);
@@ -1710,8 +1732,7 @@ int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
     rc = schema_check(db, app, version, err, errlen);
     if (rc != MQ_OK) return rc;
     if (readonly) return MQ_OK;
-    int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
-    return src == SQLITE_OK ? MQ_OK : schema_fail(db, src, "switching to WAL", err, errlen);
+    return schema_wal(db, err, errlen);
   }
   /* An empty database: make it a store.  Another process may be doing the
   ** same right now, so the check is repeated under the write lock. */
@@ -1720,9 +1741,8 @@ int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
              sqlite3_db_filename(db, "main"));
     return MQ_ENOTMQ;
   }
-  int src = sqlite3_exec(db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL);
-  if (src != SQLITE_OK) return schema_fail(db, src, "switching to WAL", err, errlen);
-  src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if ((rc = schema_wal(db, err, errlen)) != MQ_OK) return rc;
+  int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
   rc = schema_identity(db, &app, &version, &objects, err, errlen);
   if (rc == MQ_OK && (app != 0 || objects != 0 || version != 0)) {
@@ -2195,8 +2215,11 @@ int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_opt
   }
   a.name = name;
   a.kind = kind;
-  if (a.o.visibility_ms < 0)
-    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
+  if (a.o.visibility_ms < 1)
+    return mqi_err_set(s, MQ_EINVAL,
+                       "queue \"%s\": visibility_ms must be at least 1 (a lease of 0 ms "
+                       "would end as it starts)",
+                       name);
   if (a.o.max_receives < 0)
     return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_receives is negative", name);
   if (a.o.retention_ms < 0)
@@ -4281,10 +4304,10 @@ int mq_subscription_create(mq_store *s, const char *topic, const char *sub, cons
                          opts->size);
     memcpy(&a.o, opts, opts->size);
   }
-  if (a.o.visibility_ms < 0 || a.o.max_receives < 0 || a.o.retention_ms < 0)
+  if (a.o.visibility_ms < 1 || a.o.max_receives < 0 || a.o.retention_ms < 0)
     return mqi_err_set(s, MQ_EINVAL,
-                       "subscription \"%s\": visibility_ms, max_receives and retention_ms "
-                       "must not be negative",
+                       "subscription \"%s\": visibility_ms must be at least 1, max_receives "
+                       "and retention_ms not negative",
                        a.path);
   if (a.o.dlq && (rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
   return mqi_commit_run(s, topic_sub_create_op, &a, 1);

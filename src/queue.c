@@ -173,8 +173,11 @@ int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_opt
   }
   a.name = name;
   a.kind = kind;
-  if (a.o.visibility_ms < 0)
-    return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": visibility_ms is negative", name);
+  if (a.o.visibility_ms < 1)
+    return mqi_err_set(s, MQ_EINVAL,
+                       "queue \"%s\": visibility_ms must be at least 1 (a lease of 0 ms "
+                       "would end as it starts)",
+                       name);
   if (a.o.max_receives < 0)
     return mqi_err_set(s, MQ_EINVAL, "queue \"%s\": max_receives is negative", name);
   if (a.o.retention_ms < 0)

@@ -341,10 +341,10 @@ int mq_subscription_create(mq_store *s, const char *topic, const char *sub, cons
                          opts->size);
     memcpy(&a.o, opts, opts->size);
   }
-  if (a.o.visibility_ms < 0 || a.o.max_receives < 0 || a.o.retention_ms < 0)
+  if (a.o.visibility_ms < 1 || a.o.max_receives < 0 || a.o.retention_ms < 0)
     return mqi_err_set(s, MQ_EINVAL,
-                       "subscription \"%s\": visibility_ms, max_receives and retention_ms "
-                       "must not be negative",
+                       "subscription \"%s\": visibility_ms must be at least 1, max_receives "
+                       "and retention_ms not negative",
                        a.path);
   if (a.o.dlq && (rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
   return mqi_commit_run(s, topic_sub_create_op, &a, 1);

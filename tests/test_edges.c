@@ -75,6 +75,12 @@ static void dlq_must_allow_more_receives(void) {
   CHECK_RC(mq_subscription_create(s, "t", "sub", NULL, &q), MQ_EINVAL);
   q.max_receives = 1;
   CHECK_OK(mq_queue_create(s, "work", &q));
+  /* A lease of 0 ms would end as it starts. */
+  mq_queue_options z;
+  mq_queue_options_init(&z);
+  z.visibility_ms = 0;
+  CHECK_RC(mq_queue_create(s, "zero", &z), MQ_EINVAL);
+  CHECK_RC(mq_subscription_create(s, "t", "zero", NULL, &z), MQ_EINVAL);
 
   /* A message dead-lettered after 1 delivery can still be delivered once
   ** from the dlq (its count arrives with it: 1, then 2). */
