@@ -103,8 +103,12 @@ typedef struct mq_store mq_store;
                             callers: group commit) */
 #define MQ_SYNC_NORMAL 1 /* survives a process crash; the last commits may be
                             lost on power loss or OS crash */
-#define MQ_SYNC_OFF 2    /* no fsync at all: survives a process crash only
-                            while the OS keeps running */
+#define MQ_SYNC_OFF 2    /* commits are never fsynced: survives a process
+                            crash only while the OS keeps running.  (In WAL
+                            mode NORMAL does not fsync commits either, so OFF
+                            behaves as NORMAL; checkpoints always fsync, so
+                            an OFF handle never weakens another handle's
+                            FULL promise on the same file.) */
 
 /* Flags (mq_store_options.flags). */
 #define MQ_OPEN_CREATE 0x1   /* create the file if missing (default on) */
@@ -210,13 +214,16 @@ MQ_API int mq_store_checkpoint(mq_store *store);
 
 typedef struct mq_queue_options {
   size_t size;              /* sizeof(mq_queue_options): set by init */
-  int64_t visibility_ms;    /* default lease length; default 30000 */
+  int64_t visibility_ms;    /* default lease length, >= 1; default 30000 */
   int max_receives;         /* deliveries before a message is dead-lettered;
                                0 (default) = unlimited */
   const char *dlq;          /* queue that receives dead letters; NULL keeps
                                them in this queue in the "dead" state, where
                                only mq_redrive and mq_queue_purge reach them.
-                               It must exist and must not be this queue. */
+                               It must exist and must not be this queue.
+                               Dead letters arrive with their receive count,
+                               so the dlq's max_receives must be 0 or more
+                               than this queue's (else MQ_EINVAL). */
   int64_t retention_ms;     /* messages older than this are deleted unread;
                                default 0 = kept until acked */
   size_t max_payload;       /* largest payload accepted; default 1 MiB;
@@ -485,6 +492,7 @@ MQ_API int mq_touch(mq_store *store, const char *queue, const char *receipt,
 /* Move dead letters back to be delivered again, with their receive count
 ** reset.  For a queue used as a dlq: its messages go back to the queues
 ** they came from.  For any queue: its own dead messages become ready.
+** A dead letter a consumer of the dlq holds a live lease on stays.
 ** At most max messages (0 = all); *moved (may be NULL) gets the count. */
 MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
                       int64_t *moved);
