@@ -6071,6 +6071,13 @@ MQI_API int mqi_net_local_name(int fd, char *buf, size_t cap);
 ** TCP_NODELAY, and the peer's "ADDR:PORT" in peer.  Returns the socket or
 ** -1 with errno (EAGAIN when none is waiting). */
 MQI_API int mqi_net_accept(int lfd, char *peer, size_t cap);
+/* Start a non-blocking TCP connect (close-on-exec, TCP_NODELAY) to ss.
+** Returns 0 when already connected, 1 when in progress (wait for POLLOUT,
+** then ask mqi_net_connect_result), -1 with errno on failure; *fd is the
+** socket in the first two cases, -1 otherwise. */
+MQI_API int mqi_net_connect(const struct sockaddr_storage *ss, socklen_t len, int *fd);
+/* How a connect in progress ended: 0 connected, else the errno value. */
+MQI_API int mqi_net_connect_result(int fd);
 /* A non-blocking pipe whose read end wakes poll(2): fds[0] read, fds[1]
 ** write.  MQ_OK or MQ_ENET. */
 MQI_API int mqi_net_pipe(int fds[2]);
@@ -6107,6 +6114,9 @@ typedef struct mqi_zconn_config {
   int64_t handshake_timeout_ms; /* 0: none */
   mqi_zmtp_limits limits;      /* for traffic after the handshake */
   size_t out_limit;            /* most bytes queued for output; see send */
+  int client;                  /* we connected: PLAIN client role */
+  const char *plain_user;      /* client with PLAIN: credentials sent in */
+  const char *plain_password;  /* HELLO (owned by the caller, outlive us) */
 } mqi_zconn_config;
 
 /* One frame of an outgoing message. */
@@ -6145,6 +6155,9 @@ MQI_API int mqi_zconn_peer_type(const mqi_zconn *c);
 MQI_API const uint8_t *mqi_zconn_identity(const mqi_zconn *c, size_t *len);
 /* The PLAIN user name the peer authenticated as ("" for NULL). */
 MQI_API const char *mqi_zconn_user(const mqi_zconn *c);
+/* Nonzero when the connection ended because the peer sent ERROR (for a
+** client: the server refused our credentials). */
+MQI_API int mqi_zconn_peer_error(const mqi_zconn *c);
 
 /*
 ** Read from the socket (at most about budget bytes) and process what came:
@@ -6214,6 +6227,17 @@ typedef struct mqi_srv_ep {
   /* PUSH: the next connection in turn, and when to look at the queue. */
   size_t rr;
   int64_t empty_until;           /* monotonic ms; 0: look now */
+  /* Connecting endpoints (fd is then -1): we connect to addr and keep
+  ** reconnecting.  Times are on the server's clock (mqi_server_now). */
+  int connect;
+  int cfd;                       /* the socket being connected, or -1 */
+  int live;                      /* a connection of this endpoint exists */
+  int failures;                  /* in a row: the backoff's exponent */
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  int64_t next_try;              /* when to connect again */
+  int64_t connect_deadline;      /* when the connect in progress fails */
+  int64_t up_since;              /* when the connection became ACTIVE; 0 */
 } mqi_srv_ep;
 
 /* A PUSH egress message queued on a connection and not yet acked. */
@@ -6257,6 +6281,8 @@ struct mq_server {
   void *clock_ctx;
   size_t out_limit;
   mqi_rt_state *rt;
+  uint64_t rng;  /* xorshift state for the reconnect jitter */
+  int freeing;   /* mq_server_free runs: no reconnects scheduled */
   /* The PULL commit thread and its one job (zmtp_server.c).  cjob: 0 idle,
   ** 1 handed over, 2 done, and the cjob_* fields: under cmu.  cbusy: the
   ** loop's own note that a job is out (read by the loop thread only). */
@@ -6297,6 +6323,58 @@ MQI_API void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc);
 MQI_API int64_t mqi_router_wake(mq_server *s);
 /* A put reached queue: consumers waiting on it may look again. */
 MQI_API void mqi_router_kick(mq_server *s, const char *queue);
+
+/* ---- zmtp_router.c: MQ1 request parsing, a pure function (fuzzed) -------- */
+#define MQI_RT_ID_MAX 64      /* client_msg_id and :producer, in bytes */
+#define MQI_RT_HEADERS_MAX 64 /* user headers of one PUT */
+#define MQI_RT_WAIT_MAX_MS 3600000
+#define MQI_RT_REASON_MAX 1000
+
+/* Verbs (mqi_router_req.verb). */
+enum {
+  MQI_RT_PUT = 1,
+  MQI_RT_ACK,
+  MQI_RT_NACK,
+  MQI_RT_TOUCH,
+  MQI_RT_GET,
+  MQI_RT_CONSUME,
+  MQI_RT_STOP
+};
+
+/* What mqi_router_parse returns: the request is sound (OK); it is refused
+** with "ERR 400 error" (ERR: no verb, no id to answer under); or it is
+** refused in the verb's own reply form, "ACK cid 400" or "DONE receipt
+** 400", because the id (cid or receipt) was read before the fault. */
+enum { MQI_RTP_OK = 0, MQI_RTP_ERR = 1, MQI_RTP_REFUSE = 2 };
+
+/* One parsed request.  Strings are NUL-terminated copies; payload, headers
+** and the NACK reason stay in the frames and are named by index, so the
+** struct is valid only as long as the frames it was parsed from. */
+typedef struct mqi_router_req {
+  int delim;  /* a leading empty frame is to be echoed in replies */
+  int verb;   /* MQI_RT_*; 0 when the verb was not understood */
+  size_t arg; /* index of the first argument frame (the queue) */
+  char queue[MQ_NAME_MAX + 1];
+  char cid[MQI_RT_ID_MAX + 1];         /* PUT */
+  char receipt[MQ_RECEIPT_MAX + 1];    /* ACK, NACK, TOUCH */
+  int64_t lease_ms, wait_ms;           /* GET, CONSUME (lease only) */
+  int64_t credit;                      /* CONSUME */
+  int64_t ms;                          /* NACK delay, TOUCH visibility */
+  int has_reason;                      /* NACK: frame arg + 3 is the reason */
+  int64_t delay_ms, ttl_ms;            /* PUT options */
+  int priority;                        /* PUT option */
+  char producer[MQI_RT_ID_MAX + 1];    /* PUT option; "" when not given */
+  char subject[MQ_SUBJECT_MAX + 1];    /* PUT option; "" when not given */
+  size_t n_headers, header_bytes;      /* PUT user headers: count, NUL-ended size */
+  const char *error;                   /* static text when refused */
+} mqi_router_req;
+
+/* Parse one MQ1 request of n frames into *out.  Touches nothing but *out:
+** no allocation, no store, no connection, so a fuzzer can drive it.  Every
+** length and number is checked here; the handler only allocates and acts.
+** The PUT payload is frame out->arg + 2, its headers follow in name/value
+** pairs (names starting with ':' are the options already parsed). */
+MQI_API int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_req *out);
 
 /* ---- test hooks ------------------------------------------------------------ */
 
@@ -6498,6 +6576,35 @@ int mqi_net_accept(int lfd, char *peer, size_t cap) {
   return s;
 }
 
+int mqi_net_connect(const struct sockaddr_storage *ss, socklen_t len, int *fd) {
+  int one = 1;
+  *fd = -1;
+  int s = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(s, (const struct sockaddr *)ss, len) == 0) {
+    *fd = s;
+    return 0;
+  }
+  /* EINTR on a non-blocking connect means it goes on in the background,
+  ** like EINPROGRESS; retrying it would give EALREADY. */
+  if (errno == EINPROGRESS || errno == EINTR) {
+    *fd = s;
+    return 1;
+  }
+  int e = errno;
+  close(s);
+  errno = e;
+  return -1;
+}
+
+int mqi_net_connect_result(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno ? errno : EIO;
+  return err;
+}
+
 int mqi_net_pipe(int fds[2]) {
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     fds[0] = fds[1] = -1;
@@ -6528,8 +6635,12 @@ void mqi_net_pipe_drain(int rfd) {
 
 /*** begin src/zmtp_conn.c ***/
 /*
-** zmtp_conn.c -- one ZMTP 3.x connection over a non-blocking TCP socket,
-** server side: greeting, NULL or PLAIN handshake, traffic, heartbeats.
+** zmtp_conn.c -- one ZMTP 3.x connection over a non-blocking TCP socket:
+** greeting, NULL or PLAIN handshake, traffic, heartbeats.  A connection we
+** accepted is the PLAIN server; one we opened (cfg.client) is the PLAIN
+** client: HELLO after the greeting, then INITIATE after the WELCOME, and
+** the connection is ACTIVE at the server's READY.  Under NULL the two
+** roles are the same, since NULL is symmetric.
 **
 ** A connection moves GREETING -> HANDSHAKE -> ACTIVE, and ends DEAD
 ** (directly, or through CLOSING when a final ERROR must reach the peer).
@@ -6585,7 +6696,9 @@ struct mqi_zconn {
   int64_t close_deadline;
   /* Handshake. */
   mqi_zmtp_greeting greet;
-  int hs_step; /* PLAIN: 0 = HELLO expected, 1 = INITIATE expected */
+  int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
+                  client: 0 = WELCOME expected, 1 = READY expected */
+  int peer_error; /* the peer sent ERROR */
   int peer_type;
   uint8_t identity[MQI_ZMTP_IDENTITY_MAX];
   size_t identity_len;
@@ -6693,7 +6806,8 @@ int mqi_zconn_new(int fd, const char *peer, const mqi_zconn_config *cfg, int64_t
   hs.max_message = hs.max_command;
   hs.max_frames = 1;
   mqi_zmtp_decoder_init(&c->dec, &hs, NULL, NULL);
-  mqi_zmtp_greeting_encode(greeting, cfg->mechanism, cfg->mechanism != MQI_ZMTP_MECH_NULL);
+  mqi_zmtp_greeting_encode(greeting, cfg->mechanism,
+                           !cfg->client && cfg->mechanism != MQI_ZMTP_MECH_NULL);
   if (zconn_queue(c, greeting, sizeof greeting) != MQI_ZC_OK) {
     c->fd = -1; /* still the caller's */
     mqi_zconn_free(c);
@@ -6721,6 +6835,7 @@ const char *mqi_zconn_reason(const mqi_zconn *c) { return c->why; }
 const char *mqi_zconn_peer(const mqi_zconn *c) { return c->peer; }
 int mqi_zconn_peer_type(const mqi_zconn *c) { return c->peer_type; }
 const char *mqi_zconn_user(const mqi_zconn *c) { return c->user; }
+int mqi_zconn_peer_error(const mqi_zconn *c) { return c->peer_error; }
 size_t mqi_zconn_buffered(const mqi_zconn *c) { return c->ilen - c->ipos; }
 size_t mqi_zconn_pending(const mqi_zconn *c) { return c->olen - c->ohead; }
 uint64_t mqi_zconn_queued(const mqi_zconn *c) { return c->queued; }
@@ -6789,6 +6904,39 @@ static int zconn_plain_hello(mqi_zconn *c, int64_t now, const mqi_zmtp_cmd *cmd)
   return zconn_queue(c, buf, n);
 }
 
+/* PLAIN client: our HELLO, sent as soon as the greetings are done. */
+static int zconn_plain_send_hello(mqi_zconn *c) {
+  uint8_t buf[ZCONN_CMD_MAX];
+  size_t n = 0;
+  const char *u = c->cfg.plain_user ? c->cfg.plain_user : "";
+  const char *p = c->cfg.plain_password ? c->cfg.plain_password : "";
+  int rc = mqi_zmtp_hello_encode(buf, sizeof buf, u, strlen(u), p, strlen(p), &n);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode HELLO");
+  int r = zconn_queue(c, buf, n); /* closes the connection when it fails */
+  memset(buf, 0, sizeof buf);     /* the password */
+  return r;
+}
+
+/* PLAIN client: WELCOME, then INITIATE with our metadata; then READY. */
+static int zconn_plain_client(mqi_zconn *c, const mqi_zmtp_cmd *cmd) {
+  if (c->hs_step == 0) {
+    uint8_t buf[ZCONN_CMD_MAX];
+    size_t n = 0;
+    if (cmd->kind != MQI_ZMTP_CMD_WELCOME || mqi_zmtp_welcome_parse(cmd) != MQI_ZMTP_OK)
+      return zconn_fail(c, "expected PLAIN WELCOME, got \"%.*s\"", (int)cmd->name_len,
+                        (const char *)cmd->name);
+    int rc = mqi_zmtp_ready_encode(buf, sizeof buf, MQI_ZMTP_CMD_INITIATE, c->cfg.socket_type,
+                                   NULL, 0, NULL, 0, &n);
+    if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode INITIATE");
+    c->hs_step = 1;
+    return zconn_queue(c, buf, n);
+  }
+  if (cmd->kind != MQI_ZMTP_CMD_READY)
+    return zconn_fail(c, "expected READY, got \"%.*s\"", (int)cmd->name_len,
+                      (const char *)cmd->name);
+  return zconn_accept_meta(c, cmd);
+}
+
 /* One frame during the handshake.  Like libzmq we do not insist on the
 ** COMMAND flag here: a data frame carrying a READY body is a READY. */
 static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
@@ -6799,6 +6947,7 @@ static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
     const uint8_t *r = NULL;
     size_t rl = 0;
     mqi_zmtp_error_parse(&cmd, &r, &rl);
+    c->peer_error = 1;
     return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
                       r ? (const char *)r : "");
   }
@@ -6808,6 +6957,7 @@ static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
                         (const char *)cmd.name);
     return zconn_accept_meta(c, &cmd);
   }
+  if (c->cfg.client) return zconn_plain_client(c, &cmd);
   if (c->hs_step == 0) {
     if (cmd.kind != MQI_ZMTP_CMD_HELLO)
       return zconn_fail(c, "expected PLAIN HELLO, got \"%.*s\"", (int)cmd.name_len,
@@ -6845,6 +6995,7 @@ static int zconn_command(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
     const uint8_t *r = NULL;
     size_t rl = 0;
     mqi_zmtp_error_parse(&cmd, &r, &rl);
+    c->peer_error = 1;
     return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
                       r ? (const char *)r : "");
   }
@@ -6906,8 +7057,11 @@ static int zconn_process(mqi_zconn *c, int64_t now, mqi_zconn_msg_fn fn, void *c
       if (rc != MQI_ZMTP_OK) return zconn_fail(c, "greeting: %s", mqi_zmtp_rcstr(rc));
       c->state = MQI_ZC_HANDSHAKE;
       /* NULL is symmetric and libzmq sends READY at once; so do we.  With
-      ** PLAIN the server speaks only after the client's HELLO. */
+      ** PLAIN the client speaks first (HELLO), the server only after it. */
       if (c->cfg.mechanism == MQI_ZMTP_MECH_NULL && zconn_send_ready(c) != MQI_ZC_OK)
+        return MQI_ZC_CLOSED;
+      if (c->cfg.mechanism == MQI_ZMTP_MECH_PLAIN && c->cfg.client &&
+          zconn_plain_send_hello(c) != MQI_ZC_OK)
         return MQI_ZC_CLOSED;
       continue;
     }
@@ -7140,6 +7294,15 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
 ** lists their sizes ("5,0,12"), and PUSH egress uses it to send the message
 ** with the same frames again (doc/protocol.md).
 **
+** Connecting endpoints (mq_server_pull_connect, mq_server_push_connect)
+** have no listening socket: the endpoint owns at most one connection, which
+** it opens itself with a non-blocking connect watched by the same poll, and
+** once the ZMTP handshake is done that connection is served exactly like
+** an accepted one of the same kind.  When it ends, the next attempt is
+** scheduled with exponential backoff and full jitter, on the server's
+** clock so tests can step through the schedule; an ERROR from the peer
+** (our PLAIN credentials refused) waits CONNECT_REFUSED_MS instead.
+**
 ** Timers come in two kinds: protocol timers (handshake, heartbeats) run on
 ** the server's clock, which tests may replace (mqi_server_test_clock);
 ** queue polling (an empty queue is looked at again every EGRESS_POLL_MS,
@@ -7148,6 +7311,7 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
 */
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7169,6 +7333,8 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
 #define OUT_LIMIT_DEFAULT ((size_t)4 << 20)
 #define MAX_FRAME_LIMIT ((size_t)1 << 31)
 #define POLL_MAX_MS 1000
+#define CONNECT_RESET_MS 10000         /* up this long: the backoff starts over */
+#define CONNECT_REFUSED_MS (5 * 60000) /* after the peer refused our credentials */
 
 static int64_t srv_mono(void) { return mqi_os_monotonic_ms(); }
 
@@ -7201,6 +7367,9 @@ void mq_server_options_init(mq_server_options *o) {
   o->max_connections = 1024;
   o->max_handshakes = 64;
   o->credit = 1000;
+  o->reconnect_ms = 100;
+  o->reconnect_max_ms = 30000;
+  o->connect_timeout_ms = 10000;
 }
 
 static int srv_check_options(mq_store *st, const mq_server_options *o) {
@@ -7213,6 +7382,10 @@ static int srv_check_options(mq_store *st, const mq_server_options *o) {
   if (o->max_connections < 1 || o->max_handshakes < 1)
     return mqi_err_set(st, MQ_EINVAL,
                        "server: max_connections and max_handshakes must be at least 1");
+  if (o->reconnect_ms < 1 || o->reconnect_max_ms < o->reconnect_ms || o->connect_timeout_ms < 0)
+    return mqi_err_set(st, MQ_EINVAL,
+                       "server: reconnect_ms must be at least 1, reconnect_max_ms at least "
+                       "reconnect_ms, connect_timeout_ms not negative");
   if (o->credit == 0 || o->credit > 1000000)
     return mqi_err_set(st, MQ_EINVAL, "server: credit must be 1..1000000");
   if (!o->auth && (!o->plain_user != !o->plain_password))
@@ -7260,7 +7433,10 @@ int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **ou
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
   }
   s->csync = 1;
-  if (!o.auth && o.plain_user) {
+  s->rng = mqi_os_seed() | 1;
+  /* With a callback the pair is not used to check peers, but connecting
+  ** endpoints still log in with it. */
+  if (o.plain_user && o.plain_password) {
     s->plain_user = strdup(o.plain_user);
     s->plain_password = strdup(o.plain_password);
     s->plain_user_len = strlen(o.plain_user);
@@ -7296,7 +7472,8 @@ static void srv_wipe_free(char *p) {
 /* ------------------------------------------------------------------------
 ** Endpoints
 */
-static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint) {
+static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint,
+                      int connect) {
   struct sockaddr_storage ss;
   socklen_t len = 0;
   char err[256];
@@ -7320,6 +7497,11 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
   }
   if (mqi_net_parse(endpoint, &ss, &len, err, sizeof err) != MQ_OK)
     return mqi_err_set(s->store, MQ_EINVAL, "server: %s", err);
+  if (connect && (strncmp(endpoint, "tcp://*:", 8) == 0 ||
+                  (ss.ss_family == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0) ||
+                  (ss.ss_family == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0)))
+    return mqi_err_set(s->store, MQ_EINVAL,
+                       "server: cannot connect to \"%s\": name a host and a port", endpoint);
   if (s->neps == s->epcap) {
     size_t cap = s->epcap ? s->epcap * 2 : 4;
     mqi_srv_ep *p = realloc(s->eps, cap * sizeof *p);
@@ -7327,14 +7509,25 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
     s->eps = p;
     s->epcap = cap;
   }
-  if (mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
+  if (!connect && mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
     return mqi_err_set(s->store, MQ_ENET, "server: %s: %s", endpoint, err);
   mqi_srv_ep *ep = &s->eps[s->neps];
   memset(ep, 0, sizeof *ep);
   ep->kind = kind;
   ep->fd = fd;
+  ep->cfd = -1;
   ep->topic = topic;
   if (queue) snprintf(ep->queue, sizeof ep->queue, "%s", queue);
+  if (connect) {
+    ep->connect = 1;
+    ep->addr = ss;
+    ep->addrlen = len;
+    snprintf(ep->name, sizeof ep->name, "%s", endpoint);
+    s->neps++;
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s \"%s\" connecting to %s",
+            kind == MQI_EP_PULL ? "PULL into" : "PUSH from", queue, ep->name);
+    return MQ_OK;
+  }
   if (mqi_net_local_name(fd, ep->name, sizeof ep->name) != MQ_OK)
     snprintf(ep->name, sizeof ep->name, "%s", endpoint);
   s->neps++;
@@ -7348,16 +7541,28 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
 
 int mq_server_pull(mq_server *s, const char *queue, const char *endpoint) {
   if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull: queue is NULL");
-  return srv_listen(s, MQI_EP_PULL, queue, endpoint);
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint, 0);
 }
 
 int mq_server_push(mq_server *s, const char *queue, const char *endpoint) {
   if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push: queue is NULL");
-  return srv_listen(s, MQI_EP_PUSH, queue, endpoint);
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint, 0);
 }
 
 int mq_server_router(mq_server *s, const char *endpoint) {
-  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint);
+  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint, 0);
+}
+
+int mq_server_pull_connect(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && (!queue || !endpoint))
+    return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull_connect: queue or endpoint is NULL");
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint, 1);
+}
+
+int mq_server_push_connect(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && (!queue || !endpoint))
+    return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push_connect: queue or endpoint is NULL");
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint, 1);
 }
 
 int mq_server_endpoint(mq_server *s, size_t i, char *buf, size_t cap) {
@@ -7425,6 +7630,42 @@ static size_t srv_handshaking(const mq_server *s) {
   return n;
 }
 
+/* Make a connection of endpoint e out of socket fd (accepted, or connected
+** by us); NULL, with fd closed, when out of memory. */
+static mqi_srv_conn *srv_conn_add(mq_server *s, size_t e, int fd, const char *peer, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  mqi_zconn_config cfg;
+  srv_config(s, ep->kind, &cfg);
+  if (ep->connect) {
+    cfg.client = 1;
+    cfg.mechanism = s->plain_user ? MQI_ZMTP_MECH_PLAIN : MQI_ZMTP_MECH_NULL;
+    cfg.plain_user = s->plain_user;
+    cfg.plain_password = s->plain_password;
+  }
+  mqi_srv_conn *sc = calloc(1, sizeof *sc);
+  mqi_zconn *z = NULL;
+  if (s->nconns == s->conncap) {
+    size_t cap = s->conncap ? s->conncap * 2 : 16;
+    mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
+    if (p) {
+      s->conns = p;
+      s->conncap = cap;
+    }
+  }
+  if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
+    free(sc);
+    close(fd);
+    return NULL;
+  }
+  sc->srv = s;
+  sc->z = z;
+  sc->ep = e;
+  sc->serial = ++s->serial;
+  s->conns[s->nconns++] = sc;
+  return sc;
+}
+
 static void srv_accept(mq_server *s, size_t e, int64_t now) {
   char peer[MQI_NET_NAME_MAX];
   mqi_srv_ep *ep = &s->eps[e];
@@ -7446,29 +7687,8 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
       close(fd);
       continue;
     }
-    mqi_zconn_config cfg;
-    srv_config(s, ep->kind, &cfg);
-    mqi_srv_conn *sc = calloc(1, sizeof *sc);
-    mqi_zconn *z = NULL;
-    if (s->nconns == s->conncap) {
-      size_t cap = s->conncap ? s->conncap * 2 : 16;
-      mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
-      if (p) {
-        s->conns = p;
-        s->conncap = cap;
-      }
-    }
-    if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
-      mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
-      free(sc);
-      close(fd);
-      return;
-    }
-    sc->srv = s;
-    sc->z = z;
-    sc->ep = e;
-    sc->serial = ++s->serial;
-    s->conns[s->nconns++] = sc;
+    mqi_srv_conn *sc = srv_conn_add(s, e, fd, peer, now);
+    if (!sc) return;
     mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " from %s", ep->name,
             sc->serial, peer);
   }
@@ -7483,6 +7703,103 @@ int mqi_server_send(mq_server *s, mqi_srv_conn *sc, const mqi_zpart *parts, size
     mqi_zconn_close(sc->z, rc == MQI_ZMTP_ESPACE ? "output limit reached" : "out of memory");
   }
   return rc;
+}
+
+/* ------------------------------------------------------------------------
+** Connecting endpoints: one connection each, made again after every loss.
+** The schedule lives on the server's clock so tests can step through it.
+*/
+static uint64_t srv_rand(mq_server *s) {
+  uint64_t x = s->rng;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  s->rng = x;
+  return x;
+}
+
+/* The attempt after a failure: full jitter, a uniform delay in [0, cap]
+** with cap = min(reconnect_max_ms, reconnect_ms * 2^failures), so that
+** many nodes cut off by one outage do not all come back in step. */
+static void srv_connect_later(mq_server *s, mqi_srv_ep *ep, int64_t now, const char *why) {
+  int64_t cap = s->opt.reconnect_ms;
+  for (int i = 0; i < ep->failures && cap < s->opt.reconnect_max_ms; i++) cap *= 2;
+  if (cap > s->opt.reconnect_max_ms) cap = s->opt.reconnect_max_ms;
+  int64_t delay = (int64_t)(srv_rand(s) % (uint64_t)(cap + 1));
+  mqi_log(s->store, ep->failures == 0 ? MQ_LOG_WARN : MQ_LOG_INFO,
+          "server: %s: %s; connecting again in %" PRId64 " ms", ep->name, why, delay);
+  if (ep->failures < 62) ep->failures++;
+  ep->next_try = now + delay;
+}
+
+static void srv_connect_done(mq_server *s, size_t e, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  int err = mqi_net_connect_result(ep->cfd);
+  if (err != 0) {
+    close(ep->cfd);
+    ep->cfd = -1;
+    srv_connect_later(s, ep, now, strerror(err));
+    return;
+  }
+  int fd = ep->cfd;
+  ep->cfd = -1;
+  /* The greeting goes out at once; the ZMTP handshake timeout takes over. */
+  mqi_srv_conn *sc = srv_conn_add(s, e, fd, ep->name + 6, now);
+  if (!sc) {
+    srv_connect_later(s, ep, now, "out of memory");
+    return;
+  }
+  ep->live = 1;
+  ep->up_since = 0;
+  mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " connected", ep->name,
+          sc->serial);
+}
+
+static void srv_connect_start(mq_server *s, size_t e, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  int fd = -1;
+  int r = mqi_net_connect(&ep->addr, ep->addrlen, &fd);
+  if (r < 0) {
+    srv_connect_later(s, ep, now, strerror(errno));
+    return;
+  }
+  ep->cfd = fd;
+  ep->connect_deadline =
+      s->opt.connect_timeout_ms > 0 ? now + s->opt.connect_timeout_ms : INT64_MAX;
+  if (r == 0) srv_connect_done(s, e, now);
+}
+
+/* Start due attempts and fail those past their timeout. */
+static void srv_connect_work(mq_server *s, int64_t now) {
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    if (!ep->connect || ep->live) continue;
+    if (ep->cfd >= 0 && now >= ep->connect_deadline) {
+      close(ep->cfd);
+      ep->cfd = -1;
+      srv_connect_later(s, ep, now, "connect timed out");
+    }
+    if (ep->cfd < 0 && now >= ep->next_try) srv_connect_start(s, e, now);
+  }
+}
+
+/* A connection of a connecting endpoint ended: schedule the next one. */
+static void srv_connect_lost(mq_server *s, mqi_srv_ep *ep, mqi_srv_conn *sc) {
+  int64_t now = mqi_server_now(s);
+  ep->live = 0;
+  if (s->freeing) return;
+  if (ep->up_since && now - ep->up_since >= CONNECT_RESET_MS) ep->failures = 0;
+  ep->up_since = 0;
+  if (mqi_zconn_peer_error(sc->z)) {
+    /* An ERROR means the peer refused us (credentials): trying again at
+    ** once would only be refused again, and would hammer its ZAP handler. */
+    mqi_log(s->store, MQ_LOG_ERROR,
+            "server: %s: the peer refused the connection (%s); connecting again in %d s",
+            ep->name, mqi_zconn_reason(sc->z), CONNECT_REFUSED_MS / 1000);
+    ep->next_try = now + CONNECT_REFUSED_MS;
+    return;
+  }
+  srv_connect_later(s, ep, now, mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "closed");
 }
 
 /* ------------------------------------------------------------------------
@@ -7944,6 +8261,7 @@ static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
   mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " (%s) closed: %s", ep->name,
           sc->serial, mqi_zconn_peer(sc->z),
           mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "server stopped");
+  if (ep->connect) srv_connect_lost(s, ep, sc);
   mqi_zconn_free(sc->z);
   free(sc->pend);
   free(sc);
@@ -7963,6 +8281,7 @@ static void srv_reap(mq_server *s) {
 
 /* Everything a turn does after reading: commits, egress, timers, writes. */
 static void srv_work(mq_server *s, int64_t now) {
+  srv_connect_work(s, now);
   srv_pull_collect(s);
   srv_pull_submit(s);
   mqi_router_work(s);
@@ -7973,6 +8292,7 @@ static void srv_work(mq_server *s, int64_t now) {
     int st = mqi_zconn_state(sc->z);
     if (!sc->was_active && st == MQI_ZC_ACTIVE) {
       sc->was_active = 1;
+      if (s->eps[sc->ep].connect) s->eps[sc->ep].up_since = now;
       if (s->eps[sc->ep].kind == MQI_EP_ROUTER) mqi_router_ready(s, sc);
     }
     mqi_zconn_tick(sc->z, now);
@@ -7993,6 +8313,10 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
   }
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
+    if (ep->connect && !ep->live) {
+      int64_t d = (ep->cfd >= 0 ? ep->connect_deadline : ep->next_try);
+      if (d != INT64_MAX && d - now < wait) wait = d - now;
+    }
     /* A batch waits for the commit thread: it pokes the pipe when free. */
     if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
       int64_t d = ep->failing ? ep->retry_at - mono : 0;
@@ -8042,8 +8366,10 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     pf[np].fd = s->wake[0];
     pf[np++].events = POLLIN;
     for (size_t e = 0; e < s->neps; e++) {
-      pf[np].fd = s->eps[e].fd;
-      pf[np++].events = POLLIN;
+      /* A connecting endpoint waits for its connect to finish (or for
+      ** nothing: -1 is skipped by poll). */
+      pf[np].fd = s->eps[e].connect ? s->eps[e].cfd : s->eps[e].fd;
+      pf[np++].events = s->eps[e].connect ? POLLOUT : POLLIN;
     }
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
@@ -8081,8 +8407,14 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
           (rev & (POLLHUP | POLLERR)))
         srv_read(s, sc, now);
     }
-    for (size_t e = 0; e < s->neps && n > 0; e++)
-      if (pf[1 + e].revents & POLLIN) srv_accept(s, e, now);
+    for (size_t e = 0; e < s->neps && n > 0; e++) {
+      if (s->eps[e].connect) {
+        if (s->eps[e].cfd >= 0 && (pf[1 + e].revents & (POLLOUT | POLLERR | POLLHUP)))
+          srv_connect_done(s, e, now);
+      } else if (pf[1 + e].revents & POLLIN) {
+        srv_accept(s, e, now);
+      }
+    }
     srv_work(s, now);
     srv_reap(s);
     if (srv_mono() >= end) break;
@@ -8099,6 +8431,7 @@ void mq_server_stop(mq_server *s) {
 
 void mq_server_free(mq_server *s) {
   if (!s) return;
+  s->freeing = 1;
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_zconn_close(s->conns[i]->z, "server closed");
     srv_conn_free(s, s->conns[i]);
@@ -8117,6 +8450,7 @@ void mq_server_free(mq_server *s) {
     }
     srv_items_release(ep->items, ep->nitems);
     if (ep->fd >= 0) close(ep->fd);
+    if (ep->connect && ep->cfd >= 0) close(ep->cfd);
   }
   mqi_router_free(s);
   free(s->eps);
@@ -8168,6 +8502,11 @@ void mq_server_free(mq_server *s) {
 ** Protocol errors in a request are answered (ERR, or an ACK/DONE with a 4xx
 ** status), never with a ZMTP ERROR or a close: the ZMTP session is sound
 ** even when a request is not, and closing would only make libzmq resend.
+**
+** A request is read in two steps: mqi_router_parse checks every frame,
+** length and number and touches nothing but its output, and only then do
+** the handlers allocate and act.  Keeping the peer-facing parser pure is
+** what lets fuzz/fuzz_zmtp_router.c drive it without a store or a socket.
 */
 #include <inttypes.h>
 #include <stdio.h>
@@ -8177,8 +8516,8 @@ void mq_server_free(mq_server *s) {
 /* #include "zmtp_net.h" -- inlined above */
 
 #define RT_TAG "MQ1"
-#define RT_ID_MAX 64 /* client_msg_id, producer, bytes */
-#define RT_HEADERS_MAX 64
+#define RT_ID_MAX MQI_RT_ID_MAX
+#define RT_HEADERS_MAX MQI_RT_HEADERS_MAX
 #define RT_BATCH_MSGS 4096 /* puts per turn before reading pauses */
 #define RT_BATCH_BYTES ((size_t)32 << 20)
 #define RT_SUBS_MAX 64    /* CONSUME streams per connection */
@@ -8186,7 +8525,6 @@ void mq_server_free(mq_server *s) {
 #define RT_DELIVER_MAX 64 /* leased per stream per turn */
 #define RT_POLL_MS 20     /* look at an empty queue this often */
 #define RT_NACK_ON_CLOSE_MAX 256
-#define RT_WAIT_MAX_MS 3600000
 
 /* Verbs of settle requests. */
 #define RT_ACK 0
@@ -8406,79 +8744,186 @@ static mqi_rt_conn *rt_conn(mqi_srv_conn *sc) {
 }
 
 /* ------------------------------------------------------------------------
-** Requests
+** Parsing: a pure function of the frames, so fuzz/fuzz_zmtp_router.c can
+** drive every branch without a store or a socket.  Empty frames may come
+** with a NULL body, so nothing here hands a body to memcmp or memchr
+** without a nonzero size.
+*/
+static int rt_refuse(mqi_router_req *r, int code, const char *why) {
+  r->error = why;
+  return code;
+}
+
+static int rt_has_nul(const mqi_zmtp_frame *f) {
+  return f->size > 0 && memchr(f->body, 0, f->size) != NULL;
+}
+
+/* PUT queue client_msg_id payload *(name value) */
+static int rt_parse_put(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  if (n < 2 || rt_str(&a[1], r->cid, MQI_RT_ID_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_ERR,
+                     "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
+  if (n < 3) return rt_refuse(r, MQI_RTP_REFUSE, "PUT without a payload frame");
+  if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  if ((n - 3) % 2 != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "header frames must come in name/value pairs");
+  if ((n - 3) / 2 > MQI_RT_HEADERS_MAX) return rt_refuse(r, MQI_RTP_REFUSE, "too many headers");
+  for (size_t i = 3; i + 1 < n; i += 2) {
+    const mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
+    if (nm->size == 0 || nm->size > 255 || rt_has_nul(nm) || rt_has_nul(val))
+      return rt_refuse(r, MQI_RTP_REFUSE,
+                       "a header name is empty or long, or a name or value holds a NUL byte");
+    if (nm->body[0] != ':') {
+      r->header_bytes += nm->size + val->size + 2;
+      r->n_headers++;
+      continue;
+    }
+    int64_t v = 0;
+    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
+      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :delay or :ttl");
+      if (rt_is(nm, ":delay"))
+        r->delay_ms = v;
+      else
+        r->ttl_ms = v;
+    } else if (rt_is(nm, ":priority")) {
+      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :priority");
+      r->priority = (int)v;
+    } else if (rt_is(nm, ":producer")) {
+      if (rt_str(val, r->producer, MQI_RT_ID_MAX, 0) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :producer");
+    } else if (rt_is(nm, ":subject")) {
+      if (rt_str(val, r->subject, MQ_SUBJECT_MAX, 0) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :subject");
+    } else {
+      return rt_refuse(r, MQI_RTP_REFUSE, "unknown option (names starting with ':' are options)");
+    }
+  }
+  return MQI_RTP_OK;
+}
+
+/* ACK/NACK/TOUCH queue receipt [...] */
+static int rt_parse_settle(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  int verb = r->verb;
+  if (n < 2 || rt_str(&a[1], r->receipt, MQ_RECEIPT_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_ERR, "ACK, NACK and TOUCH need: queue receipt");
+  if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  if (verb == MQI_RT_ACK && n != 2)
+    return rt_refuse(r, MQI_RTP_REFUSE, "ACK takes: queue receipt");
+  if (verb == MQI_RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0))
+    return rt_refuse(r, MQI_RTP_REFUSE, "TOUCH takes: queue receipt visibility_ms");
+  if (verb == MQI_RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0)))
+    return rt_refuse(r, MQI_RTP_REFUSE, "NACK takes: queue receipt [delay_ms [reason]]");
+  if (verb == MQI_RT_NACK && n == 4) {
+    if (a[3].size > MQI_RT_REASON_MAX || rt_has_nul(&a[3]))
+      return rt_refuse(r, MQI_RTP_REFUSE, "a NACK reason is at most 1000 bytes without NUL");
+    r->has_reason = 1;
+  }
+  return MQI_RTP_OK;
+}
+
+/* GET queue [lease_ms [wait_ms]] */
+static int rt_parse_get(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  if (n < 1 || n > 3 || rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0 ||
+      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &r->lease_ms) != 0) ||
+      (n == 3 && rt_int(&a[2], 0, MQI_RT_WAIT_MAX_MS, &r->wait_ms) != 0))
+    return rt_refuse(r, MQI_RTP_ERR, "GET takes: queue [lease_ms [wait_ms]]");
+  return MQI_RTP_OK;
+}
+
+/* CONSUME queue credit [lease_ms]; STOP queue */
+static int rt_parse_consume(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  int stop = r->verb == MQI_RT_STOP;
+  if (n < 1 || rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0 ||
+      (stop ? n != 1
+            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &r->credit) != 0 ||
+               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &r->lease_ms) != 0))))
+    return rt_refuse(r, MQI_RTP_ERR,
+                     stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
+  return MQI_RTP_OK;
+}
+
+int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_req *r) {
+  static const struct {
+    const char *name;
+    int verb;
+  } verbs[] = {{"PUT", MQI_RT_PUT},   {"ACK", MQI_RT_ACK}, {"NACK", MQI_RT_NACK},
+               {"TOUCH", MQI_RT_TOUCH}, {"GET", MQI_RT_GET}, {"CONSUME", MQI_RT_CONSUME},
+               {"STOP", MQI_RT_STOP}};
+  size_t i = 0;
+  memset(r, 0, sizeof *r);
+  if (n > 1 && parts[0].size == 0) {
+    r->delim = 1;
+    i = 1;
+  }
+  if (n - i < 2 || !rt_is(&parts[i], RT_TAG))
+    return rt_refuse(r, MQI_RTP_ERR, "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
+  for (size_t k = 0; k < sizeof verbs / sizeof verbs[0] && !r->verb; k++)
+    if (rt_is(&parts[i + 1], verbs[k].name)) r->verb = verbs[k].verb;
+  r->arg = i + 2;
+  const mqi_zmtp_frame *a = parts + r->arg;
+  size_t na = n - r->arg;
+  switch (r->verb) {
+    case MQI_RT_PUT:
+      return rt_parse_put(a, na, r);
+    case MQI_RT_ACK:
+    case MQI_RT_NACK:
+    case MQI_RT_TOUCH:
+      return rt_parse_settle(a, na, r);
+    case MQI_RT_GET:
+      return rt_parse_get(a, na, r);
+    case MQI_RT_CONSUME:
+    case MQI_RT_STOP:
+      return rt_parse_consume(a, na, r);
+    default:
+      return rt_refuse(r, MQI_RTP_ERR, "unknown verb");
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Requests: the parsed request is acted on, or queued for the turn's work
 */
 static int rt_queue_kind(mq_server *s, const char *queue) {
   mq_queue_info info;
   return mq_queue_info_get(s->store, queue, &info) == MQ_OK ? info.kind : -1;
 }
 
-/* PUT queue client_msg_id payload *(name value) */
-static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame *a, size_t n) {
+static void rt_put_refuse(mq_server *s, mqi_srv_conn *sc, int delim, const char *cid,
+                          const char *status, const char *why) {
+  mqi_zpart r[5] = {rt_p("ACK"), rt_p(cid), rt_p(status), rt_p(""), rt_p(why)};
+  rt_reply(s, sc, delim, r, 5);
+}
+
+/* A parsed PUT: copy its headers, take its payload frame, queue it. */
+static void rt_req_put(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
+                       mqi_zmtp_frame *parts) {
   mqi_rt_state *st = s->rt;
+  mqi_zmtp_frame *a = parts + q->arg;
   rt_put p;
-  const char *bad = NULL;
   memset(&p, 0, sizeof p);
   p.sc = sc;
-  p.delim = delim;
-  if (n < 2 || rt_str(&a[1], p.cid, RT_ID_MAX, 0) != 0) {
-    rt_err(s, sc, delim, "400", "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
-    return;
-  }
+  p.delim = q->delim;
+  memcpy(p.queue, q->queue, sizeof p.queue);
+  memcpy(p.cid, q->cid, sizeof p.cid);
+  memcpy(p.subject, q->subject, sizeof p.subject);
   mq_put_options_init(&p.po);
-  if (n < 3)
-    bad = "PUT without a payload frame";
-  else if (rt_str(&a[0], p.queue, MQ_NAME_MAX, 0) != 0)
-    bad = "bad queue name";
-  else if ((n - 3) % 2 != 0)
-    bad = "header frames must come in name/value pairs";
-  else if ((n - 3) / 2 > RT_HEADERS_MAX)
-    bad = "too many headers";
-  const char *producer = sc->rt ? sc->rt->producer : "";
-  char opt_producer[RT_ID_MAX + 1];
-  size_t hsize = 0, nh = 0;
-  for (size_t i = 3; !bad && i + 1 < n; i += 2) {
-    mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
-    if (nm->size == 0 || nm->size > 255 || memchr(nm->body, 0, nm->size) ||
-        (val->size && memchr(val->body, 0, val->size))) {
-      bad = "a header name is empty or long, or a name or value holds a NUL byte";
-      break;
+  p.po.delay_ms = q->delay_ms;
+  p.po.ttl_ms = q->ttl_ms;
+  p.po.priority = q->priority;
+  if (q->n_headers) {
+    p.hdrs = malloc(q->n_headers * sizeof *p.hdrs);
+    p.hbuf = malloc(q->header_bytes);
+    if (!p.hdrs || !p.hbuf) {
+      rt_put_refuse(s, sc, q->delim, q->cid, "400", "out of memory");
+      rt_put_clear(&p);
+      return;
     }
-    if (nm->body[0] != ':') {
-      hsize += nm->size + val->size + 2;
-      nh++;
-      continue;
-    }
-    int64_t v = 0;
-    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
-      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
-        bad = "bad :delay or :ttl";
-      else if (rt_is(nm, ":delay"))
-        p.po.delay_ms = v;
-      else
-        p.po.ttl_ms = v;
-    } else if (rt_is(nm, ":priority")) {
-      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
-        bad = "bad :priority";
-      else
-        p.po.priority = (int)v;
-    } else if (rt_is(nm, ":producer")) {
-      if (rt_str(val, opt_producer, RT_ID_MAX, 0) != 0)
-        bad = "bad :producer";
-      else
-        producer = opt_producer;
-    } else if (rt_is(nm, ":subject")) {
-      if (rt_str(val, p.subject, MQ_SUBJECT_MAX, 0) != 0) bad = "bad :subject";
-    } else {
-      bad = "unknown option (names starting with ':' are options)";
-    }
-  }
-  if (!bad && nh) {
-    p.hdrs = malloc(nh * sizeof *p.hdrs);
-    p.hbuf = malloc(hsize);
-    if (!p.hdrs || !p.hbuf) bad = "out of memory";
     char *at = p.hbuf;
-    for (size_t i = 3, k = 0; !bad && i + 1 < n; i += 2) {
+    size_t k = 0;
+    for (size_t i = 3; k < q->n_headers; i += 2) { /* a[2] is the payload */
       if (a[i].body[0] == ':') continue;
       p.hdrs[k].name = at;
       memcpy(at, a[i].body, a[i].size);
@@ -8491,14 +8936,9 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame
       k++;
     }
     p.po.headers = p.hdrs;
-    p.po.n_headers = nh;
+    p.po.n_headers = q->n_headers;
   }
-  if (bad) {
-    mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("400"), rt_p(""), rt_p(bad)};
-    rt_reply(s, sc, delim, r, 5);
-    rt_put_clear(&p);
-    return;
-  }
+  const char *producer = q->producer[0] ? q->producer : (sc->rt ? sc->rt->producer : "");
   if (*producer)
     snprintf(p.key, sizeof p.key, "%s/%s", producer, p.cid);
   else
@@ -8509,93 +8949,74 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame
   a[2].body = NULL;
   if (st->nputs == st->putcap) {
     size_t cap = st->putcap ? st->putcap * 2 : 64;
-    rt_put *q = realloc(st->puts, cap * sizeof *q);
-    if (!q) {
-      mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("503"), rt_p(""), rt_p("out of memory")};
-      rt_reply(s, sc, delim, r, 5);
+    rt_put *grown = realloc(st->puts, cap * sizeof *grown);
+    if (!grown) {
+      rt_put_refuse(s, sc, q->delim, q->cid, "503", "out of memory");
       rt_put_clear(&p);
       return;
     }
-    st->puts = q;
+    st->puts = grown;
     st->putcap = cap;
   }
   st->puts[st->nputs++] = p;
   st->put_bytes += p.len;
 }
 
-/* ACK/NACK/TOUCH queue receipt [...] */
-static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, int delim, int verb,
-                          const mqi_zmtp_frame *a, size_t n) {
+static void rt_settle_refuse(mq_server *s, mqi_srv_conn *sc, int delim, const char *receipt,
+                             const char *why) {
+  mqi_zpart r[4] = {rt_p("DONE"), rt_p(receipt), rt_p("400"), rt_p(why)};
+  rt_reply(s, sc, delim, r, 4);
+}
+
+/* A parsed ACK, NACK or TOUCH: queued for the turn's commit. */
+static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
+                          const mqi_zmtp_frame *parts) {
   mqi_rt_state *st = s->rt;
   rt_settle t;
   memset(&t, 0, sizeof t);
   t.sc = sc;
-  t.delim = delim;
-  t.verb = verb;
-  if (n < 2 || rt_str(&a[1], t.receipt, MQ_RECEIPT_MAX, 0) != 0) {
-    rt_err(s, sc, delim, "400", "ACK, NACK and TOUCH need: queue receipt");
-    return;
-  }
-  const char *bad = NULL;
-  if (rt_str(&a[0], t.queue, MQ_NAME_MAX, 0) != 0)
-    bad = "bad queue name";
-  else if (verb == RT_ACK && n != 2)
-    bad = "ACK takes: queue receipt";
-  else if (verb == RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0))
-    bad = "TOUCH takes: queue receipt visibility_ms";
-  else if (verb == RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0)))
-    bad = "NACK takes: queue receipt [delay_ms [reason]]";
-  else if (verb == RT_NACK && n == 4) {
-    if (a[3].size > 1000 || memchr(a[3].body, 0, a[3].size)) {
-      bad = "a NACK reason is at most 1000 bytes without NUL";
-    } else {
-      t.reason = malloc(a[3].size + 1);
-      if (!t.reason)
-        bad = "out of memory";
-      else {
-        if (a[3].size) memcpy(t.reason, a[3].body, a[3].size);
-        t.reason[a[3].size] = '\0';
-      }
+  t.delim = q->delim;
+  t.verb = q->verb == MQI_RT_ACK ? RT_ACK : q->verb == MQI_RT_NACK ? RT_NACK : RT_TOUCH;
+  t.ms = q->ms;
+  memcpy(t.queue, q->queue, sizeof t.queue);
+  memcpy(t.receipt, q->receipt, sizeof t.receipt);
+  if (q->has_reason) {
+    const mqi_zmtp_frame *why = &parts[q->arg + 3];
+    t.reason = malloc(why->size + 1);
+    if (!t.reason) {
+      rt_settle_refuse(s, sc, q->delim, q->receipt, "out of memory");
+      return;
     }
+    if (why->size) memcpy(t.reason, why->body, why->size);
+    t.reason[why->size] = '\0';
   }
-  if (!bad && st->nsettles == st->settlecap) {
+  if (st->nsettles == st->settlecap) {
     size_t cap = st->settlecap ? st->settlecap * 2 : 64;
-    rt_settle *q = realloc(st->settles, cap * sizeof *q);
-    if (!q)
-      bad = "out of memory";
-    else {
-      st->settles = q;
-      st->settlecap = cap;
+    rt_settle *grown = realloc(st->settles, cap * sizeof *grown);
+    if (!grown) {
+      free(t.reason);
+      rt_settle_refuse(s, sc, q->delim, q->receipt, "out of memory");
+      return;
     }
-  }
-  if (bad) {
-    free(t.reason);
-    mqi_zpart r[4] = {rt_p("DONE"), rt_p(t.receipt), rt_p("400"), rt_p(bad)};
-    rt_reply(s, sc, delim, r, 4);
-    return;
+    st->settles = grown;
+    st->settlecap = cap;
   }
   st->settles[st->nsettles++] = t;
 }
 
-/* GET queue [lease_ms [wait_ms]] */
-static void rt_req_get(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zmtp_frame *a,
-                       size_t n) {
+/* A parsed GET: waits in the connection's list until served. */
+static void rt_req_get(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q) {
   mqi_rt_conn *rc = sc->rt;
   rt_get g;
-  int64_t wait = 0;
   memset(&g, 0, sizeof g);
-  g.delim = delim;
-  if (n < 1 || n > 3 || rt_str(&a[0], g.queue, MQ_NAME_MAX, 0) != 0 ||
-      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &g.lease_ms) != 0) ||
-      (n == 3 && rt_int(&a[2], 0, RT_WAIT_MAX_MS, &wait) != 0)) {
-    rt_err(s, sc, delim, "400", "GET takes: queue [lease_ms [wait_ms]]");
-    return;
-  }
+  g.delim = q->delim;
+  g.lease_ms = q->lease_ms;
+  memcpy(g.queue, q->queue, sizeof g.queue);
   if (!rc || rc->ngets == RT_GETS_MAX) {
-    rt_err(s, sc, delim, "429", "too many waiting GETs on this connection");
+    rt_err(s, sc, q->delim, "429", "too many waiting GETs on this connection");
     return;
   }
-  g.deadline = rt_mono() + wait;
+  g.deadline = rt_mono() + q->wait_ms;
   rc->gets[rc->ngets++] = g;
   s->rt->poll_at = 0;
 }
@@ -8611,23 +9032,15 @@ static void rt_sub_drop(mqi_rt_conn *rc, rt_sub *sub) {
   *sub = rc->subs[--rc->nsubs];
 }
 
-/* CONSUME queue credit [lease_ms]; STOP queue */
-static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
-                           const mqi_zmtp_frame *a, size_t n) {
+/* A parsed CONSUME or STOP: open, resize or close the stream. */
+static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q) {
   mqi_rt_conn *rc = sc->rt;
-  char queue[MQ_NAME_MAX + 1];
-  int64_t credit = 0, lease = 0;
-  if (n < 1 || rt_str(&a[0], queue, MQ_NAME_MAX, 0) != 0 ||
-      (stop ? n != 1
-            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &credit) != 0 ||
-               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &lease) != 0)))) {
-    rt_err(s, sc, delim, "400",
-           stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
-    return;
-  }
+  int delim = q->delim;
+  int64_t credit = q->credit;
+  const char *queue = q->queue;
   if (!rc) return;
   rt_sub *sub = rt_find_sub(rc, queue);
-  if (stop || credit == 0) {
+  if (q->verb == MQI_RT_STOP || credit == 0) {
     /* Deliveries in flight stay leased to the peer: it may still ack them. */
     if (sub) rt_sub_drop(rc, sub);
     mqi_zpart r[2] = {rt_p("STOPPED"), rt_p(queue)};
@@ -8652,7 +9065,7 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
   if ((uint64_t)credit > s->opt.credit) credit = (int64_t)s->opt.credit;
   sub->delim = delim;
   sub->window = (size_t)credit;
-  sub->lease_ms = lease;
+  sub->lease_ms = q->lease_ms;
   sub->empty_until = 0;
   char cbuf[24];
   snprintf(cbuf, sizeof cbuf, "%" PRId64, credit);
@@ -8662,36 +9075,25 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
 
 int mqi_router_message(mq_server *s, mqi_srv_conn *sc, mqi_zmtp_frame *parts, size_t n) {
   mqi_rt_state *st = s->rt;
-  size_t i = 0;
-  int delim = 0;
+  mqi_router_req q;
   if (!rt_conn(sc)) return 1;
-  if (n > 1 && parts[0].size == 0) {
-    delim = 1;
-    i = 1;
+  int pr = mqi_router_parse(parts, n, &q);
+  if (pr == MQI_RTP_ERR) {
+    rt_err(s, sc, q.delim, "400", q.error);
+  } else if (pr == MQI_RTP_REFUSE) {
+    if (q.verb == MQI_RT_PUT)
+      rt_put_refuse(s, sc, q.delim, q.cid, "400", q.error);
+    else
+      rt_settle_refuse(s, sc, q.delim, q.receipt, q.error);
+  } else if (q.verb == MQI_RT_PUT) {
+    rt_req_put(s, sc, &q, parts);
+  } else if (q.verb == MQI_RT_GET) {
+    rt_req_get(s, sc, &q);
+  } else if (q.verb == MQI_RT_CONSUME || q.verb == MQI_RT_STOP) {
+    rt_req_consume(s, sc, &q);
+  } else {
+    rt_req_settle(s, sc, &q, parts);
   }
-  if (n - i < 2 || !rt_is(&parts[i], RT_TAG)) {
-    rt_err(s, sc, delim, "400", "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
-    return 0;
-  }
-  const mqi_zmtp_frame *verb = &parts[i + 1];
-  mqi_zmtp_frame *a = parts + i + 2;
-  size_t na = n - i - 2;
-  if (rt_is(verb, "PUT"))
-    rt_req_put(s, sc, delim, a, na);
-  else if (rt_is(verb, "ACK"))
-    rt_req_settle(s, sc, delim, RT_ACK, a, na);
-  else if (rt_is(verb, "NACK"))
-    rt_req_settle(s, sc, delim, RT_NACK, a, na);
-  else if (rt_is(verb, "TOUCH"))
-    rt_req_settle(s, sc, delim, RT_TOUCH, a, na);
-  else if (rt_is(verb, "GET"))
-    rt_req_get(s, sc, delim, a, na);
-  else if (rt_is(verb, "CONSUME"))
-    rt_req_consume(s, sc, delim, 0, a, na);
-  else if (rt_is(verb, "STOP"))
-    rt_req_consume(s, sc, delim, 1, a, na);
-  else
-    rt_err(s, sc, delim, "400", "unknown verb");
   return st->nputs >= RT_BATCH_MSGS || st->put_bytes >= RT_BATCH_BYTES ||
          st->nsettles >= RT_BATCH_MSGS;
 }

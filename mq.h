@@ -610,6 +610,9 @@ MQ_API int mq_subject_matches(const char *filter, const char *subject);
 **     protocol of doc/protocol.md: idempotent puts acknowledged only after
 **     the durable commit, and consumption with credit, lease, ack and nack
 **     -- at-least-once over the network.
+** PULL and PUSH endpoints may also connect out, to a libzmq socket that
+** binds (mq_server_pull_connect, mq_server_push_connect), and then
+** reconnect by themselves, with backoff, for as long as the server runs.
 ** Mechanisms: NULL, or PLAIN when credentials are set (checked by a
 ** callback, or against one user/password pair).  Heartbeats detect dead
 ** peers; handshakes time out; frame and message sizes are limited before
@@ -631,7 +634,8 @@ typedef int (*mq_auth_fn)(void *ctx, const char *user, const char *password,
 typedef struct mq_server_options {
   size_t size;                 /* sizeof(mq_server_options): set by init */
   const char *plain_user;      /* PLAIN with one user/password pair; NULL:
-                                  NULL mechanism (unless auth is set) */
+                                  NULL mechanism (unless auth is set).
+                                  Connecting endpoints log in with it. */
   const char *plain_password;
   mq_auth_fn auth;             /* PLAIN with a callback (takes precedence) */
   void *auth_ctx;
@@ -647,6 +651,14 @@ typedef struct mq_server_options {
                                   default 64 */
   size_t credit;               /* PUSH egress and ROUTER consumers: most
                                   messages in flight per peer; default 1000 */
+  /* Connecting endpoints (mq_server_pull_connect, mq_server_push_connect):
+  ** after a failed or lost connection the next attempt waits a random time
+  ** in [0, min(reconnect_max_ms, reconnect_ms * 2^failures)] ("full
+  ** jitter"); a connection that stayed up 10 s resets the count. */
+  int64_t reconnect_ms;        /* default 100; at least 1 */
+  int64_t reconnect_max_ms;    /* default 30000; at least reconnect_ms */
+  int64_t connect_timeout_ms;  /* a TCP connect taking longer fails;
+                                  default 10000; 0 = the kernel's */
 } mq_server_options;
 
 MQ_API void mq_server_options_init(mq_server_options *opts);
@@ -663,9 +675,28 @@ MQ_API int mq_server_pull(mq_server *server, const char *queue, const char *endp
 MQ_API int mq_server_push(mq_server *server, const char *queue, const char *endpoint);
 MQ_API int mq_server_router(mq_server *server, const char *endpoint);
 
+/* Connect out instead of listening: serve queue to a libzmq socket that
+** binds endpoint ("tcp://HOST:PORT", HOST an IPv4 address, an IPv6
+** address in brackets, or "localhost"; not "*", and PORT not 0).
+** mq_server_pull_connect connects as PULL to a PUSH socket and puts what
+** it sends on queue, like mq_server_pull; mq_server_push_connect connects
+** as PUSH to a PULL socket and sends it the messages of queue, like
+** mq_server_push.  The queue must exist.  No connection is attempted
+** before mq_server_run; from then on the server keeps one connection per
+** endpoint, reconnecting after failures with the backoff of
+** mq_server_options (reconnect_ms, reconnect_max_ms, connect_timeout_ms).
+** With plain_user and plain_password set, the connection authenticates
+** with PLAIN as that user; when the peer refuses (it sends ERROR), the
+** next attempt waits 5 minutes and the log callback says why.  The
+** endpoint string is copied.  MQ_EINVAL for a bad endpoint or NULL
+** argument, MQ_ENOTFOUND for an unknown queue, MQ_EMISUSE while the server
+** runs.  Threads: as the listening calls above. */
+MQ_API int mq_server_pull_connect(mq_server *server, const char *queue, const char *endpoint);
+MQ_API int mq_server_push_connect(mq_server *server, const char *queue, const char *endpoint);
+
 /* The address endpoint i (in order of the calls above) actually listens
-** on, e.g. "tcp://127.0.0.1:40123"; copied into buf.  MQ_ENOTFOUND past
-** the last. */
+** on, e.g. "tcp://127.0.0.1:40123", or for a connecting endpoint the
+** address it connects to; copied into buf.  MQ_ENOTFOUND past the last. */
 MQ_API int mq_server_endpoint(mq_server *server, size_t i, char *buf, size_t cap);
 
 /* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).

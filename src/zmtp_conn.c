@@ -1,6 +1,10 @@
 /*
-** zmtp_conn.c -- one ZMTP 3.x connection over a non-blocking TCP socket,
-** server side: greeting, NULL or PLAIN handshake, traffic, heartbeats.
+** zmtp_conn.c -- one ZMTP 3.x connection over a non-blocking TCP socket:
+** greeting, NULL or PLAIN handshake, traffic, heartbeats.  A connection we
+** accepted is the PLAIN server; one we opened (cfg.client) is the PLAIN
+** client: HELLO after the greeting, then INITIATE after the WELCOME, and
+** the connection is ACTIVE at the server's READY.  Under NULL the two
+** roles are the same, since NULL is symmetric.
 **
 ** A connection moves GREETING -> HANDSHAKE -> ACTIVE, and ends DEAD
 ** (directly, or through CLOSING when a final ERROR must reach the peer).
@@ -56,7 +60,9 @@ struct mqi_zconn {
   int64_t close_deadline;
   /* Handshake. */
   mqi_zmtp_greeting greet;
-  int hs_step; /* PLAIN: 0 = HELLO expected, 1 = INITIATE expected */
+  int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
+                  client: 0 = WELCOME expected, 1 = READY expected */
+  int peer_error; /* the peer sent ERROR */
   int peer_type;
   uint8_t identity[MQI_ZMTP_IDENTITY_MAX];
   size_t identity_len;
@@ -164,7 +170,8 @@ int mqi_zconn_new(int fd, const char *peer, const mqi_zconn_config *cfg, int64_t
   hs.max_message = hs.max_command;
   hs.max_frames = 1;
   mqi_zmtp_decoder_init(&c->dec, &hs, NULL, NULL);
-  mqi_zmtp_greeting_encode(greeting, cfg->mechanism, cfg->mechanism != MQI_ZMTP_MECH_NULL);
+  mqi_zmtp_greeting_encode(greeting, cfg->mechanism,
+                           !cfg->client && cfg->mechanism != MQI_ZMTP_MECH_NULL);
   if (zconn_queue(c, greeting, sizeof greeting) != MQI_ZC_OK) {
     c->fd = -1; /* still the caller's */
     mqi_zconn_free(c);
@@ -192,6 +199,7 @@ const char *mqi_zconn_reason(const mqi_zconn *c) { return c->why; }
 const char *mqi_zconn_peer(const mqi_zconn *c) { return c->peer; }
 int mqi_zconn_peer_type(const mqi_zconn *c) { return c->peer_type; }
 const char *mqi_zconn_user(const mqi_zconn *c) { return c->user; }
+int mqi_zconn_peer_error(const mqi_zconn *c) { return c->peer_error; }
 size_t mqi_zconn_buffered(const mqi_zconn *c) { return c->ilen - c->ipos; }
 size_t mqi_zconn_pending(const mqi_zconn *c) { return c->olen - c->ohead; }
 uint64_t mqi_zconn_queued(const mqi_zconn *c) { return c->queued; }
@@ -260,6 +268,39 @@ static int zconn_plain_hello(mqi_zconn *c, int64_t now, const mqi_zmtp_cmd *cmd)
   return zconn_queue(c, buf, n);
 }
 
+/* PLAIN client: our HELLO, sent as soon as the greetings are done. */
+static int zconn_plain_send_hello(mqi_zconn *c) {
+  uint8_t buf[ZCONN_CMD_MAX];
+  size_t n = 0;
+  const char *u = c->cfg.plain_user ? c->cfg.plain_user : "";
+  const char *p = c->cfg.plain_password ? c->cfg.plain_password : "";
+  int rc = mqi_zmtp_hello_encode(buf, sizeof buf, u, strlen(u), p, strlen(p), &n);
+  if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode HELLO");
+  int r = zconn_queue(c, buf, n); /* closes the connection when it fails */
+  memset(buf, 0, sizeof buf);     /* the password */
+  return r;
+}
+
+/* PLAIN client: WELCOME, then INITIATE with our metadata; then READY. */
+static int zconn_plain_client(mqi_zconn *c, const mqi_zmtp_cmd *cmd) {
+  if (c->hs_step == 0) {
+    uint8_t buf[ZCONN_CMD_MAX];
+    size_t n = 0;
+    if (cmd->kind != MQI_ZMTP_CMD_WELCOME || mqi_zmtp_welcome_parse(cmd) != MQI_ZMTP_OK)
+      return zconn_fail(c, "expected PLAIN WELCOME, got \"%.*s\"", (int)cmd->name_len,
+                        (const char *)cmd->name);
+    int rc = mqi_zmtp_ready_encode(buf, sizeof buf, MQI_ZMTP_CMD_INITIATE, c->cfg.socket_type,
+                                   NULL, 0, NULL, 0, &n);
+    if (rc != MQI_ZMTP_OK) return zconn_fail(c, "cannot encode INITIATE");
+    c->hs_step = 1;
+    return zconn_queue(c, buf, n);
+  }
+  if (cmd->kind != MQI_ZMTP_CMD_READY)
+    return zconn_fail(c, "expected READY, got \"%.*s\"", (int)cmd->name_len,
+                      (const char *)cmd->name);
+  return zconn_accept_meta(c, cmd);
+}
+
 /* One frame during the handshake.  Like libzmq we do not insist on the
 ** COMMAND flag here: a data frame carrying a READY body is a READY. */
 static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
@@ -270,6 +311,7 @@ static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
     const uint8_t *r = NULL;
     size_t rl = 0;
     mqi_zmtp_error_parse(&cmd, &r, &rl);
+    c->peer_error = 1;
     return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
                       r ? (const char *)r : "");
   }
@@ -279,6 +321,7 @@ static int zconn_handshake(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
                         (const char *)cmd.name);
     return zconn_accept_meta(c, &cmd);
   }
+  if (c->cfg.client) return zconn_plain_client(c, &cmd);
   if (c->hs_step == 0) {
     if (cmd.kind != MQI_ZMTP_CMD_HELLO)
       return zconn_fail(c, "expected PLAIN HELLO, got \"%.*s\"", (int)cmd.name_len,
@@ -316,6 +359,7 @@ static int zconn_command(mqi_zconn *c, int64_t now, const mqi_zmtp_frame *f) {
     const uint8_t *r = NULL;
     size_t rl = 0;
     mqi_zmtp_error_parse(&cmd, &r, &rl);
+    c->peer_error = 1;
     return zconn_fail(c, "peer sent ERROR \"%.*s\"", (int)(rl > 64 ? 64 : rl),
                       r ? (const char *)r : "");
   }
@@ -377,8 +421,11 @@ static int zconn_process(mqi_zconn *c, int64_t now, mqi_zconn_msg_fn fn, void *c
       if (rc != MQI_ZMTP_OK) return zconn_fail(c, "greeting: %s", mqi_zmtp_rcstr(rc));
       c->state = MQI_ZC_HANDSHAKE;
       /* NULL is symmetric and libzmq sends READY at once; so do we.  With
-      ** PLAIN the server speaks only after the client's HELLO. */
+      ** PLAIN the client speaks first (HELLO), the server only after it. */
       if (c->cfg.mechanism == MQI_ZMTP_MECH_NULL && zconn_send_ready(c) != MQI_ZC_OK)
+        return MQI_ZC_CLOSED;
+      if (c->cfg.mechanism == MQI_ZMTP_MECH_PLAIN && c->cfg.client &&
+          zconn_plain_send_hello(c) != MQI_ZC_OK)
         return MQI_ZC_CLOSED;
       continue;
     }

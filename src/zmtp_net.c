@@ -186,6 +186,35 @@ int mqi_net_accept(int lfd, char *peer, size_t cap) {
   return s;
 }
 
+int mqi_net_connect(const struct sockaddr_storage *ss, socklen_t len, int *fd) {
+  int one = 1;
+  *fd = -1;
+  int s = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  (void)setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (connect(s, (const struct sockaddr *)ss, len) == 0) {
+    *fd = s;
+    return 0;
+  }
+  /* EINTR on a non-blocking connect means it goes on in the background,
+  ** like EINPROGRESS; retrying it would give EALREADY. */
+  if (errno == EINPROGRESS || errno == EINTR) {
+    *fd = s;
+    return 1;
+  }
+  int e = errno;
+  close(s);
+  errno = e;
+  return -1;
+}
+
+int mqi_net_connect_result(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return errno ? errno : EIO;
+  return err;
+}
+
 int mqi_net_pipe(int fds[2]) {
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     fds[0] = fds[1] = -1;

@@ -48,6 +48,13 @@ MQI_API int mqi_net_local_name(int fd, char *buf, size_t cap);
 ** TCP_NODELAY, and the peer's "ADDR:PORT" in peer.  Returns the socket or
 ** -1 with errno (EAGAIN when none is waiting). */
 MQI_API int mqi_net_accept(int lfd, char *peer, size_t cap);
+/* Start a non-blocking TCP connect (close-on-exec, TCP_NODELAY) to ss.
+** Returns 0 when already connected, 1 when in progress (wait for POLLOUT,
+** then ask mqi_net_connect_result), -1 with errno on failure; *fd is the
+** socket in the first two cases, -1 otherwise. */
+MQI_API int mqi_net_connect(const struct sockaddr_storage *ss, socklen_t len, int *fd);
+/* How a connect in progress ended: 0 connected, else the errno value. */
+MQI_API int mqi_net_connect_result(int fd);
 /* A non-blocking pipe whose read end wakes poll(2): fds[0] read, fds[1]
 ** write.  MQ_OK or MQ_ENET. */
 MQI_API int mqi_net_pipe(int fds[2]);
@@ -84,6 +91,9 @@ typedef struct mqi_zconn_config {
   int64_t handshake_timeout_ms; /* 0: none */
   mqi_zmtp_limits limits;      /* for traffic after the handshake */
   size_t out_limit;            /* most bytes queued for output; see send */
+  int client;                  /* we connected: PLAIN client role */
+  const char *plain_user;      /* client with PLAIN: credentials sent in */
+  const char *plain_password;  /* HELLO (owned by the caller, outlive us) */
 } mqi_zconn_config;
 
 /* One frame of an outgoing message. */
@@ -122,6 +132,9 @@ MQI_API int mqi_zconn_peer_type(const mqi_zconn *c);
 MQI_API const uint8_t *mqi_zconn_identity(const mqi_zconn *c, size_t *len);
 /* The PLAIN user name the peer authenticated as ("" for NULL). */
 MQI_API const char *mqi_zconn_user(const mqi_zconn *c);
+/* Nonzero when the connection ended because the peer sent ERROR (for a
+** client: the server refused our credentials). */
+MQI_API int mqi_zconn_peer_error(const mqi_zconn *c);
 
 /*
 ** Read from the socket (at most about budget bytes) and process what came:
@@ -191,6 +204,17 @@ typedef struct mqi_srv_ep {
   /* PUSH: the next connection in turn, and when to look at the queue. */
   size_t rr;
   int64_t empty_until;           /* monotonic ms; 0: look now */
+  /* Connecting endpoints (fd is then -1): we connect to addr and keep
+  ** reconnecting.  Times are on the server's clock (mqi_server_now). */
+  int connect;
+  int cfd;                       /* the socket being connected, or -1 */
+  int live;                      /* a connection of this endpoint exists */
+  int failures;                  /* in a row: the backoff's exponent */
+  struct sockaddr_storage addr;
+  socklen_t addrlen;
+  int64_t next_try;              /* when to connect again */
+  int64_t connect_deadline;      /* when the connect in progress fails */
+  int64_t up_since;              /* when the connection became ACTIVE; 0 */
 } mqi_srv_ep;
 
 /* A PUSH egress message queued on a connection and not yet acked. */
@@ -234,6 +258,8 @@ struct mq_server {
   void *clock_ctx;
   size_t out_limit;
   mqi_rt_state *rt;
+  uint64_t rng;  /* xorshift state for the reconnect jitter */
+  int freeing;   /* mq_server_free runs: no reconnects scheduled */
   /* The PULL commit thread and its one job (zmtp_server.c).  cjob: 0 idle,
   ** 1 handed over, 2 done, and the cjob_* fields: under cmu.  cbusy: the
   ** loop's own note that a job is out (read by the loop thread only). */
@@ -274,6 +300,58 @@ MQI_API void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc);
 MQI_API int64_t mqi_router_wake(mq_server *s);
 /* A put reached queue: consumers waiting on it may look again. */
 MQI_API void mqi_router_kick(mq_server *s, const char *queue);
+
+/* ---- zmtp_router.c: MQ1 request parsing, a pure function (fuzzed) -------- */
+#define MQI_RT_ID_MAX 64      /* client_msg_id and :producer, in bytes */
+#define MQI_RT_HEADERS_MAX 64 /* user headers of one PUT */
+#define MQI_RT_WAIT_MAX_MS 3600000
+#define MQI_RT_REASON_MAX 1000
+
+/* Verbs (mqi_router_req.verb). */
+enum {
+  MQI_RT_PUT = 1,
+  MQI_RT_ACK,
+  MQI_RT_NACK,
+  MQI_RT_TOUCH,
+  MQI_RT_GET,
+  MQI_RT_CONSUME,
+  MQI_RT_STOP
+};
+
+/* What mqi_router_parse returns: the request is sound (OK); it is refused
+** with "ERR 400 error" (ERR: no verb, no id to answer under); or it is
+** refused in the verb's own reply form, "ACK cid 400" or "DONE receipt
+** 400", because the id (cid or receipt) was read before the fault. */
+enum { MQI_RTP_OK = 0, MQI_RTP_ERR = 1, MQI_RTP_REFUSE = 2 };
+
+/* One parsed request.  Strings are NUL-terminated copies; payload, headers
+** and the NACK reason stay in the frames and are named by index, so the
+** struct is valid only as long as the frames it was parsed from. */
+typedef struct mqi_router_req {
+  int delim;  /* a leading empty frame is to be echoed in replies */
+  int verb;   /* MQI_RT_*; 0 when the verb was not understood */
+  size_t arg; /* index of the first argument frame (the queue) */
+  char queue[MQ_NAME_MAX + 1];
+  char cid[MQI_RT_ID_MAX + 1];         /* PUT */
+  char receipt[MQ_RECEIPT_MAX + 1];    /* ACK, NACK, TOUCH */
+  int64_t lease_ms, wait_ms;           /* GET, CONSUME (lease only) */
+  int64_t credit;                      /* CONSUME */
+  int64_t ms;                          /* NACK delay, TOUCH visibility */
+  int has_reason;                      /* NACK: frame arg + 3 is the reason */
+  int64_t delay_ms, ttl_ms;            /* PUT options */
+  int priority;                        /* PUT option */
+  char producer[MQI_RT_ID_MAX + 1];    /* PUT option; "" when not given */
+  char subject[MQ_SUBJECT_MAX + 1];    /* PUT option; "" when not given */
+  size_t n_headers, header_bytes;      /* PUT user headers: count, NUL-ended size */
+  const char *error;                   /* static text when refused */
+} mqi_router_req;
+
+/* Parse one MQ1 request of n frames into *out.  Touches nothing but *out:
+** no allocation, no store, no connection, so a fuzzer can drive it.  Every
+** length and number is checked here; the handler only allocates and acts.
+** The PUT payload is frame out->arg + 2, its headers follow in name/value
+** pairs (names starting with ':' are the options already parsed). */
+MQI_API int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_req *out);
 
 /* ---- test hooks ------------------------------------------------------------ */
 

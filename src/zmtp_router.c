@@ -31,6 +31,11 @@
 ** Protocol errors in a request are answered (ERR, or an ACK/DONE with a 4xx
 ** status), never with a ZMTP ERROR or a close: the ZMTP session is sound
 ** even when a request is not, and closing would only make libzmq resend.
+**
+** A request is read in two steps: mqi_router_parse checks every frame,
+** length and number and touches nothing but its output, and only then do
+** the handlers allocate and act.  Keeping the peer-facing parser pure is
+** what lets fuzz/fuzz_zmtp_router.c drive it without a store or a socket.
 */
 #include <inttypes.h>
 #include <stdio.h>
@@ -40,8 +45,8 @@
 #include "zmtp_net.h"
 
 #define RT_TAG "MQ1"
-#define RT_ID_MAX 64 /* client_msg_id, producer, bytes */
-#define RT_HEADERS_MAX 64
+#define RT_ID_MAX MQI_RT_ID_MAX
+#define RT_HEADERS_MAX MQI_RT_HEADERS_MAX
 #define RT_BATCH_MSGS 4096 /* puts per turn before reading pauses */
 #define RT_BATCH_BYTES ((size_t)32 << 20)
 #define RT_SUBS_MAX 64    /* CONSUME streams per connection */
@@ -49,7 +54,6 @@
 #define RT_DELIVER_MAX 64 /* leased per stream per turn */
 #define RT_POLL_MS 20     /* look at an empty queue this often */
 #define RT_NACK_ON_CLOSE_MAX 256
-#define RT_WAIT_MAX_MS 3600000
 
 /* Verbs of settle requests. */
 #define RT_ACK 0
@@ -269,79 +273,186 @@ static mqi_rt_conn *rt_conn(mqi_srv_conn *sc) {
 }
 
 /* ------------------------------------------------------------------------
-** Requests
+** Parsing: a pure function of the frames, so fuzz/fuzz_zmtp_router.c can
+** drive every branch without a store or a socket.  Empty frames may come
+** with a NULL body, so nothing here hands a body to memcmp or memchr
+** without a nonzero size.
+*/
+static int rt_refuse(mqi_router_req *r, int code, const char *why) {
+  r->error = why;
+  return code;
+}
+
+static int rt_has_nul(const mqi_zmtp_frame *f) {
+  return f->size > 0 && memchr(f->body, 0, f->size) != NULL;
+}
+
+/* PUT queue client_msg_id payload *(name value) */
+static int rt_parse_put(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  if (n < 2 || rt_str(&a[1], r->cid, MQI_RT_ID_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_ERR,
+                     "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
+  if (n < 3) return rt_refuse(r, MQI_RTP_REFUSE, "PUT without a payload frame");
+  if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  if ((n - 3) % 2 != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "header frames must come in name/value pairs");
+  if ((n - 3) / 2 > MQI_RT_HEADERS_MAX) return rt_refuse(r, MQI_RTP_REFUSE, "too many headers");
+  for (size_t i = 3; i + 1 < n; i += 2) {
+    const mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
+    if (nm->size == 0 || nm->size > 255 || rt_has_nul(nm) || rt_has_nul(val))
+      return rt_refuse(r, MQI_RTP_REFUSE,
+                       "a header name is empty or long, or a name or value holds a NUL byte");
+    if (nm->body[0] != ':') {
+      r->header_bytes += nm->size + val->size + 2;
+      r->n_headers++;
+      continue;
+    }
+    int64_t v = 0;
+    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
+      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :delay or :ttl");
+      if (rt_is(nm, ":delay"))
+        r->delay_ms = v;
+      else
+        r->ttl_ms = v;
+    } else if (rt_is(nm, ":priority")) {
+      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :priority");
+      r->priority = (int)v;
+    } else if (rt_is(nm, ":producer")) {
+      if (rt_str(val, r->producer, MQI_RT_ID_MAX, 0) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :producer");
+    } else if (rt_is(nm, ":subject")) {
+      if (rt_str(val, r->subject, MQ_SUBJECT_MAX, 0) != 0)
+        return rt_refuse(r, MQI_RTP_REFUSE, "bad :subject");
+    } else {
+      return rt_refuse(r, MQI_RTP_REFUSE, "unknown option (names starting with ':' are options)");
+    }
+  }
+  return MQI_RTP_OK;
+}
+
+/* ACK/NACK/TOUCH queue receipt [...] */
+static int rt_parse_settle(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  int verb = r->verb;
+  if (n < 2 || rt_str(&a[1], r->receipt, MQ_RECEIPT_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_ERR, "ACK, NACK and TOUCH need: queue receipt");
+  if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
+    return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  if (verb == MQI_RT_ACK && n != 2)
+    return rt_refuse(r, MQI_RTP_REFUSE, "ACK takes: queue receipt");
+  if (verb == MQI_RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0))
+    return rt_refuse(r, MQI_RTP_REFUSE, "TOUCH takes: queue receipt visibility_ms");
+  if (verb == MQI_RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0)))
+    return rt_refuse(r, MQI_RTP_REFUSE, "NACK takes: queue receipt [delay_ms [reason]]");
+  if (verb == MQI_RT_NACK && n == 4) {
+    if (a[3].size > MQI_RT_REASON_MAX || rt_has_nul(&a[3]))
+      return rt_refuse(r, MQI_RTP_REFUSE, "a NACK reason is at most 1000 bytes without NUL");
+    r->has_reason = 1;
+  }
+  return MQI_RTP_OK;
+}
+
+/* GET queue [lease_ms [wait_ms]] */
+static int rt_parse_get(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  if (n < 1 || n > 3 || rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0 ||
+      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &r->lease_ms) != 0) ||
+      (n == 3 && rt_int(&a[2], 0, MQI_RT_WAIT_MAX_MS, &r->wait_ms) != 0))
+    return rt_refuse(r, MQI_RTP_ERR, "GET takes: queue [lease_ms [wait_ms]]");
+  return MQI_RTP_OK;
+}
+
+/* CONSUME queue credit [lease_ms]; STOP queue */
+static int rt_parse_consume(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r) {
+  int stop = r->verb == MQI_RT_STOP;
+  if (n < 1 || rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0 ||
+      (stop ? n != 1
+            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &r->credit) != 0 ||
+               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &r->lease_ms) != 0))))
+    return rt_refuse(r, MQI_RTP_ERR,
+                     stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
+  return MQI_RTP_OK;
+}
+
+int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_req *r) {
+  static const struct {
+    const char *name;
+    int verb;
+  } verbs[] = {{"PUT", MQI_RT_PUT},   {"ACK", MQI_RT_ACK}, {"NACK", MQI_RT_NACK},
+               {"TOUCH", MQI_RT_TOUCH}, {"GET", MQI_RT_GET}, {"CONSUME", MQI_RT_CONSUME},
+               {"STOP", MQI_RT_STOP}};
+  size_t i = 0;
+  memset(r, 0, sizeof *r);
+  if (n > 1 && parts[0].size == 0) {
+    r->delim = 1;
+    i = 1;
+  }
+  if (n - i < 2 || !rt_is(&parts[i], RT_TAG))
+    return rt_refuse(r, MQI_RTP_ERR, "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
+  for (size_t k = 0; k < sizeof verbs / sizeof verbs[0] && !r->verb; k++)
+    if (rt_is(&parts[i + 1], verbs[k].name)) r->verb = verbs[k].verb;
+  r->arg = i + 2;
+  const mqi_zmtp_frame *a = parts + r->arg;
+  size_t na = n - r->arg;
+  switch (r->verb) {
+    case MQI_RT_PUT:
+      return rt_parse_put(a, na, r);
+    case MQI_RT_ACK:
+    case MQI_RT_NACK:
+    case MQI_RT_TOUCH:
+      return rt_parse_settle(a, na, r);
+    case MQI_RT_GET:
+      return rt_parse_get(a, na, r);
+    case MQI_RT_CONSUME:
+    case MQI_RT_STOP:
+      return rt_parse_consume(a, na, r);
+    default:
+      return rt_refuse(r, MQI_RTP_ERR, "unknown verb");
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Requests: the parsed request is acted on, or queued for the turn's work
 */
 static int rt_queue_kind(mq_server *s, const char *queue) {
   mq_queue_info info;
   return mq_queue_info_get(s->store, queue, &info) == MQ_OK ? info.kind : -1;
 }
 
-/* PUT queue client_msg_id payload *(name value) */
-static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame *a, size_t n) {
+static void rt_put_refuse(mq_server *s, mqi_srv_conn *sc, int delim, const char *cid,
+                          const char *status, const char *why) {
+  mqi_zpart r[5] = {rt_p("ACK"), rt_p(cid), rt_p(status), rt_p(""), rt_p(why)};
+  rt_reply(s, sc, delim, r, 5);
+}
+
+/* A parsed PUT: copy its headers, take its payload frame, queue it. */
+static void rt_req_put(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
+                       mqi_zmtp_frame *parts) {
   mqi_rt_state *st = s->rt;
+  mqi_zmtp_frame *a = parts + q->arg;
   rt_put p;
-  const char *bad = NULL;
   memset(&p, 0, sizeof p);
   p.sc = sc;
-  p.delim = delim;
-  if (n < 2 || rt_str(&a[1], p.cid, RT_ID_MAX, 0) != 0) {
-    rt_err(s, sc, delim, "400", "PUT needs: queue client_msg_id (1..64 printable bytes) payload");
-    return;
-  }
+  p.delim = q->delim;
+  memcpy(p.queue, q->queue, sizeof p.queue);
+  memcpy(p.cid, q->cid, sizeof p.cid);
+  memcpy(p.subject, q->subject, sizeof p.subject);
   mq_put_options_init(&p.po);
-  if (n < 3)
-    bad = "PUT without a payload frame";
-  else if (rt_str(&a[0], p.queue, MQ_NAME_MAX, 0) != 0)
-    bad = "bad queue name";
-  else if ((n - 3) % 2 != 0)
-    bad = "header frames must come in name/value pairs";
-  else if ((n - 3) / 2 > RT_HEADERS_MAX)
-    bad = "too many headers";
-  const char *producer = sc->rt ? sc->rt->producer : "";
-  char opt_producer[RT_ID_MAX + 1];
-  size_t hsize = 0, nh = 0;
-  for (size_t i = 3; !bad && i + 1 < n; i += 2) {
-    mqi_zmtp_frame *nm = &a[i], *val = &a[i + 1];
-    if (nm->size == 0 || nm->size > 255 || memchr(nm->body, 0, nm->size) ||
-        (val->size && memchr(val->body, 0, val->size))) {
-      bad = "a header name is empty or long, or a name or value holds a NUL byte";
-      break;
+  p.po.delay_ms = q->delay_ms;
+  p.po.ttl_ms = q->ttl_ms;
+  p.po.priority = q->priority;
+  if (q->n_headers) {
+    p.hdrs = malloc(q->n_headers * sizeof *p.hdrs);
+    p.hbuf = malloc(q->header_bytes);
+    if (!p.hdrs || !p.hbuf) {
+      rt_put_refuse(s, sc, q->delim, q->cid, "400", "out of memory");
+      rt_put_clear(&p);
+      return;
     }
-    if (nm->body[0] != ':') {
-      hsize += nm->size + val->size + 2;
-      nh++;
-      continue;
-    }
-    int64_t v = 0;
-    if (rt_is(nm, ":delay") || rt_is(nm, ":ttl")) {
-      if (rt_int(val, 0, INT64_MAX / 4, &v) != 0)
-        bad = "bad :delay or :ttl";
-      else if (rt_is(nm, ":delay"))
-        p.po.delay_ms = v;
-      else
-        p.po.ttl_ms = v;
-    } else if (rt_is(nm, ":priority")) {
-      if (rt_int(val, -1000000000, 1000000000, &v) != 0)
-        bad = "bad :priority";
-      else
-        p.po.priority = (int)v;
-    } else if (rt_is(nm, ":producer")) {
-      if (rt_str(val, opt_producer, RT_ID_MAX, 0) != 0)
-        bad = "bad :producer";
-      else
-        producer = opt_producer;
-    } else if (rt_is(nm, ":subject")) {
-      if (rt_str(val, p.subject, MQ_SUBJECT_MAX, 0) != 0) bad = "bad :subject";
-    } else {
-      bad = "unknown option (names starting with ':' are options)";
-    }
-  }
-  if (!bad && nh) {
-    p.hdrs = malloc(nh * sizeof *p.hdrs);
-    p.hbuf = malloc(hsize);
-    if (!p.hdrs || !p.hbuf) bad = "out of memory";
     char *at = p.hbuf;
-    for (size_t i = 3, k = 0; !bad && i + 1 < n; i += 2) {
+    size_t k = 0;
+    for (size_t i = 3; k < q->n_headers; i += 2) { /* a[2] is the payload */
       if (a[i].body[0] == ':') continue;
       p.hdrs[k].name = at;
       memcpy(at, a[i].body, a[i].size);
@@ -354,14 +465,9 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame
       k++;
     }
     p.po.headers = p.hdrs;
-    p.po.n_headers = nh;
+    p.po.n_headers = q->n_headers;
   }
-  if (bad) {
-    mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("400"), rt_p(""), rt_p(bad)};
-    rt_reply(s, sc, delim, r, 5);
-    rt_put_clear(&p);
-    return;
-  }
+  const char *producer = q->producer[0] ? q->producer : (sc->rt ? sc->rt->producer : "");
   if (*producer)
     snprintf(p.key, sizeof p.key, "%s/%s", producer, p.cid);
   else
@@ -372,93 +478,74 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, int delim, mqi_zmtp_frame
   a[2].body = NULL;
   if (st->nputs == st->putcap) {
     size_t cap = st->putcap ? st->putcap * 2 : 64;
-    rt_put *q = realloc(st->puts, cap * sizeof *q);
-    if (!q) {
-      mqi_zpart r[5] = {rt_p("ACK"), rt_p(p.cid), rt_p("503"), rt_p(""), rt_p("out of memory")};
-      rt_reply(s, sc, delim, r, 5);
+    rt_put *grown = realloc(st->puts, cap * sizeof *grown);
+    if (!grown) {
+      rt_put_refuse(s, sc, q->delim, q->cid, "503", "out of memory");
       rt_put_clear(&p);
       return;
     }
-    st->puts = q;
+    st->puts = grown;
     st->putcap = cap;
   }
   st->puts[st->nputs++] = p;
   st->put_bytes += p.len;
 }
 
-/* ACK/NACK/TOUCH queue receipt [...] */
-static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, int delim, int verb,
-                          const mqi_zmtp_frame *a, size_t n) {
+static void rt_settle_refuse(mq_server *s, mqi_srv_conn *sc, int delim, const char *receipt,
+                             const char *why) {
+  mqi_zpart r[4] = {rt_p("DONE"), rt_p(receipt), rt_p("400"), rt_p(why)};
+  rt_reply(s, sc, delim, r, 4);
+}
+
+/* A parsed ACK, NACK or TOUCH: queued for the turn's commit. */
+static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
+                          const mqi_zmtp_frame *parts) {
   mqi_rt_state *st = s->rt;
   rt_settle t;
   memset(&t, 0, sizeof t);
   t.sc = sc;
-  t.delim = delim;
-  t.verb = verb;
-  if (n < 2 || rt_str(&a[1], t.receipt, MQ_RECEIPT_MAX, 0) != 0) {
-    rt_err(s, sc, delim, "400", "ACK, NACK and TOUCH need: queue receipt");
-    return;
-  }
-  const char *bad = NULL;
-  if (rt_str(&a[0], t.queue, MQ_NAME_MAX, 0) != 0)
-    bad = "bad queue name";
-  else if (verb == RT_ACK && n != 2)
-    bad = "ACK takes: queue receipt";
-  else if (verb == RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0))
-    bad = "TOUCH takes: queue receipt visibility_ms";
-  else if (verb == RT_NACK && (n > 4 || (n >= 3 && rt_int(&a[2], 0, INT64_MAX / 4, &t.ms) != 0)))
-    bad = "NACK takes: queue receipt [delay_ms [reason]]";
-  else if (verb == RT_NACK && n == 4) {
-    if (a[3].size > 1000 || memchr(a[3].body, 0, a[3].size)) {
-      bad = "a NACK reason is at most 1000 bytes without NUL";
-    } else {
-      t.reason = malloc(a[3].size + 1);
-      if (!t.reason)
-        bad = "out of memory";
-      else {
-        if (a[3].size) memcpy(t.reason, a[3].body, a[3].size);
-        t.reason[a[3].size] = '\0';
-      }
+  t.delim = q->delim;
+  t.verb = q->verb == MQI_RT_ACK ? RT_ACK : q->verb == MQI_RT_NACK ? RT_NACK : RT_TOUCH;
+  t.ms = q->ms;
+  memcpy(t.queue, q->queue, sizeof t.queue);
+  memcpy(t.receipt, q->receipt, sizeof t.receipt);
+  if (q->has_reason) {
+    const mqi_zmtp_frame *why = &parts[q->arg + 3];
+    t.reason = malloc(why->size + 1);
+    if (!t.reason) {
+      rt_settle_refuse(s, sc, q->delim, q->receipt, "out of memory");
+      return;
     }
+    if (why->size) memcpy(t.reason, why->body, why->size);
+    t.reason[why->size] = '\0';
   }
-  if (!bad && st->nsettles == st->settlecap) {
+  if (st->nsettles == st->settlecap) {
     size_t cap = st->settlecap ? st->settlecap * 2 : 64;
-    rt_settle *q = realloc(st->settles, cap * sizeof *q);
-    if (!q)
-      bad = "out of memory";
-    else {
-      st->settles = q;
-      st->settlecap = cap;
+    rt_settle *grown = realloc(st->settles, cap * sizeof *grown);
+    if (!grown) {
+      free(t.reason);
+      rt_settle_refuse(s, sc, q->delim, q->receipt, "out of memory");
+      return;
     }
-  }
-  if (bad) {
-    free(t.reason);
-    mqi_zpart r[4] = {rt_p("DONE"), rt_p(t.receipt), rt_p("400"), rt_p(bad)};
-    rt_reply(s, sc, delim, r, 4);
-    return;
+    st->settles = grown;
+    st->settlecap = cap;
   }
   st->settles[st->nsettles++] = t;
 }
 
-/* GET queue [lease_ms [wait_ms]] */
-static void rt_req_get(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zmtp_frame *a,
-                       size_t n) {
+/* A parsed GET: waits in the connection's list until served. */
+static void rt_req_get(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q) {
   mqi_rt_conn *rc = sc->rt;
   rt_get g;
-  int64_t wait = 0;
   memset(&g, 0, sizeof g);
-  g.delim = delim;
-  if (n < 1 || n > 3 || rt_str(&a[0], g.queue, MQ_NAME_MAX, 0) != 0 ||
-      (n >= 2 && rt_int(&a[1], 0, INT64_MAX / 4, &g.lease_ms) != 0) ||
-      (n == 3 && rt_int(&a[2], 0, RT_WAIT_MAX_MS, &wait) != 0)) {
-    rt_err(s, sc, delim, "400", "GET takes: queue [lease_ms [wait_ms]]");
-    return;
-  }
+  g.delim = q->delim;
+  g.lease_ms = q->lease_ms;
+  memcpy(g.queue, q->queue, sizeof g.queue);
   if (!rc || rc->ngets == RT_GETS_MAX) {
-    rt_err(s, sc, delim, "429", "too many waiting GETs on this connection");
+    rt_err(s, sc, q->delim, "429", "too many waiting GETs on this connection");
     return;
   }
-  g.deadline = rt_mono() + wait;
+  g.deadline = rt_mono() + q->wait_ms;
   rc->gets[rc->ngets++] = g;
   s->rt->poll_at = 0;
 }
@@ -474,23 +561,15 @@ static void rt_sub_drop(mqi_rt_conn *rc, rt_sub *sub) {
   *sub = rc->subs[--rc->nsubs];
 }
 
-/* CONSUME queue credit [lease_ms]; STOP queue */
-static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
-                           const mqi_zmtp_frame *a, size_t n) {
+/* A parsed CONSUME or STOP: open, resize or close the stream. */
+static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q) {
   mqi_rt_conn *rc = sc->rt;
-  char queue[MQ_NAME_MAX + 1];
-  int64_t credit = 0, lease = 0;
-  if (n < 1 || rt_str(&a[0], queue, MQ_NAME_MAX, 0) != 0 ||
-      (stop ? n != 1
-            : (n < 2 || n > 3 || rt_int(&a[1], 0, INT64_MAX / 4, &credit) != 0 ||
-               (n == 3 && rt_int(&a[2], 0, INT64_MAX / 4, &lease) != 0)))) {
-    rt_err(s, sc, delim, "400",
-           stop ? "STOP takes: queue" : "CONSUME takes: queue credit [lease_ms]");
-    return;
-  }
+  int delim = q->delim;
+  int64_t credit = q->credit;
+  const char *queue = q->queue;
   if (!rc) return;
   rt_sub *sub = rt_find_sub(rc, queue);
-  if (stop || credit == 0) {
+  if (q->verb == MQI_RT_STOP || credit == 0) {
     /* Deliveries in flight stay leased to the peer: it may still ack them. */
     if (sub) rt_sub_drop(rc, sub);
     mqi_zpart r[2] = {rt_p("STOPPED"), rt_p(queue)};
@@ -515,7 +594,7 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
   if ((uint64_t)credit > s->opt.credit) credit = (int64_t)s->opt.credit;
   sub->delim = delim;
   sub->window = (size_t)credit;
-  sub->lease_ms = lease;
+  sub->lease_ms = q->lease_ms;
   sub->empty_until = 0;
   char cbuf[24];
   snprintf(cbuf, sizeof cbuf, "%" PRId64, credit);
@@ -525,36 +604,25 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, int delim, int stop,
 
 int mqi_router_message(mq_server *s, mqi_srv_conn *sc, mqi_zmtp_frame *parts, size_t n) {
   mqi_rt_state *st = s->rt;
-  size_t i = 0;
-  int delim = 0;
+  mqi_router_req q;
   if (!rt_conn(sc)) return 1;
-  if (n > 1 && parts[0].size == 0) {
-    delim = 1;
-    i = 1;
+  int pr = mqi_router_parse(parts, n, &q);
+  if (pr == MQI_RTP_ERR) {
+    rt_err(s, sc, q.delim, "400", q.error);
+  } else if (pr == MQI_RTP_REFUSE) {
+    if (q.verb == MQI_RT_PUT)
+      rt_put_refuse(s, sc, q.delim, q.cid, "400", q.error);
+    else
+      rt_settle_refuse(s, sc, q.delim, q.receipt, q.error);
+  } else if (q.verb == MQI_RT_PUT) {
+    rt_req_put(s, sc, &q, parts);
+  } else if (q.verb == MQI_RT_GET) {
+    rt_req_get(s, sc, &q);
+  } else if (q.verb == MQI_RT_CONSUME || q.verb == MQI_RT_STOP) {
+    rt_req_consume(s, sc, &q);
+  } else {
+    rt_req_settle(s, sc, &q, parts);
   }
-  if (n - i < 2 || !rt_is(&parts[i], RT_TAG)) {
-    rt_err(s, sc, delim, "400", "not an MQ1 request: expected [\"\"] \"MQ1\" VERB ARGS...");
-    return 0;
-  }
-  const mqi_zmtp_frame *verb = &parts[i + 1];
-  mqi_zmtp_frame *a = parts + i + 2;
-  size_t na = n - i - 2;
-  if (rt_is(verb, "PUT"))
-    rt_req_put(s, sc, delim, a, na);
-  else if (rt_is(verb, "ACK"))
-    rt_req_settle(s, sc, delim, RT_ACK, a, na);
-  else if (rt_is(verb, "NACK"))
-    rt_req_settle(s, sc, delim, RT_NACK, a, na);
-  else if (rt_is(verb, "TOUCH"))
-    rt_req_settle(s, sc, delim, RT_TOUCH, a, na);
-  else if (rt_is(verb, "GET"))
-    rt_req_get(s, sc, delim, a, na);
-  else if (rt_is(verb, "CONSUME"))
-    rt_req_consume(s, sc, delim, 0, a, na);
-  else if (rt_is(verb, "STOP"))
-    rt_req_consume(s, sc, delim, 1, a, na);
-  else
-    rt_err(s, sc, delim, "400", "unknown verb");
   return st->nputs >= RT_BATCH_MSGS || st->put_bytes >= RT_BATCH_BYTES ||
          st->nsettles >= RT_BATCH_MSGS;
 }

@@ -37,6 +37,15 @@
 ** lists their sizes ("5,0,12"), and PUSH egress uses it to send the message
 ** with the same frames again (doc/protocol.md).
 **
+** Connecting endpoints (mq_server_pull_connect, mq_server_push_connect)
+** have no listening socket: the endpoint owns at most one connection, which
+** it opens itself with a non-blocking connect watched by the same poll, and
+** once the ZMTP handshake is done that connection is served exactly like
+** an accepted one of the same kind.  When it ends, the next attempt is
+** scheduled with exponential backoff and full jitter, on the server's
+** clock so tests can step through the schedule; an ERROR from the peer
+** (our PLAIN credentials refused) waits CONNECT_REFUSED_MS instead.
+**
 ** Timers come in two kinds: protocol timers (handshake, heartbeats) run on
 ** the server's clock, which tests may replace (mqi_server_test_clock);
 ** queue polling (an empty queue is looked at again every EGRESS_POLL_MS,
@@ -45,6 +54,7 @@
 */
 #include <errno.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +76,8 @@
 #define OUT_LIMIT_DEFAULT ((size_t)4 << 20)
 #define MAX_FRAME_LIMIT ((size_t)1 << 31)
 #define POLL_MAX_MS 1000
+#define CONNECT_RESET_MS 10000         /* up this long: the backoff starts over */
+#define CONNECT_REFUSED_MS (5 * 60000) /* after the peer refused our credentials */
 
 static int64_t srv_mono(void) { return mqi_os_monotonic_ms(); }
 
@@ -98,6 +110,9 @@ void mq_server_options_init(mq_server_options *o) {
   o->max_connections = 1024;
   o->max_handshakes = 64;
   o->credit = 1000;
+  o->reconnect_ms = 100;
+  o->reconnect_max_ms = 30000;
+  o->connect_timeout_ms = 10000;
 }
 
 static int srv_check_options(mq_store *st, const mq_server_options *o) {
@@ -110,6 +125,10 @@ static int srv_check_options(mq_store *st, const mq_server_options *o) {
   if (o->max_connections < 1 || o->max_handshakes < 1)
     return mqi_err_set(st, MQ_EINVAL,
                        "server: max_connections and max_handshakes must be at least 1");
+  if (o->reconnect_ms < 1 || o->reconnect_max_ms < o->reconnect_ms || o->connect_timeout_ms < 0)
+    return mqi_err_set(st, MQ_EINVAL,
+                       "server: reconnect_ms must be at least 1, reconnect_max_ms at least "
+                       "reconnect_ms, connect_timeout_ms not negative");
   if (o->credit == 0 || o->credit > 1000000)
     return mqi_err_set(st, MQ_EINVAL, "server: credit must be 1..1000000");
   if (!o->auth && (!o->plain_user != !o->plain_password))
@@ -157,7 +176,10 @@ int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **ou
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
   }
   s->csync = 1;
-  if (!o.auth && o.plain_user) {
+  s->rng = mqi_os_seed() | 1;
+  /* With a callback the pair is not used to check peers, but connecting
+  ** endpoints still log in with it. */
+  if (o.plain_user && o.plain_password) {
     s->plain_user = strdup(o.plain_user);
     s->plain_password = strdup(o.plain_password);
     s->plain_user_len = strlen(o.plain_user);
@@ -193,7 +215,8 @@ static void srv_wipe_free(char *p) {
 /* ------------------------------------------------------------------------
 ** Endpoints
 */
-static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint) {
+static int srv_listen(mq_server *s, int kind, const char *queue, const char *endpoint,
+                      int connect) {
   struct sockaddr_storage ss;
   socklen_t len = 0;
   char err[256];
@@ -217,6 +240,11 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
   }
   if (mqi_net_parse(endpoint, &ss, &len, err, sizeof err) != MQ_OK)
     return mqi_err_set(s->store, MQ_EINVAL, "server: %s", err);
+  if (connect && (strncmp(endpoint, "tcp://*:", 8) == 0 ||
+                  (ss.ss_family == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0) ||
+                  (ss.ss_family == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0)))
+    return mqi_err_set(s->store, MQ_EINVAL,
+                       "server: cannot connect to \"%s\": name a host and a port", endpoint);
   if (s->neps == s->epcap) {
     size_t cap = s->epcap ? s->epcap * 2 : 4;
     mqi_srv_ep *p = realloc(s->eps, cap * sizeof *p);
@@ -224,14 +252,25 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
     s->eps = p;
     s->epcap = cap;
   }
-  if (mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
+  if (!connect && mqi_net_listen(&ss, len, &fd, err, sizeof err) != MQ_OK)
     return mqi_err_set(s->store, MQ_ENET, "server: %s: %s", endpoint, err);
   mqi_srv_ep *ep = &s->eps[s->neps];
   memset(ep, 0, sizeof *ep);
   ep->kind = kind;
   ep->fd = fd;
+  ep->cfd = -1;
   ep->topic = topic;
   if (queue) snprintf(ep->queue, sizeof ep->queue, "%s", queue);
+  if (connect) {
+    ep->connect = 1;
+    ep->addr = ss;
+    ep->addrlen = len;
+    snprintf(ep->name, sizeof ep->name, "%s", endpoint);
+    s->neps++;
+    mqi_log(s->store, MQ_LOG_INFO, "server: %s \"%s\" connecting to %s",
+            kind == MQI_EP_PULL ? "PULL into" : "PUSH from", queue, ep->name);
+    return MQ_OK;
+  }
   if (mqi_net_local_name(fd, ep->name, sizeof ep->name) != MQ_OK)
     snprintf(ep->name, sizeof ep->name, "%s", endpoint);
   s->neps++;
@@ -245,16 +284,28 @@ static int srv_listen(mq_server *s, int kind, const char *queue, const char *end
 
 int mq_server_pull(mq_server *s, const char *queue, const char *endpoint) {
   if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull: queue is NULL");
-  return srv_listen(s, MQI_EP_PULL, queue, endpoint);
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint, 0);
 }
 
 int mq_server_push(mq_server *s, const char *queue, const char *endpoint) {
   if (s && !queue) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push: queue is NULL");
-  return srv_listen(s, MQI_EP_PUSH, queue, endpoint);
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint, 0);
 }
 
 int mq_server_router(mq_server *s, const char *endpoint) {
-  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint);
+  return srv_listen(s, MQI_EP_ROUTER, NULL, endpoint, 0);
+}
+
+int mq_server_pull_connect(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && (!queue || !endpoint))
+    return mqi_err_set(s->store, MQ_EINVAL, "mq_server_pull_connect: queue or endpoint is NULL");
+  return srv_listen(s, MQI_EP_PULL, queue, endpoint, 1);
+}
+
+int mq_server_push_connect(mq_server *s, const char *queue, const char *endpoint) {
+  if (s && (!queue || !endpoint))
+    return mqi_err_set(s->store, MQ_EINVAL, "mq_server_push_connect: queue or endpoint is NULL");
+  return srv_listen(s, MQI_EP_PUSH, queue, endpoint, 1);
 }
 
 int mq_server_endpoint(mq_server *s, size_t i, char *buf, size_t cap) {
@@ -322,6 +373,42 @@ static size_t srv_handshaking(const mq_server *s) {
   return n;
 }
 
+/* Make a connection of endpoint e out of socket fd (accepted, or connected
+** by us); NULL, with fd closed, when out of memory. */
+static mqi_srv_conn *srv_conn_add(mq_server *s, size_t e, int fd, const char *peer, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  mqi_zconn_config cfg;
+  srv_config(s, ep->kind, &cfg);
+  if (ep->connect) {
+    cfg.client = 1;
+    cfg.mechanism = s->plain_user ? MQI_ZMTP_MECH_PLAIN : MQI_ZMTP_MECH_NULL;
+    cfg.plain_user = s->plain_user;
+    cfg.plain_password = s->plain_password;
+  }
+  mqi_srv_conn *sc = calloc(1, sizeof *sc);
+  mqi_zconn *z = NULL;
+  if (s->nconns == s->conncap) {
+    size_t cap = s->conncap ? s->conncap * 2 : 16;
+    mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
+    if (p) {
+      s->conns = p;
+      s->conncap = cap;
+    }
+  }
+  if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
+    mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
+    free(sc);
+    close(fd);
+    return NULL;
+  }
+  sc->srv = s;
+  sc->z = z;
+  sc->ep = e;
+  sc->serial = ++s->serial;
+  s->conns[s->nconns++] = sc;
+  return sc;
+}
+
 static void srv_accept(mq_server *s, size_t e, int64_t now) {
   char peer[MQI_NET_NAME_MAX];
   mqi_srv_ep *ep = &s->eps[e];
@@ -343,29 +430,8 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
       close(fd);
       continue;
     }
-    mqi_zconn_config cfg;
-    srv_config(s, ep->kind, &cfg);
-    mqi_srv_conn *sc = calloc(1, sizeof *sc);
-    mqi_zconn *z = NULL;
-    if (s->nconns == s->conncap) {
-      size_t cap = s->conncap ? s->conncap * 2 : 16;
-      mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
-      if (p) {
-        s->conns = p;
-        s->conncap = cap;
-      }
-    }
-    if (!sc || s->nconns == s->conncap || mqi_zconn_new(fd, peer, &cfg, now, &z) != MQ_OK) {
-      mqi_log(s->store, MQ_LOG_WARN, "server: %s: out of memory for %s", ep->name, peer);
-      free(sc);
-      close(fd);
-      return;
-    }
-    sc->srv = s;
-    sc->z = z;
-    sc->ep = e;
-    sc->serial = ++s->serial;
-    s->conns[s->nconns++] = sc;
+    mqi_srv_conn *sc = srv_conn_add(s, e, fd, peer, now);
+    if (!sc) return;
     mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " from %s", ep->name,
             sc->serial, peer);
   }
@@ -380,6 +446,103 @@ int mqi_server_send(mq_server *s, mqi_srv_conn *sc, const mqi_zpart *parts, size
     mqi_zconn_close(sc->z, rc == MQI_ZMTP_ESPACE ? "output limit reached" : "out of memory");
   }
   return rc;
+}
+
+/* ------------------------------------------------------------------------
+** Connecting endpoints: one connection each, made again after every loss.
+** The schedule lives on the server's clock so tests can step through it.
+*/
+static uint64_t srv_rand(mq_server *s) {
+  uint64_t x = s->rng;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  s->rng = x;
+  return x;
+}
+
+/* The attempt after a failure: full jitter, a uniform delay in [0, cap]
+** with cap = min(reconnect_max_ms, reconnect_ms * 2^failures), so that
+** many nodes cut off by one outage do not all come back in step. */
+static void srv_connect_later(mq_server *s, mqi_srv_ep *ep, int64_t now, const char *why) {
+  int64_t cap = s->opt.reconnect_ms;
+  for (int i = 0; i < ep->failures && cap < s->opt.reconnect_max_ms; i++) cap *= 2;
+  if (cap > s->opt.reconnect_max_ms) cap = s->opt.reconnect_max_ms;
+  int64_t delay = (int64_t)(srv_rand(s) % (uint64_t)(cap + 1));
+  mqi_log(s->store, ep->failures == 0 ? MQ_LOG_WARN : MQ_LOG_INFO,
+          "server: %s: %s; connecting again in %" PRId64 " ms", ep->name, why, delay);
+  if (ep->failures < 62) ep->failures++;
+  ep->next_try = now + delay;
+}
+
+static void srv_connect_done(mq_server *s, size_t e, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  int err = mqi_net_connect_result(ep->cfd);
+  if (err != 0) {
+    close(ep->cfd);
+    ep->cfd = -1;
+    srv_connect_later(s, ep, now, strerror(err));
+    return;
+  }
+  int fd = ep->cfd;
+  ep->cfd = -1;
+  /* The greeting goes out at once; the ZMTP handshake timeout takes over. */
+  mqi_srv_conn *sc = srv_conn_add(s, e, fd, ep->name + 6, now);
+  if (!sc) {
+    srv_connect_later(s, ep, now, "out of memory");
+    return;
+  }
+  ep->live = 1;
+  ep->up_since = 0;
+  mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " connected", ep->name,
+          sc->serial);
+}
+
+static void srv_connect_start(mq_server *s, size_t e, int64_t now) {
+  mqi_srv_ep *ep = &s->eps[e];
+  int fd = -1;
+  int r = mqi_net_connect(&ep->addr, ep->addrlen, &fd);
+  if (r < 0) {
+    srv_connect_later(s, ep, now, strerror(errno));
+    return;
+  }
+  ep->cfd = fd;
+  ep->connect_deadline =
+      s->opt.connect_timeout_ms > 0 ? now + s->opt.connect_timeout_ms : INT64_MAX;
+  if (r == 0) srv_connect_done(s, e, now);
+}
+
+/* Start due attempts and fail those past their timeout. */
+static void srv_connect_work(mq_server *s, int64_t now) {
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    if (!ep->connect || ep->live) continue;
+    if (ep->cfd >= 0 && now >= ep->connect_deadline) {
+      close(ep->cfd);
+      ep->cfd = -1;
+      srv_connect_later(s, ep, now, "connect timed out");
+    }
+    if (ep->cfd < 0 && now >= ep->next_try) srv_connect_start(s, e, now);
+  }
+}
+
+/* A connection of a connecting endpoint ended: schedule the next one. */
+static void srv_connect_lost(mq_server *s, mqi_srv_ep *ep, mqi_srv_conn *sc) {
+  int64_t now = mqi_server_now(s);
+  ep->live = 0;
+  if (s->freeing) return;
+  if (ep->up_since && now - ep->up_since >= CONNECT_RESET_MS) ep->failures = 0;
+  ep->up_since = 0;
+  if (mqi_zconn_peer_error(sc->z)) {
+    /* An ERROR means the peer refused us (credentials): trying again at
+    ** once would only be refused again, and would hammer its ZAP handler. */
+    mqi_log(s->store, MQ_LOG_ERROR,
+            "server: %s: the peer refused the connection (%s); connecting again in %d s",
+            ep->name, mqi_zconn_reason(sc->z), CONNECT_REFUSED_MS / 1000);
+    ep->next_try = now + CONNECT_REFUSED_MS;
+    return;
+  }
+  srv_connect_later(s, ep, now, mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "closed");
 }
 
 /* ------------------------------------------------------------------------
@@ -841,6 +1004,7 @@ static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
   mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " (%s) closed: %s", ep->name,
           sc->serial, mqi_zconn_peer(sc->z),
           mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "server stopped");
+  if (ep->connect) srv_connect_lost(s, ep, sc);
   mqi_zconn_free(sc->z);
   free(sc->pend);
   free(sc);
@@ -860,6 +1024,7 @@ static void srv_reap(mq_server *s) {
 
 /* Everything a turn does after reading: commits, egress, timers, writes. */
 static void srv_work(mq_server *s, int64_t now) {
+  srv_connect_work(s, now);
   srv_pull_collect(s);
   srv_pull_submit(s);
   mqi_router_work(s);
@@ -870,6 +1035,7 @@ static void srv_work(mq_server *s, int64_t now) {
     int st = mqi_zconn_state(sc->z);
     if (!sc->was_active && st == MQI_ZC_ACTIVE) {
       sc->was_active = 1;
+      if (s->eps[sc->ep].connect) s->eps[sc->ep].up_since = now;
       if (s->eps[sc->ep].kind == MQI_EP_ROUTER) mqi_router_ready(s, sc);
     }
     mqi_zconn_tick(sc->z, now);
@@ -890,6 +1056,10 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
   }
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
+    if (ep->connect && !ep->live) {
+      int64_t d = (ep->cfd >= 0 ? ep->connect_deadline : ep->next_try);
+      if (d != INT64_MAX && d - now < wait) wait = d - now;
+    }
     /* A batch waits for the commit thread: it pokes the pipe when free. */
     if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
       int64_t d = ep->failing ? ep->retry_at - mono : 0;
@@ -939,8 +1109,10 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     pf[np].fd = s->wake[0];
     pf[np++].events = POLLIN;
     for (size_t e = 0; e < s->neps; e++) {
-      pf[np].fd = s->eps[e].fd;
-      pf[np++].events = POLLIN;
+      /* A connecting endpoint waits for its connect to finish (or for
+      ** nothing: -1 is skipped by poll). */
+      pf[np].fd = s->eps[e].connect ? s->eps[e].cfd : s->eps[e].fd;
+      pf[np++].events = s->eps[e].connect ? POLLOUT : POLLIN;
     }
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
@@ -978,8 +1150,14 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
           (rev & (POLLHUP | POLLERR)))
         srv_read(s, sc, now);
     }
-    for (size_t e = 0; e < s->neps && n > 0; e++)
-      if (pf[1 + e].revents & POLLIN) srv_accept(s, e, now);
+    for (size_t e = 0; e < s->neps && n > 0; e++) {
+      if (s->eps[e].connect) {
+        if (s->eps[e].cfd >= 0 && (pf[1 + e].revents & (POLLOUT | POLLERR | POLLHUP)))
+          srv_connect_done(s, e, now);
+      } else if (pf[1 + e].revents & POLLIN) {
+        srv_accept(s, e, now);
+      }
+    }
     srv_work(s, now);
     srv_reap(s);
     if (srv_mono() >= end) break;
@@ -996,6 +1174,7 @@ void mq_server_stop(mq_server *s) {
 
 void mq_server_free(mq_server *s) {
   if (!s) return;
+  s->freeing = 1;
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_zconn_close(s->conns[i]->z, "server closed");
     srv_conn_free(s, s->conns[i]);
@@ -1014,6 +1193,7 @@ void mq_server_free(mq_server *s) {
     }
     srv_items_release(ep->items, ep->nitems);
     if (ep->fd >= 0) close(ep->fd);
+    if (ep->connect && ep->cfd >= 0) close(ep->cfd);
   }
   mqi_router_free(s);
   free(s->eps);

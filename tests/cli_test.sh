@@ -939,6 +939,42 @@ if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
   failed "serve an unknown queue" 4 'no queue "nosuch"'
   r "$DB" serve --pull served=tcp://256.1.1.1:1
   is "serve a malformed endpoint fails" "$([ "$rc" -ne 0 ] && echo yes)" yes
+  r "$DB" serve --push-connect served=tcp://*:5555
+  failed "serve --push-connect to no host" 2 'name a host and a port'
+  r "$DB" serve --pull-connect served
+  is "serve --pull-connect without an endpoint fails" "$([ "$rc" -ne 0 ] && echo yes)" yes
+  # One mq serve binds a PULL; a second, on another file, connects its PUSH to
+  # it -- started first, so it must keep reconnecting until the PULL is there.
+  DB2=$W/connect.db
+  r "$DB2" create outbox
+  r "$DB2" put outbox first
+  r "$DB2" put outbox second
+  port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  timeout 30 "$MQ" "$DB2" serve --push-connect "outbox=tcp://127.0.0.1:$port" \
+    </dev/null >connect.out 2>connect.err &
+  cpid=$!
+  for _ in $(seq 200); do [ "$(wc -l <connect.out)" -ge 1 ] && break; sleep 0.05; done
+  is "serve prints where --push-connect connects" "$(cat connect.out)" \
+    "push-connect outbox tcp://127.0.0.1:$port"
+  sleep 0.3
+  r "$DB" create inbox
+  timeout 30 "$MQ" "$DB" serve --pull "inbox=tcp://127.0.0.1:$port" \
+    </dev/null >serve.out 2>serve.err &
+  spid=$!
+  for _ in $(seq 300); do
+    r --json "$DB" stats inbox
+    grep -q '"total":2,' out && break
+    sleep 0.05
+  done
+  has "--push-connect reconnected and delivered both messages" out '"total":2,'
+  r "$DB" get inbox --raw
+  is "the first message came first" "$(cat out)" "first"
+  kill -TERM "$cpid" "$spid"
+  wait "$cpid"
+  is "serve --push-connect stops cleanly on SIGTERM (exit status)" "$?" 0
+  wait "$spid"
+  r --json "$DB2" stats outbox
+  has "delivered messages are gone from the outbox" out '"total":0,'
 else
   echo "skip: mq built without the network code (no serve)" >&2
 fi

@@ -3,14 +3,17 @@
 ** by the scripts in tests/interop (not a test itself).
 **
 **   net_server DB [--pull Q=EP]... [--push Q=EP]... [--router EP]...
+**                 [--pull-connect Q=EP]... [--push-connect Q=EP]...
+**                 [--reconnect MS] [--reconnect-max MS]
 **                 [--create Q]... [--plain USER:PASS] [--heartbeat MS]
 **                 [--heartbeat-timeout MS] [--handshake-timeout MS]
 **                 [--max-frame BYTES] [--visibility MS] [--sync full|normal|off]
 **   net_server DB --drain Q      print and ack every ready message, exit
 **
-** Serving: queues named by --pull, --push and --create are created if
-** missing (max_payload 16 MiB); one line "ENDPOINT <i> <address>" per
-** endpoint and then "READY" are printed and flushed, so the driving script
+** Serving: queues named by --pull, --push (and their -connect forms) and
+** --create are created if missing (max_payload 16 MiB); one line
+** "ENDPOINT <i> <address>" per endpoint and then "READY" are printed and
+** flushed, so the driving script
 ** knows where to connect; the server runs until SIGTERM or SIGINT, whose
 ** handler calls mq_server_stop (the async-signal-safe path a real program
 ** uses), and prints "STOPPED" after a clean close.  Library log lines go to
@@ -135,6 +138,10 @@ int main(int argc, char **argv) {
       o.handshake_timeout_ms = atoll(v);
     } else if (strcmp(k, "--max-frame") == 0) {
       o.max_frame = (size_t)atoll(v);
+    } else if (strcmp(k, "--reconnect") == 0) {
+      o.reconnect_ms = atoll(v);
+    } else if (strcmp(k, "--reconnect-max") == 0) {
+      o.reconnect_max_ms = atoll(v);
     } else if (strcmp(k, "--create") == 0) {
       ns_ensure(st, v, visibility);
     }
@@ -145,13 +152,20 @@ int main(int argc, char **argv) {
     const char *k = argv[i], *v = argv[i + 1];
     char q[256];
     const char *eq = strchr(v, '=');
-    if (strcmp(k, "--pull") == 0 || strcmp(k, "--push") == 0) {
+    if (strcmp(k, "--pull") == 0 || strcmp(k, "--push") == 0 ||
+        strcmp(k, "--pull-connect") == 0 || strcmp(k, "--push-connect") == 0) {
       if (!eq || (size_t)(eq - v) >= sizeof q) return 2;
       memcpy(q, v, (size_t)(eq - v));
       q[eq - v] = '\0';
       ns_ensure(st, q, visibility);
-      rc = strcmp(k, "--pull") == 0 ? mq_server_pull(ns_server, q, eq + 1)
-                                     : mq_server_push(ns_server, q, eq + 1);
+      if (strcmp(k, "--pull") == 0)
+        rc = mq_server_pull(ns_server, q, eq + 1);
+      else if (strcmp(k, "--push") == 0)
+        rc = mq_server_push(ns_server, q, eq + 1);
+      else if (strcmp(k, "--pull-connect") == 0)
+        rc = mq_server_pull_connect(ns_server, q, eq + 1);
+      else
+        rc = mq_server_push_connect(ns_server, q, eq + 1);
       if (rc != MQ_OK) ns_die(k, st, rc);
     } else if (strcmp(k, "--router") == 0) {
       rc = mq_server_router(ns_server, v);

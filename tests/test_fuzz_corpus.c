@@ -32,6 +32,10 @@
 #include "../fuzz/fuzz_zmtp_cmd.c"
 #undef LLVMFuzzerTestOneInput
 
+#define LLVMFuzzerTestOneInput fuzz_zmtp_router_one
+#include "../fuzz/fuzz_zmtp_router.c"
+#undef LLVMFuzzerTestOneInput
+
 typedef int (*tfc_target_fn)(const uint8_t *data, size_t size);
 
 static const struct {
@@ -41,6 +45,7 @@ static const struct {
     {"fuzz_zmtp_greeting", fuzz_zmtp_greeting_one},
     {"fuzz_zmtp_frames", fuzz_zmtp_frames_one},
     {"fuzz_zmtp_cmd", fuzz_zmtp_cmd_one},
+    {"fuzz_zmtp_router", fuzz_zmtp_router_one},
 };
 
 #define TFC_MAX_FILE (1u << 20)  /* corpus files are small; refuse surprises */
@@ -147,11 +152,13 @@ static void test_targets_accept_trivial_inputs(void) {
   static const uint8_t frames[] = {0x80 | 10, 0x80 | 10, 0, 0x80 | 12, 0,
                                    0x01, 0x02, 'h', 'i', 0x00, 0x00};
   static const uint8_t cmd[] = {0x04, 'P', 'I', 'N', 'G', 0x00, 0x0f};
+  static const uint8_t router[] = {3, 'M', 'Q', '1', 3, 'G', 'E', 'T', 4, 'j', 'o', 'b', 's'};
   for (size_t i = 0; i < sizeof tfc_targets / sizeof tfc_targets[0]; i++)
     CHECK(tfc_targets[i].fn((const uint8_t *)"", 0) == 0);
   CHECK(fuzz_zmtp_greeting_one(greeting, sizeof greeting) == 0);
   CHECK(fuzz_zmtp_frames_one(frames, sizeof frames) == 0);
   CHECK(fuzz_zmtp_cmd_one(cmd, sizeof cmd) == 0);
+  CHECK(fuzz_zmtp_router_one(router, sizeof router) == 0);
 }
 
 int main(void) {

@@ -832,6 +832,17 @@ static void test_router_put_ack_after_commit(void) {
   const char *noq[] = {"MQ1", "PUT", "nosuch", "c-2", "x"};
   tn_send_msg(fd, noq, 5);
   CHECK(tn_read_msg(&e, fd, f, 8) == 6 && strcmp(f[3], "404") == 0);
+  /* Refused after its id was read, a request is answered in its verb's own
+  ** form (ACK cid / DONE receipt), so the client can match the refusal. */
+  const char *badopt[] = {"MQ1", "PUT", "q", "c-3", "x", ":colour", "red"};
+  tn_send_msg(fd, badopt, 7);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 6 && strcmp(f[1], "ACK") == 0 &&
+        strcmp(f[2], "c-3") == 0 && strcmp(f[3], "400") == 0 && f[4][0] == '\0');
+  const char *badnack[] = {"MQ1", "NACK", "q", "r-1", "soon"};
+  tn_send_msg(fd, badnack, 5);
+  CHECK(tn_read_msg(&e, fd, f, 8) == 5 && strcmp(f[1], "DONE") == 0 &&
+        strcmp(f[2], "r-1") == 0 && strcmp(f[3], "400") == 0);
+  CHECK(tn_total(&e) == 0);
   CHECK(tn_open(&e, fd));
   close(fd);
   tn_stop(&e);
@@ -945,6 +956,303 @@ static void test_connection_caps(void) {
   tn_stop(&e);
 }
 
+/* ------------------------------------------------------------------------
+** Connecting endpoints: we are the client, the raw socket listens
+*/
+
+/* A socket bound to 127.0.0.1 on a free port; listening when listen_now,
+** else bound only, so that connects to its port are refused. */
+static int tn_bound(int *port, int listen_now) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof a;
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0);
+  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+  *port = ntohs(a.sin_port);
+  if (listen_now) CHECK(listen(fd, 8) == 0);
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  return fd;
+}
+
+/* The server's connection on listener lfd, pumping it; -1 if none came. */
+static int tn_accept(tn_env *e, int lfd) {
+  for (int i = 0; i < 400; i++) {
+    int fd = accept(lfd, NULL, NULL);
+    if (fd >= 0) {
+      fcntl(fd, F_SETFL, O_NONBLOCK);
+      return fd;
+    }
+    tn_pump(e, 1);
+  }
+  return -1;
+}
+
+/* Pump until q holds n messages (the commit thread stores PULL batches
+** in its own time); 0 if it does not within a bounded number of turns. */
+static int tn_wait_total(tn_env *e, int64_t n) {
+  for (int i = 0; i < 400 && tn_total(e) < n; i++) tn_pump(e, 1);
+  return tn_total(e) == n;
+}
+
+static void tn_connect_ep(tn_env *e, int pull, int port) {
+  char ep[64], buf[128];
+  snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", port);
+  CHECK_OK(pull ? mq_server_pull_connect(e->srv, "q", ep)
+                : mq_server_push_connect(e->srv, "q", ep));
+  CHECK_OK(mq_server_endpoint(e->srv, 0, buf, sizeof buf));
+  CHECK(strcmp(buf, ep) == 0);
+}
+
+/* As a client we send the same greeting and READY bytes as libzmq does
+** (NULL: as-server 0), and then work as PULL and PUSH do. */
+static void test_connect_client_bytes(void) {
+  mq_server_options o;
+  tn_env e;
+  for (int pull = 1; pull >= 0; pull--) {
+    uint8_t got[128], want[64], g[64], r[64];
+    int port;
+    tn_options(&o);
+    tn_start(&e, &o, "");
+    int lfd = tn_bound(&port, 1);
+    tn_connect_ep(&e, pull, port);
+    if (!pull) CHECK_OK(mq_put(e.st, "q", "out", 3, NULL, NULL));
+    int fd = tn_accept(&e, lfd);
+    CHECK(fd >= 0);
+    CHECK(tn_read(&e, fd, got, 64) == 64);
+    CHECK(memcmp(got, tn_null_greeting, 64) == 0);
+    tn_greeting(g, "NULL");
+    tn_send(fd, g, 64);
+    size_t wl = tn_hex(pull ? tn_ready_pull : tn_ready_push, want, sizeof want);
+    CHECK(tn_read(&e, fd, got, wl) == wl && memcmp(got, want, wl) == 0);
+    CHECK(tn_open(&e, fd)); /* nothing before the peer's READY */
+    tn_send(fd, r, tn_ready(r, pull ? "PUSH" : "PULL"));
+    if (pull) {
+      tn_send(fd, "\x00\x05hello", 7);
+      CHECK(tn_wait_total(&e, 1));
+      CHECK(tn_take_is(&e, "hello"));
+    } else {
+      CHECK(tn_read(&e, fd, got, 5) == 5 && memcmp(got, "\x00\x03out", 5) == 0);
+      tn_pump(&e, 3);
+      CHECK(tn_total(&e) == 0); /* acked once written */
+    }
+    /* A peer of the wrong type is closed, and we connect again. */
+    close(fd);
+    fd = -1;
+    for (int i = 0; i < 20 && fd < 0; i++) {
+      tn_now += 1000;
+      fd = tn_accept(&e, lfd);
+    }
+    CHECK(fd >= 0);
+    CHECK(tn_read(&e, fd, got, 64) == 64);
+    tn_send(fd, g, 64);
+    CHECK(tn_read(&e, fd, got, wl) == wl);
+    tn_send(fd, r, tn_ready(r, "DEALER"));
+    CHECK(tn_closed(&e, fd, NULL));
+    close(fd);
+    close(lfd);
+    tn_stop(&e);
+  }
+}
+
+/* Single turns until ep's connection is gone: the turn that reaps it
+** schedules the next attempt, which can start only in a later turn, so the
+** schedule can be looked at before a retry (after a delay of 0) starts. */
+static int tn_until_lost(tn_env *e, const mqi_srv_ep *ep) {
+  for (int i = 0; i < 4000 && ep->live; i++) mq_server_run(e->srv, 0);
+  return !ep->live;
+}
+
+/* Refused connects back off exponentially with full jitter; a connection
+** that stayed up 10 s resets the backoff, a shorter one does not. */
+static void test_connect_backoff(void) {
+  mq_server_options o;
+  tn_env e;
+  int port;
+  uint8_t got[128], g[64], r[64];
+  tn_options(&o);
+  o.reconnect_ms = 100;
+  o.reconnect_max_ms = 800;
+  tn_start(&e, &o, "");
+  int lfd = tn_bound(&port, 0); /* bound, not listening: connects are refused */
+  tn_connect_ep(&e, 1, port);
+  mqi_srv_ep *ep = &e.srv->eps[0];
+  int below_cap = 0;
+  for (int k = 0; k < 10; k++) {
+    int before = ep->failures;
+    for (int i = 0; i < 4000 && ep->failures == before; i++) mq_server_run(e.srv, 0);
+    int f = ep->failures;
+    CHECK(f > before);
+    int64_t cap = f >= 4 ? 800 : (int64_t)100 << (f - 1);
+    int64_t delay = ep->next_try - tn_now;
+    CHECK(delay >= 0 && delay <= cap);
+    if (delay < cap) below_cap++;
+    if (delay > 0) {
+      /* Not a moment early: the clock has not moved, nothing happens. */
+      tn_pump(&e, 3);
+      CHECK(ep->failures == f);
+    }
+    tn_now += delay;
+  }
+  CHECK(below_cap > 0); /* jitter: not always the cap (odds of failing: 801^-10) */
+  /* The listener opens: we connect, and stay up 10 s. */
+  CHECK(listen(lfd, 8) == 0);
+  tn_now = ep->next_try;
+  int fd = tn_accept(&e, lfd);
+  CHECK(fd >= 0);
+  tn_greeting(g, "NULL");
+  tn_send(fd, g, 64);
+  CHECK(tn_read(&e, fd, got, 64 + 28) == 64 + 28);
+  tn_send(fd, r, tn_ready(r, "PUSH"));
+  tn_pump(&e, 3);
+  CHECK(ep->live && ep->up_since == tn_now);
+  tn_now += 10000;
+  close(fd);
+  CHECK(tn_until_lost(&e, ep));
+  CHECK(ep->failures == 1 && ep->next_try - tn_now <= 100);
+  /* Up for 1 s only: the count goes on from where it was. */
+  tn_now = ep->next_try;
+  fd = tn_accept(&e, lfd);
+  CHECK(fd >= 0);
+  tn_send(fd, g, 64);
+  CHECK(tn_read(&e, fd, got, 64 + 28) == 64 + 28);
+  tn_send(fd, r, tn_ready(r, "PUSH"));
+  tn_pump(&e, 3);
+  tn_now += 1000;
+  close(fd);
+  CHECK(tn_until_lost(&e, ep));
+  CHECK(ep->failures == 2 && ep->next_try - tn_now <= 200);
+  close(lfd);
+  tn_stop(&e);
+}
+
+/* A connect that hangs fails after connect_timeout_ms (on the injected
+** clock).  On Linux a connect hangs when the listener's accept queue is
+** full: the kernel drops the SYN and retries it for a minute or more. */
+static void test_connect_timeout(void) {
+  mq_server_options o;
+  tn_env e;
+  int port;
+  tn_options(&o);
+  o.connect_timeout_ms = 3000;
+  o.reconnect_ms = o.reconnect_max_ms = 1000000; /* no retry inside the test */
+  tn_start(&e, &o, "");
+  int lfd = tn_bound(&port, 0);
+  CHECK(listen(lfd, 0) == 0);
+  /* Fill the accept queue (backlog 0 holds one) so later SYNs are dropped. */
+  int fill[3];
+  for (int i = 0; i < 3; i++) {
+    fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    (void)connect(fill[i], (struct sockaddr *)&a, sizeof a);
+  }
+  tn_connect_ep(&e, 1, port);
+  mqi_srv_ep *ep = &e.srv->eps[0];
+  tn_pump(&e, 2);
+  CHECK(ep->cfd >= 0 && !ep->live); /* under way */
+  tn_now += 2999;
+  tn_pump(&e, 2);
+  CHECK(ep->failures == 0 && ep->cfd >= 0);
+  tn_now += 1;
+  tn_pump(&e, 2);
+  CHECK(ep->failures == 1 && ep->cfd < 0 && ep->next_try - tn_now <= 1000000);
+  for (int i = 0; i < 3; i++) close(fill[i]);
+  close(lfd);
+  tn_stop(&e);
+}
+
+/* PLAIN as a client: HELLO with our credentials after the greetings,
+** INITIATE after WELCOME, ACTIVE at READY.  An ERROR (in either spelling)
+** means the credentials were refused: the next attempt waits 5 minutes. */
+static void test_connect_plain_client(void) {
+  static const uint8_t hello[] = "\x04\x1a\x05HELLO\x05" "admin\x0dsecret-passwd";
+  static const uint8_t err_rfc[] = "\x04\x0a\x05" "ERROR\x03" "400";
+  static const uint8_t err_libzmq[] = "\x04\x09\x5eRROR\x03" "400";
+  mq_server_options o;
+  tn_env e;
+  int port;
+  uint8_t got[128], g[64], r[64];
+  tn_options(&o);
+  o.plain_user = "admin";
+  o.plain_password = "secret-passwd";
+  tn_start(&e, &o, "");
+  int lfd = tn_bound(&port, 1);
+  tn_connect_ep(&e, 1, port);
+  mqi_srv_ep *ep = &e.srv->eps[0];
+  tn_greeting(g, "PLAIN");
+  g[32] = 1; /* the peer is the PLAIN server */
+  for (int round = 0; round < 3; round++) {
+    int fd = tn_accept(&e, lfd);
+    CHECK(fd >= 0);
+    CHECK(tn_read(&e, fd, got, 64) == 64);
+    CHECK(memcmp(got + 12, "PLAIN", 6) == 0 && got[32] == 0); /* we are the client */
+    tn_send(fd, g, 64);
+    CHECK(tn_read(&e, fd, got, sizeof hello - 1) == sizeof hello - 1);
+    CHECK(memcmp(got, hello, sizeof hello - 1) == 0);
+    if (round < 2) {
+      if (round == 0)
+        tn_send(fd, err_rfc, sizeof err_rfc - 1);
+      else
+        tn_send(fd, err_libzmq, sizeof err_libzmq - 1);
+      CHECK(tn_closed(&e, fd, NULL));
+      close(fd);
+      tn_pump(&e, 2);
+      CHECK(!ep->live && ep->next_try == tn_now + 300000);
+      tn_now += 299999;
+      tn_pump(&e, 3);
+      CHECK(ep->cfd < 0 && !ep->live); /* still waiting */
+      tn_now += 1;
+      continue;
+    }
+    tn_send(fd, "\x04\x08\x07WELCOME", 10);
+    static const uint8_t initiate[] = "\x04\x1d\x08INITIATE\x0bSocket-Type\x00\x00\x00\x04PULL";
+    CHECK(tn_read(&e, fd, got, sizeof initiate - 1) == sizeof initiate - 1);
+    CHECK(memcmp(got, initiate, sizeof initiate - 1) == 0);
+    tn_send(fd, r, tn_ready(r, "PUSH"));
+    tn_send(fd, "\x00\x06signed", 8);
+    CHECK(tn_wait_total(&e, 1));
+    CHECK(tn_take_is(&e, "signed"));
+    close(fd);
+  }
+  close(lfd);
+  tn_stop(&e);
+}
+
+static void test_connect_api_edges(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  tn_start(&e, &o, "");
+  CHECK(mq_server_pull_connect(e.srv, "q", "tcp://*:5555") == MQ_EINVAL);
+  CHECK(mq_server_pull_connect(e.srv, "q", "tcp://127.0.0.1:0") == MQ_EINVAL);
+  CHECK(mq_server_push_connect(e.srv, "q", "tcp://127.0.0.1") == MQ_EINVAL);
+  CHECK(mq_server_push_connect(e.srv, NULL, "tcp://127.0.0.1:5555") == MQ_EINVAL);
+  CHECK(mq_server_pull_connect(e.srv, "q", NULL) == MQ_EINVAL);
+  CHECK(mq_server_pull_connect(NULL, "q", "tcp://127.0.0.1:5555") == MQ_EINVAL);
+  CHECK(mq_server_push_connect(e.srv, "nosuch", "tcp://127.0.0.1:5555") == MQ_ENOTFOUND);
+  char buf[64];
+  CHECK(mq_server_endpoint(e.srv, 0, buf, sizeof buf) == MQ_ENOTFOUND); /* none was added */
+  mq_server *bad = NULL;
+  tn_options(&o);
+  o.reconnect_ms = 0;
+  CHECK(mq_server_new(e.st, &o, &bad) == MQ_EINVAL && bad == NULL);
+  tn_options(&o);
+  o.reconnect_max_ms = 50;
+  CHECK(mq_server_new(e.st, &o, &bad) == MQ_EINVAL && bad == NULL);
+  tn_options(&o);
+  o.connect_timeout_ms = -1;
+  CHECK(mq_server_new(e.st, &o, &bad) == MQ_EINVAL && bad == NULL);
+  mq_server_options_init(&o);
+  CHECK(o.reconnect_ms == 100 && o.reconnect_max_ms == 30000 && o.connect_timeout_ms == 10000);
+  tn_stop(&e);
+}
+
 int main(void) {
   TEST(test_greeting_and_ready_bytes);
   TEST(test_staged_greeting);
@@ -964,6 +1272,11 @@ int main(void) {
   TEST(test_router_identity_dedup);
   TEST(test_api_edges);
   TEST(test_connection_caps);
+  TEST(test_connect_client_bytes);
+  TEST(test_connect_backoff);
+  TEST(test_connect_timeout);
+  TEST(test_connect_plain_client);
+  TEST(test_connect_api_edges);
   return test_done();
 }
 #endif /* MQ_OMIT_ZMTP */

@@ -170,10 +170,13 @@ static const cli_command cli_commands[] = {
 #ifdef MQ_CLI_SERVE
     {"serve", cli_cmd_serve,
      "serve [--pull QUEUE=EP]... [--push QUEUE=EP]... [--router EP]...\n"
+     "       [--pull-connect QUEUE=EP]... [--push-connect QUEUE=EP]...\n"
      "       [--plain USER[:PASS]] [--heartbeat MS] [--max-frame BYTES] [--create] [--verbose]",
      "Serve queues to ZeroMQ peers (ZMTP 3.1) until SIGINT/SIGTERM; prints where each\n"
-     "endpoint listens.  --create makes missing PULL/PUSH queues; USER alone takes the\n"
-     "password from $MQ_SERVE_PASSWORD.  See doc/protocol.md.\n"},
+     "endpoint listens.  --pull-connect/--push-connect connect out to a PUSH/PULL\n"
+     "socket that binds EP and reconnect with backoff (PLAIN login with --plain).\n"
+     "--create makes missing queues; USER alone takes the password from\n"
+     "$MQ_SERVE_PASSWORD.  See doc/protocol.md.\n"},
 #endif
     {"bench", cli_cmd_bench, "bench [--count N] [--size BYTES]",
      "Measure put, get, ack and a full put/get/ack cycle on a temporary queue in\n"

@@ -4,7 +4,8 @@
 ** SIGINT or SIGTERM.
 **
 **   mq FILE serve [--pull QUEUE=tcp://HOST:PORT]... [--push QUEUE=tcp://...]...
-**                 [--router tcp://HOST:PORT]... [--plain USER:PASS]
+**                 [--router tcp://HOST:PORT]... [--pull-connect QUEUE=tcp://...]...
+**                 [--push-connect QUEUE=tcp://...]... [--plain USER:PASS]
 **                 [--heartbeat MS] [--max-frame BYTES] [--create] [--verbose]
 **
 ** Like every command it checks the whole command line before it touches the
@@ -12,7 +13,10 @@
 ** taken is reported at once and nothing is served half-way; prints where each
 ** endpoint listens (one line each, or one JSON object each with --json) and
 ** flushes, so a script can start `mq serve` and read the ports it got (PORT 0
-** picks a free one); and serves until a signal.  The signal handler only
+** picks a free one); and serves until a signal.  The -connect forms connect
+** out to a libzmq socket that binds, and keep reconnecting (with backoff)
+** for as long as the server runs, so a peer that is down at start is fine;
+** with --plain they log in as that user.  The signal handler only
 ** calls mq_server_stop, which is async-signal-safe; the loop then returns,
 ** connections are closed and the store is closed by main, so a stop never
 ** interrupts a commit.
@@ -29,8 +33,14 @@
 
 #include "cli.h"
 
-enum { SERVE_PULL, SERVE_PUSH, SERVE_ROUTER, SERVE_PLAIN, SERVE_HEARTBEAT, SERVE_MAX_FRAME,
-       SERVE_CREATE, SERVE_VERBOSE, SERVE_NOPTS };
+enum { SERVE_PULL, SERVE_PUSH, SERVE_ROUTER, SERVE_PULL_CONNECT, SERVE_PUSH_CONNECT,
+       SERVE_PLAIN, SERVE_HEARTBEAT, SERVE_MAX_FRAME, SERVE_CREATE, SERVE_VERBOSE, SERVE_NOPTS };
+
+/* The endpoint options, indexed by their SERVE_* value. */
+static const char *const cli_serve_kind[] = {"pull", "push", "router", "pull-connect",
+                                             "push-connect"};
+static const char *const cli_serve_opt[] = {"--pull", "--push", "--router", "--pull-connect",
+                                            "--push-connect"};
 
 /* The one server of this process, for the signal handler. */
 static mq_server *volatile cli_serve_server;
@@ -131,6 +141,7 @@ static void cli_serve_print(cli_ctx *ctx, const char *kind, const char *queue,
 int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   static const cli_optspec spec[SERVE_NOPTS] = {
       {"pull", CLI_MULTI},      {"push", CLI_MULTI},       {"router", CLI_MULTI},
+      {"pull-connect", CLI_MULTI}, {"push-connect", CLI_MULTI},
       {"plain", CLI_VALUE},     {"heartbeat", CLI_VALUE},  {"max-frame", CLI_VALUE},
       {"create", CLI_FLAG},     {"verbose", CLI_FLAG}};
   cli_args a;
@@ -142,8 +153,11 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   if (st) return st;
   mq_server_options_init(&so);
   if (a.npos) st = cli_usage(ctx, "unexpected argument \"%s\"", a.pos[0]);
-  if (!st && a.nmulti[SERVE_PULL] + a.nmulti[SERVE_PUSH] + a.nmulti[SERVE_ROUTER] == 0)
-    st = cli_usage(ctx, "nothing to serve: give --pull, --push or --router");
+  if (!st && a.nmulti[SERVE_PULL] + a.nmulti[SERVE_PUSH] + a.nmulti[SERVE_ROUTER] +
+                     a.nmulti[SERVE_PULL_CONNECT] + a.nmulti[SERVE_PUSH_CONNECT] ==
+                 0)
+    st = cli_usage(ctx, "nothing to serve: give --pull, --push, --router, --pull-connect "
+                        "or --push-connect");
   if (!st && a.val[SERVE_HEARTBEAT])
     st = cli_parse_ms(ctx, "--heartbeat", a.val[SERVE_HEARTBEAT], &so.heartbeat_ms);
   /* A peer is dropped after three intervals of silence. */
@@ -171,11 +185,11 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
     }
   }
   /* Every QUEUE=ENDPOINT is checked before the file is opened. */
-  for (int k = SERVE_PULL; !st && k <= SERVE_PUSH; k++)
-    for (size_t i = 0; !st && i < a.nmulti[k]; i++) {
+  for (int k = SERVE_PULL; !st && k <= SERVE_PUSH_CONNECT; k++)
+    for (size_t i = 0; !st && k != SERVE_ROUTER && i < a.nmulti[k]; i++) {
       char *q = NULL;
       const char *ep = NULL;
-      st = cli_serve_split(ctx, k == SERVE_PULL ? "--pull" : "--push", a.multi[k][i], &q, &ep);
+      st = cli_serve_split(ctx, cli_serve_opt[k], a.multi[k][i], &q, &ep);
       free(q);
     }
   cli_serve_verbose = a.val[SERVE_VERBOSE] != NULL;
@@ -187,33 +201,35 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   /* The handlers go in before anything is printed: whoever reads where we
   ** listen may signal us at once, and must find us ready to stop cleanly.
   ** A stop requested before mq_server_run makes it return at once. */
-  struct sigaction sa, old_int, old_term;
+  struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = cli_serve_on_signal;
   sigemptyset(&sa.sa_mask);
   cli_serve_server = srv;
-  sigaction(SIGINT, &sa, &old_int);
-  sigaction(SIGTERM, &sa, &old_term);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
   /* Bind everything, then say where: endpoint i of the server is the i-th
-  ** bound here, in the order pull, push, router. */
+  ** added here, in the order pull, push, router, pull-connect, push-connect
+  ** (a connecting endpoint prints where it connects to). */
   size_t bound = 0;
-  for (int k = SERVE_PULL; !st && k <= SERVE_ROUTER; k++)
+  for (int k = SERVE_PULL; !st && k <= SERVE_PUSH_CONNECT; k++)
     for (size_t i = 0; !st && i < a.nmulti[k]; i++) {
-      static const char *const kind[] = {"pull", "push", "router"};
       char *q = NULL, where[128];
       const char *ep = a.multi[k][i];
       if (k != SERVE_ROUTER) {
-        st = cli_serve_split(ctx, k == SERVE_PULL ? "--pull" : "--push", ep, &q, &ep);
+        st = cli_serve_split(ctx, cli_serve_opt[k], ep, &q, &ep);
         if (!st) st = cli_serve_queue(ctx, q, a.val[SERVE_CREATE] != NULL);
       }
       if (!st) {
-        int rc = k == SERVE_PULL   ? mq_server_pull(srv, q, ep)
-                 : k == SERVE_PUSH ? mq_server_push(srv, q, ep)
-                                   : mq_server_router(srv, ep);
+        int rc = k == SERVE_PULL           ? mq_server_pull(srv, q, ep)
+                 : k == SERVE_PUSH         ? mq_server_push(srv, q, ep)
+                 : k == SERVE_ROUTER       ? mq_server_router(srv, ep)
+                 : k == SERVE_PULL_CONNECT ? mq_server_pull_connect(srv, q, ep)
+                                           : mq_server_push_connect(srv, q, ep);
         if (rc != MQ_OK) st = cli_fail(ctx, rc); /* the message names ep */
       }
       if (!st && mq_server_endpoint(srv, bound++, where, sizeof where) == MQ_OK)
-        cli_serve_print(ctx, kind[k], q, where);
+        cli_serve_print(ctx, cli_serve_kind[k], q, where);
       free(q);
     }
   if (!st && fflush(stdout) != 0)
@@ -222,8 +238,10 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
     int rc = mq_server_run(srv, -1);
     if (rc != MQ_OK) st = cli_fail(ctx, rc);
   }
-  sigaction(SIGINT, &old_int, NULL);
-  sigaction(SIGTERM, &old_term, NULL);
+  /* The handlers stay (they do nothing once cli_serve_server is NULL): a
+  ** second signal may follow the first -- `timeout` sends one to the child
+  ** and then one to its process group -- and with the default action
+  ** restored it would kill us half-way through closing the store. */
   cli_serve_server = NULL;
   mq_server_free(srv);
   cli_args_free(&a);
