@@ -922,9 +922,12 @@ r "$DB" ls
 hasnt "bench leaves no queue behind" out 'mq-bench'
 
 # ---- serve (built only with the network code) -------------------------------------------------
+# `timeout --foreground` passes our SIGTERM on once.  Without it, timeout
+# also signals its process group, and the second SIGTERM can land while a
+# LeakSanitizer build checks for leaks at exit, which stops it dead.
 if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
   r "$DB" create served
-  timeout 30 "$MQ" "$DB" serve --pull served=tcp://127.0.0.1:0 --router tcp://127.0.0.1:0 \
+  timeout --foreground -k 10 30 "$MQ" "$DB" serve --pull served=tcp://127.0.0.1:0 --router tcp://127.0.0.1:0 \
     </dev/null >serve.out 2>serve.err &
   spid=$!
   for _ in $(seq 200); do [ "$(wc -l <serve.out)" -ge 2 ] && break; sleep 0.05; done
@@ -950,7 +953,7 @@ if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
   r "$DB2" put outbox first
   r "$DB2" put outbox second
   port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  timeout 30 "$MQ" "$DB2" serve --push-connect "outbox=tcp://127.0.0.1:$port" \
+  timeout --foreground -k 10 30 "$MQ" "$DB2" serve --push-connect "outbox=tcp://127.0.0.1:$port" \
     </dev/null >connect.out 2>connect.err &
   cpid=$!
   for _ in $(seq 200); do [ "$(wc -l <connect.out)" -ge 1 ] && break; sleep 0.05; done
@@ -958,7 +961,7 @@ if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
     "push-connect outbox tcp://127.0.0.1:$port"
   sleep 0.3
   r "$DB" create inbox
-  timeout 30 "$MQ" "$DB" serve --pull "inbox=tcp://127.0.0.1:$port" \
+  timeout --foreground -k 10 30 "$MQ" "$DB" serve --pull "inbox=tcp://127.0.0.1:$port" \
     </dev/null >serve.out 2>serve.err &
   spid=$!
   for _ in $(seq 300); do
