@@ -135,7 +135,6 @@ MQI_API unsigned mqi_os_fork_generation(void);
 /* Record rc with a formatted message as the calling thread's last error on
 ** store, and return rc. */
 MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
-MQI_API int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap);
 /* Copy a finished message into the calling thread's slot. */
 MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
 /* Map an SQLite result code to an MQ code. */
@@ -175,7 +174,6 @@ enum mqi_stmt_id {
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
-  MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
   MQI_ST_BODY_GET,
   MQI_ST_BODY_DELETE_LAST,
@@ -305,6 +303,12 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* Read names (column 1, NULLs skipped, the first skip bytes dropped) of
+** an SQL query with an optional text binding ?1; *rows counts every row,
+** so a caller can tell "no such parent" from "a parent with no children".
+** The result is freed with mq_list_free. */
+MQI_API int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
+                            char ***names, size_t *count, int *rows);
 /* MQ_EINVAL if dlq would dead-letter what it receives from a queue with
 ** max_receives at once. */
 MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
@@ -669,7 +673,7 @@ const char *mq_errmsg(const mq_store *store) {
   return err_tls.msg;
 }
 
-int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
+static int err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
   err_tls.store = store;
   vsnprintf(err_tls.msg, sizeof err_tls.msg, fmt, ap);
   return rc;
@@ -678,7 +682,7 @@ int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
 int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  mqi_err_setv(store, rc, fmt, ap);
+  err_setv(store, rc, fmt, ap);
   va_end(ap);
   return rc;
 }
@@ -1014,9 +1018,6 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
-    [MQI_ST_QUEUE_BY_ID] =
-        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
-        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
@@ -2334,20 +2335,21 @@ void mq_list_free(char **names, size_t count) {
   free(names);
 }
 
-int mq_queue_list(mq_store *s, char ***names, size_t *count) {
-  if (names) *names = NULL;
-  if (count) *count = 0;
-  int rc = mqi_store_check(s, 0);
-  if (rc != MQ_OK) return rc;
-  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip, char ***names,
+                    size_t *count, int *rows) {
   char **v = NULL;
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
-                               &st, NULL);
+  *rows = 0;
+  int rc = mqi_store_lock(s);
+  if (rc != MQ_OK) return rc;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src == SQLITE_OK && bind) sqlite3_bind_text(st, 1, bind, -1, SQLITE_STATIC);
   if (src == SQLITE_OK) {
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      (*rows)++;
+      const char *name = (const char *)sqlite3_column_text(st, 1);
+      if (!name) continue; /* a row that only says its parent exists */
       if (n == cap) {
         size_t ncap = cap ? cap * 2 : 16;
         char **nv = realloc(v, ncap * sizeof *nv);
@@ -2358,27 +2360,38 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
         v = nv;
         cap = ncap;
       }
-      if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
+      if (!(v[n] = strdup(name + skip))) {
         rc = MQ_ENOMEM;
         break;
       }
       n++;
     }
   }
-
-  if (rc == MQ_OK && src != SQLITE_DONE)
-    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
-                     sqlite3_errmsg(s->db));
+  if (rc == MQ_ENOMEM)
+    mqi_err_set(s, rc, "out of memory listing names");
+  else if (src != SQLITE_DONE)
+    rc =
+        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
   sqlite3_finalize(st);
   pthread_mutex_unlock(&s->dblock);
   if (rc != MQ_OK) {
     mq_list_free(v, n);
-    if (rc == MQ_ENOMEM) mqi_err_set(s, rc, "out of memory listing queues");
     return rc;
   }
   *names = v;
   *count = n;
   return MQ_OK;
+}
+
+int mq_queue_list(mq_store *s, char ***names, size_t *count) {
+  if (names) *names = NULL;
+  if (count) *count = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+  int rows;
+  return mqi_queue_names(s, "SELECT id, name FROM mq_queue WHERE kind = 0 ORDER BY name", NULL, 0,
+                         names, count, &rows);
 }
 
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
@@ -4144,56 +4157,20 @@ static int topic_list(mq_store *s, const char *topic, char ***names, size_t *cou
   if (rc != MQ_OK) return rc;
   if (topic && (rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "list: NULL output pointer");
-  char **v = NULL;
-  size_t n = 0, cap = 0, skip = topic ? strlen(topic) + 1 : 0;
-  int found = topic == NULL;
-  sqlite3_stmt *st = NULL;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(
-      s->db,
+  int rows;
+  rc = mqi_queue_names(
+      s,
       topic ? "SELECT t.id, s.name FROM mq_queue t LEFT JOIN mq_queue s ON s.parent_id = t.id"
               " WHERE t.name = ?1 AND t.kind = 1 ORDER BY s.name"
             : "SELECT id, name FROM mq_queue WHERE kind = 1 ORDER BY name",
-      -1, &st, NULL);
-  if (src == SQLITE_OK && topic) sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
-  if (src == SQLITE_OK) {
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-      found = 1;
-      const char *name = (const char *)sqlite3_column_text(st, 1);
-      if (!name) continue; /* a topic without subscriptions */
-      if (n == cap) {
-        char **nv = realloc(v, (cap ? cap * 2 : 16) * sizeof *nv);
-        if (!nv) {
-          rc = MQ_ENOMEM;
-          break;
-        }
-        v = nv;
-        cap = cap ? cap * 2 : 16;
-      }
-      if (!(v[n] = strdup(name + skip))) {
-        rc = MQ_ENOMEM;
-        break;
-      }
-      n++;
-    }
+      topic, topic ? strlen(topic) + 1 : 0, names, count, &rows);
+  if (rc == MQ_OK && topic && rows == 0) {
+    mq_list_free(*names, *count);
+    *names = NULL;
+    *count = 0;
+    return mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
   }
-
-  if (rc == MQ_OK && src != SQLITE_DONE)
-    rc =
-        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
-  else if (rc == MQ_ENOMEM)
-    mqi_err_set(s, rc, "out of memory listing");
-  else if (!found)
-    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
-  if (rc != MQ_OK) {
-    mq_list_free(v, n);
-    return rc;
-  }
-  *names = v;
-  *count = n;
-  return MQ_OK;
+  return rc;
 }
 
 int mq_topic_list(mq_store *s, char ***names, size_t *count) {

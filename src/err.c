@@ -71,7 +71,7 @@ const char *mq_errmsg(const mq_store *store) {
   return err_tls.msg;
 }
 
-int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
+static int err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
   err_tls.store = store;
   vsnprintf(err_tls.msg, sizeof err_tls.msg, fmt, ap);
   return rc;
@@ -80,7 +80,7 @@ int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap) {
 int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  mqi_err_setv(store, rc, fmt, ap);
+  err_setv(store, rc, fmt, ap);
   va_end(ap);
   return rc;
 }

@@ -103,7 +103,6 @@ MQI_API unsigned mqi_os_fork_generation(void);
 /* Record rc with a formatted message as the calling thread's last error on
 ** store, and return rc. */
 MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
-MQI_API int mqi_err_setv(const mq_store *store, int rc, const char *fmt, va_list ap);
 /* Copy a finished message into the calling thread's slot. */
 MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
 /* Map an SQLite result code to an MQ code. */
@@ -143,7 +142,6 @@ enum mqi_stmt_id {
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
-  MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
   MQI_ST_BODY_GET,
   MQI_ST_BODY_DELETE_LAST,
@@ -273,6 +271,12 @@ typedef struct mqi_queue {
 
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
+/* Read names (column 1, NULLs skipped, the first skip bytes dropped) of
+** an SQL query with an optional text binding ?1; *rows counts every row,
+** so a caller can tell "no such parent" from "a parent with no children".
+** The result is freed with mq_list_free. */
+MQI_API int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
+                            char ***names, size_t *count, int *rows);
 /* MQ_EINVAL if dlq would dead-letter what it receives from a queue with
 ** max_receives at once. */
 MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,

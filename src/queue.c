@@ -292,20 +292,21 @@ void mq_list_free(char **names, size_t count) {
   free(names);
 }
 
-int mq_queue_list(mq_store *s, char ***names, size_t *count) {
-  if (names) *names = NULL;
-  if (count) *count = 0;
-  int rc = mqi_store_check(s, 0);
-  if (rc != MQ_OK) return rc;
-  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip, char ***names,
+                    size_t *count, int *rows) {
   char **v = NULL;
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(s->db, "SELECT name FROM mq_queue WHERE kind = 0 ORDER BY name", -1,
-                               &st, NULL);
+  *rows = 0;
+  int rc = mqi_store_lock(s);
+  if (rc != MQ_OK) return rc;
+  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  if (src == SQLITE_OK && bind) sqlite3_bind_text(st, 1, bind, -1, SQLITE_STATIC);
   if (src == SQLITE_OK) {
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+      (*rows)++;
+      const char *name = (const char *)sqlite3_column_text(st, 1);
+      if (!name) continue; /* a row that only says its parent exists */
       if (n == cap) {
         size_t ncap = cap ? cap * 2 : 16;
         char **nv = realloc(v, ncap * sizeof *nv);
@@ -316,27 +317,38 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
         v = nv;
         cap = ncap;
       }
-      if (!(v[n] = strdup((const char *)sqlite3_column_text(st, 0)))) {
+      if (!(v[n] = strdup(name + skip))) {
         rc = MQ_ENOMEM;
         break;
       }
       n++;
     }
   }
-
-  if (rc == MQ_OK && src != SQLITE_DONE)
-    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing queues: %s", s->path,
-                     sqlite3_errmsg(s->db));
+  if (rc == MQ_ENOMEM)
+    mqi_err_set(s, rc, "out of memory listing names");
+  else if (src != SQLITE_DONE)
+    rc =
+        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
   sqlite3_finalize(st);
   pthread_mutex_unlock(&s->dblock);
   if (rc != MQ_OK) {
     mq_list_free(v, n);
-    if (rc == MQ_ENOMEM) mqi_err_set(s, rc, "out of memory listing queues");
     return rc;
   }
   *names = v;
   *count = n;
   return MQ_OK;
+}
+
+int mq_queue_list(mq_store *s, char ***names, size_t *count) {
+  if (names) *names = NULL;
+  if (count) *count = 0;
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "mq_queue_list: NULL output pointer");
+  int rows;
+  return mqi_queue_names(s, "SELECT id, name FROM mq_queue WHERE kind = 0 ORDER BY name", NULL, 0,
+                         names, count, &rows);
 }
 
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {

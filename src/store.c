@@ -35,9 +35,6 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
-    [MQI_ST_QUEUE_BY_ID] =
-        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
-        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",

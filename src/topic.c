@@ -181,56 +181,20 @@ static int topic_list(mq_store *s, const char *topic, char ***names, size_t *cou
   if (rc != MQ_OK) return rc;
   if (topic && (rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!names || !count) return mqi_err_set(s, MQ_EINVAL, "list: NULL output pointer");
-  char **v = NULL;
-  size_t n = 0, cap = 0, skip = topic ? strlen(topic) + 1 : 0;
-  int found = topic == NULL;
-  sqlite3_stmt *st = NULL;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(
-      s->db,
+  int rows;
+  rc = mqi_queue_names(
+      s,
       topic ? "SELECT t.id, s.name FROM mq_queue t LEFT JOIN mq_queue s ON s.parent_id = t.id"
               " WHERE t.name = ?1 AND t.kind = 1 ORDER BY s.name"
             : "SELECT id, name FROM mq_queue WHERE kind = 1 ORDER BY name",
-      -1, &st, NULL);
-  if (src == SQLITE_OK && topic) sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
-  if (src == SQLITE_OK) {
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
-      found = 1;
-      const char *name = (const char *)sqlite3_column_text(st, 1);
-      if (!name) continue; /* a topic without subscriptions */
-      if (n == cap) {
-        char **nv = realloc(v, (cap ? cap * 2 : 16) * sizeof *nv);
-        if (!nv) {
-          rc = MQ_ENOMEM;
-          break;
-        }
-        v = nv;
-        cap = cap ? cap * 2 : 16;
-      }
-      if (!(v[n] = strdup(name + skip))) {
-        rc = MQ_ENOMEM;
-        break;
-      }
-      n++;
-    }
+      topic, topic ? strlen(topic) + 1 : 0, names, count, &rows);
+  if (rc == MQ_OK && topic && rows == 0) {
+    mq_list_free(*names, *count);
+    *names = NULL;
+    *count = 0;
+    return mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
   }
-
-  if (rc == MQ_OK && src != SQLITE_DONE)
-    rc =
-        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
-  else if (rc == MQ_ENOMEM)
-    mqi_err_set(s, rc, "out of memory listing");
-  else if (!found)
-    rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
-  sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
-  if (rc != MQ_OK) {
-    mq_list_free(v, n);
-    return rc;
-  }
-  *names = v;
-  *count = n;
-  return MQ_OK;
+  return rc;
 }
 
 int mq_topic_list(mq_store *s, char ***names, size_t *count) {
