@@ -6189,6 +6189,18 @@ typedef struct mqi_srv_item {
   char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
 } mqi_srv_item;
 
+/* What mq_server_endpoint_stats reports.  Only the loop thread writes
+** them (the commit thread's results are counted when the loop collects
+** them); any thread may read them while the server runs, hence atomics. */
+typedef struct mqi_srv_counts {
+  _Atomic int64_t in, bytes_in, dropped, out, bytes_out, acks;
+  _Atomic int64_t conns, conns_total, refused, auth_failed;
+} mqi_srv_counts;
+
+/* Add v to one of the counters above. */
+#define MQI_SRV_COUNT(counter, v) \
+  atomic_fetch_add_explicit(&(counter), (int64_t)(v), memory_order_relaxed)
+
 typedef struct mqi_srv_ep {
   int kind;                      /* MQI_EP_* */
   char queue[MQ_NAME_MAX + 1];   /* "" for ROUTER */
@@ -6215,11 +6227,13 @@ typedef struct mqi_srv_ep {
   int64_t next_try;              /* when to connect again */
   int64_t connect_deadline;      /* when the connect in progress fails */
   int64_t up_since;              /* when the connection became ACTIVE; 0 */
+  mqi_srv_counts count;
 } mqi_srv_ep;
 
 /* A PUSH egress message queued on a connection and not yet acked. */
 typedef struct mqi_srv_pend {
   uint64_t end; /* mqi_zconn_queued() right after it */
+  size_t size;  /* its payload bytes, for the endpoint's counters */
   char receipt[MQ_RECEIPT_MAX + 1];
 } mqi_srv_pend;
 
@@ -6269,6 +6283,7 @@ struct mq_server {
   pthread_mutex_t cmu;
   pthread_cond_t ccv;
   size_t cjob_ep, cjob_n, cnext;
+  size_t cjob_dropped, cjob_dropped_bytes; /* of the job's batch: refused by the queue */
   mqi_srv_item *cjob_items;
   char cjob_err[256];
 };
@@ -7552,15 +7567,35 @@ int mq_server_endpoint(mq_server *s, size_t i, char *buf, size_t cap) {
   return MQ_OK;
 }
 
+int mq_server_endpoint_stats(mq_server *s, size_t i, mq_endpoint_stats *out) {
+  if (out) memset(out, 0, sizeof *out);
+  if (!s) return MQ_EINVAL;
+  if (!out) return mqi_err_set(s->store, MQ_EINVAL, "mq_server_endpoint_stats: out is NULL");
+  if (i >= s->neps)
+    return mqi_err_set(s->store, MQ_ENOTFOUND, "mq_server_endpoint_stats: no endpoint %zu (%zu)", i,
+                       s->neps);
+  mqi_srv_counts *c = &s->eps[i].count;
+  out->messages_in = atomic_load_explicit(&c->in, memory_order_relaxed);
+  out->bytes_in = atomic_load_explicit(&c->bytes_in, memory_order_relaxed);
+  out->dropped = atomic_load_explicit(&c->dropped, memory_order_relaxed);
+  out->messages_out = atomic_load_explicit(&c->out, memory_order_relaxed);
+  out->bytes_out = atomic_load_explicit(&c->bytes_out, memory_order_relaxed);
+  out->acks = atomic_load_explicit(&c->acks, memory_order_relaxed);
+  out->connections = atomic_load_explicit(&c->conns, memory_order_relaxed);
+  out->connections_total = atomic_load_explicit(&c->conns_total, memory_order_relaxed);
+  out->refused = atomic_load_explicit(&c->refused, memory_order_relaxed);
+  out->auth_failures = atomic_load_explicit(&c->auth_failed, memory_order_relaxed);
+  return MQ_OK;
+}
+
 /* ------------------------------------------------------------------------
 ** Connections
 */
 
 /* PLAIN credentials: the user's callback, or the one pair, compared in
 ** time that does not depend on where the bytes differ. */
-static int srv_auth(void *ctx, const uint8_t *user, size_t ulen, const uint8_t *pass, size_t plen,
-                    const char *peer) {
-  mq_server *s = ctx;
+static int srv_auth_check(mq_server *s, const uint8_t *user, size_t ulen, const uint8_t *pass,
+                          size_t plen, const char *peer) {
   if (s->opt.auth) {
     char u[MQI_ZMTP_PLAIN_FIELD_MAX + 1], p[MQI_ZMTP_PLAIN_FIELD_MAX + 1];
     /* A NUL inside would make the C strings say something else. */
@@ -7583,6 +7618,15 @@ static int srv_auth(void *ctx, const uint8_t *user, size_t ulen, const uint8_t *
   return diff == 0;
 }
 
+/* The connection's credential check (ctx is its mqi_srv_conn). */
+static int srv_auth(void *ctx, const uint8_t *user, size_t ulen, const uint8_t *pass, size_t plen,
+                    const char *peer) {
+  mqi_srv_conn *sc = ctx;
+  int ok = srv_auth_check(sc->srv, user, ulen, pass, plen, peer);
+  if (!ok) MQI_SRV_COUNT(sc->srv->eps[sc->ep].count.auth_failed, 1);
+  return ok;
+}
+
 static void srv_config(mq_server *s, int kind, mqi_zconn_config *c) {
   memset(c, 0, sizeof *c);
   c->socket_type = kind == MQI_EP_PULL   ? MQI_ZMTP_SOCKET_PULL
@@ -7590,7 +7634,6 @@ static void srv_config(mq_server *s, int kind, mqi_zconn_config *c) {
                                          : MQI_ZMTP_SOCKET_ROUTER;
   c->mechanism = (s->opt.auth || s->plain_user) ? MQI_ZMTP_MECH_PLAIN : MQI_ZMTP_MECH_NULL;
   c->auth = srv_auth;
-  c->auth_ctx = s;
   c->heartbeat_ms = s->opt.heartbeat_ms;
   c->heartbeat_timeout_ms = s->opt.heartbeat_timeout_ms;
   c->handshake_timeout_ms = s->opt.handshake_timeout_ms;
@@ -7621,6 +7664,11 @@ static mqi_srv_conn *srv_conn_add(mq_server *s, size_t e, int fd, const char *pe
   }
   mqi_srv_conn *sc = calloc(1, sizeof *sc);
   mqi_zconn *z = NULL;
+  if (sc) {
+    sc->srv = s;
+    sc->ep = e;
+    cfg.auth_ctx = sc; /* so that a refusal counts against its endpoint */
+  }
   if (s->nconns == s->conncap) {
     size_t cap = s->conncap ? s->conncap * 2 : 16;
     mqi_srv_conn **p = realloc(s->conns, cap * sizeof *p);
@@ -7635,11 +7683,11 @@ static mqi_srv_conn *srv_conn_add(mq_server *s, size_t e, int fd, const char *pe
     close(fd);
     return NULL;
   }
-  sc->srv = s;
   sc->z = z;
-  sc->ep = e;
   sc->serial = ++s->serial;
   s->conns[s->nconns++] = sc;
+  MQI_SRV_COUNT(ep->count.conns, 1);
+  MQI_SRV_COUNT(ep->count.conns_total, 1);
   return sc;
 }
 
@@ -7661,6 +7709,7 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
       mqi_log(s->store, MQ_LOG_WARN, "server: %s: refused %s: too many %s", ep->name, peer,
               s->nconns >= (size_t)s->opt.max_connections ? "connections"
                                                           : "unauthenticated connections");
+      MQI_SRV_COUNT(ep->count.refused, 1);
       close(fd);
       continue;
     }
@@ -7834,13 +7883,15 @@ oom:
 ** thread; the error text is copied into err because mq_errmsg is per
 ** thread. */
 static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_item *items,
-                           size_t n, char *err, size_t errlen) {
+                           size_t n, size_t *dropped, size_t *dropped_bytes, char *err,
+                           size_t errlen) {
   mq_put_options *po = malloc(n * sizeof *po);
   mq_header *hd = malloc(n * sizeof *hd);
   mq_entry *en = topic ? NULL : malloc(n * sizeof *en);
   mq_pub_entry *pe = topic ? malloc(n * sizeof *pe) : NULL;
   int rc;
   err[0] = '\0';
+  *dropped = *dropped_bytes = 0;
   if (!po || !hd || (!en && !pe)) {
     rc = MQ_ENOMEM;
     snprintf(err, errlen, "out of memory for a batch of %zu", n);
@@ -7871,9 +7922,12 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
       for (size_t i = 0; i < n; i++) {
         int r = en ? mq_put(st, queue, items[i].data, items[i].len, &po[i], NULL)
                    : mq_publish(st, queue, NULL, items[i].data, items[i].len, &po[i], NULL, NULL);
-        if (r != MQ_OK)
+        if (r != MQ_OK) {
           mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
                   queue, items[i].len, mq_errmsg(st));
+          (*dropped)++;
+          *dropped_bytes += items[i].len;
+        }
       }
       rc = MQ_OK;
     } else if (rc != MQ_OK) {
@@ -7912,9 +7966,13 @@ static void *srv_committer_main(void *arg) {
     size_t n = s->cjob_n;
     pthread_mutex_unlock(&s->cmu);
     char err[sizeof s->cjob_err];
-    int rc = srv_store_items(s->store, queue, topic, items, n, err, sizeof err);
+    size_t dropped, dropped_bytes;
+    int rc = srv_store_items(s->store, queue, topic, items, n, &dropped, &dropped_bytes, err,
+                             sizeof err);
     pthread_mutex_lock(&s->cmu);
     s->cjob_rc = rc;
+    s->cjob_dropped = dropped;
+    s->cjob_dropped_bytes = dropped_bytes;
     memcpy(s->cjob_err, err, sizeof err);
     s->cjob = 2;
     mqi_net_pipe_poke(s->wake[1]);
@@ -7937,6 +7995,7 @@ static void srv_pull_collect(mq_server *s) {
   mqi_srv_item *items = s->cjob_items;
   size_t n = s->cjob_n;
   int rc = s->cjob_rc;
+  size_t dropped = s->cjob_dropped, dropped_bytes = s->cjob_dropped_bytes;
   char err[sizeof s->cjob_err];
   memcpy(err, s->cjob_err, sizeof err);
   s->cjob = 0;
@@ -7945,11 +8004,19 @@ static void srv_pull_collect(mq_server *s) {
   pthread_mutex_unlock(&s->cmu);
   s->cbusy = 0;
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    if (rc == MQ_ENOTFOUND)
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += items[i].len;
+    if (rc == MQ_ENOTFOUND) {
       mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
               ep->queue, err, n);
-    else
+      dropped = n;
+      dropped_bytes = bytes;
+    } else {
       mqi_server_kick(s, ep->queue);
+    }
+    MQI_SRV_COUNT(ep->count.in, n - dropped);
+    MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
+    MQI_SRV_COUNT(ep->count.dropped, dropped);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -7998,9 +8065,12 @@ static void srv_pull_submit(mq_server *s) {
       } else {
         /* No thread: commit in the loop, which then just reads less. */
         char err[sizeof s->cjob_err];
-        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
-                                 sizeof err);
+        size_t dropped, dropped_bytes;
+        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
+                                 &dropped_bytes, err, sizeof err);
         pthread_mutex_lock(&s->cmu);
+        s->cjob_dropped = dropped;
+        s->cjob_dropped_bytes = dropped_bytes;
         s->cjob_ep = e;
         s->cbusy = 1;
         s->cjob_items = ep->items;
@@ -8041,6 +8111,38 @@ static void srv_committer_stop(mq_server *s) {
   pthread_join(s->committer, NULL);
   s->cstarted = 0;
   srv_pull_collect(s);
+}
+
+/* Wait for the commit in progress, then store what was read and not yet
+** stored, in this thread: the peers' PUSH sockets consider those messages
+** delivered.  When the store refuses them, they are kept for the next
+** mq_server_run unless this is the last try (final: the server is freed). */
+static void srv_pull_flush(mq_server *s, int final) {
+  srv_committer_stop(s);
+  for (size_t e = 0; e < s->neps; e++) {
+    mqi_srv_ep *ep = &s->eps[e];
+    if (ep->kind != MQI_EP_PULL || !ep->nitems) continue;
+    char err[sizeof s->cjob_err];
+    size_t dropped, dropped_bytes, bytes = 0;
+    int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
+                             &dropped_bytes, err, sizeof err);
+    for (size_t i = 0; i < ep->nitems; i++) bytes += ep->items[i].len;
+    if (rc == MQ_OK) {
+      MQI_SRV_COUNT(ep->count.in, ep->nitems - dropped);
+      MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
+      MQI_SRV_COUNT(ep->count.dropped, dropped);
+    } else if (!final && rc != MQ_ENOTFOUND) {
+      continue;
+    } else {
+      MQI_SRV_COUNT(ep->count.dropped, ep->nitems);
+      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
+              ep->queue, ep->nitems, err);
+    }
+    srv_items_release(ep->items, ep->nitems);
+    ep->items = NULL;
+    ep->nitems = ep->itemcap = ep->bytes = 0;
+    ep->failing = 0;
+  }
 }
 
 /* ------------------------------------------------------------------------
@@ -8084,7 +8186,7 @@ static size_t srv_msg_parts(const mq_msg *m, mqi_zpart *parts, size_t cap) {
   return 1;
 }
 
-static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const char *receipt) {
+static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, size_t size, const char *receipt) {
   if (sc->pend_head > 0 && sc->pend_head == sc->pend_len) sc->pend_head = sc->pend_len = 0;
   if (sc->pend_len == sc->pend_cap) {
     if (sc->pend_head > 0) {
@@ -8102,6 +8204,7 @@ static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const char *receipt) {
   }
   mqi_srv_pend *e = &sc->pend[sc->pend_len++];
   e->end = end;
+  e->size = size;
   snprintf(e->receipt, sizeof e->receipt, "%s", receipt);
   return 0;
 }
@@ -8142,7 +8245,8 @@ static void srv_push_work(mq_server *s, size_t e) {
         continue;
       /* Over the output limit: skip this peer for now (not a failure). */
       if (mqi_zconn_send(sc->z, parts, np) != MQI_ZMTP_OK) continue;
-      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), mq_msg_receipt(msgs[i])) != 0) {
+      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), mq_msg_size(msgs[i]),
+                        mq_msg_receipt(msgs[i])) != 0) {
         mqi_zconn_close(sc->z, "out of memory");
         continue;
       }
@@ -8160,7 +8264,7 @@ static void srv_push_acks(mq_server *s) {
   size_t cap = 0;
   for (size_t e = 0; e < s->neps; e++) {
     if (s->eps[e].kind != MQI_EP_PUSH) continue;
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
       if (sc->ep != e) continue;
@@ -8173,10 +8277,14 @@ static void srv_push_acks(mq_server *s) {
           rcpts = p;
           cap = nc;
         }
+        bytes += sc->pend[sc->pend_head].size;
         rcpts[n++] = sc->pend[sc->pend_head++].receipt;
       }
     }
     if (n == 0) continue;
+    /* Sent whatever the ack below does: the kernel has the bytes. */
+    MQI_SRV_COUNT(s->eps[e].count.out, n);
+    MQI_SRV_COUNT(s->eps[e].count.bytes_out, bytes);
     int rc = mq_ack_batch(s->store, s->eps[e].queue, rcpts, n, NULL);
     if (rc != MQ_OK)
       mqi_log(s->store, MQ_LOG_WARN,
@@ -8239,6 +8347,7 @@ static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
           sc->serial, mqi_zconn_peer(sc->z),
           mqi_zconn_reason(sc->z)[0] ? mqi_zconn_reason(sc->z) : "server stopped");
   if (ep->connect) srv_connect_lost(s, ep, sc);
+  MQI_SRV_COUNT(ep->count.conns, -1);
   mqi_zconn_free(sc->z);
   free(sc->pend);
   free(sc);
@@ -8324,9 +8433,13 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
   int rc = mqi_store_check(s->store, 0);
   if (rc != MQ_OK) return rc;
   int64_t end = timeout_ms < 0 ? INT64_MAX : srv_mono() + timeout_ms;
+  int stopped = 0;
   s->running = 1;
   for (;;) {
-    if (atomic_exchange(&s->stop, 0)) break;
+    if (atomic_exchange(&s->stop, 0)) {
+      stopped = 1;
+      break;
+    }
     int64_t now = mqi_server_now(s);
     size_t need = 1 + s->neps + s->nconns;
     if (need > s->pfdcap) {
@@ -8396,6 +8509,7 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     srv_reap(s);
     if (srv_mono() >= end) break;
   }
+  if (stopped) srv_pull_flush(s, 0);
   s->running = 0;
   return rc;
 }
@@ -8413,19 +8527,9 @@ void mq_server_free(mq_server *s) {
     mqi_zconn_close(s->conns[i]->z, "server closed");
     srv_conn_free(s, s->conns[i]);
   }
-  srv_committer_stop(s);
+  srv_pull_flush(s, 1);
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
-    if (ep->kind == MQI_EP_PULL && ep->nitems) {
-      /* What was read and not stored yet gets one last try. */
-      char err[256];
-      int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, err,
-                               sizeof err);
-      if (rc != MQ_OK && rc != MQ_ENOTFOUND)
-        mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
-                ep->queue, ep->nitems, err);
-    }
-    srv_items_release(ep->items, ep->nitems);
     if (ep->fd >= 0) close(ep->fd);
     if (ep->connect && ep->cfd >= 0) close(ep->cfd);
   }
@@ -9196,11 +9300,15 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
   }
   free(ids);
   free(en);
+  int any = 0;
   for (size_t i = 0; i < n; i++)
     if (ps[i]->status == 200) {
-      mqi_server_kick(s, queue);
-      break;
+      mqi_srv_counts *c = &s->eps[ps[i]->sc->ep].count;
+      MQI_SRV_COUNT(c->in, 1);
+      MQI_SRV_COUNT(c->bytes_in, ps[i]->len);
+      any = 1;
     }
+  if (any) mqi_server_kick(s, queue);
 }
 
 static void rt_commit_puts(mq_server *s) {
@@ -9281,6 +9389,7 @@ static void rt_commit_settles(mq_server *s) {
       rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
       for (size_t k = 0; k < g; k++) {
         grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
+        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->sc->ep].count.acks, 1);
         rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
         rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
       }
@@ -9293,6 +9402,7 @@ static void rt_commit_settles(mq_server *s) {
     else
       rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
     t->status = rt_status(rc);
+    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->sc->ep].count.acks, 1);
     if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }
@@ -9329,7 +9439,10 @@ static int rt_send_msg(mq_server *s, mqi_srv_conn *sc, int delim, const char *qu
   if (delim) all[j++] = (mqi_zpart){"", 0};
   all[j++] = (mqi_zpart){RT_TAG, 3};
   for (size_t i = 0; i < k; i++) all[j++] = r[i];
-  return mqi_server_send(s, sc, all, j) == MQI_ZMTP_OK ? 0 : -1;
+  if (mqi_server_send(s, sc, all, j) != MQI_ZMTP_OK) return -1;
+  MQI_SRV_COUNT(s->eps[sc->ep].count.out, 1);
+  MQI_SRV_COUNT(s->eps[sc->ep].count.bytes_out, mq_msg_size(m));
+  return 0;
 }
 
 static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {

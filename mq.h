@@ -699,9 +699,39 @@ MQ_API int mq_server_push_connect(mq_server *server, const char *queue, const ch
 ** address it connects to; copied into buf.  MQ_ENOTFOUND past the last. */
 MQ_API int mq_server_endpoint(mq_server *server, size_t i, char *buf, size_t cap);
 
+/* What endpoint i has done since mq_server_new: counters that only grow,
+** except connections.  A message counts once it is durable (PULL, ROUTER
+** puts) or once the kernel took its last byte (PUSH); a PULL message the
+** queue refused (over its max_payload, or the queue is gone) counts as
+** dropped, never as in. */
+typedef struct mq_endpoint_stats {
+  int64_t messages_in;  /* PULL: messages stored; ROUTER: puts acknowledged
+                           (a retried put counts again) */
+  int64_t bytes_in;     /* their payload bytes */
+  int64_t dropped;      /* PULL: messages the queue refused */
+  int64_t messages_out; /* PUSH: messages written to a peer; ROUTER:
+                           messages handed to consumers (GET, CONSUME) */
+  int64_t bytes_out;    /* their payload bytes */
+  int64_t acks;         /* ROUTER: messages acked by consumers */
+  int64_t connections;  /* open now, handshakes included */
+  int64_t connections_total; /* accepted or connected, all told */
+  int64_t refused;      /* connections closed at once: max_connections or
+                           max_handshakes reached */
+  int64_t auth_failures; /* PLAIN credentials refused */
+} mq_endpoint_stats;
+
+/* Copy endpoint i's counters into *out.  Threads: safe from any thread,
+** also while mq_server_run runs (each counter is read atomically; the set
+** is not one snapshot), but not during mq_server_free or while endpoints
+** are being added.  MQ_ENOTFOUND past the last endpoint, MQ_EINVAL for a
+** NULL argument. */
+MQ_API int mq_server_endpoint_stats(mq_server *server, size_t i, mq_endpoint_stats *out);
+
 /* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).
 ** Returns MQ_OK when stopped or timed out, an error if the server cannot
-** go on.  Errors of single peers (protocol errors, dead peers) only close
+** go on.  When stopped, it first stores what PULL endpoints have read
+** (their peers consider it sent); what the store refuses then is kept for
+** the next run, or a last try in mq_server_free.  Errors of single peers (protocol errors, dead peers) only close
 ** those connections; the log callback of the store reports them. */
 MQ_API int mq_server_run(mq_server *server, int64_t timeout_ms);
 

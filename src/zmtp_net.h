@@ -189,6 +189,18 @@ typedef struct mqi_srv_item {
   char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
 } mqi_srv_item;
 
+/* What mq_server_endpoint_stats reports.  Only the loop thread writes
+** them (the commit thread's results are counted when the loop collects
+** them); any thread may read them while the server runs, hence atomics. */
+typedef struct mqi_srv_counts {
+  _Atomic int64_t in, bytes_in, dropped, out, bytes_out, acks;
+  _Atomic int64_t conns, conns_total, refused, auth_failed;
+} mqi_srv_counts;
+
+/* Add v to one of the counters above. */
+#define MQI_SRV_COUNT(counter, v) \
+  atomic_fetch_add_explicit(&(counter), (int64_t)(v), memory_order_relaxed)
+
 typedef struct mqi_srv_ep {
   int kind;                      /* MQI_EP_* */
   char queue[MQ_NAME_MAX + 1];   /* "" for ROUTER */
@@ -215,11 +227,13 @@ typedef struct mqi_srv_ep {
   int64_t next_try;              /* when to connect again */
   int64_t connect_deadline;      /* when the connect in progress fails */
   int64_t up_since;              /* when the connection became ACTIVE; 0 */
+  mqi_srv_counts count;
 } mqi_srv_ep;
 
 /* A PUSH egress message queued on a connection and not yet acked. */
 typedef struct mqi_srv_pend {
   uint64_t end; /* mqi_zconn_queued() right after it */
+  size_t size;  /* its payload bytes, for the endpoint's counters */
   char receipt[MQ_RECEIPT_MAX + 1];
 } mqi_srv_pend;
 
@@ -269,6 +283,7 @@ struct mq_server {
   pthread_mutex_t cmu;
   pthread_cond_t ccv;
   size_t cjob_ep, cjob_n, cnext;
+  size_t cjob_dropped, cjob_dropped_bytes; /* of the job's batch: refused by the queue */
   mqi_srv_item *cjob_items;
   char cjob_err[256];
 };

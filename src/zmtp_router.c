@@ -748,11 +748,15 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
   }
   free(ids);
   free(en);
+  int any = 0;
   for (size_t i = 0; i < n; i++)
     if (ps[i]->status == 200) {
-      mqi_server_kick(s, queue);
-      break;
+      mqi_srv_counts *c = &s->eps[ps[i]->sc->ep].count;
+      MQI_SRV_COUNT(c->in, 1);
+      MQI_SRV_COUNT(c->bytes_in, ps[i]->len);
+      any = 1;
     }
+  if (any) mqi_server_kick(s, queue);
 }
 
 static void rt_commit_puts(mq_server *s) {
@@ -833,6 +837,7 @@ static void rt_commit_settles(mq_server *s) {
       rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
       for (size_t k = 0; k < g; k++) {
         grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
+        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->sc->ep].count.acks, 1);
         rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
         rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
       }
@@ -845,6 +850,7 @@ static void rt_commit_settles(mq_server *s) {
     else
       rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
     t->status = rt_status(rc);
+    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->sc->ep].count.acks, 1);
     if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }
@@ -881,7 +887,10 @@ static int rt_send_msg(mq_server *s, mqi_srv_conn *sc, int delim, const char *qu
   if (delim) all[j++] = (mqi_zpart){"", 0};
   all[j++] = (mqi_zpart){RT_TAG, 3};
   for (size_t i = 0; i < k; i++) all[j++] = r[i];
-  return mqi_server_send(s, sc, all, j) == MQI_ZMTP_OK ? 0 : -1;
+  if (mqi_server_send(s, sc, all, j) != MQI_ZMTP_OK) return -1;
+  MQI_SRV_COUNT(s->eps[sc->ep].count.out, 1);
+  MQI_SRV_COUNT(s->eps[sc->ep].count.bytes_out, mq_msg_size(m));
+  return 0;
 }
 
 static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {

@@ -978,6 +978,10 @@ if "$MQ" --help 2>&1 | grep -q "serve \[--pull"; then
   wait "$spid"
   r --json "$DB2" stats outbox
   has "delivered messages are gone from the outbox" out '"total":0,'
+  has "serve says at exit what --push-connect sent" connect.err \
+    "^mq serve: push-connect outbox tcp://127\\.0\\.0\\.1:$port: in 0 \\(0 bytes\\), out 2 \\(11 bytes\\), acks 0, dropped 0; connections 1, "
+  has "serve says at exit what the pull endpoint stored" serve.err \
+    "^mq serve: pull inbox tcp://127\\.0\\.0\\.1:$port: in 2 \\(11 bytes\\), out 0 \\(0 bytes\\), acks 0, dropped 0; connections 1, "
 else
   echo "skip: mq built without the network code (no serve)" >&2
 fi

@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sqlite3.h>
 
 #ifdef MQ_OMIT_ZMTP
 int main(void) {
@@ -729,6 +730,10 @@ static void test_plain(void) {
   CHECK(extra == 64);
   close(fd);
   CHECK(tn_total(&e) == 0);
+  /* Three refused credentials; the mechanism mismatch is no login. */
+  mq_endpoint_stats st;
+  CHECK_OK(mq_server_endpoint_stats(e.srv, 0, &st));
+  CHECK(st.auth_failures == 3 && st.connections_total == 5 && st.refused == 0);
   mq_server_free(e.srv);
   /* With a callback. */
   tn_options(&o);
@@ -743,6 +748,8 @@ static void test_plain(void) {
   tn_plain_try(&e, port, "admin", "secret", 1);
   tn_plain_try(&e, port, "root", "secret", 0);
   CHECK(tn_auth_calls == 2);
+  CHECK_OK(mq_server_endpoint_stats(e.srv, 0, &st));
+  CHECK(st.auth_failures == 1 && st.connections_total == 2);
   tn_stop(&e);
 }
 
@@ -952,6 +959,9 @@ static void test_connection_caps(void) {
   /* Once those are gone, a new one is served. */
   int d = tn_peer(&e, e.port[0], "PUSH", 28);
   CHECK(tn_open(&e, d));
+  mq_endpoint_stats st;
+  CHECK_OK(mq_server_endpoint_stats(e.srv, 0, &st));
+  CHECK(st.refused == 1 && st.connections_total == 3 && st.connections == 1);
   close(d);
   tn_stop(&e);
 }
@@ -1253,6 +1263,143 @@ static void test_connect_api_edges(void) {
   tn_stop(&e);
 }
 
+/* ------------------------------------------------------------------------
+** Endpoint counters
+*/
+static mq_endpoint_stats tn_stats(tn_env *e, size_t i) {
+  mq_endpoint_stats st;
+  CHECK_OK(mq_server_endpoint_stats(e->srv, i, &st));
+  return st;
+}
+
+/* Pump until endpoint i has counted n messages in; its counters then. */
+static mq_endpoint_stats tn_stats_in(tn_env *e, size_t i, int64_t n) {
+  for (int k = 0; k < 400 && tn_stats(e, i).messages_in + tn_stats(e, i).dropped < n; k++)
+    tn_pump(e, 1);
+  return tn_stats(e, i);
+}
+
+/* Every endpoint kind counts what it did, as the peers saw it. */
+static void test_endpoint_stats(void) {
+  mq_server_options o;
+  mq_queue_options qo;
+  tn_env e;
+  char f[8][128];
+  tn_options(&o);
+  tn_start(&e, &o, "lhr");
+  mq_queue_options_init(&qo);
+  qo.max_payload = 4;
+  CHECK_OK(mq_queue_create(e.st, "small", &qo));
+  CHECK_OK(mq_server_pull(e.srv, "small", "tcp://127.0.0.1:0"));
+  char buf[128];
+  CHECK_OK(mq_server_endpoint(e.srv, 3, buf, sizeof buf));
+  int small_port = atoi(strrchr(buf, ':') + 1);
+  mq_endpoint_stats st = tn_stats(&e, 0);
+  CHECK(st.messages_in == 0 && st.connections == 0 && st.connections_total == 0);
+  CHECK_RC(mq_server_endpoint_stats(e.srv, 4, &st), MQ_ENOTFOUND);
+  CHECK_RC(mq_server_endpoint_stats(e.srv, 0, NULL), MQ_EINVAL);
+  CHECK_RC(mq_server_endpoint_stats(NULL, 0, &st), MQ_EINVAL);
+
+  /* PULL: three messages, six bytes, all stored. */
+  int pull = tn_peer(&e, e.port[0], "PUSH", 28);
+  CHECK(tn_stats(&e, 0).connections == 1 && tn_stats(&e, 0).connections_total == 1);
+  static const uint8_t three[] = {1, 1, 'a', 0, 1, 'b', 0, 2, 'c', 'c', 0, 3, 'd', 'd', 'd'};
+  tn_send(pull, three, sizeof three); /* "a"+"b" (two frames), "cc", "ddd" */
+  st = tn_stats_in(&e, 0, 3);
+  CHECK(st.messages_in == 3 && st.bytes_in == 7 && st.dropped == 0 && st.messages_out == 0);
+  CHECK(tn_total(&e) == 3);
+
+  /* PULL into a queue that refuses 5 bytes: counted as dropped, not in. */
+  int small = tn_peer(&e, small_port, "PUSH", 28);
+  static const uint8_t two[] = {0, 5, 'x', 'x', 'x', 'x', 'x', 0, 2, 'o', 'k'};
+  tn_send(small, two, sizeof two);
+  st = tn_stats_in(&e, 3, 2);
+  CHECK(st.messages_in == 1 && st.bytes_in == 2 && st.dropped == 1);
+
+  /* PUSH: the three messages of q go out, 7 bytes. */
+  int push = tn_peer(&e, e.port[1], "PULL", 28);
+  uint8_t in[64];
+  CHECK(tn_read(&e, push, in, 2 + 1 + 2 + 1 + 2 + 2 + 2 + 3) == 15);
+  for (int k = 0; k < 400 && tn_stats(&e, 1).messages_out < 3; k++) tn_pump(&e, 1);
+  st = tn_stats(&e, 1);
+  CHECK(st.messages_out == 3 && st.bytes_out == 7 && st.messages_in == 0);
+  CHECK(tn_total(&e) == 0);
+  close(push); /* it would take the ROUTER's messages below */
+  for (int k = 0; k < 400 && tn_stats(&e, 1).connections > 0; k++) tn_pump(&e, 1);
+
+  /* ROUTER: a put (and its retry) in, one message out, one ack. */
+  int rt = tn_peer(&e, e.port[2], "DEALER", 43);
+  const char *put[] = {"MQ1", "PUT", "q", "c-1", "hello"};
+  tn_send_msg(rt, put, 5);
+  CHECK(tn_read_msg(&e, rt, f, 8) == 5 && strcmp(f[3], "200") == 0);
+  tn_send_msg(rt, put, 5);
+  CHECK(tn_read_msg(&e, rt, f, 8) == 5 && strcmp(f[3], "200") == 0);
+  const char *get[] = {"MQ1", "GET", "q"};
+  tn_send_msg(rt, get, 3);
+  CHECK(tn_read_msg(&e, rt, f, 8) == 7 && strcmp(f[1], "MSG") == 0);
+  const char *ack[] = {"MQ1", "ACK", "q", f[4]};
+  tn_send_msg(rt, ack, 4);
+  CHECK(tn_read_msg(&e, rt, f, 8) == 4 && strcmp(f[3], "200") == 0);
+  st = tn_stats(&e, 2);
+  CHECK(st.messages_in == 2 && st.bytes_in == 10 && st.messages_out == 1 && st.bytes_out == 5 &&
+        st.acks == 1 && st.connections == 1);
+
+  /* Connections are counted down as they go. */
+  close(pull);
+  close(small);
+  close(rt);
+  for (int k = 0; k < 400 && tn_stats(&e, 0).connections + tn_stats(&e, 1).connections +
+                                     tn_stats(&e, 2).connections + tn_stats(&e, 3).connections >
+                                 0;
+       k++)
+    tn_pump(&e, 1);
+  for (size_t i = 0; i < 4; i++) {
+    st = tn_stats(&e, i);
+    CHECK(st.connections == 0 && st.connections_total == 1 && st.refused == 0 &&
+          st.auth_failures == 0);
+  }
+  tn_stop(&e);
+}
+
+/* What a PULL peer sent before mq_server_stop is stored by the time
+** mq_server_run returns, even while commits were failing and their retry
+** is not due yet; and it is counted. */
+static void test_stop_stores_what_was_read(void) {
+  mq_server_options o;
+  mq_store_options so;
+  tn_env e;
+  char buf[128];
+  memset(&e, 0, sizeof e);
+  e.path = test_path("netstop");
+  mq_store_options_init(&so);
+  so.sync = MQ_SYNC_NORMAL;
+  so.busy_timeout_ms = 1;
+  CHECK_OK(mq_store_open(e.path, &so, &e.st));
+  CHECK_OK(mq_queue_create(e.st, "q", NULL));
+  tn_options(&o);
+  CHECK_OK(mq_server_new(e.st, &o, &e.srv));
+  mqi_server_test_clock(e.srv, tn_clock, NULL);
+  CHECK_OK(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:0"));
+  CHECK_OK(mq_server_endpoint(e.srv, 0, buf, sizeof buf));
+  int fd = tn_peer(&e, atoi(strrchr(buf, ':') + 1), "PUSH", 28);
+  /* Another program holds the write lock: the commit of "one" fails. */
+  sqlite3 *other = NULL;
+  CHECK(sqlite3_open(e.path, &other) == SQLITE_OK);
+  CHECK(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
+  tn_send(fd, one, sizeof one);
+  tn_pump(&e, 10);
+  CHECK(tn_total(&e) == 0 && tn_stats(&e, 0).messages_in == 0);
+  CHECK(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close(other);
+  mq_server_stop(e.srv);
+  CHECK_OK(mq_server_run(e.srv, -1));
+  CHECK(tn_stats(&e, 0).messages_in == 1);
+  CHECK(tn_take_is(&e, "one"));
+  close(fd);
+  tn_stop(&e);
+}
+
 int main(void) {
   TEST(test_greeting_and_ready_bytes);
   TEST(test_staged_greeting);
@@ -1277,6 +1424,8 @@ int main(void) {
   TEST(test_connect_timeout);
   TEST(test_connect_plain_client);
   TEST(test_connect_api_edges);
+  TEST(test_endpoint_stats);
+  TEST(test_stop_stores_what_was_read);
   return test_done();
 }
 #endif /* MQ_OMIT_ZMTP */

@@ -17,9 +17,10 @@
 ** out to a libzmq socket that binds, and keep reconnecting (with backoff)
 ** for as long as the server runs, so a peer that is down at start is fine;
 ** with --plain they log in as that user.  The signal handler only
-** calls mq_server_stop, which is async-signal-safe; the loop then returns,
-** connections are closed and the store is closed by main, so a stop never
-** interrupts a commit.
+** calls mq_server_stop, which is async-signal-safe; the loop then returns
+** (having stored what PULL endpoints had read), a line per endpoint on
+** stderr says what it did, connections are closed and the store is closed
+** by main, so a stop never interrupts a commit.
 **
 ** The password of --plain is visible to other users in the process list;
 ** --plain USER (without ":PASS") takes it from the MQ_SERVE_PASSWORD
@@ -138,6 +139,29 @@ static void cli_serve_print(cli_ctx *ctx, const char *kind, const char *queue,
   }
 }
 
+/* What each endpoint did, one line each on stderr, once the server has
+** stopped: in the order they were printed at start. */
+static void cli_serve_summary(cli_ctx *ctx, mq_server *srv, const cli_args *a) {
+  size_t i = 0;
+  for (int k = SERVE_PULL; k <= SERVE_PUSH_CONNECT; k++)
+    for (size_t j = 0; j < a->nmulti[k]; j++, i++) {
+      char *q = NULL, where[128];
+      const char *ep = a->multi[k][j];
+      mq_endpoint_stats st;
+      if (k != SERVE_ROUTER && cli_serve_split(ctx, cli_serve_opt[k], ep, &q, &ep)) return;
+      if (mq_server_endpoint(srv, i, where, sizeof where) == MQ_OK &&
+          mq_server_endpoint_stats(srv, i, &st) == MQ_OK)
+        fprintf(stderr,
+                "mq serve: %s %s%s%s: in %lld (%lld bytes), out %lld (%lld bytes), acks %lld, "
+                "dropped %lld; connections %lld, open %lld, refused %lld, failed logins %lld\n",
+                cli_serve_kind[k], q ? q : "", q ? " " : "", where, (long long)st.messages_in,
+                (long long)st.bytes_in, (long long)st.messages_out, (long long)st.bytes_out,
+                (long long)st.acks, (long long)st.dropped, (long long)st.connections_total,
+                (long long)st.connections, (long long)st.refused, (long long)st.auth_failures);
+      free(q);
+    }
+}
+
 int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   static const cli_optspec spec[SERVE_NOPTS] = {
       {"pull", CLI_MULTI},      {"push", CLI_MULTI},       {"router", CLI_MULTI},
@@ -237,6 +261,7 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
   if (!st) {
     int rc = mq_server_run(srv, -1);
     if (rc != MQ_OK) st = cli_fail(ctx, rc);
+    cli_serve_summary(ctx, srv, &a);
   }
   /* The handlers stay (they do nothing once cli_serve_server is NULL): a
   ** second signal may follow the first -- `timeout` sends one to the child
