@@ -175,10 +175,12 @@ enum mqi_stmt_id {
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
   MQI_ST_BODY_INSERT,
+  MQI_ST_BODY_INSERT_ROWS, /* MQI_PUT_ROWS bodies in one statement */
   MQI_ST_BODY_GET,
   MQI_ST_BODY_DELETE_LAST,
   MQI_ST_BODY_UNREF,
   MQI_ST_MSG_INSERT,
+  MQI_ST_MSG_INSERT_ROWS, /* MQI_PUT_ROWS messages in one statement */
   MQI_ST_MSG_READY,
   MQI_ST_MSG_LEASE,
   MQI_ST_MSG_EXPIRED,
@@ -323,6 +325,9 @@ MQI_API int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *na
                             int64_t *deleted);
 
 /* ---- put.c --------------------------------------------------------------- */
+/* Rows per multi-row INSERT of a batch of puts (store.c spells them out). */
+#define MQI_PUT_ROWS 32
+
 /* One message to store, checked and checksummed by the calling thread. */
 typedef struct mqi_put_item {
   const void *data;
@@ -1008,6 +1013,16 @@ void mqi_gate_wait(mqi_gate *g, uint32_t seq, int64_t timeout_ms) {
 #define STORE_PUT_OVERHEAD ((int64_t)16 * 1024)      /* pages a put touches */
 #define STORE_OPEN_MIN_FREE ((int64_t)256 * 1024)    /* room for -shm and a WAL start */
 
+/* The multi-row INSERTs of put.c: one statement stores MQI_PUT_ROWS rows.
+** Each run of a statement has a fixed price (start, step, halt, reset):
+** rows of 100 B went in at 1.1M/s this way against 0.6M/s one statement
+** each.  Parameters are numbered in order, row after row, each row's in
+** the order of the single-row statement. */
+#define STORE_ROWS_2(r) r "," r
+#define STORE_ROWS_8(r) STORE_ROWS_2(STORE_ROWS_2(STORE_ROWS_2(r)))
+#define STORE_ROWS_32(r) STORE_ROWS_2(STORE_ROWS_2(STORE_ROWS_8(r)))
+_Static_assert(MQI_PUT_ROWS == 32, "STORE_ROWS_32 spells out MQI_PUT_ROWS rows");
+
 static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
     [MQI_ST_COMMIT] = "COMMIT",
@@ -1021,12 +1036,18 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+    [MQI_ST_BODY_INSERT_ROWS] =
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) VALUES"
+        STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
         " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
+    [MQI_ST_MSG_INSERT_ROWS] =
+        "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
+        " enqueued_at, expires_at, id) VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?)"),
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
@@ -2501,7 +2522,10 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
 ** touched again) and one mq_msg row (the small, mutable delivery state).
 **
 ** A batch is one op: all its messages are stored or none, and a bad entry
-** fails the batch with that entry's error.
+** fails the batch with that entry's error.  Its messages go in by
+** MQI_PUT_ROWS at a time, one multi-row INSERT per table, which nearly
+** doubles what one thread can store (each statement run has a fixed
+** price); entries with a dedup key, and the tail, go one by one.
 */
 /* #include "mqi.h" -- inlined above */
 
@@ -2599,66 +2623,105 @@ int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_p
   return MQ_OK;
 }
 
-int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
-                 int refs, int64_t body_id) {
+/* A payload as it is stored: compressed only when that pays. */
+typedef struct put_enc {
+  const void *data;
+  size_t len;
+  int codec;
+  unsigned char *z; /* the compressed copy, owned, or NULL */
+} put_enc;
+
+static int put_encode(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                      size_t index, put_enc *e) {
+  e->data = it->data ? it->data : "";
+  e->len = it->len;
+  e->codec = MQI_CODEC_RAW;
+  e->z = NULL;
   if ((int64_t)it->len > q->max_payload)
     return mqi_op_fail(op, MQ_ETOOBIG,
                        "%s: entry %zu: payload of %zu bytes is above the "
                        "max_payload of %lld",
                        s->path, index, it->len, (long long)q->max_payload);
-  /* Compress only when it pays: an incompressible payload is kept raw. */
-  const void *stored = it->data ? it->data : "";
-  size_t stored_len = it->len;
-  int codec = MQI_CODEC_RAW;
-  unsigned char *z = NULL;
   if (q->compress_above > 0 && (int64_t)it->len > q->compress_above) {
     uLongf zlen = compressBound((uLong)it->len);
-    if ((z = malloc(zlen)) == NULL) return mqi_op_fail(op, MQ_ENOMEM, "out of memory compressing");
-    if (compress2(z, &zlen, (const Bytef *)it->data, (uLong)it->len, Z_BEST_SPEED) == Z_OK &&
+    if ((e->z = malloc(zlen)) == NULL)
+      return mqi_op_fail(op, MQ_ENOMEM, "out of memory compressing");
+    if (compress2(e->z, &zlen, (const Bytef *)it->data, (uLong)it->len, Z_BEST_SPEED) == Z_OK &&
         zlen < it->len) {
-      stored = z;
-      stored_len = zlen;
-      codec = MQI_CODEC_ZLIB;
+      e->data = e->z;
+      e->len = zlen;
+      e->codec = MQI_CODEC_ZLIB;
     }
   }
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
-  if (!st) {
-    free(z);
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  }
-  sqlite3_bind_int(st, 1, refs);
-  sqlite3_bind_int64(st, 2, (int64_t)it->len);
-  sqlite3_bind_int64(st, 3, (int64_t)it->crc);
-  sqlite3_bind_int(st, 4, codec);
-  if (it->headers) sqlite3_bind_blob(st, 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
-  sqlite3_bind_blob64(st, 6, stored, stored_len, SQLITE_STATIC);
-  if (it->subject) sqlite3_bind_text(st, 7, it->subject, -1, SQLITE_STATIC);
-  sqlite3_bind_int64(st, 8, body_id);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  free(z);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
   return MQ_OK;
 }
 
-int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
-                const mqi_put_item *it, int64_t now, int64_t id) {
+/* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
+** statement, 8 * row for the multi-row one).  Every parameter is bound: a
+** multi-row statement must not keep a NULL's place from an earlier run. */
+static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const put_enc *e,
+                          int refs, int64_t body_id) {
+  sqlite3_bind_int(st, o + 1, refs);
+  sqlite3_bind_int64(st, o + 2, (int64_t)it->len);
+  sqlite3_bind_int64(st, o + 3, (int64_t)it->crc);
+  sqlite3_bind_int(st, o + 4, e->codec);
+  if (it->headers)
+    sqlite3_bind_blob(st, o + 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, o + 5);
+  sqlite3_bind_blob64(st, o + 6, e->data, e->len, SQLITE_STATIC);
+  if (it->subject)
+    sqlite3_bind_text(st, o + 7, it->subject, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, o + 7);
+  sqlite3_bind_int64(st, o + 8, body_id);
+}
+
+/* Bind one mq_msg row from parameter o + 1 on, as put_bind_body. */
+static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t retention_ms,
+                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = mqi_time_add(now, it->o.ttl_ms);
   if (q->retention_ms > 0 && (!expires || mqi_time_add(now, q->retention_ms) < expires))
     expires = mqi_time_add(now, q->retention_ms);
   if (retention_ms > 0 && (!expires || mqi_time_add(now, retention_ms) < expires))
     expires = mqi_time_add(now, retention_ms);
+  sqlite3_bind_int64(st, o + 1, q->id);
+  sqlite3_bind_int64(st, o + 2, body_id);
+  sqlite3_bind_int(st, o + 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
+  sqlite3_bind_int(st, o + 4, it->o.priority);
+  sqlite3_bind_int64(st, o + 5, mqi_time_add(now, it->o.delay_ms));
+  sqlite3_bind_int64(st, o + 6, now);
+  if (expires)
+    sqlite3_bind_int64(st, o + 7, expires);
+  else
+    sqlite3_bind_null(st, o + 7);
+  sqlite3_bind_int64(st, o + 8, id);
+}
+
+int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
+                 int refs, int64_t body_id) {
+  put_enc e;
+  int rc = put_encode(s, op, q, it, index, &e);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
+  if (!st) {
+    free(e.z);
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  }
+  put_bind_body(st, 0, it, &e, refs, body_id);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  free(e.z);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
+  return MQ_OK;
+}
+
+int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
+                const mqi_put_item *it, int64_t now, int64_t id) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, q->id);
-  sqlite3_bind_int64(st, 2, body_id);
-  sqlite3_bind_int(st, 3, it->o.delay_ms > 0 ? MQI_DELAYED : MQI_READY);
-  sqlite3_bind_int(st, 4, it->o.priority);
-  sqlite3_bind_int64(st, 5, mqi_time_add(now, it->o.delay_ms));
-  sqlite3_bind_int64(st, 6, now);
-  if (expires) sqlite3_bind_int64(st, 7, expires);
-  sqlite3_bind_int64(st, 8, id);
+  put_bind_msg(st, 0, q, retention_ms, body_id, it, now, id);
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
@@ -2687,6 +2750,43 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
+/* Whether items[0, MQI_PUT_ROWS) can go in one multi-row INSERT each:
+** a dedup key needs its own lookup before the insert. */
+static int put_rows_fit(const mqi_put_item *items) {
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+    if (items[k].o.dedup_key) return 0;
+  return 1;
+}
+
+/* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
+** same rows as put_one writes, with one statement per table. */
+static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
+                    size_t first, int64_t now, int64_t *ids) {
+  put_enc e[MQI_PUT_ROWS];
+  size_t ne = 0;
+  int rc = MQ_OK, src = SQLITE_DONE;
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT_ROWS);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  for (; ne < MQI_PUT_ROWS; ne++) {
+    if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
+    if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
+    put_bind_body(st, 8 * (int)ne, &items[ne], &e[ne], 1, ids[ne]);
+  }
+  if (rc == MQ_OK) src = sqlite3_step(st);
+  sqlite3_reset(st);
+  for (size_t k = 0; k < ne; k++) free(e[k].z);
+  if (rc != MQ_OK) return rc;
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+    put_bind_msg(st, 8 * (int)k, q, 0, ids[k], &items[k], now, ids[k]);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing messages");
+  return MQ_OK;
+}
+
 static int64_t put_bytes(const mqi_put_item *items, size_t n) {
   int64_t total = 0;
   for (size_t i = 0; i < n; i++) total += (int64_t)items[i].len;
@@ -2708,8 +2808,14 @@ static int put_op(mq_store *s, mqi_op *op) {
                        "so that acks and checkpoints keep working",
                        s->path, (long long)s->min_free_bytes);
   int64_t now = mqi_store_now(s);
-  for (size_t i = 0; i < a->n; i++) {
-    rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+  for (size_t i = 0; i < a->n;) {
+    if (a->n - i >= MQI_PUT_ROWS && put_rows_fit(&a->items[i])) {
+      rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+      i += MQI_PUT_ROWS;
+    } else {
+      rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+      i++;
+    }
     if (rc != MQ_OK) return rc;
   }
   mqi_put_sweep(s, now);

@@ -143,10 +143,12 @@ enum mqi_stmt_id {
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
   MQI_ST_BODY_INSERT,
+  MQI_ST_BODY_INSERT_ROWS, /* MQI_PUT_ROWS bodies in one statement */
   MQI_ST_BODY_GET,
   MQI_ST_BODY_DELETE_LAST,
   MQI_ST_BODY_UNREF,
   MQI_ST_MSG_INSERT,
+  MQI_ST_MSG_INSERT_ROWS, /* MQI_PUT_ROWS messages in one statement */
   MQI_ST_MSG_READY,
   MQI_ST_MSG_LEASE,
   MQI_ST_MSG_EXPIRED,
@@ -291,6 +293,9 @@ MQI_API int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *na
                             int64_t *deleted);
 
 /* ---- put.c --------------------------------------------------------------- */
+/* Rows per multi-row INSERT of a batch of puts (store.c spells them out). */
+#define MQI_PUT_ROWS 32
+
 /* One message to store, checked and checksummed by the calling thread. */
 typedef struct mqi_put_item {
   const void *data;

@@ -25,6 +25,16 @@
 #define STORE_PUT_OVERHEAD ((int64_t)16 * 1024)      /* pages a put touches */
 #define STORE_OPEN_MIN_FREE ((int64_t)256 * 1024)    /* room for -shm and a WAL start */
 
+/* The multi-row INSERTs of put.c: one statement stores MQI_PUT_ROWS rows.
+** Each run of a statement has a fixed price (start, step, halt, reset):
+** rows of 100 B went in at 1.1M/s this way against 0.6M/s one statement
+** each.  Parameters are numbered in order, row after row, each row's in
+** the order of the single-row statement. */
+#define STORE_ROWS_2(r) r "," r
+#define STORE_ROWS_8(r) STORE_ROWS_2(STORE_ROWS_2(STORE_ROWS_2(r)))
+#define STORE_ROWS_32(r) STORE_ROWS_2(STORE_ROWS_2(STORE_ROWS_8(r)))
+_Static_assert(MQI_PUT_ROWS == 32, "STORE_ROWS_32 spells out MQI_PUT_ROWS rows");
+
 static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BEGIN] = "BEGIN IMMEDIATE",
     [MQI_ST_COMMIT] = "COMMIT",
@@ -38,12 +48,18 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+    [MQI_ST_BODY_INSERT_ROWS] =
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) VALUES"
+        STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
         " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
+    [MQI_ST_MSG_INSERT_ROWS] =
+        "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
+        " enqueued_at, expires_at, id) VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?)"),
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",

@@ -460,8 +460,87 @@ static void test_stats_exact(void) {
   finish(s);
 }
 
+/* A batch goes in by rows of MQI_PUT_ROWS at a time, with the tail and
+** entries with a dedup key one by one: whatever path an entry took, it
+** comes back with its own payload, priority, headers and id, in order, and
+** one bad entry anywhere refuses the whole batch, naming that entry. */
+#define BATCH_N 75
+static void test_batch_every_entry_its_own(void) {
+  mq_store *s = fresh("batchrows");
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  qo.compress_above = 200;
+  qo.max_payload = 1000;
+  CHECK_OK(mq_queue_create(s, "q", &qo));
+  static char data[BATCH_N][600];
+  static char hval[BATCH_N][16];
+  mq_entry e[BATCH_N];
+  mq_put_options po[BATCH_N];
+  mq_header h[BATCH_N];
+  int64_t ids[BATCH_N];
+  for (int i = 0; i < BATCH_N; i++) {
+    /* Every tenth payload is long and compressible: stored with zlib. */
+    size_t len = i % 10 == 3 ? 500 : (size_t)snprintf(data[i], sizeof data[i], "entry %d", i);
+    if (i % 10 == 3) memset(data[i], 'a' + i % 26, len);
+    mq_put_options_init(&po[i]);
+    po[i].priority = i % 7 == 2 ? 1 : 0;
+    if (i % 4 == 1) {
+      snprintf(hval[i], sizeof hval[i], "%d", i);
+      h[i].name = "n";
+      h[i].value = hval[i];
+      po[i].headers = &h[i];
+      po[i].n_headers = 1;
+    }
+    if (i == 40) po[i].dedup_key = "forty";
+    e[i].data = data[i];
+    e[i].len = len;
+    e[i].opts = &po[i];
+  }
+  CHECK_OK(mq_put_batch(s, "q", e, BATCH_N, ids));
+  for (int i = 1; i < BATCH_N; i++) CHECK(ids[i] > ids[i - 1]);
+  /* Priority 1 first, then 0; ids in order within each. */
+  int64_t last[2] = {0, 0};
+  int seen = 0, low_started = 0;
+  for (mq_msg *m; (m = tu_get(s, "q")) != NULL; mq_msg_free(m), seen++) {
+    int k = -1;
+    for (int i = 0; i < BATCH_N; i++)
+      if (ids[i] == mq_msg_id(m)) k = i;
+    CHECK(k >= 0);
+    if (k < 0) break;
+    int prio = mq_msg_priority(m);
+    CHECK(prio == po[k].priority);
+    if (prio == 0) low_started = 1;
+    CHECK(!(prio == 1 && low_started));
+    CHECK(mq_msg_id(m) > last[prio]);
+    last[prio] = mq_msg_id(m);
+    CHECK(mq_msg_size(m) == e[k].len && memcmp(mq_msg_data(m), data[k], e[k].len) == 0);
+    const char *hv = mq_msg_header(m, "n");
+    CHECK(k % 4 == 1 ? hv && strcmp(hv, hval[k]) == 0 : hv == NULL);
+    CHECK_OK(mq_ack(s, "q", mq_msg_receipt(m)));
+  }
+  CHECK(seen == BATCH_N);
+  /* One payload over max_payload, inside a row of 32 or in the tail. */
+  static const int bad[] = {5, 35, 70};
+  static char big[1001];
+  for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+    mq_entry e2[BATCH_N];
+    memcpy(e2, e, sizeof e2);
+    for (int i = 0; i < BATCH_N; i++) e2[i].opts = NULL;
+    e2[bad[b]].data = big;
+    e2[bad[b]].len = sizeof big;
+    CHECK_RC(mq_put_batch(s, "q", e2, BATCH_N, ids), MQ_ETOOBIG);
+    char want[32];
+    snprintf(want, sizeof want, "entry %d:", bad[b]);
+    CHECK(strstr(mq_errmsg(s), want) != NULL);
+    CHECK(ids[0] == 0 && ids[BATCH_N - 1] == 0);
+    CHECK_STATS(s, "q", 0, 0, 0, 0, 0);
+  }
+  finish(s);
+}
+
 int main(void) {
   TEST(test_round_trip);
+  TEST(test_batch_every_entry_its_own);
   TEST(test_ids_never_reused);
   TEST(test_priority_and_fifo);
   TEST(test_receive_count_and_enqueued_at);

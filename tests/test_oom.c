@@ -361,6 +361,21 @@ static int run_put_batch(ctx *c) {
   return mq_put_batch(c->s, "q", e, 3, ids);
 }
 
+/* Rows of MQI_PUT_ROWS go in with one multi-row INSERT: 34 entries take
+** that path and then the single-row one. */
+static int run_put_rows(ctx *c) {
+  static char p[34][120];
+  mq_entry e[34];
+  for (int i = 0; i < 34; i++) {
+    memset(p[i], 'a' + i % 26, sizeof p[i]);
+    e[i].data = p[i];
+    e[i].len = sizeof p[i];
+    e[i].opts = NULL;
+  }
+  int64_t ids[34];
+  return mq_put_batch(c->s, "q", e, 34, ids);
+}
+
 static int run_get(ctx *c) {
   mq_msg *m = (mq_msg *)&oom; /* must be reset by the call */
   int rc = mq_get(c->s, "q", NULL, &m);
@@ -471,6 +486,7 @@ static const seq_def SEQS[] = {
     {"open+create", setup_none, run_open_create, 1, 0},
     {"put", setup_basic, run_put, 0, 0},
     {"put_batch compressed", setup_basic, run_put_batch, 0, 0},
+    {"put_batch rows", setup_basic, run_put_rows, 0, 0},
     {"get", setup_basic, run_get, 0, 0},
     {"get, cold cache", setup_cold, run_get, 0, 0},
     {"get_batch", setup_basic, run_get_batch, 0, 0},

@@ -182,9 +182,9 @@ static void c_put(child *c, const char *q) {
 }
 
 static void c_put_batch(child *c, const char *q, int n) {
-  static unsigned char buf[4][PAYLOAD_MAX];
-  mq_entry e[4];
-  int64_t ids[4] = {0};
+  static unsigned char buf[40][PAYLOAD_MAX];
+  mq_entry e[40];
+  int64_t ids[40] = {0};
   int64_t seq = c->seq;
   for (int i = 0; i < n; i++) {
     e[i].data = buf[i];
@@ -290,12 +290,14 @@ typedef struct workload {
   const char *queues[4];
 } workload;
 
-/* Puts only: single puts and batches of three. */
+/* Puts only: single puts, batches of three, and early on one batch of
+** forty (its rows go in with multi-row INSERTs). */
 static void wl_put(child *c, const char *path, int n) {
   c_open(c, path);
   c_queue(c, 0, "q", 0, 0, NULL);
   for (int i = 0; c->seq < n; i++) {
-    if (i % 5 == 4) c_put_batch(c, "q", 3);
+    if (i == 6) c_put_batch(c, "q", 40);
+    else if (i % 5 == 4) c_put_batch(c, "q", 3);
     else c_put(c, "q");
   }
   c_close(c);
@@ -650,9 +652,11 @@ static int run_point(const point *pt, totals *t) {
   int ended = 0, created[4] = {0, 0, 0, 0};
   uint64_t gdev = 0, gino = 0;
   for (size_t i = 0; i < nrec; i++) {
-    if (recs[i].kind != EV_ERR && recs[i].seq >= 0 && recs[i].seq < 1000000 &&
-        recs[i].seq + 4 > nseq)
-      nseq = recs[i].seq + 4;
+    /* A batch's record names its first message and how many it holds. */
+    int64_t count = recs[i].kind == EV_PUT_INV || recs[i].kind == EV_PUB_INV ? recs[i].extra : 1;
+    if (recs[i].kind != EV_ERR && recs[i].seq >= 0 && recs[i].seq < 1000000 && count >= 0 &&
+        count < 1000000 && recs[i].seq + count + 4 > nseq)
+      nseq = recs[i].seq + count + 4;
   }
   msgstate *ms[MAX_FAM];
   for (int f = 0; f < MAX_FAM; f++) ms[f] = calloc((size_t)nseq + 1, sizeof(msgstate));
