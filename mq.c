@@ -355,6 +355,11 @@ MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_
 ** is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
+/* Inside an op: mqi_put_msg for body_id in each of the n queues qs (a
+** topic's subscriptions), MQI_PUT_ROWS rows per statement. */
+MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
+                           int64_t retention_ms, int64_t body_id, const mqi_put_item *it,
+                           int64_t now);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
@@ -2728,6 +2733,30 @@ int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_m
   return MQ_OK;
 }
 
+int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
+                   int64_t retention_ms, int64_t body_id, const mqi_put_item *it, int64_t now) {
+  int64_t ids[MQI_PUT_ROWS];
+  size_t i = 0;
+  for (; n - i >= MQI_PUT_ROWS; i += MQI_PUT_ROWS) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++) {
+      int rc = mqi_store_next_id(s, op, &ids[k]);
+      if (rc != MQ_OK) return rc;
+      put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
+    }
+    int src = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing messages");
+  }
+  for (; i < n; i++) {
+    int rc = mqi_store_next_id(s, op, &ids[0]);
+    if (rc == MQ_OK) rc = mqi_put_msg(s, op, qs[i], retention_ms, body_id, it, now, ids[0]);
+    if (rc != MQ_OK) return rc;
+  }
+  return MQ_OK;
+}
+
 void mqi_put_sweep(mq_store *s, int64_t now) {
   if (s->puts_since_sweep < PUT_SWEEP_EVERY) return;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);
@@ -4473,6 +4502,8 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
   }
   sqlite3_finalize(st);
   int64_t now = mqi_store_now(s);
+  const mqi_queue **hits = NULL; /* the subscriptions one message goes to */
+  if (src == SQLITE_DONE && ns && !(hits = malloc(ns * sizeof *hits))) src = SQLITE_NOMEM;
   if (src != SQLITE_DONE)
     rc = src == SQLITE_NOMEM ? mqi_op_fail(op, MQ_ENOMEM, "out of memory publishing")
                              : mqi_op_sqlite(s, op, src, "reading subscriptions");
@@ -4491,19 +4522,19 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
     }
+    size_t nh = 0;
+    for (size_t k = 0; k < ns; k++)
+      if (subs[k].hit) hits[nh++] = &subs[k].q;
     rc = mqi_store_next_id(s, op, &body);
     if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
-    for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
-      if (!subs[k].hit) continue;
-      rc = mqi_store_next_id(s, op, &id);
-      if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
-      a->delivered++;
-    }
+    if (rc == MQ_OK) rc = mqi_put_fanout(s, op, hits, nh, t.retention_ms, body, it, now);
+    a->delivered += (int64_t)nh;
     if (rc == MQ_OK) rc = mqi_put_dedup_store(s, op, &t, it, now, body);
     a->ids[i] = body;
   }
   for (size_t k = 0; k < ns; k++) free(subs[k].filter);
   free(subs);
+  free(hits);
   if (rc != MQ_OK) return rc;
   mqi_put_sweep(s, now);
   if (a->delivered) op->flags |= MQI_OP_WAKE;

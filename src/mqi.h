@@ -323,6 +323,11 @@ MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_
 ** is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
+/* Inside an op: mqi_put_msg for body_id in each of the n queues qs (a
+** topic's subscriptions), MQI_PUT_ROWS rows per statement. */
+MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
+                           int64_t retention_ms, int64_t body_id, const mqi_put_item *it,
+                           int64_t now);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 

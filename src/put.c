@@ -215,6 +215,30 @@ int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_m
   return MQ_OK;
 }
 
+int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
+                   int64_t retention_ms, int64_t body_id, const mqi_put_item *it, int64_t now) {
+  int64_t ids[MQI_PUT_ROWS];
+  size_t i = 0;
+  for (; n - i >= MQI_PUT_ROWS; i += MQI_PUT_ROWS) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS);
+    if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++) {
+      int rc = mqi_store_next_id(s, op, &ids[k]);
+      if (rc != MQ_OK) return rc;
+      put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
+    }
+    int src = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing messages");
+  }
+  for (; i < n; i++) {
+    int rc = mqi_store_next_id(s, op, &ids[0]);
+    if (rc == MQ_OK) rc = mqi_put_msg(s, op, qs[i], retention_ms, body_id, it, now, ids[0]);
+    if (rc != MQ_OK) return rc;
+  }
+  return MQ_OK;
+}
+
 void mqi_put_sweep(mq_store *s, int64_t now) {
   if (s->puts_since_sweep < PUT_SWEEP_EVERY) return;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_DEDUP_SWEEP);

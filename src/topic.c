@@ -391,6 +391,8 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
   }
   sqlite3_finalize(st);
   int64_t now = mqi_store_now(s);
+  const mqi_queue **hits = NULL; /* the subscriptions one message goes to */
+  if (src == SQLITE_DONE && ns && !(hits = malloc(ns * sizeof *hits))) src = SQLITE_NOMEM;
   if (src != SQLITE_DONE)
     rc = src == SQLITE_NOMEM ? mqi_op_fail(op, MQ_ENOMEM, "out of memory publishing")
                              : mqi_op_sqlite(s, op, src, "reading subscriptions");
@@ -409,19 +411,19 @@ static int topic_publish_op(mq_store *s, mqi_op *op) {
       a->ids[i] = 0; /* nobody listens: nothing to store */
       continue;
     }
+    size_t nh = 0;
+    for (size_t k = 0; k < ns; k++)
+      if (subs[k].hit) hits[nh++] = &subs[k].q;
     rc = mqi_store_next_id(s, op, &body);
     if (rc == MQ_OK) rc = mqi_put_body(s, op, &t, it, i, matches, body);
-    for (size_t k = 0; rc == MQ_OK && k < ns; k++) {
-      if (!subs[k].hit) continue;
-      rc = mqi_store_next_id(s, op, &id);
-      if (rc == MQ_OK) rc = mqi_put_msg(s, op, &subs[k].q, t.retention_ms, body, it, now, id);
-      a->delivered++;
-    }
+    if (rc == MQ_OK) rc = mqi_put_fanout(s, op, hits, nh, t.retention_ms, body, it, now);
+    a->delivered += (int64_t)nh;
     if (rc == MQ_OK) rc = mqi_put_dedup_store(s, op, &t, it, now, body);
     a->ids[i] = body;
   }
   for (size_t k = 0; k < ns; k++) free(subs[k].filter);
   free(subs);
+  free(hits);
   if (rc != MQ_OK) return rc;
   mqi_put_sweep(s, now);
   if (a->delivered) op->flags |= MQI_OP_WAKE;
