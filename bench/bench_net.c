@@ -17,7 +17,9 @@
 ** counter (mq_server_endpoint_stats), which is free to read.  The table shows the median of --reps
 ** runs per row, alternating the rows within each repetition, and the ratio
 ** mq / libzmq (the target is at least 0.5: storing durably at half the
-** speed of not storing at all).
+** speed of not storing at all).  A third row is raw SQLite storing the
+** same messages with the same durability, from memory (net_run_sqlite):
+** how close ingest gets to the storage engine's own ceiling.
 **
 ** Needs /usr/bin/python3 with pyzmq (python3-zmq); without it the program
 ** says so and exits 0.  Not a test: nothing is asserted.
@@ -38,6 +40,7 @@ extern char **environ;
 
 #define NET_PYTHON "/usr/bin/python3"
 #define NET_MAXREPS 100
+#define NET_TXN 8192 /* messages per transaction: mq's PULL batch at most */
 
 static const char *net_producer =
     "import sys, zmq\n"
@@ -128,6 +131,33 @@ static double net_run_libzmq(long n, long size) {
   return secs > 0 ? (double)n / secs : 0;
 }
 
+/* Raw SQLite (WAL, the naive one-table queue of benchlib) storing the
+** same n messages in transactions of as many as mq's PULL commits at most,
+** from memory, no network: how fast the storage engine alone goes with
+** the least a durable queue must write.  Messages per second. */
+static double net_run_sqlite(const bench_opts *o, int sync, long n, long size) {
+  char path[1100];
+  bench_raw r;
+  unsigned char *p = malloc((size_t)size);
+  if (!p) bench_die("out of memory");
+  bench_fill(p, (size_t)size, 7);
+  bench_db_path(path, sizeof path, o, "netraw");
+  bench_raw_create(path, BENCH_RAW_WAL);
+  bench_raw_open(&r, path, BENCH_RAW_WAL, sync);
+  double t0 = bench_now();
+  for (long i = 0; i < n;) {
+    if (bench_raw_begin(&r) != SQLITE_OK) bench_die("raw: %s", r.last_err);
+    for (long k = 0; k < NET_TXN && i < n; k++, i++)
+      if (bench_raw_put(&r, p, (size_t)size) != SQLITE_OK) bench_die("raw: %s", r.last_err);
+    if (bench_raw_commit(&r) != SQLITE_OK) bench_die("raw: %s", r.last_err);
+  }
+  double secs = bench_now() - t0;
+  bench_raw_close(&r);
+  bench_db_remove(path);
+  free(p);
+  return secs > 0 ? (double)n / secs : 0;
+}
+
 static void *net_serve(void *arg) {
   mq_server_run(arg, -1);
   return NULL;
@@ -194,29 +224,37 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   bench_header("bench_net", "PUSH -> PULL ingest over loopback", sync, &o);
   printf("%ld messages per run; --secs and --slices are not used here\n", n);
-  printf("%-8s %12s %14s %8s\n", "size", "libzmq msg/s", "mq PULL msg/s", "ratio");
+  printf("%-8s %12s %14s %8s %12s %8s\n", "size", "libzmq msg/s", "mq PULL msg/s", "ratio",
+         "SQLite msg/s", "ratio");
   for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
-    double base[NET_MAXREPS], ours[NET_MAXREPS];
+    double base[NET_MAXREPS], ours[NET_MAXREPS], raw[NET_MAXREPS];
     int reps = o.reps > NET_MAXREPS ? NET_MAXREPS : o.reps;
     for (int r = 0; r < reps; r++) {
-      /* Alternate which row goes first, so drift hurts both alike. */
+      /* Alternate the order, so drift hurts all rows alike. */
       if (r % 2 == 0) {
         base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
         ours[r] = net_run_mq(&o, sync, n, sizes[k]);
+        raw[r] = o.mq_only ? 0 : net_run_sqlite(&o, sync, n, sizes[k]);
       } else {
+        raw[r] = o.mq_only ? 0 : net_run_sqlite(&o, sync, n, sizes[k]);
         ours[r] = net_run_mq(&o, sync, n, sizes[k]);
         base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
       }
       if (o.verbose)
-        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f\n", sizes[k], r, base[r], ours[r]);
+        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f, SQLite %.0f\n", sizes[k], r,
+                base[r], ours[r], raw[r]);
     }
-    double b = bench_median(base, reps), m = bench_median(ours, reps);
+    double b = bench_median(base, reps), m = bench_median(ours, reps),
+           q = bench_median(raw, reps);
     char label[16];
     snprintf(label, sizeof label, "%ld B", sizes[k]);
-    printf("%-8s %12.0f %14.0f %8.2f\n", label, b, m, b > 0 ? m / b : 0.0);
+    printf("%-8s %12.0f %14.0f %8.2f %12.0f %8.2f\n", label, b, m, b > 0 ? m / b : 0.0, q,
+           q > 0 ? m / q : 0.0);
     fflush(stdout);
   }
-  printf("ratio = mq / libzmq; target >= 0.50 (mq stores every message durably, libzmq "
-         "stores nothing)\n");
+  printf("ratios: mq / libzmq (target >= 0.50; mq stores every message durably, libzmq\n"
+         "stores nothing) and mq / SQLite (raw SQLite, WAL, one table, storing the same\n"
+         "messages in transactions of %d from memory, no network: the storage ceiling)\n",
+         NET_TXN);
   return 0;
 }
