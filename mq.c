@@ -206,6 +206,19 @@ enum mqi_stmt_id {
 
 typedef struct mqi_op mqi_op;
 
+/* A row of mq_queue as the operations use it (queue.c reads it). */
+typedef struct mqi_queue {
+  int64_t id;
+  int kind;
+  int64_t visibility_ms;
+  int max_receives;
+  int64_t dlq_id; /* 0: none */
+  int64_t retention_ms;
+  int64_t max_payload;
+  int64_t compress_above;
+  int64_t dedup_window_ms;
+} mqi_queue;
+
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
@@ -233,12 +246,22 @@ struct mq_store {
   int broken;          /* a commit failed with an I/O error: reconnect first */
   int64_t next_id;     /* id sequence, valid when id_state != 0 */
   int id_state;        /* 0 not read in this transaction, 1 read, 2 advanced */
+  /* The queue last found by an MQI_RUN_KEEPS_QUEUES op; valid until the
+  ** transaction ends or any other op runs (queue.c, commit.c). */
+  int qcache_valid;
+  mqi_queue qcache;
+  char qcache_name[MQ_NAME_MAX + 1];
   uint64_t puts_since_sweep;
+  uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
 };
 
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+/* The same without sqlite3_reset and sqlite3_clear_bindings, for the
+** statements run once per message: the caller binds every parameter and
+** resets the statement after each step. */
+MQI_API sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id);
 MQI_API int64_t mqi_store_now(mq_store *s);
 /* Close and reopen the connection (under dblock): after an I/O error at
 ** commit, the connection's view of the file can no longer be trusted. */
@@ -263,15 +286,28 @@ MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen)
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */
-#define MQI_OP_WAKE 0x1 /* may have made a message ready: wake waiters */
+#define MQI_OP_WAKE 0x1  /* may have made a message ready: wake waiters */
+#define MQI_OP_WROTE 0x2 /* may have written: see MQI_RUN_REPEATABLE */
+
+/* How an op is to be run (mqi_commit_run's how): */
+#define MQI_RUN_DURABLE 0x1 /* must survive power loss under FULL (put, ack) */
+/* fn may run again from the start after the whole transaction is rolled
+** back, and sets MQI_OP_WROTE before its first write.  A batch made only of
+** such ops runs without a savepoint per op: while an op that fails has not
+** written, there is nothing to undo, and otherwise the batch is rolled back
+** and run again with savepoints. */
+#define MQI_RUN_REPEATABLE 0x2
+/* fn writes no mq_queue row, so its queue lookups may be served from the
+** row an earlier op of the same transaction read (mqi_queue_find). */
+#define MQI_RUN_KEEPS_QUEUES 0x4
 
 typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 
 struct mqi_op {
   mqi_op_fn fn;
   void *arg;
-  int durable; /* must survive power loss under FULL (put, ack) */
-  int flags;   /* MQI_OP_* set by fn as it goes */
+  int how;   /* MQI_RUN_* */
+  int flags; /* MQI_OP_* set by fn as it goes */
   int rc;
   int finished; /* set by the leader that ran it */
   int lead;     /* handed the leadership: run the next batch */
@@ -281,28 +317,17 @@ struct mqi_op {
 };
 
 /* Run fn in a (possibly shared) transaction and wait for its commit.
-** durable: the change must be fsynced under MQ_SYNC_FULL (puts, acks);
-** leases need not be.  Returns the op's code, MQ_EUNKNOWN if the commit's
-** outcome is unknown.  The error message is copied to the calling thread. */
-MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable);
+** how: MQI_RUN_* flags; with MQI_RUN_DURABLE the change is fsynced under
+** MQ_SYNC_FULL (puts, acks); leases need not be.  Returns the op's code,
+** MQ_EUNKNOWN if the commit's outcome is unknown.  The error message is
+** copied to the calling thread. */
+MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how);
 /* Inside an op: record an error and return rc. */
 MQI_API int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...);
 /* Inside an op: map an SQLite failure of step/prepare to an MQ code. */
 MQI_API int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what);
 
 /* ---- queue.c ------------------------------------------------------------- */
-typedef struct mqi_queue {
-  int64_t id;
-  int kind;
-  int64_t visibility_ms;
-  int max_receives;
-  int64_t dlq_id; /* 0: none */
-  int64_t retention_ms;
-  int64_t max_payload;
-  int64_t compress_above;
-  int64_t dedup_window_ms;
-} mqi_queue;
-
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Read names (column 1, NULLs skipped, the first skip bytes dropped) of
@@ -1468,6 +1493,15 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
   return s->stmt[id];
 }
 
+sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = s->stmt[id];
+  if (st) return st;
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
+      SQLITE_OK)
+    return NULL;
+  return s->stmt[id];
+}
+
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
 
 int64_t mqi_store_now(mq_store *s) {
@@ -1812,7 +1846,11 @@ int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
 ** Each op of a batch runs inside its own savepoint, so one op's failure
 ** rolls back only that op.  MQ_EMPTY and MQ_ESTALE are answers, not
 ** failures: whatever the op did before giving them (dead-lettering a
-** corrupt message, say) is kept.
+** corrupt message, say) is kept.  A batch made only of ops that can be run
+** again (puts: MQI_RUN_REPEATABLE) skips the savepoints, which cost two
+** statements and a copy of every page an op touches: an op that fails
+** before writing leaves nothing to undo, and one that fails after is
+** handled by rolling the whole batch back and running it again, guarded.
 **
 ** Leases need no fsync (losing one in a power cut only causes a
 ** redelivery).  Under MQ_SYNC_FULL the connection runs at synchronous=
@@ -1897,14 +1935,18 @@ static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
 
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
-  int n = 0, need_sync = 0;
+  int n = 0, need_sync = 0, lean = 1;
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
-    need_sync |= op->durable;
+    need_sync |= op->how & MQI_RUN_DURABLE;
+    if (!(op->how & MQI_RUN_REPEATABLE)) lean = 0;
   }
+  /* Savepoints only guard the other ops from one that fails half-way. */
+  if (n == 1) lean = 0;
 
   pthread_mutex_lock(&s->dblock);
   uint32_t ticket = mqi_gate_enter(s->gate);
+again:
   if ((s->broken || !s->db) && mqi_store_reconnect(s) != MQ_OK) {
     snprintf(msg, sizeof msg,
              "%s: the store could not be reopened after an I/O error; close it and "
@@ -1925,16 +1967,27 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   }
 
   s->id_state = 0;
-  int any_kept = 0;
+  s->qcache_valid = 0;
+  int any_kept = 0, guard = n > 1 && !lean;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
     op->flags = 0;
-    if (n > 1 && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+    if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
     }
     op->rc = op->fn(s, op);
-    if (n > 1) {
+    if (!(op->how & MQI_RUN_KEEPS_QUEUES)) s->qcache_valid = 0;
+    if (lean && !commit_is_answer(op->rc) &&
+        ((op->flags & MQI_OP_WROTE) || sqlite3_get_autocommit(s->db))) {
+      /* Half of its work may be in the transaction, with no savepoint to
+      ** take it out: drop the batch's work and run it again, guarded. */
+      commit_rollback(s);
+      lean = 0;
+      s->reruns++;
+      goto again;
+    }
+    if (guard) {
       /* If an op's own undo fails, its half-done work is in the
       ** transaction: nothing of this batch may be kept. */
       src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
@@ -2009,11 +2062,11 @@ static void commit_gather(mq_store *s) {
   }
 }
 
-int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
+int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how) {
   mqi_op op;
   op.fn = fn;
   op.arg = arg;
-  op.durable = durable;
+  op.how = how;
   op.flags = 0;
   op.rc = MQ_OK;
   op.finished = 0;
@@ -2074,7 +2127,9 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
 ** Queue options live in the mq_queue row and are read inside the same
 ** transaction as the operation that uses them, so a queue dropped or
 ** re-created by another process is never used with stale options.  The
-** lookup is one probe of a unique index, cheap next to the rest of a put.
+** lookup is one probe of a unique index; in a group commit of many puts to
+** one queue the row is read once per transaction and kept in the handle
+** (valid only while the ops that follow write no mq_queue row).
 */
 /* #include "mqi.h" -- inlined above */
 
@@ -2104,6 +2159,11 @@ static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
 }
 
 int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  int cache = (op->how & MQI_RUN_KEEPS_QUEUES) != 0;
+  if (cache && s->qcache_valid && strcmp(s->qcache_name, name) == 0) {
+    *q = s->qcache;
+    return MQ_OK;
+  }
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_NAME);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
   sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -2111,6 +2171,12 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   if (src == SQLITE_ROW) {
     queue_row(st, q);
     sqlite3_reset(st);
+    size_t len = strlen(name);
+    if (cache && len < sizeof s->qcache_name) {
+      memcpy(s->qcache_name, name, len + 1);
+      s->qcache = *q;
+      s->qcache_valid = 1;
+    }
     return MQ_OK;
   }
   sqlite3_reset(st);
@@ -2261,7 +2327,7 @@ int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_opt
     if (strcmp(a.o.dlq, name) == 0)
       return mqi_err_set(s, MQ_EINVAL, "queue \"%s\" cannot be its own dead-letter queue", name);
   }
-  return mqi_commit_run(s, queue_create_op, &a, 1);
+  return mqi_commit_run(s, queue_create_op, &a, MQI_RUN_DURABLE);
 }
 
 int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
@@ -2339,7 +2405,7 @@ int mq_queue_drop(mq_store *s, const char *name) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 1, 0};
-  return mqi_commit_run(s, queue_purge_op, &a, 1);
+  return mqi_commit_run(s, queue_purge_op, &a, MQI_RUN_DURABLE);
 }
 
 int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
@@ -2348,7 +2414,7 @@ int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 0, 0};
-  rc = mqi_commit_run(s, queue_purge_op, &a, 1);
+  rc = mqi_commit_run(s, queue_purge_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && deleted) *deleted = a.deleted;
   return rc;
 }
@@ -2662,8 +2728,8 @@ static int put_encode(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put
 }
 
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
-** statement, 8 * row for the multi-row one).  Every parameter is bound: a
-** multi-row statement must not keep a NULL's place from an earlier run. */
+** statement, 8 * row for the multi-row one).  Every parameter is bound, so
+** the statements need no sqlite3_clear_bindings (mqi_store_stmt_hot). */
 static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const put_enc *e,
                           int refs, int64_t body_id) {
   sqlite3_bind_int(st, o + 1, refs);
@@ -2709,12 +2775,13 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
   put_enc e;
   int rc = put_encode(s, op, q, it, index, &e);
   if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
   if (!st) {
     free(e.z);
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   }
   put_bind_body(st, 0, it, &e, refs, body_id);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(e.z);
@@ -2724,7 +2791,7 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   put_bind_msg(st, 0, q, retention_ms, body_id, it, now, id);
   int src = sqlite3_step(st);
@@ -2738,11 +2805,14 @@ int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n
   int64_t ids[MQI_PUT_ROWS];
   size_t i = 0;
   for (; n - i >= MQI_PUT_ROWS; i += MQI_PUT_ROWS) {
-    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS);
+    sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS);
     if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
     for (size_t k = 0; k < MQI_PUT_ROWS; k++) {
       int rc = mqi_store_next_id(s, op, &ids[k]);
-      if (rc != MQ_OK) return rc;
+      if (rc != MQ_OK) {
+        sqlite3_clear_bindings(st); /* no pointers into it kept */
+        return rc;
+      }
       put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
     }
     int src = sqlite3_step(st);
@@ -2794,19 +2864,22 @@ static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *i
   put_enc e[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK, src = SQLITE_DONE;
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT_ROWS);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   for (; ne < MQI_PUT_ROWS; ne++) {
     if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
     put_bind_body(st, 8 * (int)ne, &items[ne], &e[ne], 1, ids[ne]);
   }
-  if (rc == MQ_OK) src = sqlite3_step(st);
+  if (rc == MQ_OK) {
+    op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+    src = sqlite3_step(st);
+  }
   sqlite3_reset(st);
   for (size_t k = 0; k < ne; k++) free(e[k].z);
   if (rc != MQ_OK) return rc;
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
-  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS)))
+  if (!(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   for (size_t k = 0; k < MQI_PUT_ROWS; k++)
     put_bind_msg(st, 8 * (int)k, q, 0, ids[k], &items[k], now, ids[k]);
@@ -2873,7 +2946,7 @@ static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size
     }
   }
   put_arg a = {queue, items, n, out};
-  rc = mqi_commit_run(s, put_op, &a, 1);
+  rc = mqi_commit_run(s, put_op, &a, MQI_RUN_DURABLE | MQI_RUN_REPEATABLE | MQI_RUN_KEEPS_QUEUES);
 done:
   for (size_t i = 0; i < prepared; i++) free(items[i].headers);
   if (items && items != &one) free(items);
@@ -3441,7 +3514,7 @@ static int settle_one(mq_store *s, const char *queue, const char *receipt, settl
   a->leases = &lease;
   a->n = 1;
   int rc = settle_parse(s, a);
-  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable);
+  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable ? MQI_RUN_DURABLE : 0);
 }
 
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
@@ -3471,7 +3544,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
   } else if ((rc = settle_parse(s, &a)) == MQ_OK) {
     /* With one receipt the op answers with its own code; keep the batch
     ** contract (MQ_OK, outcome in results). */
-    rc = mqi_commit_run(s, settle_ack_op, &a, 1);
+    rc = mqi_commit_run(s, settle_ack_op, &a, MQI_RUN_DURABLE);
     if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
   }
   free(a.ids);
@@ -3609,7 +3682,7 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   settle_arg a = {0};
   a.queue = queue;
   a.max = max;
-  rc = mqi_commit_run(s, settle_redrive_op, &a, 1);
+  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && moved) *moved = a.moved;
   return rc;
 }
@@ -4281,7 +4354,7 @@ int mq_topic_drop(mq_store *s, const char *topic) {
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   topic_arg a = {0};
   a.topic = topic;
-  return mqi_commit_run(s, topic_drop_op, &a, 1);
+  return mqi_commit_run(s, topic_drop_op, &a, MQI_RUN_DURABLE);
 }
 
 /* List names from mq_queue: topics (parent 0) or the subscriptions of one. */
@@ -4422,7 +4495,7 @@ int mq_subscription_create(mq_store *s, const char *topic, const char *sub, cons
                        "and retention_ms not negative",
                        a.path);
   if (a.o.dlq && (rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
-  return mqi_commit_run(s, topic_sub_create_op, &a, 1);
+  return mqi_commit_run(s, topic_sub_create_op, &a, MQI_RUN_DURABLE);
 }
 
 static int topic_sub_drop_op(mq_store *s, mqi_op *op) {
@@ -4443,7 +4516,7 @@ int mq_subscription_drop(mq_store *s, const char *topic, const char *sub) {
   if (rc != MQ_OK) return rc;
   topic_arg a = {0};
   if ((rc = topic_path(s, &a, topic, sub)) != MQ_OK) return rc;
-  return mqi_commit_run(s, topic_sub_drop_op, &a, 1);
+  return mqi_commit_run(s, topic_sub_drop_op, &a, MQI_RUN_DURABLE);
 }
 
 /* ---- publish --------------------------------------------------------------- */
@@ -4575,7 +4648,7 @@ int mq_publish_batch(mq_store *s, const char *topic, const mq_pub_entry *entries
     }
     a.items[prepared].subject = e->subject;
   }
-  rc = mqi_commit_run(s, topic_publish_op, &a, 1);
+  rc = mqi_commit_run(s, topic_publish_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && delivered) *delivered = a.delivered;
 done:
   for (size_t i = 0; i < prepared; i++) free(a.items[i].headers);

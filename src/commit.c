@@ -14,7 +14,11 @@
 ** Each op of a batch runs inside its own savepoint, so one op's failure
 ** rolls back only that op.  MQ_EMPTY and MQ_ESTALE are answers, not
 ** failures: whatever the op did before giving them (dead-lettering a
-** corrupt message, say) is kept.
+** corrupt message, say) is kept.  A batch made only of ops that can be run
+** again (puts: MQI_RUN_REPEATABLE) skips the savepoints, which cost two
+** statements and a copy of every page an op touches: an op that fails
+** before writing leaves nothing to undo, and one that fails after is
+** handled by rolling the whole batch back and running it again, guarded.
 **
 ** Leases need no fsync (losing one in a power cut only causes a
 ** redelivery).  Under MQ_SYNC_FULL the connection runs at synchronous=
@@ -99,14 +103,18 @@ static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
 
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
-  int n = 0, need_sync = 0;
+  int n = 0, need_sync = 0, lean = 1;
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
-    need_sync |= op->durable;
+    need_sync |= op->how & MQI_RUN_DURABLE;
+    if (!(op->how & MQI_RUN_REPEATABLE)) lean = 0;
   }
+  /* Savepoints only guard the other ops from one that fails half-way. */
+  if (n == 1) lean = 0;
 
   pthread_mutex_lock(&s->dblock);
   uint32_t ticket = mqi_gate_enter(s->gate);
+again:
   if ((s->broken || !s->db) && mqi_store_reconnect(s) != MQ_OK) {
     snprintf(msg, sizeof msg,
              "%s: the store could not be reopened after an I/O error; close it and "
@@ -127,16 +135,27 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   }
 
   s->id_state = 0;
-  int any_kept = 0;
+  s->qcache_valid = 0;
+  int any_kept = 0, guard = n > 1 && !lean;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
     op->flags = 0;
-    if (n > 1 && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+    if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
     }
     op->rc = op->fn(s, op);
-    if (n > 1) {
+    if (!(op->how & MQI_RUN_KEEPS_QUEUES)) s->qcache_valid = 0;
+    if (lean && !commit_is_answer(op->rc) &&
+        ((op->flags & MQI_OP_WROTE) || sqlite3_get_autocommit(s->db))) {
+      /* Half of its work may be in the transaction, with no savepoint to
+      ** take it out: drop the batch's work and run it again, guarded. */
+      commit_rollback(s);
+      lean = 0;
+      s->reruns++;
+      goto again;
+    }
+    if (guard) {
       /* If an op's own undo fails, its half-done work is in the
       ** transaction: nothing of this batch may be kept. */
       src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
@@ -211,11 +230,11 @@ static void commit_gather(mq_store *s) {
   }
 }
 
-int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable) {
+int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how) {
   mqi_op op;
   op.fn = fn;
   op.arg = arg;
-  op.durable = durable;
+  op.how = how;
   op.flags = 0;
   op.rc = MQ_OK;
   op.finished = 0;

@@ -174,6 +174,19 @@ enum mqi_stmt_id {
 
 typedef struct mqi_op mqi_op;
 
+/* A row of mq_queue as the operations use it (queue.c reads it). */
+typedef struct mqi_queue {
+  int64_t id;
+  int kind;
+  int64_t visibility_ms;
+  int max_receives;
+  int64_t dlq_id; /* 0: none */
+  int64_t retention_ms;
+  int64_t max_payload;
+  int64_t compress_above;
+  int64_t dedup_window_ms;
+} mqi_queue;
+
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
@@ -201,12 +214,22 @@ struct mq_store {
   int broken;          /* a commit failed with an I/O error: reconnect first */
   int64_t next_id;     /* id sequence, valid when id_state != 0 */
   int id_state;        /* 0 not read in this transaction, 1 read, 2 advanced */
+  /* The queue last found by an MQI_RUN_KEEPS_QUEUES op; valid until the
+  ** transaction ends or any other op runs (queue.c, commit.c). */
+  int qcache_valid;
+  mqi_queue qcache;
+  char qcache_name[MQ_NAME_MAX + 1];
   uint64_t puts_since_sweep;
+  uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
 };
 
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+/* The same without sqlite3_reset and sqlite3_clear_bindings, for the
+** statements run once per message: the caller binds every parameter and
+** resets the statement after each step. */
+MQI_API sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id);
 MQI_API int64_t mqi_store_now(mq_store *s);
 /* Close and reopen the connection (under dblock): after an I/O error at
 ** commit, the connection's view of the file can no longer be trusted. */
@@ -231,15 +254,28 @@ MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen)
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */
-#define MQI_OP_WAKE 0x1 /* may have made a message ready: wake waiters */
+#define MQI_OP_WAKE 0x1  /* may have made a message ready: wake waiters */
+#define MQI_OP_WROTE 0x2 /* may have written: see MQI_RUN_REPEATABLE */
+
+/* How an op is to be run (mqi_commit_run's how): */
+#define MQI_RUN_DURABLE 0x1 /* must survive power loss under FULL (put, ack) */
+/* fn may run again from the start after the whole transaction is rolled
+** back, and sets MQI_OP_WROTE before its first write.  A batch made only of
+** such ops runs without a savepoint per op: while an op that fails has not
+** written, there is nothing to undo, and otherwise the batch is rolled back
+** and run again with savepoints. */
+#define MQI_RUN_REPEATABLE 0x2
+/* fn writes no mq_queue row, so its queue lookups may be served from the
+** row an earlier op of the same transaction read (mqi_queue_find). */
+#define MQI_RUN_KEEPS_QUEUES 0x4
 
 typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 
 struct mqi_op {
   mqi_op_fn fn;
   void *arg;
-  int durable; /* must survive power loss under FULL (put, ack) */
-  int flags;   /* MQI_OP_* set by fn as it goes */
+  int how;   /* MQI_RUN_* */
+  int flags; /* MQI_OP_* set by fn as it goes */
   int rc;
   int finished; /* set by the leader that ran it */
   int lead;     /* handed the leadership: run the next batch */
@@ -249,28 +285,17 @@ struct mqi_op {
 };
 
 /* Run fn in a (possibly shared) transaction and wait for its commit.
-** durable: the change must be fsynced under MQ_SYNC_FULL (puts, acks);
-** leases need not be.  Returns the op's code, MQ_EUNKNOWN if the commit's
-** outcome is unknown.  The error message is copied to the calling thread. */
-MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int durable);
+** how: MQI_RUN_* flags; with MQI_RUN_DURABLE the change is fsynced under
+** MQ_SYNC_FULL (puts, acks); leases need not be.  Returns the op's code,
+** MQ_EUNKNOWN if the commit's outcome is unknown.  The error message is
+** copied to the calling thread. */
+MQI_API int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how);
 /* Inside an op: record an error and return rc. */
 MQI_API int mqi_op_fail(mqi_op *op, int rc, const char *fmt, ...);
 /* Inside an op: map an SQLite failure of step/prepare to an MQ code. */
 MQI_API int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what);
 
 /* ---- queue.c ------------------------------------------------------------- */
-typedef struct mqi_queue {
-  int64_t id;
-  int kind;
-  int64_t visibility_ms;
-  int max_receives;
-  int64_t dlq_id; /* 0: none */
-  int64_t retention_ms;
-  int64_t max_payload;
-  int64_t compress_above;
-  int64_t dedup_window_ms;
-} mqi_queue;
-
 /* Look a queue up by name inside an op; MQ_ENOTFOUND with a message. */
 MQI_API int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Read names (column 1, NULLs skipped, the first skip bytes dropped) of

@@ -144,8 +144,8 @@ static int put_encode(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put
 }
 
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
-** statement, 8 * row for the multi-row one).  Every parameter is bound: a
-** multi-row statement must not keep a NULL's place from an earlier run. */
+** statement, 8 * row for the multi-row one).  Every parameter is bound, so
+** the statements need no sqlite3_clear_bindings (mqi_store_stmt_hot). */
 static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const put_enc *e,
                           int refs, int64_t body_id) {
   sqlite3_bind_int(st, o + 1, refs);
@@ -191,12 +191,13 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
   put_enc e;
   int rc = put_encode(s, op, q, it, index, &e);
   if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
   if (!st) {
     free(e.z);
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   }
   put_bind_body(st, 0, it, &e, refs, body_id);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
   int src = sqlite3_step(st);
   sqlite3_reset(st);
   free(e.z);
@@ -206,7 +207,7 @@ int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   put_bind_msg(st, 0, q, retention_ms, body_id, it, now, id);
   int src = sqlite3_step(st);
@@ -220,11 +221,14 @@ int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n
   int64_t ids[MQI_PUT_ROWS];
   size_t i = 0;
   for (; n - i >= MQI_PUT_ROWS; i += MQI_PUT_ROWS) {
-    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS);
+    sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS);
     if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
     for (size_t k = 0; k < MQI_PUT_ROWS; k++) {
       int rc = mqi_store_next_id(s, op, &ids[k]);
-      if (rc != MQ_OK) return rc;
+      if (rc != MQ_OK) {
+        sqlite3_clear_bindings(st); /* no pointers into it kept */
+        return rc;
+      }
       put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
     }
     int src = sqlite3_step(st);
@@ -276,19 +280,22 @@ static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *i
   put_enc e[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK, src = SQLITE_DONE;
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_INSERT_ROWS);
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   for (; ne < MQI_PUT_ROWS; ne++) {
     if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
     put_bind_body(st, 8 * (int)ne, &items[ne], &e[ne], 1, ids[ne]);
   }
-  if (rc == MQ_OK) src = sqlite3_step(st);
+  if (rc == MQ_OK) {
+    op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+    src = sqlite3_step(st);
+  }
   sqlite3_reset(st);
   for (size_t k = 0; k < ne; k++) free(e[k].z);
   if (rc != MQ_OK) return rc;
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
-  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_INSERT_ROWS)))
+  if (!(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
     return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   for (size_t k = 0; k < MQI_PUT_ROWS; k++)
     put_bind_msg(st, 8 * (int)k, q, 0, ids[k], &items[k], now, ids[k]);
@@ -355,7 +362,7 @@ static int put_run(mq_store *s, const char *queue, const mq_entry *entries, size
     }
   }
   put_arg a = {queue, items, n, out};
-  rc = mqi_commit_run(s, put_op, &a, 1);
+  rc = mqi_commit_run(s, put_op, &a, MQI_RUN_DURABLE | MQI_RUN_REPEATABLE | MQI_RUN_KEEPS_QUEUES);
 done:
   for (size_t i = 0; i < prepared; i++) free(items[i].headers);
   if (items && items != &one) free(items);

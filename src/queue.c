@@ -5,7 +5,9 @@
 ** Queue options live in the mq_queue row and are read inside the same
 ** transaction as the operation that uses them, so a queue dropped or
 ** re-created by another process is never used with stale options.  The
-** lookup is one probe of a unique index, cheap next to the rest of a put.
+** lookup is one probe of a unique index; in a group commit of many puts to
+** one queue the row is read once per transaction and kept in the handle
+** (valid only while the ops that follow write no mq_queue row).
 */
 #include "mqi.h"
 
@@ -35,6 +37,11 @@ static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
 }
 
 int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
+  int cache = (op->how & MQI_RUN_KEEPS_QUEUES) != 0;
+  if (cache && s->qcache_valid && strcmp(s->qcache_name, name) == 0) {
+    *q = s->qcache;
+    return MQ_OK;
+  }
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_NAME);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
   sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -42,6 +49,12 @@ int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   if (src == SQLITE_ROW) {
     queue_row(st, q);
     sqlite3_reset(st);
+    size_t len = strlen(name);
+    if (cache && len < sizeof s->qcache_name) {
+      memcpy(s->qcache_name, name, len + 1);
+      s->qcache = *q;
+      s->qcache_valid = 1;
+    }
     return MQ_OK;
   }
   sqlite3_reset(st);
@@ -192,7 +205,7 @@ int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_opt
     if (strcmp(a.o.dlq, name) == 0)
       return mqi_err_set(s, MQ_EINVAL, "queue \"%s\" cannot be its own dead-letter queue", name);
   }
-  return mqi_commit_run(s, queue_create_op, &a, 1);
+  return mqi_commit_run(s, queue_create_op, &a, MQI_RUN_DURABLE);
 }
 
 int mq_queue_create(mq_store *s, const char *name, const mq_queue_options *opts) {
@@ -270,7 +283,7 @@ int mq_queue_drop(mq_store *s, const char *name) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "queue", name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 1, 0};
-  return mqi_commit_run(s, queue_purge_op, &a, 1);
+  return mqi_commit_run(s, queue_purge_op, &a, MQI_RUN_DURABLE);
 }
 
 int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
@@ -279,7 +292,7 @@ int mq_queue_purge(mq_store *s, const char *name, int64_t *deleted) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   queue_purge_arg a = {name, 0, 0};
-  rc = mqi_commit_run(s, queue_purge_op, &a, 1);
+  rc = mqi_commit_run(s, queue_purge_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && deleted) *deleted = a.deleted;
   return rc;
 }

@@ -105,7 +105,7 @@ static int settle_one(mq_store *s, const char *queue, const char *receipt, settl
   a->leases = &lease;
   a->n = 1;
   int rc = settle_parse(s, a);
-  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable);
+  return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable ? MQI_RUN_DURABLE : 0);
 }
 
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
@@ -135,7 +135,7 @@ int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, si
   } else if ((rc = settle_parse(s, &a)) == MQ_OK) {
     /* With one receipt the op answers with its own code; keep the batch
     ** contract (MQ_OK, outcome in results). */
-    rc = mqi_commit_run(s, settle_ack_op, &a, 1);
+    rc = mqi_commit_run(s, settle_ack_op, &a, MQI_RUN_DURABLE);
     if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
   }
   free(a.ids);
@@ -273,7 +273,7 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   settle_arg a = {0};
   a.queue = queue;
   a.max = max;
-  rc = mqi_commit_run(s, settle_redrive_op, &a, 1);
+  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && moved) *moved = a.moved;
   return rc;
 }

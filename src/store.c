@@ -475,6 +475,15 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
   return s->stmt[id];
 }
 
+sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = s->stmt[id];
+  if (st) return st;
+  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
+      SQLITE_OK)
+    return NULL;
+  return s->stmt[id];
+}
+
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
 
 int64_t mqi_store_now(mq_store *s) {

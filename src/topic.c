@@ -170,7 +170,7 @@ int mq_topic_drop(mq_store *s, const char *topic) {
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   topic_arg a = {0};
   a.topic = topic;
-  return mqi_commit_run(s, topic_drop_op, &a, 1);
+  return mqi_commit_run(s, topic_drop_op, &a, MQI_RUN_DURABLE);
 }
 
 /* List names from mq_queue: topics (parent 0) or the subscriptions of one. */
@@ -311,7 +311,7 @@ int mq_subscription_create(mq_store *s, const char *topic, const char *sub, cons
                        "and retention_ms not negative",
                        a.path);
   if (a.o.dlq && (rc = mqi_err_check_name(s, "dead-letter queue", a.o.dlq)) != MQ_OK) return rc;
-  return mqi_commit_run(s, topic_sub_create_op, &a, 1);
+  return mqi_commit_run(s, topic_sub_create_op, &a, MQI_RUN_DURABLE);
 }
 
 static int topic_sub_drop_op(mq_store *s, mqi_op *op) {
@@ -332,7 +332,7 @@ int mq_subscription_drop(mq_store *s, const char *topic, const char *sub) {
   if (rc != MQ_OK) return rc;
   topic_arg a = {0};
   if ((rc = topic_path(s, &a, topic, sub)) != MQ_OK) return rc;
-  return mqi_commit_run(s, topic_sub_drop_op, &a, 1);
+  return mqi_commit_run(s, topic_sub_drop_op, &a, MQI_RUN_DURABLE);
 }
 
 /* ---- publish --------------------------------------------------------------- */
@@ -464,7 +464,7 @@ int mq_publish_batch(mq_store *s, const char *topic, const mq_pub_entry *entries
     }
     a.items[prepared].subject = e->subject;
   }
-  rc = mqi_commit_run(s, topic_publish_op, &a, 1);
+  rc = mqi_commit_run(s, topic_publish_op, &a, MQI_RUN_DURABLE);
   if (rc == MQ_OK && delivered) *delivered = a.delivered;
 done:
   for (size_t i = 0; i < prepared; i++) free(a.items[i].headers);
