@@ -2596,7 +2596,8 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
 ** fails the batch with that entry's error.  Its messages go in by
 ** MQI_PUT_ROWS at a time, one multi-row INSERT per table, which nearly
 ** doubles what one thread can store (each statement run has a fixed
-** price); entries with a dedup key, and the tail, go one by one.
+** price), whenever the next MQI_PUT_ROWS entries have no dedup key; the
+** others go one by one.
 */
 /* #include "mqi.h" -- inlined above */
 
@@ -8247,6 +8248,7 @@ static void srv_pull_collect(mq_server *s) {
   if (!all) {
     mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
             ep->queue, n);
+    MQI_SRV_COUNT(ep->count.dropped, n);
     srv_items_release(items, n);
     return;
   }
@@ -8320,12 +8322,14 @@ static void srv_committer_stop(mq_server *s) {
   pthread_mutex_unlock(&s->cmu);
   pthread_join(s->committer, NULL);
   s->cstarted = 0;
+  s->cquit = 0; /* a later mq_server_run starts a new one */
   srv_pull_collect(s);
 }
 
 /* Wait for the commit in progress, then store what was read and not yet
 ** stored, in this thread: the peers' PUSH sockets consider those messages
-** delivered.  When the store refuses them, they are kept for the next
+** delivered (as they do what is still in the kernel's buffers, which a
+** stop leaves there, unread).  When the store refuses them, they are kept for the next
 ** mq_server_run unless this is the last try (final: the server is freed). */
 static void srv_pull_flush(mq_server *s, int final) {
   srv_committer_stop(s);
@@ -8824,6 +8828,7 @@ void mq_server_free(mq_server *s) {
 
 typedef struct rt_put {
   mqi_srv_conn *sc;
+  size_t ep; /* sc's endpoint, for its counters (sc may be gone by then) */
   int delim;
   char queue[MQ_NAME_MAX + 1];
   char cid[RT_ID_MAX + 1];
@@ -8841,6 +8846,7 @@ typedef struct rt_put {
 
 typedef struct rt_settle {
   mqi_srv_conn *sc;
+  size_t ep; /* sc's endpoint, for its counters (sc may be gone by then) */
   int delim;
   int verb;
   char queue[MQ_NAME_MAX + 1];
@@ -9196,6 +9202,7 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
   rt_put p;
   memset(&p, 0, sizeof p);
   p.sc = sc;
+  p.ep = sc->ep;
   p.delim = q->delim;
   memcpy(p.queue, q->queue, sizeof p.queue);
   memcpy(p.cid, q->cid, sizeof p.cid);
@@ -9266,6 +9273,7 @@ static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *
   rt_settle t;
   memset(&t, 0, sizeof t);
   t.sc = sc;
+  t.ep = sc->ep;
   t.delim = q->delim;
   t.verb = q->verb == MQI_RT_ACK ? RT_ACK : q->verb == MQI_RT_NACK ? RT_NACK : RT_TOUCH;
   t.ms = q->ms;
@@ -9513,7 +9521,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
   int any = 0;
   for (size_t i = 0; i < n; i++)
     if (ps[i]->status == 200) {
-      mqi_srv_counts *c = &s->eps[ps[i]->sc->ep].count;
+      mqi_srv_counts *c = &s->eps[ps[i]->ep].count;
       MQI_SRV_COUNT(c->in, 1);
       MQI_SRV_COUNT(c->bytes_in, ps[i]->len);
       any = 1;
@@ -9599,7 +9607,7 @@ static void rt_commit_settles(mq_server *s) {
       rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
       for (size_t k = 0; k < g; k++) {
         grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
-        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->sc->ep].count.acks, 1);
+        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->ep].count.acks, 1);
         rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
         rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
       }
@@ -9612,7 +9620,7 @@ static void rt_commit_settles(mq_server *s) {
     else
       rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
     t->status = rt_status(rc);
-    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->sc->ep].count.acks, 1);
+    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->ep].count.acks, 1);
     if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }

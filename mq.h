@@ -700,15 +700,18 @@ MQ_API int mq_server_push_connect(mq_server *server, const char *queue, const ch
 MQ_API int mq_server_endpoint(mq_server *server, size_t i, char *buf, size_t cap);
 
 /* What endpoint i has done since mq_server_new: counters that only grow,
-** except connections.  A message counts once it is durable (PULL, ROUTER
-** puts) or once the kernel took its last byte (PUSH); a PULL message the
-** queue refused (over its max_payload, or the queue is gone) counts as
-** dropped, never as in. */
+** except connections.  A message counts once its commit returned (PULL,
+** ROUTER puts: as durable as the store's sync mode makes it) or once the
+** kernel took its last byte (PUSH).  A PULL message read but not stored
+** counts as dropped, never as in: the queue refused it (over its
+** max_payload, or the queue is gone), its one-by-one retry after a refused
+** batch failed, there was no memory to keep it, or the store still failed
+** it at mq_server_free. */
 typedef struct mq_endpoint_stats {
   int64_t messages_in;  /* PULL: messages stored; ROUTER: puts acknowledged
                            (a retried put counts again) */
   int64_t bytes_in;     /* their payload bytes */
-  int64_t dropped;      /* PULL: messages the queue refused */
+  int64_t dropped;      /* PULL: messages read and not stored */
   int64_t messages_out; /* PUSH: messages written to a peer; ROUTER:
                            messages handed to consumers (GET, CONSUME) */
   int64_t bytes_out;    /* their payload bytes */
@@ -729,10 +732,12 @@ MQ_API int mq_server_endpoint_stats(mq_server *server, size_t i, mq_endpoint_sta
 
 /* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).
 ** Returns MQ_OK when stopped or timed out, an error if the server cannot
-** go on.  When stopped, it first stores what PULL endpoints have read
-** (their peers consider it sent); what the store refuses then is kept for
-** the next run, or a last try in mq_server_free.  Errors of single peers (protocol errors, dead peers) only close
-** those connections; the log callback of the store reports them. */
+** go on.  When stopped, it first stores what PULL endpoints have read from
+** their connections (not what still waits in the kernel's buffers); what
+** the store refuses then is kept for the next run, or a last try in
+** mq_server_free, and the log says so.  Errors of single peers (protocol
+** errors, dead peers) only close those connections; the log callback of
+** the store reports them. */
 MQ_API int mq_server_run(mq_server *server, int64_t timeout_ms);
 
 /* Make mq_server_run return soon.  Safe from any thread and from a signal

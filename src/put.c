@@ -12,7 +12,8 @@
 ** fails the batch with that entry's error.  Its messages go in by
 ** MQI_PUT_ROWS at a time, one multi-row INSERT per table, which nearly
 ** doubles what one thread can store (each statement run has a fixed
-** price); entries with a dedup key, and the tail, go one by one.
+** price), whenever the next MQI_PUT_ROWS entries have no dedup key; the
+** others go one by one.
 */
 #include "mqi.h"
 

@@ -62,6 +62,7 @@
 
 typedef struct rt_put {
   mqi_srv_conn *sc;
+  size_t ep; /* sc's endpoint, for its counters (sc may be gone by then) */
   int delim;
   char queue[MQ_NAME_MAX + 1];
   char cid[RT_ID_MAX + 1];
@@ -79,6 +80,7 @@ typedef struct rt_put {
 
 typedef struct rt_settle {
   mqi_srv_conn *sc;
+  size_t ep; /* sc's endpoint, for its counters (sc may be gone by then) */
   int delim;
   int verb;
   char queue[MQ_NAME_MAX + 1];
@@ -434,6 +436,7 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
   rt_put p;
   memset(&p, 0, sizeof p);
   p.sc = sc;
+  p.ep = sc->ep;
   p.delim = q->delim;
   memcpy(p.queue, q->queue, sizeof p.queue);
   memcpy(p.cid, q->cid, sizeof p.cid);
@@ -504,6 +507,7 @@ static void rt_req_settle(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *
   rt_settle t;
   memset(&t, 0, sizeof t);
   t.sc = sc;
+  t.ep = sc->ep;
   t.delim = q->delim;
   t.verb = q->verb == MQI_RT_ACK ? RT_ACK : q->verb == MQI_RT_NACK ? RT_NACK : RT_TOUCH;
   t.ms = q->ms;
@@ -751,7 +755,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
   int any = 0;
   for (size_t i = 0; i < n; i++)
     if (ps[i]->status == 200) {
-      mqi_srv_counts *c = &s->eps[ps[i]->sc->ep].count;
+      mqi_srv_counts *c = &s->eps[ps[i]->ep].count;
       MQI_SRV_COUNT(c->in, 1);
       MQI_SRV_COUNT(c->bytes_in, ps[i]->len);
       any = 1;
@@ -837,7 +841,7 @@ static void rt_commit_settles(mq_server *s) {
       rc = mq_ack_batch(s->store, t->queue, rcpts, g, res);
       for (size_t k = 0; k < g; k++) {
         grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
-        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->sc->ep].count.acks, 1);
+        if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->ep].count.acks, 1);
         rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
         rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
       }
@@ -850,7 +854,7 @@ static void rt_commit_settles(mq_server *s) {
     else
       rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
     t->status = rt_status(rc);
-    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->sc->ep].count.acks, 1);
+    if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->ep].count.acks, 1);
     if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }

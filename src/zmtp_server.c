@@ -788,6 +788,7 @@ static void srv_pull_collect(mq_server *s) {
   if (!all) {
     mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
             ep->queue, n);
+    MQI_SRV_COUNT(ep->count.dropped, n);
     srv_items_release(items, n);
     return;
   }
@@ -861,12 +862,14 @@ static void srv_committer_stop(mq_server *s) {
   pthread_mutex_unlock(&s->cmu);
   pthread_join(s->committer, NULL);
   s->cstarted = 0;
+  s->cquit = 0; /* a later mq_server_run starts a new one */
   srv_pull_collect(s);
 }
 
 /* Wait for the commit in progress, then store what was read and not yet
 ** stored, in this thread: the peers' PUSH sockets consider those messages
-** delivered.  When the store refuses them, they are kept for the next
+** delivered (as they do what is still in the kernel's buffers, which a
+** stop leaves there, unread).  When the store refuses them, they are kept for the next
 ** mq_server_run unless this is the last try (final: the server is freed). */
 static void srv_pull_flush(mq_server *s, int final) {
   srv_committer_stop(s);

@@ -1363,7 +1363,7 @@ static void test_endpoint_stats(void) {
 
 /* What a PULL peer sent before mq_server_stop is stored by the time
 ** mq_server_run returns, even while commits were failing and their retry
-** is not due yet; and it is counted. */
+** is not due yet; and it is counted.  A later run serves on as before. */
 static void test_stop_stores_what_was_read(void) {
   mq_server_options o;
   mq_store_options so;
@@ -1396,6 +1396,15 @@ static void test_stop_stores_what_was_read(void) {
   CHECK_OK(mq_server_run(e.srv, -1));
   CHECK(tn_stats(&e, 0).messages_in == 1);
   CHECK(tn_take_is(&e, "one"));
+  /* The server runs again after the stop, and goes on storing: batch
+  ** after batch (each message in its own turn), not just the first. */
+  static const uint8_t more[] = {0, 3, 't', 'w', 'o'};
+  for (int i = 0; i < 5; i++) {
+    tn_send(fd, more, sizeof more);
+    for (int k = 0; k < 400 && tn_stats(&e, 0).messages_in < 2 + i; k++) tn_pump(&e, 1);
+  }
+  CHECK(tn_stats(&e, 0).messages_in == 6);
+  CHECK(tn_total(&e) == 5);
   close(fd);
   tn_stop(&e);
 }
