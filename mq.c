@@ -222,6 +222,9 @@ typedef struct mqi_queue {
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
+  pthread_mutex_t rdlock; /* guards rdb */
+  sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
+  int rdb_broken;         /* close rdb after this read */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
@@ -255,6 +258,14 @@ struct mq_store {
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
 };
 
+/* The read calls (stats, info, lists, peek, scan, verify) use a second,
+** read-only connection, opened on first use: a WAL reader never waits for
+** the writer nor makes it wait, so a long scan does not hold up the
+** handle's commits.  mqi_store_read locks it and sets *db (or sets the
+** error and returns it); mqi_store_read_done unlocks it, closing it first
+** if src says the file failed it (it is opened again next time). */
+MQI_API int mqi_store_read(mq_store *s, sqlite3 **db);
+MQI_API void mqi_store_read_done(mq_store *s, int src);
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
@@ -1067,8 +1078,8 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
     [MQI_ST_BODY_INSERT_ROWS] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) VALUES"
-        STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) "
+        "VALUES" STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
@@ -1217,10 +1228,12 @@ fail:
 
 static void store_free(mq_store *s) {
   for (int i = 0; i < MQI_ST_COUNT; i++) sqlite3_finalize(s->stmt[i]);
+  if (s->rdb) sqlite3_close_v2(s->rdb);
   if (s->db) sqlite3_close(s->db);
   mqi_gate_close(s->gate);
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->dblock);
+  pthread_mutex_destroy(&s->rdlock);
   free(s->path);
   free(s);
 }
@@ -1333,6 +1346,42 @@ int mqi_store_reconnect(mq_store *s) {
   return rc;
 }
 
+int mqi_store_read(mq_store *s, sqlite3 **db) {
+  *db = NULL;
+  pthread_mutex_lock(&s->rdlock);
+  if (!s->rdb) {
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+    flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+    int src = sqlite3_open_v2(s->path, &s->rdb, flags, NULL);
+    if (src == SQLITE_OK) src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
+    if (src != SQLITE_OK) {
+      int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
+                           s->rdb ? sqlite3_errmsg(s->rdb) : "out of memory");
+      sqlite3_close(s->rdb);
+      s->rdb = NULL;
+      pthread_mutex_unlock(&s->rdlock);
+      return rc == MQ_OK ? MQ_ERROR : rc;
+    }
+  }
+  *db = s->rdb;
+  return MQ_OK;
+}
+
+void mqi_store_read_done(mq_store *s, int src) {
+  int code = src & 0xff;
+  /* After an I/O error, or a transaction it could not end, the reader's
+  ** view cannot be trusted: a fresh one next time. */
+  if (s->rdb && (s->rdb_broken || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
+                 code == SQLITE_NOTADB || code == SQLITE_CANTOPEN)) {
+    sqlite3_close_v2(s->rdb);
+    s->rdb = NULL;
+  }
+  s->rdb_broken = 0;
+  pthread_mutex_unlock(&s->rdlock);
+}
+
 int mqi_store_lock(mq_store *s) {
   pthread_mutex_lock(&s->dblock);
   if (!s->broken && s->db) return MQ_OK;
@@ -1365,6 +1414,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   if (!s) return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_mutex_init(&s->dblock, NULL);
+  pthread_mutex_init(&s->rdlock, NULL);
   s->path = strdup(path);
   s->sync = o.sync;
   s->readonly = readonly;
@@ -1444,6 +1494,7 @@ int mq_store_close(mq_store *s) {
     ** it could checkpoint or unlink the WAL under the parent.  The child
     ** gives the memory back and leaves SQLite's state alone. */
     s->db = NULL;
+    s->rdb = NULL;
     memset(s->stmt, 0, sizeof s->stmt);
     mqi_gate_forget(s->gate);
     s->gate = NULL;
@@ -1454,6 +1505,9 @@ int mq_store_close(mq_store *s) {
     sqlite3_finalize(s->stmt[i]);
     s->stmt[i] = NULL;
   }
+  /* The reader first: it never checkpoints, and db is then the last. */
+  if (s->rdb) sqlite3_close_v2(s->rdb);
+  s->rdb = NULL;
   /* sqlite3_close checkpoints and removes the WAL when this is the last
   ** connection; if that fails the WAL is still there and still valid.  It
   ** goes through the gate like every writer, so it never checkpoints while
@@ -2433,9 +2487,10 @@ int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
   *rows = 0;
-  int rc = mqi_store_lock(s);
+  sqlite3 *db;
+  int rc = mqi_store_read(s, &db);
   if (rc != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src == SQLITE_OK && bind) sqlite3_bind_text(st, 1, bind, -1, SQLITE_STATIC);
   if (src == SQLITE_OK) {
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
@@ -2462,10 +2517,9 @@ int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
   if (rc == MQ_ENOMEM)
     mqi_err_set(s, rc, "out of memory listing names");
   else if (src != SQLITE_DONE)
-    rc =
-        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     mq_list_free(v, n);
     return rc;
@@ -2492,12 +2546,13 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(s->db,
+  int src = sqlite3_prepare_v2(db,
                                "SELECT q.kind,"
                                " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
                                " sum(m.state = 1 AND m.visible_at > ?2),"
@@ -2533,10 +2588,10 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path, name,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }
 
@@ -2546,10 +2601,11 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_info_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT q.kind, q.visibility_ms, q.max_receives, coalesce(d.name, ''), q.retention_ms,"
       " q.max_payload, q.compress_above, q.dedup_window_ms, coalesce(q.filter, ''),"
       " q.created_at FROM mq_queue q LEFT JOIN mq_queue d ON d.id = q.dlq_id WHERE q.name = ?1",
@@ -2573,10 +2629,10 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading \"%s\": %s", s->path, name,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }
 /*** end src/queue.c ***/
@@ -2860,8 +2916,8 @@ static int put_rows_fit(const mqi_put_item *items) {
 
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
 ** same rows as put_one writes, with one statement per table. */
-static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
-                    size_t first, int64_t now, int64_t *ids) {
+static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
+                    int64_t now, int64_t *ids) {
   put_enc e[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK, src = SQLITE_DONE;
@@ -3330,12 +3386,13 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
       " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
       " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
@@ -3389,12 +3446,12 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     mqi_err_set(s, rc, "out of memory peeking");
   } else if (src != SQLITE_DONE && src != SQLITE_OK) {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   } else if (!found) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {
       mq_msg_free(msgs[i]);
@@ -3941,21 +3998,21 @@ void mq_msg_free(mq_msg *m) { free(m); }
 
 /* A read transaction for one consistent snapshot.  *began says whether it
 ** was started here: inspect_end ends only what inspect_begin began. */
-static int inspect_begin(mq_store *s, int *began) {
+static int inspect_begin(sqlite3 *db, int *began) {
   *began = 0;
-  int src = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
   if (src == SQLITE_OK) *began = 1;
   return src;
 }
 
-static void inspect_end(mq_store *s, int began) {
-  if (!began || sqlite3_get_autocommit(s->db)) return;
+static void inspect_end(mq_store *s, sqlite3 *db, int began) {
+  if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
-  ** back, and if even that fails, reopen, so that no later call runs
-  ** inside this transaction. */
-  if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (!sqlite3_get_autocommit(s->db)) s->broken = 1;
+  ** back, and if even that fails, close the reader, so that no later call
+  ** runs inside this transaction. */
+  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (!sqlite3_get_autocommit(db)) s->rdb_broken = 1;
 }
 
 /* The visible state of a row as of now, as a get would see it. */
@@ -3970,14 +4027,15 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
   int began;
-  int src = inspect_begin(s, &began);
+  int src = inspect_begin(db, &began);
   int64_t qid = 0;
   if (src == SQLITE_OK)
-    src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -3997,7 +4055,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   }
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
-        s->db,
+        db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
         " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -4039,10 +4097,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   }
   if (src != SQLITE_OK && rc == MQ_OK)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  inspect_end(s, began);
-  pthread_mutex_unlock(&s->dblock);
+  inspect_end(s, db, began);
+  mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
 }
@@ -4067,9 +4125,9 @@ static void verify_report(verify_ctx *v, const char *fmt, ...) {
 
 /* Run a query whose every row is a problem: column 0 is formatted with
 ** what.  Returns the SQLite code of the query. */
-static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *what) {
+static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, const char *what) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     const char *text = (const char *)sqlite3_column_text(st, 0);
@@ -4079,9 +4137,9 @@ static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
-static int verify_payloads(mq_store *s, verify_ctx *v) {
+static int verify_payloads(sqlite3 *db, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db,
+  int src = sqlite3_prepare_v2(db,
                                "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
                                " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
                                " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
@@ -4113,14 +4171,15 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
   verify_ctx v = {fn, ctx, 0};
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int began;
-  int src = inspect_begin(s, &began);
+  int src = inspect_begin(db, &began);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
     sqlite3_stmt *st = NULL;
-    src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "PRAGMA integrity_check(100)", -1, &st, NULL);
     int step = SQLITE_DONE;
     while (src == SQLITE_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
       const char *line = (const char *)sqlite3_column_text(st, 0);
@@ -4139,44 +4198,44 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
     sqlite3_finalize(st);
   }
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
                       " || m.queue_id || ')' FROM mq_msg m"
                       " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
                       " || ' has no payload (body ' || m.body_id || ' is missing)'"
                       " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
                       " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
                       "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
                       " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'message ' || id || ' has an invalid state ' || state"
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       "");
-  if (src == SQLITE_OK) src = verify_payloads(s, &v);
-  inspect_end(s, began);
+  if (src == SQLITE_OK) src = verify_payloads(db, &v);
+  inspect_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {
-      verify_report(&v, "file: %s", sqlite3_errmsg(s->db));
+      verify_report(&v, "file: %s", sqlite3_errmsg(db));
       rc = MQ_ECORRUPT;
     } else {
       rc = mqi_err_set(s, code == MQ_OK ? MQ_ERROR : code, "%s: verifying: %s", s->path,
-                       sqlite3_errmsg(s->db));
+                       sqlite3_errmsg(db));
     }
   } else if (v.problems) {
     rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path, (long long)v.problems);
   }
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (problems) *problems = v.problems;
   return rc;
 }
@@ -4673,10 +4732,11 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"
       " (SELECT count(*) FROM mq_msg WHERE queue_id IN"
       "   (SELECT id FROM mq_queue WHERE parent_id = t.id)),"
@@ -4699,10 +4759,10 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: topic stats: %s", s->path,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }
 /*** end src/topic.c ***/

@@ -173,9 +173,13 @@ MQ_API void mq_store_options_init(mq_store_options *opts);
 ** written by a newer format gives MQ_EVERSION.
 **
 ** Threads: a handle may be shared by any number of threads; calls on it are
-** serialised internally, and concurrent puts and acks share commits.  A
-** handle must not be used in a child after fork(): calls there return
-** MQ_EMISUSE.  Any number of processes may open the same file.
+** serialised internally, and concurrent puts and acks share commits.  The
+** read calls (stats, info, lists, peek, scan, verify) run on a second,
+** read-only connection of the handle, opened on first use: they take one
+** after the other, but never wait for the handle's commits nor make them
+** wait, however many messages they read.  A handle must not be used in a
+** child after fork(): calls there return MQ_EMISUSE.  Any number of
+** processes may open the same file.
 */
 MQ_API int mq_store_open(const char *path, const mq_store_options *opts,
                          mq_store **out);
@@ -292,7 +296,9 @@ typedef struct mq_queue_info {
 MQ_API int mq_queue_info_get(mq_store *store, const char *name,
                              mq_queue_info *out);
 
-/* Counts for one queue as of now on the store's clock.  Reads only. */
+/* Counts for one queue as of now on the store's clock.  Reads only; the
+** cost grows with the number of messages in the queue (about 70 ms for
+** 200,000 here), but puts and gets on this handle go on meanwhile. */
 MQ_API int mq_queue_stats_get(mq_store *store, const char *name,
                               mq_queue_stats *out);
 
@@ -438,8 +444,10 @@ typedef int (*mq_scan_fn)(void *ctx, const mq_msg *msg, int state);
 ** changing anything (for backups, exports and inspection).  Messages whose
 ** payload fails its checksum are not passed to fn; *corrupt (may be NULL)
 ** receives their count.  The scan reads one consistent snapshot; it does
-** not block puts and gets by other handles or processes, but fn must not
-** call into the same handle.
+** not block puts, gets or acks of any handle or process, and fn may make
+** them, even on this handle (they are not in the snapshot), but must not
+** start another read of this handle (stats, info, lists, peek, scan,
+** verify): that would wait for the scan forever.
 */
 MQ_API int mq_queue_scan(mq_store *store, const char *queue, mq_scan_fn fn,
                          void *ctx, int64_t *corrupt);

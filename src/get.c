@@ -350,12 +350,13 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!msgs || !count) return mqi_err_set(s, MQ_EINVAL, "mq_peek: NULL output pointer");
   if (max == 0) return MQ_OK;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
       " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
       " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
@@ -409,12 +410,12 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     mqi_err_set(s, rc, "out of memory peeking");
   } else if (src != SQLITE_DONE && src != SQLITE_OK) {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: peeking \"%s\": %s", s->path, queue,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   } else if (!found) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {
       mq_msg_free(msgs[i]);

@@ -20,21 +20,21 @@
 
 /* A read transaction for one consistent snapshot.  *began says whether it
 ** was started here: inspect_end ends only what inspect_begin began. */
-static int inspect_begin(mq_store *s, int *began) {
+static int inspect_begin(sqlite3 *db, int *began) {
   *began = 0;
-  int src = sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL);
+  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
   if (src == SQLITE_OK) *began = 1;
   return src;
 }
 
-static void inspect_end(mq_store *s, int began) {
-  if (!began || sqlite3_get_autocommit(s->db)) return;
+static void inspect_end(mq_store *s, sqlite3 *db, int began) {
+  if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
-  ** back, and if even that fails, reopen, so that no later call runs
-  ** inside this transaction. */
-  if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (!sqlite3_get_autocommit(s->db)) s->broken = 1;
+  ** back, and if even that fails, close the reader, so that no later call
+  ** runs inside this transaction. */
+  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
+  if (!sqlite3_get_autocommit(db)) s->rdb_broken = 1;
 }
 
 /* The visible state of a row as of now, as a get would see it. */
@@ -49,14 +49,15 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (!fn) return mqi_err_set(s, MQ_EINVAL, "mq_queue_scan: fn is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
   int began;
-  int src = inspect_begin(s, &began);
+  int src = inspect_begin(db, &began);
   int64_t qid = 0;
   if (src == SQLITE_OK)
-    src = sqlite3_prepare_v2(s->db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -76,7 +77,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   }
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
-        s->db,
+        db,
         "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
         " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
         " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
@@ -118,10 +119,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   }
   if (src != SQLITE_OK && rc == MQ_OK)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  inspect_end(s, began);
-  pthread_mutex_unlock(&s->dblock);
+  inspect_end(s, db, began);
+  mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
 }
@@ -146,9 +147,9 @@ static void verify_report(verify_ctx *v, const char *fmt, ...) {
 
 /* Run a query whose every row is a problem: column 0 is formatted with
 ** what.  Returns the SQLite code of the query. */
-static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *what) {
+static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, const char *what) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     const char *text = (const char *)sqlite3_column_text(st, 0);
@@ -158,9 +159,9 @@ static int verify_rows(mq_store *s, verify_ctx *v, const char *sql, const char *
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
-static int verify_payloads(mq_store *s, verify_ctx *v) {
+static int verify_payloads(sqlite3 *db, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db,
+  int src = sqlite3_prepare_v2(db,
                                "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
                                " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
                                " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
@@ -192,14 +193,15 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   int rc = mqi_store_check(s, 0);
   if (rc != MQ_OK) return rc;
   verify_ctx v = {fn, ctx, 0};
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int began;
-  int src = inspect_begin(s, &began);
+  int src = inspect_begin(db, &began);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
     sqlite3_stmt *st = NULL;
-    src = sqlite3_prepare_v2(s->db, "PRAGMA integrity_check(100)", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "PRAGMA integrity_check(100)", -1, &st, NULL);
     int step = SQLITE_DONE;
     while (src == SQLITE_OK && (step = sqlite3_step(st)) == SQLITE_ROW) {
       const char *line = (const char *)sqlite3_column_text(st, 0);
@@ -218,44 +220,44 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
     sqlite3_finalize(st);
   }
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
                       " || m.queue_id || ')' FROM mq_msg m"
                       " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
                       " || ' has no payload (body ' || m.body_id || ' is missing)'"
                       " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
                       " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
                       "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
                       " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
                       "");
   if (src == SQLITE_OK)
-    src = verify_rows(s, &v,
+    src = verify_rows(db, &v,
                       "SELECT 'message ' || id || ' has an invalid state ' || state"
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       "");
-  if (src == SQLITE_OK) src = verify_payloads(s, &v);
-  inspect_end(s, began);
+  if (src == SQLITE_OK) src = verify_payloads(db, &v);
+  inspect_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {
-      verify_report(&v, "file: %s", sqlite3_errmsg(s->db));
+      verify_report(&v, "file: %s", sqlite3_errmsg(db));
       rc = MQ_ECORRUPT;
     } else {
       rc = mqi_err_set(s, code == MQ_OK ? MQ_ERROR : code, "%s: verifying: %s", s->path,
-                       sqlite3_errmsg(s->db));
+                       sqlite3_errmsg(db));
     }
   } else if (v.problems) {
     rc = mqi_err_set(s, MQ_ECORRUPT, "%s: %lld problem(s) found", s->path, (long long)v.problems);
   }
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (problems) *problems = v.problems;
   return rc;
 }

@@ -190,6 +190,9 @@ typedef struct mqi_queue {
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
+  pthread_mutex_t rdlock; /* guards rdb */
+  sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
+  int rdb_broken;         /* close rdb after this read */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
@@ -223,6 +226,14 @@ struct mq_store {
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
 };
 
+/* The read calls (stats, info, lists, peek, scan, verify) use a second,
+** read-only connection, opened on first use: a WAL reader never waits for
+** the writer nor makes it wait, so a long scan does not hold up the
+** handle's commits.  mqi_store_read locks it and sets *db (or sets the
+** error and returns it); mqi_store_read_done unlocks it, closing it first
+** if src says the file failed it (it is opened again next time). */
+MQI_API int mqi_store_read(mq_store *s, sqlite3 **db);
+MQI_API void mqi_store_read_done(mq_store *s, int src);
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);

@@ -276,8 +276,8 @@ static int put_rows_fit(const mqi_put_item *items) {
 
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
 ** same rows as put_one writes, with one statement per table. */
-static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
-                    size_t first, int64_t now, int64_t *ids) {
+static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
+                    int64_t now, int64_t *ids) {
   put_enc e[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK, src = SQLITE_DONE;

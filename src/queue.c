@@ -311,9 +311,10 @@ int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
   size_t n = 0, cap = 0;
   sqlite3_stmt *st = NULL;
   *rows = 0;
-  int rc = mqi_store_lock(s);
+  sqlite3 *db;
+  int rc = mqi_store_read(s, &db);
   if (rc != MQ_OK) return rc;
-  int src = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src == SQLITE_OK && bind) sqlite3_bind_text(st, 1, bind, -1, SQLITE_STATIC);
   if (src == SQLITE_OK) {
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
@@ -340,10 +341,9 @@ int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size_t skip,
   if (rc == MQ_ENOMEM)
     mqi_err_set(s, rc, "out of memory listing names");
   else if (src != SQLITE_DONE)
-    rc =
-        mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(s->db));
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: listing: %s", s->path, sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     mq_list_free(v, n);
     return rc;
@@ -370,12 +370,13 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_stats_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   /* Hidden messages whose time has come count as ready, and expired ones
   ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(s->db,
+  int src = sqlite3_prepare_v2(db,
                                "SELECT q.kind,"
                                " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
                                " sum(m.state = 1 AND m.visible_at > ?2),"
@@ -411,10 +412,10 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path, name,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }
 
@@ -424,10 +425,11 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_qname(s, name)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_queue_info_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT q.kind, q.visibility_ms, q.max_receives, coalesce(d.name, ''), q.retention_ms,"
       " q.max_payload, q.compress_above, q.dedup_window_ms, coalesce(q.filter, ''),"
       " q.created_at FROM mq_queue q LEFT JOIN mq_queue d ON d.id = q.dlq_id WHERE q.name = ?1",
@@ -451,9 +453,9 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading \"%s\": %s", s->path, name,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }

@@ -49,8 +49,8 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
     [MQI_ST_BODY_INSERT_ROWS] =
-        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) VALUES"
-        STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
+        "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id) "
+        "VALUES" STORE_ROWS_32("(?,?,?,?,?,?,?,?)"),
     [MQI_ST_BODY_GET] = "SELECT size, crc, codec, headers, data, subject FROM mq_body WHERE id=?1",
     [MQI_ST_BODY_DELETE_LAST] = "DELETE FROM mq_body WHERE id=?1 AND refs<=1",
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
@@ -199,10 +199,12 @@ fail:
 
 static void store_free(mq_store *s) {
   for (int i = 0; i < MQI_ST_COUNT; i++) sqlite3_finalize(s->stmt[i]);
+  if (s->rdb) sqlite3_close_v2(s->rdb);
   if (s->db) sqlite3_close(s->db);
   mqi_gate_close(s->gate);
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->dblock);
+  pthread_mutex_destroy(&s->rdlock);
   free(s->path);
   free(s);
 }
@@ -315,6 +317,42 @@ int mqi_store_reconnect(mq_store *s) {
   return rc;
 }
 
+int mqi_store_read(mq_store *s, sqlite3 **db) {
+  *db = NULL;
+  pthread_mutex_lock(&s->rdlock);
+  if (!s->rdb) {
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+    flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+    int src = sqlite3_open_v2(s->path, &s->rdb, flags, NULL);
+    if (src == SQLITE_OK) src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
+    if (src != SQLITE_OK) {
+      int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
+                           s->rdb ? sqlite3_errmsg(s->rdb) : "out of memory");
+      sqlite3_close(s->rdb);
+      s->rdb = NULL;
+      pthread_mutex_unlock(&s->rdlock);
+      return rc == MQ_OK ? MQ_ERROR : rc;
+    }
+  }
+  *db = s->rdb;
+  return MQ_OK;
+}
+
+void mqi_store_read_done(mq_store *s, int src) {
+  int code = src & 0xff;
+  /* After an I/O error, or a transaction it could not end, the reader's
+  ** view cannot be trusted: a fresh one next time. */
+  if (s->rdb && (s->rdb_broken || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
+                 code == SQLITE_NOTADB || code == SQLITE_CANTOPEN)) {
+    sqlite3_close_v2(s->rdb);
+    s->rdb = NULL;
+  }
+  s->rdb_broken = 0;
+  pthread_mutex_unlock(&s->rdlock);
+}
+
 int mqi_store_lock(mq_store *s) {
   pthread_mutex_lock(&s->dblock);
   if (!s->broken && s->db) return MQ_OK;
@@ -347,6 +385,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   if (!s) return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   pthread_mutex_init(&s->lock, NULL);
   pthread_mutex_init(&s->dblock, NULL);
+  pthread_mutex_init(&s->rdlock, NULL);
   s->path = strdup(path);
   s->sync = o.sync;
   s->readonly = readonly;
@@ -426,6 +465,7 @@ int mq_store_close(mq_store *s) {
     ** it could checkpoint or unlink the WAL under the parent.  The child
     ** gives the memory back and leaves SQLite's state alone. */
     s->db = NULL;
+    s->rdb = NULL;
     memset(s->stmt, 0, sizeof s->stmt);
     mqi_gate_forget(s->gate);
     s->gate = NULL;
@@ -436,6 +476,9 @@ int mq_store_close(mq_store *s) {
     sqlite3_finalize(s->stmt[i]);
     s->stmt[i] = NULL;
   }
+  /* The reader first: it never checkpoints, and db is then the last. */
+  if (s->rdb) sqlite3_close_v2(s->rdb);
+  s->rdb = NULL;
   /* sqlite3_close checkpoints and removes the WAL when this is the last
   ** connection; if that fails the WAL is still there and still valid.  It
   ** goes through the gate like every writer, so it never checkpoints while

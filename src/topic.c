@@ -488,10 +488,11 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (rc != MQ_OK) return rc;
   if ((rc = mqi_err_check_name(s, "topic", topic)) != MQ_OK) return rc;
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
-      s->db,
+      db,
       "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"
       " (SELECT count(*) FROM mq_msg WHERE queue_id IN"
       "   (SELECT id FROM mq_queue WHERE parent_id = t.id)),"
@@ -514,9 +515,9 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no topic named \"%s\"", s->path, topic);
   } else {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: topic stats: %s", s->path,
-                     sqlite3_errmsg(s->db));
+                     sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  pthread_mutex_unlock(&s->dblock);
+  mqi_store_read_done(s, src);
   return rc;
 }

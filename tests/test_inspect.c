@@ -3,7 +3,9 @@
 ** without changing anything; mq_store_verify finds damaged payloads and
 ** broken invariants and says where they are.
 */
+#include <pthread.h>
 #include <sqlite3.h>
+#include <time.h>
 
 #include "harness.h"
 
@@ -168,9 +170,77 @@ static void info_and_now(void) {
   test_unlink_store(p);
 }
 
+/* A scan runs on the handle's reader connection: while its callback is
+** inside, another thread's put on the same handle commits, and the
+** callback itself may put.  The wait is bounded only so that a regression
+** (reads holding up the handle's commits) fails instead of hanging. */
+typedef struct busy_scan {
+  mq_store *s;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int started, put_done, put_rc, in_fn_rc, calls, have_thread;
+  pthread_t th;
+} busy_scan;
+
+static void *busy_put(void *arg) {
+  busy_scan *b = arg;
+  int rc = mq_put(b->s, "q", "late", 4, NULL, NULL);
+  pthread_mutex_lock(&b->mu);
+  b->put_rc = rc;
+  b->put_done = 1;
+  pthread_cond_signal(&b->cv);
+  pthread_mutex_unlock(&b->mu);
+  return NULL;
+}
+
+static int busy_fn(void *ctx, const mq_msg *m, int state) {
+  busy_scan *b = ctx;
+  (void)m;
+  (void)state;
+  if (b->calls++ > 0) return 0;
+  b->in_fn_rc = mq_put(b->s, "q", "from fn", 7, NULL, NULL);
+  if (pthread_create(&b->th, NULL, busy_put, b) != 0) return 0;
+  b->have_thread = 1;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 20;
+  pthread_mutex_lock(&b->mu);
+  while (!b->put_done && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {
+  }
+  b->started = b->put_done; /* the put finished while the scan was open */
+  pthread_mutex_unlock(&b->mu);
+  return 0;
+}
+
+static void reads_do_not_hold_up_commits(void) {
+  const char *p = test_path("busyscan");
+  mq_store *s = test_open(p, MQ_SYNC_FULL);
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  CHECK_OK(mq_put(s, "q", "first", 5, NULL, NULL));
+  busy_scan b;
+  memset(&b, 0, sizeof b);
+  b.s = s;
+  pthread_mutex_init(&b.mu, NULL);
+  pthread_cond_init(&b.cv, NULL);
+  CHECK_OK(mq_queue_scan(s, "q", busy_fn, &b, NULL));
+  if (b.have_thread) pthread_join(b.th, NULL);
+  CHECK(b.calls == 1); /* the snapshot holds only what came before */
+  CHECK(b.started == 1);
+  CHECK_OK(b.in_fn_rc);
+  CHECK_OK(b.put_rc);
+  mq_queue_stats st;
+  CHECK_OK(mq_queue_stats_get(s, "q", &st));
+  CHECK(st.total == 3);
+  pthread_mutex_destroy(&b.mu);
+  pthread_cond_destroy(&b.cv);
+  CHECK_OK(mq_store_close(s));
+  test_unlink_store(p);
+}
+
 int main(void) {
   TEST(info_and_now);
   TEST(scan_reports_states_and_changes_nothing);
   TEST(verify_finds_damage);
+  TEST(reads_do_not_hold_up_commits);
   return test_done();
 }

@@ -338,8 +338,7 @@ static void test_failing_puts_in_shared_commits(void) {
   for (int round = 0; round < 20 && g_store->reruns == 0; round++) {
     pthread_t th[F_THREADS];
     for (int i = 0; i < F_THREADS; i++)
-      CHECK(pthread_create(&th[i], NULL, fail_producer, (void *)(intptr_t)(round * 100 + i)) ==
-            0);
+      CHECK(pthread_create(&th[i], NULL, fail_producer, (void *)(intptr_t)(round * 100 + i)) == 0);
     for (int i = 0; i < F_THREADS; i++) pthread_join(th[i], NULL);
   }
   CHECK(g_store->reruns > 0);
