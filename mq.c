@@ -404,6 +404,12 @@ MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
+/* The size column of a body row as mqi_msg_build takes it: -1 (damage)
+** when size, crc or data is NULL.  They are NOT NULL columns, so a NULL
+** means the body is missing (an outer join) or was read through a damaged
+** page -- where all-NULL columns would otherwise pass as an empty payload
+** with the empty payload's checksum. */
+MQI_API int64_t mqi_msg_body_size(sqlite3_stmt *st, int size_col, int crc_col, int data_col);
 MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
                           const char *reason, const char *subject, int64_t size, uint32_t crc,
                           int codec, const void *headers, size_t headers_len, const void *data,
@@ -3208,7 +3214,7 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
   const void *hdr = sqlite3_column_blob(st, 3);
   size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
   int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
-                         (const char *)sqlite3_column_text(st, 5), sqlite3_column_int64(st, 0),
+                         (const char *)sqlite3_column_text(st, 5), mqi_msg_body_size(st, 0, 1, 4),
                          (uint32_t)sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2), hdr,
                          hlen, data, len, out);
   sqlite3_reset(st);
@@ -3423,7 +3429,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
           (const char *)sqlite3_column_text(st, 12),
           /* a missing body (NULL size) is damage, not an empty payload */
-          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          mqi_msg_body_size(st, 5, 6, 9),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
           sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
@@ -3848,6 +3854,14 @@ static long msg_count_headers(const char *h, size_t len) {
   return pairs;
 }
 
+int64_t mqi_msg_body_size(sqlite3_stmt *st, int size_col, int crc_col, int data_col) {
+  if (sqlite3_column_type(st, size_col) == SQLITE_NULL ||
+      sqlite3_column_type(st, crc_col) == SQLITE_NULL ||
+      sqlite3_column_type(st, data_col) == SQLITE_NULL)
+    return -1;
+  return sqlite3_column_int64(st, size_col);
+}
+
 int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, const char *reason,
                   const char *subject, int64_t size, uint32_t crc, int codec, const void *headers,
                   size_t headers_len, const void *data, size_t data_len, mq_msg **out) {
@@ -4071,7 +4085,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
           sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
           (const char *)sqlite3_column_text(st, 13),
-          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          mqi_msg_body_size(st, 5, 6, 9),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
           sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
@@ -4148,7 +4162,7 @@ static int verify_payloads(sqlite3 *db, verify_ctx *v) {
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
     int rc =
-        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, sqlite3_column_int64(st, 2),
+        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, mqi_msg_body_size(st, 2, 3, 6),
                       (uint32_t)sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4),
                       sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5),
                       sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6), &m);

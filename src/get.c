@@ -172,7 +172,7 @@ static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
   const void *hdr = sqlite3_column_blob(st, 3);
   size_t hlen = (size_t)sqlite3_column_bytes(st, 3);
   int rc = mqi_msg_build(c->id, c->enqueued_at, c->receives + 1, c->priority, c->reason,
-                         (const char *)sqlite3_column_text(st, 5), sqlite3_column_int64(st, 0),
+                         (const char *)sqlite3_column_text(st, 5), mqi_msg_body_size(st, 0, 1, 4),
                          (uint32_t)sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2), hdr,
                          hlen, data, len, out);
   sqlite3_reset(st);
@@ -387,7 +387,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
           (const char *)sqlite3_column_text(st, 12),
           /* a missing body (NULL size) is damage, not an empty payload */
-          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          mqi_msg_body_size(st, 5, 6, 9),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
           sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);

@@ -93,7 +93,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
           sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
           sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
           (const char *)sqlite3_column_text(st, 13),
-          sqlite3_column_type(st, 5) == SQLITE_NULL ? -1 : sqlite3_column_int64(st, 5),
+          mqi_msg_body_size(st, 5, 6, 9),
           (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
           sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
           sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
@@ -170,7 +170,7 @@ static int verify_payloads(sqlite3 *db, verify_ctx *v) {
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
     int rc =
-        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, sqlite3_column_int64(st, 2),
+        mqi_msg_build(sqlite3_column_int64(st, 0), 0, 0, 0, NULL, NULL, mqi_msg_body_size(st, 2, 3, 6),
                       (uint32_t)sqlite3_column_int64(st, 3), sqlite3_column_int(st, 4),
                       sqlite3_column_blob(st, 5), (size_t)sqlite3_column_bytes(st, 5),
                       sqlite3_column_blob(st, 6), (size_t)sqlite3_column_bytes(st, 6), &m);

@@ -372,6 +372,12 @@ MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
+/* The size column of a body row as mqi_msg_build takes it: -1 (damage)
+** when size, crc or data is NULL.  They are NOT NULL columns, so a NULL
+** means the body is missing (an outer join) or was read through a damaged
+** page -- where all-NULL columns would otherwise pass as an empty payload
+** with the empty payload's checksum. */
+MQI_API int64_t mqi_msg_body_size(sqlite3_stmt *st, int size_col, int crc_col, int data_col);
 MQI_API int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority,
                           const char *reason, const char *subject, int64_t size, uint32_t crc,
                           int codec, const void *headers, size_t headers_len, const void *data,

@@ -99,6 +99,14 @@ static long msg_count_headers(const char *h, size_t len) {
   return pairs;
 }
 
+int64_t mqi_msg_body_size(sqlite3_stmt *st, int size_col, int crc_col, int data_col) {
+  if (sqlite3_column_type(st, size_col) == SQLITE_NULL ||
+      sqlite3_column_type(st, crc_col) == SQLITE_NULL ||
+      sqlite3_column_type(st, data_col) == SQLITE_NULL)
+    return -1;
+  return sqlite3_column_int64(st, size_col);
+}
+
 int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, const char *reason,
                   const char *subject, int64_t size, uint32_t crc, int codec, const void *headers,
                   size_t headers_len, const void *data, size_t data_len, mq_msg **out) {

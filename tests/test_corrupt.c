@@ -309,6 +309,7 @@ static void tell_bad(const char *api, int q, int64_t id, const void *data, size_
           (long long)id, len, head);
 }
 static int64_t g_damaged_id = -1; /* payload classes: the message damaged */
+static int g_damaged_zlib;        /* ... and its payload is stored compressed */
 static int g_tag = 1;             /* payload tag of the golden store */
 
 static void path_of(char *buf, size_t cap, const char *dir, const char *suffix) {
@@ -454,6 +455,7 @@ static int mutate(int c, uint64_t *rng, const char *dir, char *desc, size_t cap)
   int64_t frame = 24 + ps, nframes = wlen > 32 ? (wlen - 32) / frame : 0;
   int bit = (int)(tu_rand(rng) % 8);
   g_damaged_id = -1;
+  g_damaged_zlib = 0;
   switch (c) {
     case M_WAL_TRUNC_RANDOM: {
       if (wlen <= 0) return 0;
@@ -563,6 +565,7 @@ static int mutate(int c, uint64_t *rng, const char *dir, char *desc, size_t cap)
       if (!n) return 0;
       int64_t seq = cand[tu_rand(rng) % (uint64_t)n];
       g_damaged_id = g_truth->id[seq];
+      g_damaged_zlib = q == 1; /* "z" compresses */
       snprintf(desc, cap, "payload of message %lld (queue %s): bit %d flipped through SQL",
                (long long)g_damaged_id, q_names[q], bit);
       return flip_payload_sql(db, g_damaged_id, tu_rand(rng), bit) ? 1 : -1;
@@ -580,6 +583,7 @@ static int mutate(int c, uint64_t *rng, const char *dir, char *desc, size_t cap)
       int64_t off = find_in_file(db, buf + at, 24);
       if (off < 0) return 0;
       g_damaged_id = g_truth->id[seq];
+      g_damaged_zlib = 0;
       snprintf(desc, cap, "payload of message %lld: bit %d flipped in the main file at %lld",
                (long long)g_damaged_id, bit, (long long)off);
       return flip_bit(db, off, bit) ? 1 : -1;
@@ -912,6 +916,11 @@ static int judge_outcome(int c, const outcome *o, int status, const char *desc) 
       case M_PAYLOAD_SQL:
       case M_PAYLOAD_FILE:
       case M_BODY_MISSING:
+        /* A deflate stream has bits nothing reads (the padding after its
+        ** last block): a flip there leaves the payload as it was, and it
+        ** comes back whole -- checked byte for byte (no bad payload). */
+        if (o->damaged_returned && g_damaged_zlib && c == M_PAYLOAD_SQL && !o->detected)
+          break;
         if (o->damaged_returned)
           snprintf(why, sizeof why, "the damaged message was returned %d time(s)",
                    o->damaged_returned);
