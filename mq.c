@@ -222,12 +222,16 @@ typedef struct mqi_queue {
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
-  pthread_mutex_t rdlock; /* guards rdb */
+  pthread_mutex_t rdlock; /* guards rdb, and the read calls take turns on it */
   sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
   int rdb_broken;         /* close rdb after this read */
+  int rdb_off;            /* the path no longer names our file: read on db */
+  int rd_main;            /* this read holds dblock and uses db */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
+  char *fullpath;    /* absolute, as SQLite resolved it at open (reopens use it) */
+  uint64_t dev, ino; /* the file's identity at open */
   int sync; /* MQ_SYNC_* */
   int readonly;
   int busy_timeout_ms;
@@ -1240,6 +1244,7 @@ static void store_free(mq_store *s) {
   pthread_mutex_destroy(&s->lock);
   pthread_mutex_destroy(&s->dblock);
   pthread_mutex_destroy(&s->rdlock);
+  free(s->fullpath);
   free(s->path);
   free(s);
 }
@@ -1296,7 +1301,7 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  int src = sqlite3_open_v2(s->path, &s->db, flags, NULL);
+  int src = sqlite3_open_v2(s->fullpath ? s->fullpath : s->path, &s->db, flags, NULL);
   if (src != SQLITE_OK) {
     snprintf(err, errlen, "cannot open %s: %s", s->path,
              s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -1352,31 +1357,74 @@ int mqi_store_reconnect(mq_store *s) {
   return rc;
 }
 
+/* The handle whose read this thread is inside (a scan's callback runs
+** there): a second read of it would wait for the first forever. */
+static _Thread_local const mq_store *store_reading;
+
+/* Open the reader and check that it reached the file db has: a path can
+** come to name another file (renamed over, restored from a backup).
+** Returns 0, or -1 when the reader cannot be used (s->rdb_off is set if
+** the file was replaced), with the SQLite code in *src. */
+static int store_open_reader(mq_store *s, int *src) {
+  int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
+#ifdef SQLITE_OPEN_NOFOLLOW
+  flags |= SQLITE_OPEN_NOFOLLOW;
+#endif
+  const char *name = s->fullpath ? s->fullpath : s->path;
+  *src = sqlite3_open_v2(name, &s->rdb, flags, NULL);
+  if (*src == SQLITE_OK) *src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
+  uint64_t dev = 0, ino = 0;
+  if (*src == SQLITE_OK &&
+      (mqi_os_file_id(name, &dev, &ino) != MQ_OK || dev != s->dev || ino != s->ino)) {
+    s->rdb_off = 1;
+    *src = SQLITE_CANTOPEN;
+  }
+  if (*src == SQLITE_OK) return 0;
+  sqlite3_close(s->rdb);
+  s->rdb = NULL;
+  return -1;
+}
+
 int mqi_store_read(mq_store *s, sqlite3 **db) {
   *db = NULL;
+  if (store_reading == s)
+    return mqi_err_set(s, MQ_EMISUSE,
+                       "%s: a read call of this handle inside a scan or verify callback of it",
+                       s->path);
   pthread_mutex_lock(&s->rdlock);
-  if (!s->rdb) {
-    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
-#ifdef SQLITE_OPEN_NOFOLLOW
-    flags |= SQLITE_OPEN_NOFOLLOW;
-#endif
-    int src = sqlite3_open_v2(s->path, &s->rdb, flags, NULL);
-    if (src == SQLITE_OK) src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
-    if (src != SQLITE_OK) {
-      int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
-                           s->rdb ? sqlite3_errmsg(s->rdb) : "out of memory");
-      sqlite3_close(s->rdb);
-      s->rdb = NULL;
-      pthread_mutex_unlock(&s->rdlock);
-      return rc == MQ_OK ? MQ_ERROR : rc;
-    }
+  int src = SQLITE_OK;
+  if (!s->rdb && !s->rdb_off && store_open_reader(s, &src) != 0 && !s->rdb_off) {
+    pthread_mutex_unlock(&s->rdlock);
+    int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
+                         sqlite3_errstr(src));
+    return rc == MQ_OK ? MQ_ERROR : rc;
   }
-  *db = s->rdb;
+  if (!s->rdb) {
+    /* Our file is no longer at its path: read on the handle's own
+    ** connection, which still has it open, as writes do. */
+    int rc = mqi_store_lock(s);
+    if (rc != MQ_OK) {
+      pthread_mutex_unlock(&s->rdlock);
+      return rc;
+    }
+    s->rd_main = 1;
+  }
+  *db = s->rd_main ? s->db : s->rdb;
+  store_reading = s;
   return MQ_OK;
 }
 
 void mqi_store_read_done(mq_store *s, int src) {
   int code = src & 0xff;
+  store_reading = NULL;
+  if (s->rd_main) {
+    s->rd_main = 0;
+    if (s->rdb_broken) s->broken = 1;
+    s->rdb_broken = 0;
+    pthread_mutex_unlock(&s->dblock);
+    pthread_mutex_unlock(&s->rdlock);
+    return;
+  }
   /* After an I/O error, or a transaction it could not end, the reader's
   ** view cannot be trusted: a fresh one next time. */
   if (s->rdb && (s->rdb_broken || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
@@ -1477,6 +1525,15 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     rc = store_connect(s, err, sizeof err);
     if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
     mqi_gate_leave(s->gate, ticket);
+    /* Later opens (the reader, a reconnect) must reach this very file even
+    ** if the process changes directory: SQLite's absolute name of it. */
+    const char *full = rc == MQ_OK ? sqlite3_db_filename(s->db, "main") : NULL;
+    if (full && *full && !(s->fullpath = strdup(full))) {
+      snprintf(err, sizeof err, "out of memory opening %s", path);
+      rc = MQ_ENOMEM;
+    }
+    s->dev = dev;
+    s->ino = ino;
   }
   if (rc != MQ_OK) {
     if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
@@ -1661,7 +1718,17 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
 int mq_store_checkpoint(mq_store *s) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if ((rc = mqi_store_lock(s)) != MQ_OK) return rc;
+  if (store_reading == s)
+    return mqi_err_set(s, MQ_EMISUSE, "%s: a checkpoint inside a scan or verify callback of it",
+                       s->path);
+  /* The handle's own reader first: a snapshot of it would make the
+  ** TRUNCATE wait out the busy timeout inside the gate, holding up every
+  ** writer of the file. */
+  pthread_mutex_lock(&s->rdlock);
+  if ((rc = mqi_store_lock(s)) != MQ_OK) {
+    pthread_mutex_unlock(&s->rdlock);
+    return rc;
+  }
   uint32_t ticket = mqi_gate_enter(s->gate);
   int src = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
   mqi_gate_leave(s->gate, ticket);
@@ -1669,6 +1736,7 @@ int mq_store_checkpoint(mq_store *s) {
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "checkpoint of %s: %s", s->path,
                      sqlite3_errmsg(s->db));
   pthread_mutex_unlock(&s->dblock);
+  pthread_mutex_unlock(&s->rdlock);
   return rc;
 }
 /*** end src/store.c ***/

@@ -175,9 +175,12 @@ MQ_API void mq_store_options_init(mq_store_options *opts);
 ** Threads: a handle may be shared by any number of threads; calls on it are
 ** serialised internally, and concurrent puts and acks share commits.  The
 ** read calls (stats, info, lists, peek, scan, verify) run on a second,
-** read-only connection of the handle, opened on first use: they take one
-** after the other, but never wait for the handle's commits nor make them
-** wait, however many messages they read.  A handle must not be used in a
+** read-only connection of the handle, opened on first use (by the file's
+** absolute name; if another file has taken that name since, they read on
+** the handle's own connection instead): they take one after the other,
+** but never wait for the handle's commits nor make them wait, however
+** many messages they read; one made inside a scan or verify callback of
+** the same handle returns MQ_EMISUSE.  A handle must not be used in a
 ** child after fork(): calls there return MQ_EMISUSE.  Any number of
 ** processes may open the same file.
 */
@@ -207,7 +210,10 @@ MQ_API int64_t mq_store_now(mq_store *store);
 /* Run a checkpoint now: copy the WAL into the main file and restart the
 ** WAL, so that it stays short.  mq already does this in the background of
 ** ordinary calls; call it before a backup or when idle.  MQ_EBUSY if
-** readers kept the WAL from being restarted; nothing is lost then. */
+** readers kept the WAL from being restarted; nothing is lost then.  It
+** waits for a read call of this handle in progress in another thread;
+** called from a scan or verify callback of this handle it returns
+** MQ_EMISUSE. */
 MQ_API int mq_store_checkpoint(mq_store *store);
 
 /* ------------------------------------------------------------------------
@@ -297,8 +303,8 @@ MQ_API int mq_queue_info_get(mq_store *store, const char *name,
                              mq_queue_info *out);
 
 /* Counts for one queue as of now on the store's clock.  Reads only; the
-** cost grows with the number of messages in the queue (about 70 ms for
-** 200,000 here), but puts and gets on this handle go on meanwhile. */
+** cost grows with the number of messages in the queue, but puts and gets
+** on this handle go on meanwhile (see mq_store_open, Threads). */
 MQ_API int mq_queue_stats_get(mq_store *store, const char *name,
                               mq_queue_stats *out);
 
@@ -445,9 +451,10 @@ typedef int (*mq_scan_fn)(void *ctx, const mq_msg *msg, int state);
 ** payload fails its checksum are not passed to fn; *corrupt (may be NULL)
 ** receives their count.  The scan reads one consistent snapshot; it does
 ** not block puts, gets or acks of any handle or process, and fn may make
-** them, even on this handle (they are not in the snapshot), but must not
-** start another read of this handle (stats, info, lists, peek, scan,
-** verify): that would wait for the scan forever.
+** them, even on this handle (they are not in the snapshot); another read
+** call or a checkpoint of this handle from fn returns MQ_EMISUSE.  While a
+** scan runs, the WAL cannot be restarted: it grows with what is written
+** meanwhile, and is cut back at the next checkpoint after the scan.
 */
 MQ_API int mq_queue_scan(mq_store *store, const char *queue, mq_scan_fn fn,
                          void *ctx, int64_t *corrupt);

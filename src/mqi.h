@@ -190,12 +190,16 @@ typedef struct mqi_queue {
 struct mq_store {
   pthread_mutex_t lock;   /* guards the op queue and the leader flag */
   pthread_mutex_t dblock; /* guards db and everything used with it */
-  pthread_mutex_t rdlock; /* guards rdb */
+  pthread_mutex_t rdlock; /* guards rdb, and the read calls take turns on it */
   sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
   int rdb_broken;         /* close rdb after this read */
+  int rdb_off;            /* the path no longer names our file: read on db */
+  int rd_main;            /* this read holds dblock and uses db */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
+  char *fullpath;    /* absolute, as SQLite resolved it at open (reopens use it) */
+  uint64_t dev, ino; /* the file's identity at open */
   int sync; /* MQ_SYNC_* */
   int readonly;
   int busy_timeout_ms;

@@ -4,6 +4,8 @@
 ** broken invariants and says where they are.
 */
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <sqlite3.h>
 #include <time.h>
 
@@ -178,7 +180,7 @@ typedef struct busy_scan {
   mq_store *s;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int started, put_done, put_rc, in_fn_rc, calls, have_thread;
+  int started, put_done, put_rc, in_fn_rc, calls, have_thread, nested_read_rc, nested_ckpt_rc;
   pthread_t th;
 } busy_scan;
 
@@ -198,7 +200,6 @@ static int busy_fn(void *ctx, const mq_msg *m, int state) {
   (void)m;
   (void)state;
   if (b->calls++ > 0) return 0;
-  b->in_fn_rc = mq_put(b->s, "q", "from fn", 7, NULL, NULL);
   if (pthread_create(&b->th, NULL, busy_put, b) != 0) return 0;
   b->have_thread = 1;
   struct timespec until;
@@ -209,6 +210,14 @@ static int busy_fn(void *ctx, const mq_msg *m, int state) {
   }
   b->started = b->put_done; /* the put finished while the scan was open */
   pthread_mutex_unlock(&b->mu);
+  /* Only then the calls that would wait forever if reads held the lock
+  ** of writes: a put of our own, and (refused at once) another read and
+  ** a checkpoint of the same handle. */
+  if (!b->started) return 0;
+  b->in_fn_rc = mq_put(b->s, "q", "from fn", 7, NULL, NULL);
+  mq_queue_stats st;
+  b->nested_read_rc = mq_queue_stats_get(b->s, "q", &st);
+  b->nested_ckpt_rc = mq_store_checkpoint(b->s);
   return 0;
 }
 
@@ -228,6 +237,8 @@ static void reads_do_not_hold_up_commits(void) {
   CHECK(b.started == 1);
   CHECK_OK(b.in_fn_rc);
   CHECK_OK(b.put_rc);
+  CHECK_RC(b.nested_read_rc, MQ_EMISUSE);
+  CHECK_RC(b.nested_ckpt_rc, MQ_EMISUSE);
   mq_queue_stats st;
   CHECK_OK(mq_queue_stats_get(s, "q", &st));
   CHECK(st.total == 3);
@@ -237,10 +248,64 @@ static void reads_do_not_hold_up_commits(void) {
   test_unlink_store(p);
 }
 
+/* Reads open their connection later than the handle's own, and by name:
+** they must still read the handle's file after the process changed
+** directory, and after another file was renamed over its path. */
+static void reads_follow_the_file_not_the_path(void) {
+  char cwd[1024], a[600], b[600];
+  CHECK(getcwd(cwd, sizeof cwd) != NULL);
+  snprintf(a, sizeof a, "%s", test_path("dir-a"));
+  snprintf(b, sizeof b, "%s", test_path("dir-b"));
+  CHECK(mkdir(a, 0700) == 0 && mkdir(b, 0700) == 0);
+  char other[700];
+  snprintf(other, sizeof other, "%s/q.db", b);
+  mq_store *o = test_open(other, MQ_SYNC_NORMAL);
+  CHECK_OK(mq_queue_create(o, "q", NULL));
+  for (int i = 0; i < 5; i++) CHECK_OK(mq_put(o, "q", "other", 5, NULL, NULL));
+  CHECK_OK(mq_store_close(o));
+
+  CHECK(chdir(a) == 0);
+  mq_store *s = test_open("q.db", MQ_SYNC_NORMAL);
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  CHECK_OK(mq_put(s, "q", "mine", 4, NULL, NULL));
+  CHECK_OK(mq_put(s, "q", "mine", 4, NULL, NULL));
+  CHECK(chdir(b) == 0); /* "q.db" is the other store now */
+  mq_queue_stats st;
+  CHECK_OK(mq_queue_stats_get(s, "q", &st));
+  CHECK(st.total == 2);
+  CHECK_OK(mq_store_close(s));
+
+  /* The other store renamed over ours while ours is open (nothing read
+  ** yet): reads keep to the open file. */
+  char mine[700], moved[700];
+  snprintf(mine, sizeof mine, "%s/q.db", a);
+  snprintf(moved, sizeof moved, "%s/moved.db", b);
+  CHECK(chdir(cwd) == 0);
+  s = test_open(mine, MQ_SYNC_NORMAL);
+  CHECK_OK(mq_put(s, "q", "mine", 4, NULL, NULL));
+  CHECK_OK(mq_store_checkpoint(s)); /* an empty WAL: only the file speaks */
+  CHECK(rename(other, moved) == 0 && rename(moved, mine) == 0);
+  CHECK_OK(mq_queue_stats_get(s, "q", &st));
+  CHECK(st.total == 3);
+  int64_t problems = -1;
+  CHECK_OK(mq_store_verify(s, NULL, NULL, &problems));
+  CHECK(problems == 0);
+  mq_msg *m = NULL;
+  size_t n = 0;
+  CHECK_OK(mq_peek(s, "q", 1, &m, &n));
+  CHECK(n == 1 && m && mq_msg_size(m) == 4 && memcmp(mq_msg_data(m), "mine", 4) == 0);
+  mq_msg_free(m);
+  CHECK_OK(mq_store_close(s));
+  test_unlink_store(mine);
+  rmdir(a);
+  rmdir(b);
+}
+
 int main(void) {
   TEST(info_and_now);
   TEST(scan_reports_states_and_changes_nothing);
   TEST(verify_finds_damage);
   TEST(reads_do_not_hold_up_commits);
+  TEST(reads_follow_the_file_not_the_path);
   return test_done();
 }
