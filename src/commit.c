@@ -231,6 +231,14 @@ static void commit_gather(mq_store *s) {
 }
 
 int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how) {
+  /* A scan reading on the handle's own connection (its file was replaced
+  ** under its name) holds dblock: a write from its callback would wait
+  ** for it forever. */
+  if (mqi_store_reading(s) == 2)
+    return mqi_err_set(s, MQ_EMISUSE,
+                       "%s: a write inside a scan callback while the handle reads on its own "
+                       "connection (another file has taken its name)",
+                       s->path);
   mqi_op op;
   op.fn = fn;
   op.arg = arg;

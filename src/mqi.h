@@ -195,6 +195,7 @@ struct mq_store {
   int rdb_broken;         /* close rdb after this read */
   int rdb_off;            /* the path no longer names our file: read on db */
   int rd_main;            /* this read holds dblock and uses db */
+  const mq_store *rd_prev; /* the read this one is inside, in its thread */
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
@@ -238,6 +239,9 @@ struct mq_store {
 ** if src says the file failed it (it is opened again next time). */
 MQI_API int mqi_store_read(mq_store *s, sqlite3 **db);
 MQI_API void mqi_store_read_done(mq_store *s, int src);
+/* Whether the calling thread is inside a read of s: 0 no, 1 on the
+** reader, 2 on the handle's own connection (it then holds dblock). */
+MQI_API int mqi_store_reading(const mq_store *s);
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);

@@ -292,35 +292,55 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
   return rc;
 }
 
-int mqi_store_reconnect(mq_store *s) {
-  char err[MQI_ERRMSG_MAX] = "";
+/* Close the handle's own connection (the caller holds the gate when the
+** connection may have written). */
+static void store_disconnect(mq_store *s) {
   for (int i = 0; i < MQI_ST_COUNT; i++) {
     sqlite3_finalize(s->stmt[i]);
     s->stmt[i] = NULL;
   }
   sqlite3_close_v2(s->db);
   s->db = NULL;
+}
+
+/* Whether name still names the file the handle opened. */
+static int store_same_file(const mq_store *s, const char *name) {
+  uint64_t dev = 0, ino = 0;
+  return mqi_os_file_id(name, &dev, &ino) == MQ_OK && dev == s->dev && ino == s->ino;
+}
+
+int mqi_store_reconnect(mq_store *s) {
+  char err[MQI_ERRMSG_MAX] = "";
+  store_disconnect(s);
   int rc = store_connect(s, err, sizeof err);
+  /* Only to the same file: another one at the name would be written
+  ** under a gate that is not its own. */
+  if (rc == MQ_OK && s->dev && !store_same_file(s, s->fullpath ? s->fullpath : s->path)) {
+    snprintf(err, sizeof err, "%s is no longer the file this handle opened", s->path);
+    rc = MQ_ECANTOPEN;
+  }
   if (rc == MQ_OK) {
     s->broken = 0;
     mqi_log(s, MQ_LOG_WARN, "%s: reopened after an error that left the connection unusable",
             s->path);
   } else {
-    for (int i = 0; i < MQI_ST_COUNT; i++) {
-      sqlite3_finalize(s->stmt[i]);
-      s->stmt[i] = NULL;
-    }
-    sqlite3_close_v2(s->db);
-    s->db = NULL; /* every call reconnects first (mqi_store_lock, commit) */
+    store_disconnect(s); /* every call reconnects first (mqi_store_lock, commit) */
     s->broken = 1;
     mqi_log(s, MQ_LOG_ERROR, "%s: reopening failed: %s", s->path, err);
   }
   return rc;
 }
 
-/* The handle whose read this thread is inside (a scan's callback runs
-** there): a second read of it would wait for the first forever. */
+/* The innermost read this thread is inside (a scan's callback runs there),
+** chained through mq_store.rd_prev to the reads around it: a second read
+** of one of those handles would wait for the first forever. */
 static _Thread_local const mq_store *store_reading;
+
+int mqi_store_reading(const mq_store *s) {
+  for (const mq_store *p = store_reading; p; p = p->rd_prev)
+    if (p == s) return s->rd_main ? 2 : 1;
+  return 0;
+}
 
 /* Open the reader and check that it reached the file db has: a path can
 ** come to name another file (renamed over, restored from a backup).
@@ -334,9 +354,7 @@ static int store_open_reader(mq_store *s, int *src) {
   const char *name = s->fullpath ? s->fullpath : s->path;
   *src = sqlite3_open_v2(name, &s->rdb, flags, NULL);
   if (*src == SQLITE_OK) *src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
-  uint64_t dev = 0, ino = 0;
-  if (*src == SQLITE_OK &&
-      (mqi_os_file_id(name, &dev, &ino) != MQ_OK || dev != s->dev || ino != s->ino)) {
+  if (*src == SQLITE_OK && !store_same_file(s, name)) {
     s->rdb_off = 1;
     *src = SQLITE_CANTOPEN;
   }
@@ -348,7 +366,7 @@ static int store_open_reader(mq_store *s, int *src) {
 
 int mqi_store_read(mq_store *s, sqlite3 **db) {
   *db = NULL;
-  if (store_reading == s)
+  if (mqi_store_reading(s))
     return mqi_err_set(s, MQ_EMISUSE,
                        "%s: a read call of this handle inside a scan or verify callback of it",
                        s->path);
@@ -371,13 +389,15 @@ int mqi_store_read(mq_store *s, sqlite3 **db) {
     s->rd_main = 1;
   }
   *db = s->rd_main ? s->db : s->rdb;
+  s->rd_prev = store_reading;
   store_reading = s;
   return MQ_OK;
 }
 
 void mqi_store_read_done(mq_store *s, int src) {
   int code = src & 0xff;
-  store_reading = NULL;
+  store_reading = s->rd_prev;
+  s->rd_prev = NULL;
   if (s->rd_main) {
     s->rd_main = 0;
     if (s->rdb_broken) s->broken = 1;
@@ -485,7 +505,6 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     uint32_t ticket = mqi_gate_enter(s->gate);
     rc = store_connect(s, err, sizeof err);
     if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
-    mqi_gate_leave(s->gate, ticket);
     /* Later opens (the reader, a reconnect) must reach this very file even
     ** if the process changes directory: SQLite's absolute name of it. */
     const char *full = rc == MQ_OK ? sqlite3_db_filename(s->db, "main") : NULL;
@@ -493,6 +512,10 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
       snprintf(err, sizeof err, "out of memory opening %s", path);
       rc = MQ_ENOMEM;
     }
+    /* A failed open closes inside the gate, as mq_store_close does: the
+    ** close may checkpoint. */
+    if (rc != MQ_OK) store_disconnect(s);
+    mqi_gate_leave(s->gate, ticket);
     s->dev = dev;
     s->ino = ino;
   }
@@ -679,7 +702,7 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
 int mq_store_checkpoint(mq_store *s) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
-  if (store_reading == s)
+  if (mqi_store_reading(s))
     return mqi_err_set(s, MQ_EMISUSE, "%s: a checkpoint inside a scan or verify callback of it",
                        s->path);
   /* The handle's own reader first: a snapshot of it would make the

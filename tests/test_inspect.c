@@ -248,6 +248,63 @@ static void reads_do_not_hold_up_commits(void) {
   test_unlink_store(p);
 }
 
+/* Nested calls from scan callbacks: reads of another handle work, reads
+** and checkpoints of a handle whose scan is running are refused however
+** deep the nesting, never a wait for itself. */
+typedef struct nest_ctx {
+  mq_store *a, *b;
+  int calls, rc_other, rc_same, rc_put;
+} nest_ctx;
+
+static int nest_inner_fn(void *ctx, const mq_msg *m, int state) {
+  nest_ctx *n = ctx;
+  mq_queue_stats st;
+  (void)m;
+  (void)state;
+  n->rc_same = mq_queue_stats_get(n->a, "q", &st); /* a's scan is still open */
+  return 1;
+}
+
+static int nest_outer_fn(void *ctx, const mq_msg *m, int state) {
+  nest_ctx *n = ctx;
+  mq_queue_stats st;
+  (void)m;
+  (void)state;
+  if (n->calls++) return 0;
+  n->rc_other = mq_queue_stats_get(n->b, "q", &st);
+  /* After a read of b has come and gone, a is still being read. */
+  if (mq_queue_stats_get(n->a, "q", &st) != MQ_EMISUSE) n->rc_same = -1;
+  if (mq_store_checkpoint(n->a) != MQ_EMISUSE) n->rc_same = -1;
+  if (n->rc_same == 0) mq_queue_scan(n->b, "q", nest_inner_fn, n, NULL);
+  return 0;
+}
+
+static int nest_put_fn(void *ctx, const mq_msg *m, int state) {
+  nest_ctx *n = ctx;
+  (void)m;
+  (void)state;
+  if (n->calls++ == 0) n->rc_put = mq_put(n->a, "q", "x", 1, NULL, NULL);
+  return 0;
+}
+
+static void nested_calls_in_callbacks(void) {
+  const char *pa = test_path("nest-a"), *pb = test_path("nest-b");
+  nest_ctx n = {test_open(pa, MQ_SYNC_NORMAL), test_open(pb, MQ_SYNC_NORMAL), 0, -2, 0, 0};
+  CHECK_OK(mq_queue_create(n.a, "q", NULL));
+  CHECK_OK(mq_queue_create(n.b, "q", NULL));
+  CHECK_OK(mq_put(n.a, "q", "a", 1, NULL, NULL));
+  CHECK_OK(mq_put(n.b, "q", "b", 1, NULL, NULL));
+  CHECK_OK(mq_queue_scan(n.a, "q", nest_outer_fn, &n, NULL));
+  CHECK_OK(n.rc_other);
+  CHECK_RC(n.rc_same, MQ_EMISUSE); /* from inside b's scan, inside a's */
+  mq_queue_stats st;
+  CHECK_OK(mq_queue_stats_get(n.a, "q", &st)); /* and all is well after */
+  CHECK_OK(mq_store_close(n.a));
+  CHECK_OK(mq_store_close(n.b));
+  test_unlink_store(pa);
+  test_unlink_store(pb);
+}
+
 /* Reads open their connection later than the handle's own, and by name:
 ** they must still read the handle's file after the process changed
 ** directory, and after another file was renamed over its path. */
@@ -295,6 +352,12 @@ static void reads_follow_the_file_not_the_path(void) {
   CHECK_OK(mq_peek(s, "q", 1, &m, &n));
   CHECK(n == 1 && m && mq_msg_size(m) == 4 && memcmp(mq_msg_data(m), "mine", 4) == 0);
   mq_msg_free(m);
+  /* Reading on its own connection, the scan holds the handle's writes:
+  ** a put from its callback is refused rather than waiting forever. */
+  nest_ctx w = {s, NULL, 0, 0, 0, 0};
+  CHECK_OK(mq_queue_scan(s, "q", nest_put_fn, &w, NULL));
+  CHECK(w.calls == 3);
+  CHECK_RC(w.rc_put, MQ_EMISUSE);
   CHECK_OK(mq_store_close(s));
   test_unlink_store(mine);
   rmdir(a);
@@ -307,5 +370,6 @@ int main(void) {
   TEST(verify_finds_damage);
   TEST(reads_do_not_hold_up_commits);
   TEST(reads_follow_the_file_not_the_path);
+  TEST(nested_calls_in_callbacks);
   return test_done();
 }
