@@ -451,8 +451,9 @@ typedef int (*mq_scan_fn)(void *ctx, const mq_msg *msg, int state);
 ** payload fails its checksum are not passed to fn; *corrupt (may be NULL)
 ** receives their count.  The scan reads one consistent snapshot; it does
 ** not block puts, gets or acks of any handle or process, and fn may make
-** them, even on this handle (they are not in the snapshot); another read
-** call or a checkpoint of this handle from fn returns MQ_EMISUSE.  While a
+** them, even on this handle (they are not in the snapshot; but MQ_EMISUSE
+** when the handle reads on its own connection, see mq_store_open); another
+** read call or a checkpoint of this handle from fn returns MQ_EMISUSE.  While a
 ** scan runs, the WAL cannot be restarted: it grows with what is written
 ** meanwhile, and is cut back at the next checkpoint after the scan.
 */
