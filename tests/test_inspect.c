@@ -364,6 +364,83 @@ static void reads_follow_the_file_not_the_path(void) {
   rmdir(b);
 }
 
+/* mq_store_checkpoint from another thread while a scan of the same handle
+** is open: it waits for the scan, then succeeds -- it must not sit in the
+** gate waiting out the busy timeout and give up with MQ_EBUSY (holding up
+** every writer of the file meanwhile).  The scan stays open half a second
+** after the checkpoint was called; a checkpoint that finishes inside that
+** window did not wait. */
+typedef struct ckpt_scan {
+  mq_store *s;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int calling, done, rc, done_during_scan, calls;
+} ckpt_scan;
+
+static void *ckpt_thread(void *arg) {
+  ckpt_scan *c = arg;
+  pthread_mutex_lock(&c->mu);
+  c->calling = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  int rc = mq_store_checkpoint(c->s);
+  pthread_mutex_lock(&c->mu);
+  c->rc = rc;
+  c->done = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  return NULL;
+}
+
+static int ckpt_fn(void *ctx, const mq_msg *m, int state) {
+  ckpt_scan *c = ctx;
+  (void)m;
+  (void)state;
+  if (c->calls++) return 0;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 20;
+  pthread_mutex_lock(&c->mu);
+  while (!c->calling && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0) {
+  }
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_nsec += 500000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (!c->done && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0) {
+  }
+  c->done_during_scan = c->done;
+  pthread_mutex_unlock(&c->mu);
+  return 0;
+}
+
+static void checkpoint_waits_for_its_own_reads(void) {
+  const char *p = test_path("ckptscan");
+  mq_store_options o;
+  mq_store_options_init(&o);
+  o.sync = MQ_SYNC_NORMAL;
+  o.busy_timeout_ms = 100;
+  ckpt_scan c;
+  memset(&c, 0, sizeof c);
+  CHECK_OK(mq_store_open(p, &o, &c.s));
+  CHECK_OK(mq_queue_create(c.s, "q", NULL));
+  for (int i = 0; i < 3; i++) CHECK_OK(mq_put(c.s, "q", "m", 1, NULL, NULL));
+  pthread_mutex_init(&c.mu, NULL);
+  pthread_cond_init(&c.cv, NULL);
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, ckpt_thread, &c) == 0);
+  CHECK_OK(mq_queue_scan(c.s, "q", ckpt_fn, &c, NULL));
+  pthread_join(th, NULL);
+  CHECK(c.done_during_scan == 0);
+  CHECK_OK(c.rc);
+  pthread_mutex_destroy(&c.mu);
+  pthread_cond_destroy(&c.cv);
+  CHECK_OK(mq_store_close(c.s));
+  test_unlink_store(p);
+}
+
 int main(void) {
   TEST(info_and_now);
   TEST(scan_reports_states_and_changes_nothing);
@@ -371,5 +448,6 @@ int main(void) {
   TEST(reads_do_not_hold_up_commits);
   TEST(reads_follow_the_file_not_the_path);
   TEST(nested_calls_in_callbacks);
+  TEST(checkpoint_waits_for_its_own_reads);
   return test_done();
 }
