@@ -231,7 +231,7 @@ struct mq_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
-  char *fullpath;    /* absolute, as SQLite resolved it at open (reopens use it) */
+  char *fullpath;    /* the name every open uses: absolute once SQLite resolved it */
   uint64_t dev, ino; /* the file's identity at open */
   int sync; /* MQ_SYNC_* */
   int readonly;
@@ -1305,7 +1305,7 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  int src = sqlite3_open_v2(s->fullpath ? s->fullpath : s->path, &s->db, flags, NULL);
+  int src = sqlite3_open_v2(s->fullpath, &s->db, flags, NULL);
   if (src != SQLITE_OK) {
     snprintf(err, errlen, "cannot open %s: %s", s->path,
              s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -1358,7 +1358,7 @@ int mqi_store_reconnect(mq_store *s) {
   int rc = store_connect(s, err, sizeof err);
   /* Only to the same file: another one at the name would be written
   ** under a gate that is not its own. */
-  if (rc == MQ_OK && s->dev && !store_same_file(s, s->fullpath ? s->fullpath : s->path)) {
+  if (rc == MQ_OK && !store_same_file(s, s->fullpath)) {
     snprintf(err, sizeof err, "%s is no longer the file this handle opened", s->path);
     rc = MQ_ECANTOPEN;
   }
@@ -1386,25 +1386,25 @@ int mqi_store_reading(const mq_store *s) {
 }
 
 /* Open the reader and check that it reached the file db has: a path can
-** come to name another file (renamed over, restored from a backup).
-** Returns 0, or -1 when the reader cannot be used (s->rdb_off is set if
-** the file was replaced), with the SQLite code in *src. */
-static int store_open_reader(mq_store *s, int *src) {
+** come to name another file (renamed over, restored from a backup); then
+** s->rdb_off is set.  Returns the SQLite code, SQLITE_OK when s->rdb is
+** open. */
+static int store_open_reader(mq_store *s) {
   int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  const char *name = s->fullpath ? s->fullpath : s->path;
-  *src = sqlite3_open_v2(name, &s->rdb, flags, NULL);
-  if (*src == SQLITE_OK) *src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
-  if (*src == SQLITE_OK && !store_same_file(s, name)) {
+  int src = sqlite3_open_v2(s->fullpath, &s->rdb, flags, NULL);
+  if (src == SQLITE_OK) src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
+  if (src == SQLITE_OK && !store_same_file(s, s->fullpath)) {
     s->rdb_off = 1;
-    *src = SQLITE_CANTOPEN;
+    src = SQLITE_CANTOPEN;
   }
-  if (*src == SQLITE_OK) return 0;
-  sqlite3_close(s->rdb);
-  s->rdb = NULL;
-  return -1;
+  if (src != SQLITE_OK) {
+    sqlite3_close(s->rdb);
+    s->rdb = NULL;
+  }
+  return src;
 }
 
 int mqi_store_read(mq_store *s, sqlite3 **db) {
@@ -1414,12 +1414,14 @@ int mqi_store_read(mq_store *s, sqlite3 **db) {
                        "%s: a read call of this handle inside a scan or verify callback of it",
                        s->path);
   pthread_mutex_lock(&s->rdlock);
-  int src = SQLITE_OK;
-  if (!s->rdb && !s->rdb_off && store_open_reader(s, &src) != 0 && !s->rdb_off) {
-    pthread_mutex_unlock(&s->rdlock);
-    int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
-                         sqlite3_errstr(src));
-    return rc == MQ_OK ? MQ_ERROR : rc;
+  if (!s->rdb && !s->rdb_off) {
+    int src = store_open_reader(s);
+    if (src != SQLITE_OK && !s->rdb_off) {
+      pthread_mutex_unlock(&s->rdlock);
+      int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
+                           sqlite3_errstr(src));
+      return rc == MQ_OK ? MQ_ERROR : rc;
+    }
   }
   if (!s->rdb) {
     /* Our file is no longer at its path: read on the handle's own
@@ -1494,6 +1496,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   pthread_mutex_init(&s->dblock, NULL);
   pthread_mutex_init(&s->rdlock, NULL);
   s->path = strdup(path);
+  s->fullpath = strdup(path); /* made absolute once SQLite has opened it */
   s->sync = o.sync;
   s->readonly = readonly;
   s->busy_timeout_ms = o.busy_timeout_ms;
@@ -1505,7 +1508,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   s->free_checked_at = INT64_MIN / 2;
   s->fork_gen = mqi_os_fork_generation();
   s->rng = mqi_os_seed();
-  if (!s->path) {
+  if (!s->path || !s->fullpath) {
     store_free(s);
     return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   }
@@ -1545,13 +1548,19 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     snprintf(err, sizeof err, "out of memory opening %s", path);
     rc = MQ_ENOMEM;
   } else {
+    s->dev = dev;
+    s->ino = ino;
     uint32_t ticket = mqi_gate_enter(s->gate);
     rc = store_connect(s, err, sizeof err);
     if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
     /* Later opens (the reader, a reconnect) must reach this very file even
     ** if the process changes directory: SQLite's absolute name of it. */
     const char *full = rc == MQ_OK ? sqlite3_db_filename(s->db, "main") : NULL;
-    if (full && *full && !(s->fullpath = strdup(full))) {
+    char *copy = full && *full ? strdup(full) : NULL;
+    if (copy) {
+      free(s->fullpath);
+      s->fullpath = copy;
+    } else if (full && *full) {
       snprintf(err, sizeof err, "out of memory opening %s", path);
       rc = MQ_ENOMEM;
     }
@@ -1559,8 +1568,6 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     ** close may checkpoint. */
     if (rc != MQ_OK) store_disconnect(s);
     mqi_gate_leave(s->gate, ticket);
-    s->dev = dev;
-    s->ino = ino;
   }
   if (rc != MQ_OK) {
     if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
@@ -1624,26 +1631,20 @@ int mqi_store_check(mq_store *s, int writes) {
   return MQ_OK;
 }
 
-sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = s->stmt[id];
-  if (st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return st;
-  }
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
-      SQLITE_OK)
+sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
+  if (!s->stmt[id] && sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                         &s->stmt[id], NULL) != SQLITE_OK)
     return NULL;
   return s->stmt[id];
 }
 
-sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = s->stmt[id];
-  if (st) return st;
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
-      SQLITE_OK)
-    return NULL;
-  return s->stmt[id];
+sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, id);
+  if (st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  return st;
 }
 
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
@@ -8369,6 +8370,21 @@ static void *srv_committer_main(void *arg) {
   return NULL;
 }
 
+/* Count a batch that leaves the endpoint: stored but for `dropped` of its
+** messages (dropped_bytes of payload), or, when !stored, lost whole. */
+static void srv_count_batch(mqi_srv_ep *ep, const mqi_srv_item *items, size_t n, int stored,
+                            size_t dropped, size_t dropped_bytes) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++) bytes += items[i].len;
+  if (!stored) {
+    dropped = n;
+    dropped_bytes = bytes;
+  }
+  MQI_SRV_COUNT(ep->count.in, n - dropped);
+  MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
+  MQI_SRV_COUNT(ep->count.dropped, dropped);
+}
+
 /* Take the result of a finished commit, if any.  A failed batch goes back
 ** in front of what was read since, and the endpoint reads nothing more
 ** until it is stored: the peers' PUSH sockets block at their high-water
@@ -8392,19 +8408,12 @@ static void srv_pull_collect(mq_server *s) {
   pthread_mutex_unlock(&s->cmu);
   s->cbusy = 0;
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) bytes += items[i].len;
-    if (rc == MQ_ENOTFOUND) {
+    if (rc == MQ_ENOTFOUND)
       mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
               ep->queue, err, n);
-      dropped = n;
-      dropped_bytes = bytes;
-    } else {
+    else
       mqi_server_kick(s, ep->queue);
-    }
-    MQI_SRV_COUNT(ep->count.in, n - dropped);
-    MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
-    MQI_SRV_COUNT(ep->count.dropped, dropped);
+    srv_count_batch(ep, items, n, rc == MQ_OK, dropped, dropped_bytes);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -8425,7 +8434,7 @@ static void srv_pull_collect(mq_server *s) {
   if (!all) {
     mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
             ep->queue, n);
-    MQI_SRV_COUNT(ep->count.dropped, n);
+    srv_count_batch(ep, items, n, 0, 0, 0);
     srv_items_release(items, n);
     return;
   }
@@ -8506,29 +8515,23 @@ static void srv_committer_stop(mq_server *s) {
 /* Wait for the commit in progress, then store what was read and not yet
 ** stored, in this thread: the peers' PUSH sockets consider those messages
 ** delivered (as they do what is still in the kernel's buffers, which a
-** stop leaves there, unread).  When the store refuses them, they are kept for the next
-** mq_server_run unless this is the last try (final: the server is freed). */
+** stop leaves there, unread).  When the store refuses them, they are kept
+** for the next mq_server_run unless this is the last try (final: the
+** server is freed). */
 static void srv_pull_flush(mq_server *s, int final) {
   srv_committer_stop(s);
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
     if (ep->kind != MQI_EP_PULL || !ep->nitems) continue;
     char err[sizeof s->cjob_err];
-    size_t dropped, dropped_bytes, bytes = 0;
+    size_t dropped, dropped_bytes;
     int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
                              &dropped_bytes, err, sizeof err);
-    for (size_t i = 0; i < ep->nitems; i++) bytes += ep->items[i].len;
-    if (rc == MQ_OK) {
-      MQI_SRV_COUNT(ep->count.in, ep->nitems - dropped);
-      MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
-      MQI_SRV_COUNT(ep->count.dropped, dropped);
-    } else if (!final && rc != MQ_ENOTFOUND) {
-      continue;
-    } else {
-      MQI_SRV_COUNT(ep->count.dropped, ep->nitems);
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
-              ep->queue, ep->nitems, err);
-    }
+    if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
+    if (rc != MQ_OK)
+      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue,
+              ep->nitems, err);
+    srv_count_batch(ep, ep->items, ep->nitems, rc == MQ_OK, dropped, dropped_bytes);
     srv_items_release(ep->items, ep->nitems);
     ep->items = NULL;
     ep->nitems = ep->itemcap = ep->bytes = 0;

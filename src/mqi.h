@@ -199,7 +199,7 @@ struct mq_store {
   sqlite3 *db;
   sqlite3_stmt *stmt[MQI_ST_COUNT];
   char *path;
-  char *fullpath;    /* absolute, as SQLite resolved it at open (reopens use it) */
+  char *fullpath;    /* the name every open uses: absolute once SQLite resolved it */
   uint64_t dev, ino; /* the file's identity at open */
   int sync; /* MQ_SYNC_* */
   int readonly;

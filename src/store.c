@@ -262,7 +262,7 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  int src = sqlite3_open_v2(s->fullpath ? s->fullpath : s->path, &s->db, flags, NULL);
+  int src = sqlite3_open_v2(s->fullpath, &s->db, flags, NULL);
   if (src != SQLITE_OK) {
     snprintf(err, errlen, "cannot open %s: %s", s->path,
              s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -315,7 +315,7 @@ int mqi_store_reconnect(mq_store *s) {
   int rc = store_connect(s, err, sizeof err);
   /* Only to the same file: another one at the name would be written
   ** under a gate that is not its own. */
-  if (rc == MQ_OK && s->dev && !store_same_file(s, s->fullpath ? s->fullpath : s->path)) {
+  if (rc == MQ_OK && !store_same_file(s, s->fullpath)) {
     snprintf(err, sizeof err, "%s is no longer the file this handle opened", s->path);
     rc = MQ_ECANTOPEN;
   }
@@ -343,25 +343,25 @@ int mqi_store_reading(const mq_store *s) {
 }
 
 /* Open the reader and check that it reached the file db has: a path can
-** come to name another file (renamed over, restored from a backup).
-** Returns 0, or -1 when the reader cannot be used (s->rdb_off is set if
-** the file was replaced), with the SQLite code in *src. */
-static int store_open_reader(mq_store *s, int *src) {
+** come to name another file (renamed over, restored from a backup); then
+** s->rdb_off is set.  Returns the SQLite code, SQLITE_OK when s->rdb is
+** open. */
+static int store_open_reader(mq_store *s) {
   int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX;
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  const char *name = s->fullpath ? s->fullpath : s->path;
-  *src = sqlite3_open_v2(name, &s->rdb, flags, NULL);
-  if (*src == SQLITE_OK) *src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
-  if (*src == SQLITE_OK && !store_same_file(s, name)) {
+  int src = sqlite3_open_v2(s->fullpath, &s->rdb, flags, NULL);
+  if (src == SQLITE_OK) src = sqlite3_busy_timeout(s->rdb, s->busy_timeout_ms);
+  if (src == SQLITE_OK && !store_same_file(s, s->fullpath)) {
     s->rdb_off = 1;
-    *src = SQLITE_CANTOPEN;
+    src = SQLITE_CANTOPEN;
   }
-  if (*src == SQLITE_OK) return 0;
-  sqlite3_close(s->rdb);
-  s->rdb = NULL;
-  return -1;
+  if (src != SQLITE_OK) {
+    sqlite3_close(s->rdb);
+    s->rdb = NULL;
+  }
+  return src;
 }
 
 int mqi_store_read(mq_store *s, sqlite3 **db) {
@@ -371,12 +371,14 @@ int mqi_store_read(mq_store *s, sqlite3 **db) {
                        "%s: a read call of this handle inside a scan or verify callback of it",
                        s->path);
   pthread_mutex_lock(&s->rdlock);
-  int src = SQLITE_OK;
-  if (!s->rdb && !s->rdb_off && store_open_reader(s, &src) != 0 && !s->rdb_off) {
-    pthread_mutex_unlock(&s->rdlock);
-    int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
-                         sqlite3_errstr(src));
-    return rc == MQ_OK ? MQ_ERROR : rc;
+  if (!s->rdb && !s->rdb_off) {
+    int src = store_open_reader(s);
+    if (src != SQLITE_OK && !s->rdb_off) {
+      pthread_mutex_unlock(&s->rdlock);
+      int rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: opening a reader: %s", s->path,
+                           sqlite3_errstr(src));
+      return rc == MQ_OK ? MQ_ERROR : rc;
+    }
   }
   if (!s->rdb) {
     /* Our file is no longer at its path: read on the handle's own
@@ -451,6 +453,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   pthread_mutex_init(&s->dblock, NULL);
   pthread_mutex_init(&s->rdlock, NULL);
   s->path = strdup(path);
+  s->fullpath = strdup(path); /* made absolute once SQLite has opened it */
   s->sync = o.sync;
   s->readonly = readonly;
   s->busy_timeout_ms = o.busy_timeout_ms;
@@ -462,7 +465,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   s->free_checked_at = INT64_MIN / 2;
   s->fork_gen = mqi_os_fork_generation();
   s->rng = mqi_os_seed();
-  if (!s->path) {
+  if (!s->path || !s->fullpath) {
     store_free(s);
     return mqi_err_set(NULL, MQ_ENOMEM, "out of memory opening %s", path);
   }
@@ -502,13 +505,19 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     snprintf(err, sizeof err, "out of memory opening %s", path);
     rc = MQ_ENOMEM;
   } else {
+    s->dev = dev;
+    s->ino = ino;
     uint32_t ticket = mqi_gate_enter(s->gate);
     rc = store_connect(s, err, sizeof err);
     if (rc == MQ_OK && !s->clock) rc = store_clock_init(s, err, sizeof err);
     /* Later opens (the reader, a reconnect) must reach this very file even
     ** if the process changes directory: SQLite's absolute name of it. */
     const char *full = rc == MQ_OK ? sqlite3_db_filename(s->db, "main") : NULL;
-    if (full && *full && !(s->fullpath = strdup(full))) {
+    char *copy = full && *full ? strdup(full) : NULL;
+    if (copy) {
+      free(s->fullpath);
+      s->fullpath = copy;
+    } else if (full && *full) {
       snprintf(err, sizeof err, "out of memory opening %s", path);
       rc = MQ_ENOMEM;
     }
@@ -516,8 +525,6 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
     ** close may checkpoint. */
     if (rc != MQ_OK) store_disconnect(s);
     mqi_gate_leave(s->gate, ticket);
-    s->dev = dev;
-    s->ino = ino;
   }
   if (rc != MQ_OK) {
     if (!*err) snprintf(err, sizeof err, "%s: %s", path, mq_errstr(rc));
@@ -581,26 +588,20 @@ int mqi_store_check(mq_store *s, int writes) {
   return MQ_OK;
 }
 
-sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = s->stmt[id];
-  if (st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return st;
-  }
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
-      SQLITE_OK)
+sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
+  if (!s->stmt[id] && sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                         &s->stmt[id], NULL) != SQLITE_OK)
     return NULL;
   return s->stmt[id];
 }
 
-sqlite3_stmt *mqi_store_stmt_hot(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = s->stmt[id];
-  if (st) return st;
-  if (sqlite3_prepare_v3(s->db, store_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[id], NULL) !=
-      SQLITE_OK)
-    return NULL;
-  return s->stmt[id];
+sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, id);
+  if (st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+  }
+  return st;
 }
 
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }

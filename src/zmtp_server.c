@@ -732,6 +732,21 @@ static void *srv_committer_main(void *arg) {
   return NULL;
 }
 
+/* Count a batch that leaves the endpoint: stored but for `dropped` of its
+** messages (dropped_bytes of payload), or, when !stored, lost whole. */
+static void srv_count_batch(mqi_srv_ep *ep, const mqi_srv_item *items, size_t n, int stored,
+                            size_t dropped, size_t dropped_bytes) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; i++) bytes += items[i].len;
+  if (!stored) {
+    dropped = n;
+    dropped_bytes = bytes;
+  }
+  MQI_SRV_COUNT(ep->count.in, n - dropped);
+  MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
+  MQI_SRV_COUNT(ep->count.dropped, dropped);
+}
+
 /* Take the result of a finished commit, if any.  A failed batch goes back
 ** in front of what was read since, and the endpoint reads nothing more
 ** until it is stored: the peers' PUSH sockets block at their high-water
@@ -755,19 +770,12 @@ static void srv_pull_collect(mq_server *s) {
   pthread_mutex_unlock(&s->cmu);
   s->cbusy = 0;
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    size_t bytes = 0;
-    for (size_t i = 0; i < n; i++) bytes += items[i].len;
-    if (rc == MQ_ENOTFOUND) {
+    if (rc == MQ_ENOTFOUND)
       mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
               ep->queue, err, n);
-      dropped = n;
-      dropped_bytes = bytes;
-    } else {
+    else
       mqi_server_kick(s, ep->queue);
-    }
-    MQI_SRV_COUNT(ep->count.in, n - dropped);
-    MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
-    MQI_SRV_COUNT(ep->count.dropped, dropped);
+    srv_count_batch(ep, items, n, rc == MQ_OK, dropped, dropped_bytes);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -788,7 +796,7 @@ static void srv_pull_collect(mq_server *s) {
   if (!all) {
     mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
             ep->queue, n);
-    MQI_SRV_COUNT(ep->count.dropped, n);
+    srv_count_batch(ep, items, n, 0, 0, 0);
     srv_items_release(items, n);
     return;
   }
@@ -869,29 +877,23 @@ static void srv_committer_stop(mq_server *s) {
 /* Wait for the commit in progress, then store what was read and not yet
 ** stored, in this thread: the peers' PUSH sockets consider those messages
 ** delivered (as they do what is still in the kernel's buffers, which a
-** stop leaves there, unread).  When the store refuses them, they are kept for the next
-** mq_server_run unless this is the last try (final: the server is freed). */
+** stop leaves there, unread).  When the store refuses them, they are kept
+** for the next mq_server_run unless this is the last try (final: the
+** server is freed). */
 static void srv_pull_flush(mq_server *s, int final) {
   srv_committer_stop(s);
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
     if (ep->kind != MQI_EP_PULL || !ep->nitems) continue;
     char err[sizeof s->cjob_err];
-    size_t dropped, dropped_bytes, bytes = 0;
+    size_t dropped, dropped_bytes;
     int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
                              &dropped_bytes, err, sizeof err);
-    for (size_t i = 0; i < ep->nitems; i++) bytes += ep->items[i].len;
-    if (rc == MQ_OK) {
-      MQI_SRV_COUNT(ep->count.in, ep->nitems - dropped);
-      MQI_SRV_COUNT(ep->count.bytes_in, bytes - dropped_bytes);
-      MQI_SRV_COUNT(ep->count.dropped, dropped);
-    } else if (!final && rc != MQ_ENOTFOUND) {
-      continue;
-    } else {
-      MQI_SRV_COUNT(ep->count.dropped, ep->nitems);
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost at close: %s",
-              ep->queue, ep->nitems, err);
-    }
+    if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
+    if (rc != MQ_OK)
+      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue,
+              ep->nitems, err);
+    srv_count_batch(ep, ep->items, ep->nitems, rc == MQ_OK, dropped, dropped_bytes);
     srv_items_release(ep->items, ep->nitems);
     ep->items = NULL;
     ep->nitems = ep->itemcap = ep->bytes = 0;

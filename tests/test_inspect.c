@@ -176,6 +176,22 @@ static void info_and_now(void) {
 ** inside, another thread's put on the same handle commits, and the
 ** callback itself may put.  The wait is bounded only so that a regression
 ** (reads holding up the handle's commits) fails instead of hanging. */
+/* Wait (mu held) until *flag is set or ms have passed; returns *flag.
+** The bound only turns a regression into a failure instead of a hang. */
+static int wait_flag(pthread_mutex_t *mu, pthread_cond_t *cv, const int *flag, long ms) {
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += ms / 1000;
+  until.tv_nsec += (ms % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (!*flag && pthread_cond_timedwait(cv, mu, &until) == 0) {
+  }
+  return *flag;
+}
+
 typedef struct busy_scan {
   mq_store *s;
   pthread_mutex_t mu;
@@ -202,13 +218,9 @@ static int busy_fn(void *ctx, const mq_msg *m, int state) {
   if (b->calls++ > 0) return 0;
   if (pthread_create(&b->th, NULL, busy_put, b) != 0) return 0;
   b->have_thread = 1;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 20;
   pthread_mutex_lock(&b->mu);
-  while (!b->put_done && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {
-  }
-  b->started = b->put_done; /* the put finished while the scan was open */
+  /* the put finished while the scan was open */
+  b->started = wait_flag(&b->mu, &b->cv, &b->put_done, 20000);
   pthread_mutex_unlock(&b->mu);
   /* Only then the calls that would wait forever if reads held the lock
   ** of writes: a put of our own, and (refused at once) another read and
@@ -397,20 +409,9 @@ static int ckpt_fn(void *ctx, const mq_msg *m, int state) {
   (void)m;
   (void)state;
   if (c->calls++) return 0;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 20;
   pthread_mutex_lock(&c->mu);
-  while (!c->calling && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0) {
-  }
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_nsec += 500000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
-  while (!c->done && pthread_cond_timedwait(&c->cv, &c->mu, &until) == 0) {
-  }
+  wait_flag(&c->mu, &c->cv, &c->calling, 20000);
+  wait_flag(&c->mu, &c->cv, &c->done, 500);
   c->done_during_scan = c->done;
   pthread_mutex_unlock(&c->mu);
   return 0;
