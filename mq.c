@@ -242,6 +242,7 @@ struct mq_store {
   mq_log_fn log;
   void *log_ctx;
   int64_t min_free_bytes;
+  int page_size; /* for a new file; 0: SQLite's default */
   int64_t free_checked_at; /* monotonic ms of the last statvfs */
   int64_t free_bytes;
   unsigned fork_gen;
@@ -301,7 +302,7 @@ MQI_API int mqi_store_low_space(mq_store *s);
 /* ---- schema.c ------------------------------------------------------------ */
 /* Check that db is an mq store of a format we read, creating the schema in
 ** a new, empty file.  Sets a message in err on failure. */
-MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen);
+MQI_API int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen);
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */
@@ -1273,6 +1274,10 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
                        o->mode);
   if (o->busy_timeout_ms < 0) return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
   if (o->min_free_bytes < 0) return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
+  if (o->page_size != 0 &&
+      (o->page_size < 512 || o->page_size > 65536 || (o->page_size & (o->page_size - 1))))
+    return mqi_err_set(NULL, MQ_EINVAL,
+                       "page_size %d is not 0 or a power of two from 512 to 65536", o->page_size);
   return MQ_OK;
 }
 
@@ -1291,6 +1296,16 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
            "PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF; PRAGMA journal_size_limit=67108864;",
            sync);
   int rc = sqlite3_exec(s->db, sql, NULL, NULL, NULL);
+  /* The auto-checkpoint counts pages: scale it so that the WAL is folded
+  ** into the file at the same ~4 MB whatever the page size (SQLite's 1000
+  ** pages of 4 KiB), not 16 times later with 64 KiB pages. */
+  sqlite3_stmt *st = NULL;
+  if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL);
+  if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int64_t page = sqlite3_column_int64(st, 0);
+    rc = sqlite3_wal_autocheckpoint(s->db, page > 0 ? (int)(4096000 / page) : 1000);
+  }
+  sqlite3_finalize(st);
   if (rc != SQLITE_OK) {
     snprintf(err, errlen, "setting up %s: %s", s->path, sqlite3_errmsg(s->db));
     return mqi_err_from_sqlite(rc);
@@ -1321,7 +1336,7 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
              s->path);
     return MQ_EREADONLY;
   }
-  int rc = mqi_schema_open(s->db, s->readonly, err, errlen);
+  int rc = mqi_schema_open(s->db, s->readonly, s->page_size, err, errlen);
   if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
   /* The statements that end transactions are compiled now, so that no
   ** rollback can fail later for want of memory to compile it. */
@@ -1505,6 +1520,7 @@ int mq_store_open(const char *path, const mq_store_options *opts, mq_store **out
   s->log = o.log;
   s->log_ctx = o.log_ctx;
   s->min_free_bytes = o.min_free_bytes;
+  s->page_size = o.page_size;
   s->free_checked_at = INT64_MIN / 2;
   s->fork_gen = mqi_os_fork_generation();
   s->rng = mqi_os_seed();
@@ -1941,7 +1957,7 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
-int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
+int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen) {
   int64_t app, version, objects;
   int rc = schema_identity(db, &app, &version, &objects, err, errlen);
   if (rc != MQ_OK) return rc;
@@ -1957,6 +1973,15 @@ int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
     snprintf(err, errlen, "%s is empty, and a read-only open cannot create a store",
              sqlite3_db_filename(db, "main"));
     return MQ_ENOTMQ;
+  }
+  /* The page size must be set before the first write (switching to WAL
+  ** writes the header); if another process created the file meanwhile,
+  ** SQLite ignores it and the file keeps that process's choice. */
+  if (page_size > 0) {
+    char sql[40];
+    snprintf(sql, sizeof sql, "PRAGMA page_size=%d", page_size);
+    int src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    if (src != SQLITE_OK) return schema_fail(db, src, "setting the page size of", err, errlen);
   }
   if ((rc = schema_wal(db, err, errlen)) != MQ_OK) return rc;
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);

@@ -156,6 +156,16 @@ typedef struct mq_store_options {
                              system has less free space than this, so acks
                              and checkpoints still have room.  Default
                              16 MiB; 0 disables the check. */
+  int page_size;         /* SQLite page size of a new file, in bytes: a
+                            power of two from 512 to 65536; 0 (the default)
+                            is SQLite's 4096.  Like mode, it applies only
+                            when this open creates the file: an existing
+                            file keeps its own.  Larger pages make bulk
+                            ingest of large messages faster and every small
+                            transaction slower, since each commit writes
+                            whole pages (bench/README.md has the figures);
+                            keep the default unless the file is mostly fed
+                            in big batches. */
 } mq_store_options;
 
 /* Fill *opts with the defaults.  Always call this before setting fields, so

@@ -210,6 +210,7 @@ struct mq_store {
   mq_log_fn log;
   void *log_ctx;
   int64_t min_free_bytes;
+  int page_size; /* for a new file; 0: SQLite's default */
   int64_t free_checked_at; /* monotonic ms of the last statvfs */
   int64_t free_bytes;
   unsigned fork_gen;
@@ -269,7 +270,7 @@ MQI_API int mqi_store_low_space(mq_store *s);
 /* ---- schema.c ------------------------------------------------------------ */
 /* Check that db is an mq store of a format we read, creating the schema in
 ** a new, empty file.  Sets a message in err on failure. */
-MQI_API int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen);
+MQI_API int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen);
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */

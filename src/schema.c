@@ -169,7 +169,7 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
-int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
+int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen) {
   int64_t app, version, objects;
   int rc = schema_identity(db, &app, &version, &objects, err, errlen);
   if (rc != MQ_OK) return rc;
@@ -185,6 +185,15 @@ int mqi_schema_open(sqlite3 *db, int readonly, char *err, size_t errlen) {
     snprintf(err, errlen, "%s is empty, and a read-only open cannot create a store",
              sqlite3_db_filename(db, "main"));
     return MQ_ENOTMQ;
+  }
+  /* The page size must be set before the first write (switching to WAL
+  ** writes the header); if another process created the file meanwhile,
+  ** SQLite ignores it and the file keeps that process's choice. */
+  if (page_size > 0) {
+    char sql[40];
+    snprintf(sql, sizeof sql, "PRAGMA page_size=%d", page_size);
+    int src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+    if (src != SQLITE_OK) return schema_fail(db, src, "setting the page size of", err, errlen);
   }
   if ((rc = schema_wal(db, err, errlen)) != MQ_OK) return rc;
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);

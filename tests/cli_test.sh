@@ -911,6 +911,23 @@ r --sync normal --busy-timeout 100 "$DB" put q synced
 status "--sync normal --busy-timeout" 0
 r "$DB" put q viaoff --sync off
 status "--sync after the command" 0
+# The page size sits in bytes 16-17 of SQLite's header (1 meaning 65536).
+pagesize() { od -An -tu1 -j16 -N2 "$1" | awk '{ p = $1 * 256 + $2; print p == 1 ? 65536 : p }'; }
+r --page-size 8K pages8k.db create q
+status "--page-size 8K on a new file" 0
+is "a new file gets --page-size" "$(pagesize pages8k.db)" 8192
+r "$DB" --page-size 64K put q keeps
+status "--page-size on an existing file" 0
+is "an existing file keeps its page size" "$(pagesize "$DB")" 4096
+r --page-size 64K pages64k.db create q
+is "--page-size 64K" "$(pagesize pages64k.db)" 65536
+r pages64k.db put q big64
+status "put into a 64K-page file" 0
+for bad in 1000 256 128K 0 x; do
+  r --page-size "$bad" pagesbad.db create q
+  failed "--page-size $bad" 2 'page-size'
+done
+[ ! -e pagesbad.db ] && ok || no "a bad --page-size created the file"
 r "$DB" bench --count 20 --size 16 --sync off
 status "bench" 0
 for op in put get ack cycle; do

@@ -23,14 +23,21 @@ static int tu_exists(const char *path) {
   return lstat(path, &sb) == 0;
 }
 
-static int open_mode(const char *path, unsigned mode, mq_store **out) {
+/* Open with the test clock, NORMAL sync, no free-space floor, and the
+** given file mode and page size (0: the defaults). */
+static int open_new(const char *path, unsigned mode, int page_size, mq_store **out) {
   mq_store_options o;
   mq_store_options_init(&o);
   o.sync = MQ_SYNC_NORMAL;
   o.clock = test_clock;
   o.min_free_bytes = 0;
   if (mode) o.mode = mode;
+  o.page_size = page_size;
   return mq_store_open(path, &o, out);
+}
+
+static int open_mode(const char *path, unsigned mode, mq_store **out) {
+  return open_new(path, mode, 0, out);
 }
 
 /* Check the main file and, once they exist, its companions. */
@@ -410,6 +417,86 @@ static void test_versions(void) {
   CHECK(strcmp(mq_sqlite_version(), sqlite3_libversion()) == 0);
 }
 
+/* PRAGMA page_size of the file, read the way another program would. */
+static int file_page_size(const char *path) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  int ps = -1;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+      sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    ps = sqlite3_column_int(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return ps;
+}
+
+static int open_paged(const char *path, int page_size, mq_store **out) {
+  return open_new(path, 0, page_size, out);
+}
+
+/* A new file gets the page size asked for; an existing one keeps its own,
+** and its messages, whatever a later open asks. */
+static void test_page_size_of_new_file(void) {
+  const char *p = test_path("pages");
+  mq_store *s = NULL;
+  CHECK_OK(open_paged(p, 65536, &s));
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  CHECK_OK(mq_put(s, "q", "kept", 4, NULL, NULL));
+  CHECK_OK(mq_store_close(s));
+  CHECK(file_page_size(p) == 65536);
+
+  CHECK_OK(open_paged(p, 1024, &s));
+  mq_msg *m = NULL;
+  CHECK_OK(mq_get(s, "q", NULL, &m));
+  CHECK(m && mq_msg_size(m) == 4 && memcmp(mq_msg_data(m), "kept", 4) == 0);
+  mq_msg_free(m);
+  CHECK_OK(mq_store_close(s));
+  CHECK(file_page_size(p) == 65536);
+
+  const char *d = test_path("pages_default");
+  CHECK_OK(open_paged(d, 0, &s));
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  CHECK_OK(mq_store_close(s));
+  CHECK(file_page_size(d) == 4096);
+}
+
+static void test_page_size_refused(void) {
+  static const int bad[] = {1, 256, 1000, 3072, 131072, -4096};
+  const char *p = test_path("pages_bad");
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    mq_store *s = (mq_store *)&test_failures;
+    CHECK_RC(open_paged(p, bad[i], &s), MQ_EINVAL);
+    CHECK(s == NULL);
+    CHECK(strstr(mq_errmsg(NULL), "page_size") != NULL);
+    CHECK(!tu_exists(p));
+  }
+}
+
+/* With large pages the WAL is still folded into the file every ~4 MB, not
+** every 1000 pages (64 MB): its size stays bounded while puts go on. */
+static void test_page_size_wal_bounded(void) {
+  const char *p = test_path("pages_wal");
+  char wal[600];
+  snprintf(wal, sizeof wal, "%s-wal", p);
+  mq_store *s = NULL;
+  CHECK_OK(open_paged(p, 65536, &s));
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  static unsigned char payload[16384];
+  mq_entry e[16];
+  for (size_t i = 0; i < 16; i++) e[i] = (mq_entry){payload, sizeof payload, NULL};
+  off_t most = 0;
+  for (int round = 0; round < 128; round++) { /* 32 MiB in all */
+    payload[0] = (unsigned char)round;
+    CHECK_OK(mq_put_batch(s, "q", e, 16, NULL));
+    struct stat sb;
+    if (stat(wal, &sb) == 0 && sb.st_size > most) most = sb.st_size;
+  }
+  CHECK(most > 0 && most < 12 * 1024 * 1024);
+  if (most >= 12 * 1024 * 1024) fprintf(stderr, "  the WAL grew to %lld bytes\n", (long long)most);
+  CHECK_OK(mq_store_close(s));
+}
+
 static void test_close_null(void) {
   CHECK_OK(mq_store_close(NULL));
 }
@@ -428,6 +515,9 @@ int main(void) {
   TEST(test_readonly);
   TEST(test_errstr_all_codes);
   TEST(test_versions);
+  TEST(test_page_size_of_new_file);
+  TEST(test_page_size_refused);
+  TEST(test_page_size_wal_bounded);
   TEST(test_close_null);
   return test_done();
 }

@@ -48,6 +48,7 @@ typedef struct cli_ctx {
   int json;             /* --json: one JSON object per line */
   int sync;             /* MQ_SYNC_* from --sync */
   int busy_timeout_ms;  /* --busy-timeout, or -1 for the library default */
+  int page_size;        /* --page-size for a new file, or 0 */
   int clock_hook;       /* MQ_CLI_CLOCK_OFFSET_MS is set: the tool installs
                             its own clock (wall clock + clock_offset), so
                             tests can move time without sleeping */

@@ -19,7 +19,7 @@
 
 /* ---- global options ---------------------------------------------------------- */
 
-static const char *const cli_globals[] = {"json", "sync", "busy-timeout"};
+static const char *const cli_globals[] = {"json", "sync", "busy-timeout", "page-size"};
 
 int cli_global_known(const char *name, size_t len) {
   for (size_t i = 0; i < sizeof cli_globals / sizeof cli_globals[0]; i++)
@@ -45,6 +45,15 @@ int cli_global_option(cli_ctx *ctx, const char *name, const char *value) {
       ctx->sync = MQ_SYNC_OFF;
     else
       return cli_usage(NULL, "--sync takes full, normal or off, not \"%s\"", value);
+    return CLI_EXIT_OK;
+  }
+  if (strcmp(name, "page-size") == 0) {
+    int64_t bytes;
+    int st = cli_parse_size(NULL, "--page-size", value, &bytes);
+    if (st != CLI_EXIT_OK) return st;
+    if (bytes < 512 || bytes > 65536 || (bytes & (bytes - 1)))
+      return cli_usage(NULL, "--page-size %s is not a power of two from 512 to 65536", value);
+    ctx->page_size = (int)bytes;
     return CLI_EXIT_OK;
   }
   /* busy-timeout */

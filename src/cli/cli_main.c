@@ -211,6 +211,7 @@ static void cli_help_general(FILE *f) {
           "  --json               one JSON object per line on standard output\n"
           "  --sync full|normal|off  durability of writes (default full)\n"
           "  --busy-timeout MS    wait this long for a lock held by another process\n"
+          "  --page-size BYTES    SQLite page size of a file this command creates\n"
           "  --help, -h           help (for a command: mq COMMAND --help)\n"
           "  --version            the tool's, library's and SQLite's versions\n"
           "\n"
@@ -344,6 +345,7 @@ int cli_open(cli_ctx *ctx, int mode) {
   mq_store_options_init(&o);
   o.sync = ctx->sync;
   if (ctx->busy_timeout_ms >= 0) o.busy_timeout_ms = ctx->busy_timeout_ms;
+  o.page_size = ctx->page_size;
   if (ctx->clock_hook) {
     o.clock = cli_hook_clock;
     o.clock_ctx = ctx;

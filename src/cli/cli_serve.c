@@ -79,6 +79,7 @@ static int cli_serve_open(cli_ctx *ctx, int create) {
   mq_store_options_init(&o);
   o.sync = ctx->sync;
   if (ctx->busy_timeout_ms >= 0) o.busy_timeout_ms = ctx->busy_timeout_ms;
+  o.page_size = ctx->page_size;
   if (ctx->clock_hook) {
     o.clock = cli_serve_clock;
     o.clock_ctx = ctx;
