@@ -64,21 +64,37 @@ static const char *net_receiver =
     "for i in range(n - 1): s.recv()\n"
     "print('%.6f' % (time.monotonic() - t0), flush=True)\n";
 
-/* Start python3 -c script args...; its stdout into *out (if not NULL). */
-static pid_t net_spawn(const char *script, const char *a1, const char *a2, const char *a3,
-                       int *out) {
+/* The peers: libzmq's own sockets, in C (zmq_peer, built when libzmq's
+** headers are installed) or in Python (pyzmq).  Both speak the same
+** protocol: "push ENDPOINT N SIZE" sends, "pull N" binds, prints its port,
+** receives and prints the seconds from the first message to the last. */
+typedef struct net_peer {
+  const char *name;
+  const char *exe; /* zmq_peer, or NULL for pyzmq */
+} net_peer;
+
+/* Start the peer in role ("push" or "pull") with args a1.. (NULL-ended
+** at three); its stdout into *out (if not NULL). */
+static pid_t net_spawn(const net_peer *peer, const char *role, const char *a1, const char *a2,
+                       const char *a3, int *out) {
   posix_spawn_file_actions_t fa;
   int fds[2] = {-1, -1};
   pid_t pid = -1;
-  char *argv[] = {(char *)NET_PYTHON, (char *)"-c", (char *)script, (char *)a1, (char *)a2,
-                  (char *)a3, NULL};
+  const char *script = strcmp(role, "push") == 0 ? net_producer : net_receiver;
+  char *argv[] = {(char *)(peer->exe ? peer->exe : NET_PYTHON),
+                  (char *)(peer->exe ? role : "-c"),
+                  (char *)(peer->exe ? a1 : script),
+                  (char *)(peer->exe ? a2 : a1),
+                  (char *)(peer->exe ? a3 : a2),
+                  (char *)(peer->exe ? NULL : a3),
+                  NULL};
   posix_spawn_file_actions_init(&fa);
   if (out) {
     if (pipe(fds) != 0) bench_die("pipe: %s", strerror(errno));
     posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
     posix_spawn_file_actions_addclose(&fa, fds[0]);
   }
-  if (posix_spawn(&pid, NET_PYTHON, &fa, NULL, argv, environ) != 0) pid = -1;
+  if (posix_spawn(&pid, argv[0], &fa, NULL, argv, environ) != 0) pid = -1;
   posix_spawn_file_actions_destroy(&fa);
   if (out) {
     close(fds[1]);
@@ -108,20 +124,22 @@ static int net_wait(pid_t pid) {
 }
 
 static int net_have_pyzmq(void) {
-  pid_t pid = net_spawn("import zmq", NULL, NULL, NULL, NULL);
-  return pid > 0 && net_wait(pid) == 0;
+  pid_t pid = -1;
+  char *argv[] = {(char *)NET_PYTHON, (char *)"-c", (char *)"import zmq", NULL};
+  if (posix_spawn(&pid, NET_PYTHON, NULL, NULL, argv, environ) != 0) return 0;
+  return net_wait(pid) == 0;
 }
 
 /* libzmq PUSH -> libzmq PULL: messages per second. */
-static double net_run_libzmq(long n, long size) {
+static double net_run_libzmq(const net_peer *peer, long n, long size) {
   char ns[32], ss[32], ep[96], line[64];
   int out = -1;
   snprintf(ns, sizeof ns, "%ld", n);
   snprintf(ss, sizeof ss, "%ld", size);
-  pid_t rx = net_spawn(net_receiver, ns, NULL, NULL, &out);
+  pid_t rx = net_spawn(peer, "pull", ns, NULL, NULL, &out);
   if (rx < 0 || net_line(out, line, sizeof line) != 0) bench_die("libzmq receiver did not start");
   snprintf(ep, sizeof ep, "tcp://127.0.0.1:%s", line);
-  pid_t tx = net_spawn(net_producer, ep, ns, ss, NULL);
+  pid_t tx = net_spawn(peer, "push", ep, ns, ss, NULL);
   if (tx < 0) bench_die("producer did not start");
   if (net_line(out, line, sizeof line) != 0) bench_die("libzmq receiver failed");
   net_wait(tx);
@@ -135,14 +153,14 @@ static double net_run_libzmq(long n, long size) {
 ** same n messages in transactions of as many as mq's PULL commits at most,
 ** from memory, no network: how fast the storage engine alone goes with
 ** the least a durable queue must write.  Messages per second. */
-static double net_run_sqlite(const bench_opts *o, int sync, long n, long size) {
+static double net_run_sqlite(const bench_opts *o, int sync, int page_size, long n, long size) {
   char path[1100];
   bench_raw r;
   unsigned char *p = malloc((size_t)size);
   if (!p) bench_die("out of memory");
   bench_fill(p, (size_t)size, 7);
   bench_db_path(path, sizeof path, o, "netraw");
-  bench_raw_create(path, BENCH_RAW_WAL);
+  bench_raw_create_paged(path, BENCH_RAW_WAL, page_size);
   bench_raw_open(&r, path, BENCH_RAW_WAL, sync);
   double t0 = bench_now();
   for (long i = 0; i < n;) {
@@ -186,12 +204,13 @@ static int64_t net_total(mq_server *srv) {
 }
 
 /* libzmq PUSH -> our PULL endpoint, stored: messages per second. */
-static double net_run_mq(const bench_opts *o, int sync, long n, long size) {
+static double net_run_mq(const net_peer *peer, const bench_opts *o, int sync, int page_size, long n,
+                         long size) {
   char path[1100], ep[128], ns[32], ss[32];
   mq_server *srv = NULL;
   pthread_t th;
   bench_db_path(path, sizeof path, o, "net");
-  mq_store *s = bench_mq_open(path, sync);
+  mq_store *s = bench_mq_open_paged(path, sync, page_size);
   if (mq_server_new(s, NULL, &srv) != MQ_OK ||
       mq_server_pull(srv, "bench", "tcp://127.0.0.1:0") != MQ_OK ||
       mq_server_endpoint(srv, 0, ep, sizeof ep) != MQ_OK)
@@ -199,7 +218,7 @@ static double net_run_mq(const bench_opts *o, int sync, long n, long size) {
   if (pthread_create(&th, NULL, net_serve, srv) != 0) bench_die("pthread_create");
   snprintf(ns, sizeof ns, "%ld", n);
   snprintf(ss, sizeof ss, "%ld", size);
-  pid_t tx = net_spawn(net_producer, ep, ns, ss, NULL);
+  pid_t tx = net_spawn(peer, "push", ep, ns, ss, NULL);
   if (tx < 0) bench_die("producer did not start");
   double t0 = 0, t1 = 0, deadline = bench_now() + 300;
   int64_t first;
@@ -225,55 +244,76 @@ static double net_run_mq(const bench_opts *o, int sync, long n, long size) {
   return t1 > t0 ? (double)(n - first) / (t1 - t0) : 0;
 }
 
+/* One table: libzmq, and mq and raw SQLite at each page size, per size. */
+static void net_table(const net_peer *peer, const bench_opts *o, int sync, long n) {
+  static const long sizes[] = {100, 1000};
+  static const int pages[] = {0, 65536}; /* SQLite's default, and the largest */
+  enum { NPAGES = sizeof pages / sizeof pages[0] };
+  printf("\npeers: %s\n", peer->name);
+  printf("%-8s %6s %12s %14s %8s %12s %8s %8s\n", "size", "pages", "libzmq msg/s", "mq PULL msg/s",
+         "ratio", "SQLite msg/s", "ratio", "ceiling");
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    double base[NET_MAXREPS], ours[NPAGES][NET_MAXREPS], raw[NPAGES][NET_MAXREPS];
+    int reps = o->reps > NET_MAXREPS ? NET_MAXREPS : o->reps;
+    for (int r = 0; r < reps; r++) {
+      /* Alternate the order, so drift hurts all rows alike. */
+      int first = r % 2 == 0;
+      if (first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
+      for (int i = 0; i < NPAGES; i++) {
+        int g = first ? i : NPAGES - 1 - i;
+        ours[g][r] = net_run_mq(peer, o, sync, pages[g], n, sizes[k]);
+        raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
+      }
+      if (!first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
+      if (o->verbose)
+        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f / %.0f, SQLite %.0f / %.0f\n",
+                sizes[k], r, base[r], ours[0][r], ours[1][r], raw[0][r], raw[1][r]);
+    }
+    double b = bench_median(base, reps);
+    for (int g = 0; g < NPAGES; g++) {
+      double m = bench_median(ours[g], reps), q = bench_median(raw[g], reps);
+      char label[16], page[16];
+      snprintf(label, sizeof label, "%ld B", sizes[k]);
+      snprintf(page, sizeof page, "%dK", (pages[g] ? pages[g] : 4096) / 1024);
+      printf("%-8s %6s %12.0f %14.0f %8.2f %12.0f %8.2f %8.2f\n", label, page, b,
+             m, b > 0 ? m / b : 0.0, q, q > 0 ? m / q : 0.0, b > 0 ? q / b : 0.0);
+      /* libzmq's rate can swing between runs: show the spread, so a ratio
+      ** is read with it. */
+      printf("%-8s %6s %12s %14s\n", "", "", g == 0 ? net_range(base, reps) : "",
+             net_range(ours[g], reps));
+    }
+    fflush(stdout);
+  }
+}
+
 int main(int argc, char **argv) {
   bench_opts o;
-  static const long sizes[] = {100, 1000};
   bench_opts_parse(&o, argc, argv, 7, 1.0, 1, "");
   int sync = o.sync < 0 ? MQ_SYNC_FULL : o.sync;
   long n = o.quick ? 50000 : 200000;
-  if (!net_have_pyzmq()) {
-    printf("bench_net: %s has no pyzmq (python3-zmq): skipped\n", NET_PYTHON);
+  net_peer peers[2];
+  int npeers = 0;
+#ifdef MQ_ZMQ_PEER
+  if (access(MQ_ZMQ_PEER, X_OK) == 0)
+    peers[npeers++] = (net_peer){"libzmq in C (zmq_peer): the transport's own ceiling", MQ_ZMQ_PEER};
+#endif
+  if (net_have_pyzmq() && (npeers == 0 || !o.quick))
+    peers[npeers++] = (net_peer){"pyzmq (" NET_PYTHON "), as in examples/", NULL};
+  if (npeers == 0) {
+    printf("bench_net: neither libzmq's headers (libzmq3-dev) nor pyzmq (python3-zmq) for %s: "
+           "skipped\n",
+           NET_PYTHON);
     return 0;
   }
   signal(SIGPIPE, SIG_IGN);
   bench_header("bench_net", "PUSH -> PULL ingest over loopback", sync, &o);
   printf("%ld messages per run; --secs and --slices are not used here\n", n);
-  printf("%-8s %12s %14s %8s %12s %8s %8s\n", "size", "libzmq msg/s", "mq PULL msg/s", "ratio",
-         "SQLite msg/s", "ratio", "ceiling");
-  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
-    double base[NET_MAXREPS], ours[NET_MAXREPS], raw[NET_MAXREPS];
-    int reps = o.reps > NET_MAXREPS ? NET_MAXREPS : o.reps;
-    for (int r = 0; r < reps; r++) {
-      /* Alternate the order, so drift hurts all rows alike. */
-      if (r % 2 == 0) {
-        base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
-        ours[r] = net_run_mq(&o, sync, n, sizes[k]);
-        raw[r] = o.mq_only ? 0 : net_run_sqlite(&o, sync, n, sizes[k]);
-      } else {
-        raw[r] = o.mq_only ? 0 : net_run_sqlite(&o, sync, n, sizes[k]);
-        ours[r] = net_run_mq(&o, sync, n, sizes[k]);
-        base[r] = o.mq_only ? 0 : net_run_libzmq(n, sizes[k]);
-      }
-      if (o.verbose)
-        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f, SQLite %.0f\n", sizes[k], r,
-                base[r], ours[r], raw[r]);
-    }
-    double b = bench_median(base, reps), m = bench_median(ours, reps),
-           q = bench_median(raw, reps);
-    char label[16];
-    snprintf(label, sizeof label, "%ld B", sizes[k]);
-    printf("%-8s %12.0f %14.0f %8.2f %12.0f %8.2f %8.2f\n", label, b, m, b > 0 ? m / b : 0.0, q,
-           q > 0 ? m / q : 0.0, b > 0 ? q / b : 0.0);
-    /* libzmq's own rate swings between runs (the Python receiver either
-    ** keeps up, paying a wakeup per message, or drains a full pipe): show
-    ** the spread, so a ratio is read with it. */
-    printf("%-8s %12s %14s\n", "", net_range(base, reps), net_range(ours, reps));
-    fflush(stdout);
-  }
-  printf("ratios: mq / libzmq (target >= 0.50; mq stores every message durably, libzmq\n"
+  for (int i = 0; i < npeers; i++) net_table(&peers[i], &o, sync, n);
+  printf("\nratios: mq / libzmq (target >= 0.50; mq stores every message durably, libzmq\n"
          "stores nothing) and mq / SQLite (raw SQLite, WAL, one table, storing the same\n"
          "messages in transactions of %d from memory, no network: the storage ceiling);\n"
-         "ceiling = SQLite / libzmq: where it is below 0.50, no SQLite store can meet the target\n",
+         "ceiling = SQLite / libzmq: where it is below 0.50, no SQLite store can meet the target.\n"
+         "pages: the file's page size (mq_store_options.page_size; SQLite's default is 4K)\n",
          NET_TXN);
   return 0;
 }

@@ -339,11 +339,14 @@ void bench_fill(void *buf, size_t n, uint64_t seed) {
   }
 }
 
-mq_store *bench_mq_open(const char *path, int sync) {
+mq_store *bench_mq_open(const char *path, int sync) { return bench_mq_open_paged(path, sync, 0); }
+
+mq_store *bench_mq_open_paged(const char *path, int sync, int page_size) {
   mq_store_options so;
   mq_store *s = NULL;
   mq_store_options_init(&so);
   so.sync = sync;
+  so.page_size = page_size;
   int rc = mq_store_open(path, &so, &s);
   if (rc != MQ_OK)
     bench_die("mq_store_open %s: %s (%s)", path, mq_errstr(rc),
@@ -367,11 +370,18 @@ static void bench_raw_exec(sqlite3 *db, const char *sql) {
     bench_die("sqlite: %s: %s", sql, err ? err : "?");
 }
 
-void bench_raw_create(const char *path, int kind) {
+void bench_raw_create(const char *path, int kind) { bench_raw_create_paged(path, kind, 0); }
+
+void bench_raw_create_paged(const char *path, int kind, int page_size) {
   sqlite3 *db = NULL;
   if (sqlite3_open(path, &db) != SQLITE_OK)
     bench_die("sqlite3_open %s: %s", path, db ? sqlite3_errmsg(db) : "?");
   sqlite3_busy_timeout(db, 10000);
+  if (page_size > 0) {
+    char sql[40];
+    snprintf(sql, sizeof sql, "PRAGMA page_size=%d", page_size);
+    bench_raw_exec(db, sql);
+  }
   if (kind == BENCH_RAW_WAL) bench_raw_exec(db, "PRAGMA journal_mode=WAL");
   bench_raw_exec(db,
                  "CREATE TABLE jobs(id INTEGER PRIMARY KEY, body BLOB, "

@@ -115,6 +115,8 @@ void bench_die(const char *fmt, ...)
 /* Open an mq store on path with the given sync mode and create queue
 ** "bench" in it; exits on failure. */
 mq_store *bench_mq_open(const char *path, int sync);
+/* The same in a file of that page size (mq_store_options.page_size). */
+mq_store *bench_mq_open_paged(const char *path, int sync, int page_size);
 
 /* ------------------------------------------------------------------------
 ** The raw-SQLite baseline.
@@ -135,6 +137,8 @@ typedef struct bench_raw {
 /* Create the naive schema in a new file at path, in the journal mode of
 ** kind; exits on failure. */
 void bench_raw_create(const char *path, int kind);
+/* The same with PRAGMA page_size first (0: SQLite's default). */
+void bench_raw_create_paged(const char *path, int kind, int page_size);
 
 /* Open one connection (one per thread or process) with busy_timeout 10000
 ** and PRAGMA synchronous matching the MQ_SYNC_* mode; exits on failure. */
