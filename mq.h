@@ -159,8 +159,10 @@ typedef struct mq_store_options {
   int page_size;         /* SQLite page size of a new file, in bytes: a
                             power of two from 512 to 65536; 0 (the default)
                             is SQLite's 4096.  Like mode, it applies only
-                            when this open creates the file: an existing
-                            file keeps its own.  Larger pages make bulk
+                            to a file that has no SQLite content yet (new
+                            or empty): any other file, including one that
+                            another process created first, keeps its own
+                            (logged at MQ_LOG_INFO).  Larger pages make bulk
                             ingest of large messages faster and every small
                             transaction slower, since each commit writes
                             whole pages (bench/README.md has the figures);
