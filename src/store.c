@@ -260,6 +260,11 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t page = sqlite3_column_int64(st, 0);
     rc = sqlite3_wal_autocheckpoint(s->db, page > 0 ? (int)(4096000 / page) : 1000);
+    /* The file had its page size already (an existing store, one another
+    ** process created first, an SQLite file with no tables yet). */
+    if (s->page_size && page != s->page_size)
+      mqi_log(s, MQ_LOG_INFO, "%s: page_size %d not applied: the file's pages are %lld bytes",
+              s->path, s->page_size, (long long)page);
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_OK) {
@@ -267,6 +272,12 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
     return mqi_err_from_sqlite(rc);
   }
   return MQ_OK;
+}
+
+/* Whether name still names the file the handle opened. */
+static int store_same_file(const mq_store *s, const char *name) {
+  uint64_t dev = 0, ino = 0;
+  return mqi_os_file_id(name, &dev, &ino) == MQ_OK && dev == s->dev && ino == s->ino;
 }
 
 /* Open the SQLite connection and check the file; on failure s->db may be
@@ -292,6 +303,13 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
              s->path);
     return MQ_EREADONLY;
   }
+  /* Only the file the handle was opened on: a reconnect must not make a
+  ** store of another file that has taken the name since (an empty one
+  ** would get the schema before any later check could refuse it). */
+  if (!store_same_file(s, s->fullpath)) {
+    snprintf(err, errlen, "%s is no longer the file this handle opened", s->path);
+    return MQ_ECANTOPEN;
+  }
   int rc = mqi_schema_open(s->db, s->readonly, s->page_size, err, errlen);
   if (rc == MQ_OK && !s->readonly) rc = store_pragmas(s, err, errlen);
   /* The statements that end transactions are compiled now, so that no
@@ -315,12 +333,6 @@ static void store_disconnect(mq_store *s) {
   }
   sqlite3_close_v2(s->db);
   s->db = NULL;
-}
-
-/* Whether name still names the file the handle opened. */
-static int store_same_file(const mq_store *s, const char *name) {
-  uint64_t dev = 0, ino = 0;
-  return mqi_os_file_id(name, &dev, &ino) == MQ_OK && dev == s->dev && ino == s->ino;
 }
 
 int mqi_store_reconnect(mq_store *s) {

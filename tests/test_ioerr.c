@@ -69,6 +69,40 @@ static void fsync_failure_is_unknown_then_recovers(void) {
   test_unlink_store(p);
 }
 
+/* After an I/O error the handle reopens its file; if another file has
+** taken the name meanwhile, it refuses it -- and does not first turn it
+** into a store (an empty file would otherwise get the schema). */
+static void reconnect_leaves_another_file_alone(void) {
+  const char *p = test_path("ioerr-moved");
+  char moved[600];
+  snprintf(moved, sizeof moved, "%s.moved", p);
+  mq_store *s = test_open(p, MQ_SYNC_FULL);
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  faultvfs_arm_reset();
+  faultvfs.fail_sync_at = 1;
+  CHECK_RC(mq_put(s, "q", "pay", 3, NULL, NULL), MQ_EUNKNOWN);
+  faultvfs_arm_reset();
+
+  static const char *const sides[] = {"", "-wal", "-shm"};
+  for (int i = 0; i < 3; i++) {
+    char from[640], to[640];
+    snprintf(from, sizeof from, "%s%s", p, sides[i]);
+    snprintf(to, sizeof to, "%s%s", moved, sides[i]);
+    CHECK(rename(from, to) == 0);
+  }
+  FILE *f = fopen(p, "w"); /* an empty file at the name */
+  CHECK(f != NULL);
+  if (f) fclose(f);
+
+  CHECK_RC(mq_put(s, "q", "pay", 3, NULL, NULL), MQ_EIO);
+  CHECK(strstr(mq_errmsg(s), "could not be reopened") != NULL);
+  struct stat sb;
+  CHECK(stat(p, &sb) == 0 && sb.st_size == 0);
+  mq_store_close(s);
+  test_unlink_store(p);
+  test_unlink_store(moved);
+}
+
 static void write_failure_is_definite(void) {
   const char *p = test_path("ioerr-write");
   mq_store *s = test_open(p, MQ_SYNC_FULL);
@@ -130,6 +164,7 @@ static void free_space_floor_refuses_puts_only(void) {
 int main(void) {
   faultvfs_install();
   TEST(fsync_failure_is_unknown_then_recovers);
+  TEST(reconnect_leaves_another_file_alone);
   TEST(write_failure_is_definite);
   TEST(free_space_floor_refuses_puts_only);
   return test_done();
