@@ -2,27 +2,30 @@
 ** bench_net.c -- ingest throughput of a PULL endpoint, next to libzmq's own
 ** PUSH -> PULL on the same loopback, in the same run.
 **
-** The producer is the same in both rows: a pyzmq PUSH socket in its own
-** process sending N messages of SIZE bytes as fast as it can.  The rows
-** differ in the receiver:
-**   libzmq   a pyzmq PULL socket in its own process that just receives
+** The producer is the same in both columns: a libzmq PUSH socket in its own
+** process sending N messages of SIZE bytes as fast as it can.  They differ
+** in the receiver:
+**   libzmq   a libzmq PULL socket in its own process that just receives
 **            (nothing is stored: this is the transport's ceiling);
 **   mq       our PULL endpoint (mq_server, this process) storing every
 **            message durably in a queue, MQ_SYNC_FULL by default, all the
-**            messages read in one loop turn in one commit (group commit).
+**            messages read while the last commit ran in one commit (group
+**            commit), in a file of SQLite's default 4 KiB pages and in one
+**            of 64 KiB pages (mq_store_options.page_size).
+** The peers run twice, in C (zmq_peer, when libzmq's headers were found at
+** build time) and in Python (pyzmq, when /usr/bin/python3 has it); with
+** neither the program says so and exits 0.
 ** Throughput is messages over the time from the first message received
 ** (libzmq) or the first commit (mq; its messages are not counted) to the
-** last, so process start-up is not counted.  The server
-** runs in a thread of this process; mq's count is the endpoint's own
-** counter (mq_server_endpoint_stats), which is free to read.  The table shows the median of --reps
-** runs per row, alternating the rows within each repetition, and the ratio
-** mq / libzmq (the target is at least 0.5: storing durably at half the
-** speed of not storing at all).  A third row is raw SQLite storing the
-** same messages with the same durability, from memory (net_run_sqlite):
-** how close ingest gets to the storage engine's own ceiling.
-**
-** Needs /usr/bin/python3 with pyzmq (python3-zmq); without it the program
-** says so and exits 0.  Not a test: nothing is asserted.
+** last, so process start-up is not counted.  The server runs in a thread
+** of this process; mq's count is the endpoint's own counter
+** (mq_server_endpoint_stats), which is free to read.  The table shows the
+** median of --reps runs per row, alternating the order within each
+** repetition, and the ratio mq / libzmq (the target is at least 0.5:
+** storing durably at half the speed of not storing at all).  Another
+** column is raw SQLite storing the same messages with the same durability
+** and page size, from memory (net_run_sqlite): how close ingest gets to
+** the storage engine's own ceiling.  Not a test: nothing is asserted.
 */
 #include "benchlib.h"
 
@@ -261,8 +264,9 @@ static void net_table(const net_peer *peer, const bench_opts *o, int sync, long 
       if (first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
       for (int i = 0; i < NPAGES; i++) {
         int g = first ? i : NPAGES - 1 - i;
+        if (!first) raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
         ours[g][r] = net_run_mq(peer, o, sync, pages[g], n, sizes[k]);
-        raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
+        if (first) raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
       }
       if (!first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
       if (o->verbose)

@@ -23,8 +23,15 @@ static double peer_now(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static int peer_fail(const char *what) {
+/* Report, and close s without lingering: zmq_ctx_term would otherwise
+** wait for it forever, and bench_net with it. */
+static int peer_fail(void *s, const char *what) {
   fprintf(stderr, "zmq_peer: %s: %s\n", what, zmq_strerror(zmq_errno()));
+  if (s) {
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(s);
+  }
   return 1;
 }
 
@@ -32,15 +39,18 @@ static int peer_push(void *ctx, const char *ep, long n, size_t size) {
   void *s = zmq_socket(ctx, ZMQ_PUSH);
   int hwm = 100000, linger = -1;
   char *p = malloc(size ? size : 1);
-  if (!s || !p) return peer_fail("socket");
+  if (!s || !p) {
+    free(p);
+    return peer_fail(s, "socket");
+  }
   memset(p, 'x', size);
   zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
   zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-  if (zmq_connect(s, ep) != 0) return peer_fail(ep);
-  for (long i = 0; i < n; i++)
-    if (zmq_send(s, p, size, 0) < 0) return peer_fail("send");
-  zmq_close(s);
+  int failed = zmq_connect(s, ep) != 0;
+  for (long i = 0; i < n && !failed; i++) failed = zmq_send(s, p, size, 0) < 0;
   free(p);
+  if (failed) return peer_fail(s, ep);
+  zmq_close(s);
   return 0;
 }
 
@@ -48,17 +58,21 @@ static int peer_pull(void *ctx, long n) {
   void *s = zmq_socket(ctx, ZMQ_PULL);
   char ep[128];
   size_t len = sizeof ep;
-  if (!s || zmq_bind(s, "tcp://127.0.0.1:*") != 0) return peer_fail("bind");
-  if (zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len) != 0) return peer_fail("endpoint");
+  if (!s || zmq_bind(s, "tcp://127.0.0.1:*") != 0) return peer_fail(s, "bind");
+  if (zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, ep, &len) != 0) return peer_fail(s, "endpoint");
   const char *port = strrchr(ep, ':');
   printf("%s\n", port ? port + 1 : ep);
   fflush(stdout);
   zmq_msg_t m;
   zmq_msg_init(&m);
-  if (zmq_msg_recv(&m, s, 0) < 0) return peer_fail("recv");
-  double t0 = peer_now();
-  for (long i = 1; i < n; i++)
-    if (zmq_msg_recv(&m, s, 0) < 0) return peer_fail("recv");
+  double t0 = 0;
+  for (long i = 0; i < n; i++) {
+    if (zmq_msg_recv(&m, s, 0) < 0) {
+      zmq_msg_close(&m);
+      return peer_fail(s, "recv");
+    }
+    if (i == 0) t0 = peer_now(); /* from the first message on */
+  }
   printf("%.6f\n", peer_now() - t0);
   zmq_msg_close(&m);
   zmq_close(s);
