@@ -40,7 +40,10 @@
 ** with redo 0%, 50% and 100% of the unsynced writes, tearing on and off;
 ** larger workloads get random crash points.  fsync-failure mode makes one
 ** xSync fail (SQLITE_IOERR_FSYNC, nothing synced) and crashes at the next,
-** with redo 0% and 100%.  Stores live on /dev/shm (tmpfs): the VFS models
+** with redo 0% and 100%.  Compound failures, as SQLite tests them: random
+** points where the power goes again while the first open after the reboot
+** recovers the WAL and checkpoints it (recovery_crash); the invariants
+** must hold after both.  Stores live on /dev/shm (tmpfs): the VFS models
 ** durability, so real fsyncs would only cost time.  Everything is
 ** deterministic given the seed: MQ_TEST_SEED replays a run, MQ_FAULT_SCALE
 ** (default 1) multiplies the work for a longer manual run.
@@ -474,6 +477,7 @@ typedef struct point {
   int mode; /* AT_* */
   int k;    /* crash (or failing sync) number */
   int redo, tear;
+  int recover; /* then a second power cut in the first open after it */
 } point;
 
 /* What the parent knows about one message of one family. */
@@ -491,6 +495,7 @@ typedef struct totals {
       false_fail, integrity, unusable, queue_lost, child_bad, unexpected;
   int64_t ack_inflight_took, ack_inflight_undone, unknown_recovered, unknown_gone, torn;
   int64_t fsync_unknown, fsync_unknown_present;
+  int64_t recoveries, recovery_crashed, recovery_bad;
 } totals;
 
 static totals T;       /* the FULL runs */
@@ -575,6 +580,59 @@ static void verify_cb(void *ctx, const char *problem) {
 /* Run one crash point; returns 1 if the child reached the end of its
 ** workload (the sweep can stop), 0 if it crashed before, -1 on a test
 ** failure that makes further points pointless. */
+/* A reboot: the shared-memory files are gone (SQLite's -shm, mq's gate). */
+static void reboot(const char *path, uint64_t gdev, uint64_t gino) {
+  char side[600];
+  snprintf(side, sizeof side, "%s-shm", path);
+  unlink(side);
+  if (gino) {
+    char gname[80];
+    snprintf(gname, sizeof gname, "/mq-%llx-%llx", (unsigned long long)gdev,
+             (unsigned long long)gino);
+    shm_unlink(gname);
+  }
+}
+
+/* SQLite's compound failure: the power goes again while the first open
+** after the reboot recovers the WAL and folds it into the file.  A child
+** opens the store on the store clock (which writes the clock of this boot),
+** checkpoints and closes, through crashvfs with a crash at one of its
+** first syncs or writes (or after its end).  Nothing in that may lose or
+** bring back anything, so run_point's invariants hold unchanged after it. */
+static void recovery_crash(const char *path, uint64_t seed, totals *t) {
+  if (access(path, F_OK) != 0) return;
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    return;
+  }
+  if (pid == 0) {
+    tu_child_setup();
+    uint64_t r = mix(seed);
+    crashvfs_install();
+    crashvfs_reset();
+    crashvfs.record = 1;
+    /* Such an open makes 2 syncs and some 6 to 20 writes, a few more. */
+    if (r & 1)
+      crashvfs.crash_at_sync = 1 + (int)((r >> 1) % 3);
+    else
+      crashvfs.crash_at_write = 1 + (int)((r >> 1) % 24);
+    crashvfs.redo_pct = (int)((r >> 8) % 3) * 50;
+    crashvfs.tear = (int)((r >> 12) & 1);
+    crashvfs.rng = mix(r) | 1;
+    mq_store *s = NULL;
+    int rc = tu_open_ex(path, MQ_SYNC_FULL, 0, NULL, NULL, &s);
+    if (rc == MQ_OK) rc = mq_store_checkpoint(s);
+    if (s && mq_store_close(s) != MQ_OK && rc == MQ_OK) rc = MQ_EBUSY;
+    _exit(rc == MQ_OK ? 0 : 1); /* reached only when no crash came */
+  }
+  int status = tu_wait(pid);
+  t->recoveries++;
+  if (status == CRASHVFS_EXIT) t->recovery_crashed++;
+  else if (status != 0) t->recovery_bad++;
+}
+
 static int run_point(const point *pt, totals *t) {
   char dir[400], path[500];
   snprintf(dir, sizeof dir, "%s/p%d", g_dir, t->points);
@@ -752,15 +810,10 @@ static int run_point(const point *pt, totals *t) {
   }
   if (unexpected) violation(pt, "unexpected result in the child", 0, -1);
 
-  /* A reboot: the shared-memory files are gone. */
-  char side[600];
-  snprintf(side, sizeof side, "%s-shm", path);
-  unlink(side);
-  if (gino) {
-    char gname[80];
-    snprintf(gname, sizeof gname, "/mq-%llx-%llx", (unsigned long long)gdev,
-             (unsigned long long)gino);
-    shm_unlink(gname);
+  reboot(path, gdev, gino);
+  if (pt->recover) {
+    recovery_crash(path, crash_seed ^ 0x5eed5eedULL, t);
+    reboot(path, gdev, gino);
   }
 
   /* I6: SQLite's own check, on a plain connection (this also recovers the
@@ -920,7 +973,7 @@ static int run_point(const point *pt, totals *t) {
 ** its end (bounded by limit). */
 static int sweep(const workload *wl, int n, int sync, int mode, int redo, int tear, totals *t,
                  int limit, int first, int stride) {
-  point pt = {wl, n, sync, mode, 0, redo, tear};
+  point pt = {wl, n, sync, mode, 0, redo, tear, 0};
   int k;
   for (k = first; k <= limit; k += stride) {
     pt.k = k;
@@ -936,7 +989,7 @@ static void random_points(const workload *wl, int n, int sync, int mode, int max
   static const int redo[3] = {0, 50, 100};
   for (int i = 0; i < count; i++) {
     point pt = {wl, n, sync, mode, 1 + (int)(tu_rand(rng) % (uint64_t)max),
-                redo[tu_rand(rng) % 3], (int)(tu_rand(rng) % 2)};
+                redo[tu_rand(rng) % 3], (int)(tu_rand(rng) % 2), 0};
     if (run_point(&pt, t) < 0) return;
   }
 }
@@ -1051,6 +1104,33 @@ static void test_random_large(void) {
   }
 }
 
+/* Random crash points, each followed by a second crash while the store
+** recovers (recovery_crash). */
+static void test_crash_during_recovery(void) {
+  static const int redo[3] = {0, 50, 100};
+  int n = SMALL_N * 2 * g_scale;
+  uint64_t rng = mix(g_seed ^ 0x9abc);
+  for (size_t w = 0; w < NWL; w++) {
+    totals before = T;
+    int syncs = 0, writes = 0;
+    measure(ALL[w], n, MQ_SYNC_FULL, &syncs, &writes);
+    for (int i = 0; i < (SANITIZED ? 8 : 40) * g_scale; i++) {
+      int at_sync = (int)(tu_rand(&rng) % 2);
+      int max = at_sync ? syncs + 1 : writes + 1;
+      point pt = {ALL[w], n, MQ_SYNC_FULL, at_sync ? AT_SYNC : AT_WRITE,
+                  1 + (int)(tu_rand(&rng) % (uint64_t)max), redo[tu_rand(&rng) % 3],
+                  (int)(tu_rand(&rng) % 2), 1};
+      if (run_point(&pt, &T) < 0) break;
+    }
+    char name[80];
+    snprintf(name, sizeof name, "%s n=%d crash in recovery", ALL[w]->name, n);
+    report(name, &before, &T);
+  }
+  /* The second crashes did happen, and never in an unexpected way. */
+  CHECK(T.recovery_crashed > 0);
+  CHECK(T.recovery_bad == 0);
+}
+
 static void test_fsync_failure(void) {
   int n = SMALL_N * g_scale;
   for (size_t w = 0; w < NWL; w++) {
@@ -1080,7 +1160,7 @@ static void test_normal_control_is_caught(void) {
     measure(wls[w], n, MQ_SYNC_NORMAL, &syncs, &writes);
     for (int i = 0; i < 12 * g_scale; i++) {
       point pt = {wls[w], n, MQ_SYNC_NORMAL, AT_WRITE,
-                  writes / 2 + 1 + (int)(tu_rand(&rng) % (uint64_t)(writes / 2 + 1)), 0, 0};
+                  writes / 2 + 1 + (int)(tu_rand(&rng) % (uint64_t)(writes / 2 + 1)), 0, 0, 0};
       if (run_point(&pt, &T_ctl) < 0) break;
     }
     char name[80];
@@ -1115,6 +1195,7 @@ int main(void) {
   TEST(test_exhaustive_small);
   TEST(test_random_large);
   TEST(test_fsync_failure);
+  TEST(test_crash_during_recovery);
   TEST(test_normal_control_is_caught);
 
   CHECK(T.child_bad == 0);
@@ -1136,10 +1217,11 @@ int main(void) {
   fprintf(stderr,
           "  in-flight acks: took effect %lld, undone %lld; unknown puts recovered %lld, gone "
           "%lld; torn-write points %lld; fsync failures reported MQ_EUNKNOWN %lld (present "
-          "after the crash %lld)\n",
+          "after the crash %lld); second crashes in recovery %lld of %lld opens\n",
           (long long)T.ack_inflight_took, (long long)T.ack_inflight_undone,
           (long long)T.unknown_recovered, (long long)T.unknown_gone, (long long)T.torn,
-          (long long)T.fsync_unknown, (long long)T.fsync_unknown_present);
+          (long long)T.fsync_unknown, (long long)T.fsync_unknown_present,
+          (long long)T.recovery_crashed, (long long)T.recoveries);
   fprintf(stderr,
           "crash points %d (sync %d / write %d / fsync-fail %d) · acknowledged puts checked %lld "
           "· lost %lld · resurrected %lld · integrity failures %lld · NORMAL control lost %lld "
