@@ -297,8 +297,9 @@ struct mqi_op {
   int how;   /* MQI_RUN_* */
   int flags; /* MQI_OP_* set by fn as it goes */
   int rc;
-  int finished; /* set by the leader that ran it */
-  int lead;     /* handed the leadership: run the next batch */
+  int finished; /* set by the leader that ran it, under wmu */
+  int lead;     /* handed the leadership (under wmu): run the next batch */
+  pthread_mutex_t wmu; /* the op's own: its waiter is woken without lock */
   pthread_cond_t wake;
   mqi_op *next;
   char err[MQI_ERRMSG_MAX];
