@@ -228,6 +228,29 @@ MQ_API int64_t mq_store_now(mq_store *store);
 ** MQ_EMISUSE. */
 MQ_API int mq_store_checkpoint(mq_store *store);
 
+/* The store as a whole (mq_store_info_get). */
+typedef struct mq_store_info {
+  int format_version;    /* the file's format (PRAGMA user_version) */
+  char created_by[64];   /* the library that created it, e.g. "mq 0.1.0" */
+  int page_size;         /* bytes per SQLite page (mq_store_options.page_size) */
+  int64_t file_bytes;    /* the database's pages, in bytes, as of the last
+                            commit (pages still only in the WAL included) */
+  int64_t free_bytes;    /* of those, pages free for reuse: room that acks
+                            left inside the file, reused by later puts;
+                            only VACUUM gives it back (doc/durability.md) */
+  int64_t wal_bytes;     /* the -wal file's size now, 0 if there is none */
+  int64_t queues;        /* how many queues, topics and subscriptions */
+  int64_t topics;
+  int64_t subscriptions;
+} mq_store_info;
+
+/* Facts about the file: format, page size, sizes, and how many queues,
+** topics and subscriptions it holds.  Reads only, on the handle's read
+** connection (see mq_store_open, Threads); the cost does not grow with the
+** number of messages.  MQ_EINVAL if out is NULL; *out is zeroed on any
+** failure. */
+MQ_API int mq_store_info_get(mq_store *store, mq_store_info *out);
+
 /* ------------------------------------------------------------------------
 ** Queues
 */
