@@ -4151,13 +4151,14 @@ void mq_msg_free(mq_msg *m) { free(m); }
 /*** begin src/inspect.c ***/
 /*
 ** inspect.c -- reading a store without changing it: scanning every message
-** of a queue (exports, backups) and verifying the whole file.
+** of a queue (exports, backups), verifying the whole file, and the facts
+** about the file as a whole.
 **
-** Both run as plain reads on the handle's connection, inside one read
-** transaction so they see a single snapshot, and neither takes the writer
-** gate: other processes keep putting and getting while a scan runs.  The
-** handle's own lock is held throughout, so a callback must not call back
-** into the same handle (it would deadlock), as mq.h says.
+** All run on the handle's read connection (mqi_store_read), scan and verify
+** inside one read transaction so they see a single snapshot, and none takes
+** the writer gate: other processes keep putting and getting while a scan
+** runs, and so do this handle's other threads.  A read made from a scan or
+** verify callback of the same handle returns MQ_EMISUSE (mq.h says why).
 **
 ** Verification reports problems as text lines through a callback and goes
 ** on after each one, so a damaged store is described as a whole rather
@@ -4168,6 +4169,7 @@ void mq_msg_free(mq_msg *m) { free(m); }
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* A read transaction for one consistent snapshot.  *began says whether it
 ** was started here: inspect_end ends only what inspect_begin began. */
@@ -4410,6 +4412,61 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   }
   mqi_store_read_done(s, src);
   if (problems) *problems = v.problems;
+  return rc;
+}
+
+int mq_store_info_get(mq_store *s, mq_store_info *out) {
+  if (out) memset(out, 0, sizeof *out);
+  int rc = mqi_store_check(s, 0);
+  if (rc != MQ_OK) return rc;
+  if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_store_info_get: out is NULL");
+  sqlite3 *db;
+  if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
+  sqlite3_stmt *st = NULL;
+  /* One statement, one snapshot. */
+  int src = sqlite3_prepare_v2(db,
+                               "SELECT (SELECT user_version FROM pragma_user_version),"
+                               " (SELECT page_size FROM pragma_page_size),"
+                               " (SELECT page_count FROM pragma_page_count),"
+                               " (SELECT freelist_count FROM pragma_freelist_count),"
+                               " (SELECT value FROM mq_meta WHERE key = 'created_by'),"
+                               " (SELECT count(*) FROM mq_queue WHERE kind = 0),"
+                               " (SELECT count(*) FROM mq_queue WHERE kind = 1),"
+                               " (SELECT count(*) FROM mq_queue WHERE kind = 2)",
+                               -1, &st, NULL);
+  if (src == SQLITE_OK) src = sqlite3_step(st);
+  if (src == SQLITE_ROW) {
+    out->format_version = sqlite3_column_int(st, 0);
+    out->page_size = sqlite3_column_int(st, 1);
+    out->file_bytes = sqlite3_column_int64(st, 2) * out->page_size;
+    out->free_bytes = sqlite3_column_int64(st, 3) * out->page_size;
+    const unsigned char *by = sqlite3_column_text(st, 4);
+    snprintf(out->created_by, sizeof out->created_by, "%s", by ? (const char *)by : "");
+    out->queues = sqlite3_column_int64(st, 5);
+    out->topics = sqlite3_column_int64(st, 6);
+    out->subscriptions = sqlite3_column_int64(st, 7);
+    src = SQLITE_OK;
+  } else {
+    rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading the store's facts: %s", s->path,
+                     sqlite3_errmsg(db));
+    if (rc == MQ_OK) rc = MQ_ERROR;
+  }
+  sqlite3_finalize(st);
+  if (rc == MQ_OK) {
+    /* The unix VFS names the WAL after the file SQLite opened. */
+    const char *file = sqlite3_db_filename(db, "main");
+    size_t n = file ? strlen(file) : 0;
+    char *wal = n ? malloc(n + 5) : NULL;
+    struct stat sb;
+    if (wal) {
+      memcpy(wal, file, n);
+      memcpy(wal + n, "-wal", 5);
+      if (stat(wal, &sb) == 0) out->wal_bytes = (int64_t)sb.st_size;
+      free(wal);
+    }
+  }
+  mqi_store_read_done(s, src);
+  if (rc != MQ_OK) memset(out, 0, sizeof *out);
   return rc;
 }
 /*** end src/inspect.c ***/

@@ -923,6 +923,19 @@ r --page-size 64K pages64k.db create q
 is "--page-size 64K" "$(pagesize pages64k.db)" 65536
 r pages64k.db put q big64
 status "put into a 64K-page file" 0
+r pages8k.db info
+status "info" 0
+has "info shows the page size" out '^page size +8192$'
+has "info shows the format" out '^format +1 \(created by mq [0-9]'
+has "info counts the queues" out '^queues +1$'
+r --json pages64k.db info
+is "info --json page_size" "$(j page_size)" 65536
+is "info --json subscriptions" "$(j subscriptions)" 0
+r missing.db info
+failed "info on a missing file" 7 'does not exist'
+[ ! -e missing.db ] && ok || no "info created the file"
+r pages8k.db info extra
+failed "info with an argument" 2 'unexpected argument'
 for bad in 1000 256 128K 0 x; do
   r --page-size "$bad" pagesbad.db create q
   failed "--page-size $bad" 2 'page-size'

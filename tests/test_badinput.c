@@ -206,6 +206,10 @@ static void test_null_store(void) {
   CASE(&f, MQ_EINVAL, -1, 0, mq_queue_list(NULL, &names, &n));
   CHECK(names == NULL && n == 0);
   CASE(&f, MQ_EINVAL, -1, 0, mq_store_checkpoint(NULL));
+  mq_store_info si;
+  memset(&si, 0x55, sizeof si);
+  CASE(&f, MQ_EINVAL, -1, 0, mq_store_info_get(NULL, &si));
+  CHECK(si.page_size == 0 && si.queues == 0 && si.created_by[0] == 0);
   CHECK(mq_errmsg(NULL) != NULL);
   fx_teardown(&f);
 }
@@ -380,6 +384,7 @@ static void test_get_and_out_pointers(void) {
   CASE(&f, MQ_EINVAL, -1, 1, mq_queue_list(f.s, &names, NULL));
   CHECK(names == NULL);
   CASE(&f, MQ_EINVAL, -1, 1, mq_queue_stats_get(f.s, "q", NULL));
+  CASE(&f, MQ_EINVAL, -1, 1, mq_store_info_get(f.s, NULL));
   fx_teardown(&f);
 }
 

@@ -138,6 +138,55 @@ static void verify_finds_damage(void) {
   test_unlink_store(p);
 }
 
+/* The facts about the file: what it is, how big, how much of it is free
+** inside, how long the WAL is, what it holds -- and each moves as it
+** should. */
+static void store_info_follows_the_file(void) {
+  const char *p = test_path("storeinfo");
+  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
+  mq_store_info si;
+  CHECK_OK(mq_store_info_get(s, &si));
+  CHECK(si.format_version == 1 && strncmp(si.created_by, "mq ", 3) == 0);
+  CHECK(si.page_size == 4096 && si.file_bytes > 0 && si.file_bytes % 4096 == 0);
+  CHECK(si.queues == 0 && si.topics == 0 && si.subscriptions == 0);
+  CHECK_OK(mq_queue_create(s, "a", NULL));
+  CHECK_OK(mq_queue_create(s, "b", NULL));
+  CHECK_OK(mq_topic_create(s, "t", NULL));
+  CHECK_OK(mq_subscription_create(s, "t", "x", NULL, NULL));
+  CHECK_OK(mq_subscription_create(s, "t", "y", NULL, NULL));
+  static char big[8192];
+  memset(big, 'z', sizeof big);
+  for (int i = 0; i < 100; i++) CHECK_OK(mq_put(s, "a", big, sizeof big, NULL, NULL));
+  CHECK_OK(mq_store_info_get(s, &si));
+  CHECK(si.queues == 2 && si.topics == 1 && si.subscriptions == 2);
+  CHECK(si.file_bytes > 100 * (int64_t)sizeof big); /* the pages in the WAL count */
+  CHECK(si.wal_bytes > 0);
+  int64_t full = si.file_bytes;
+
+  /* Purged, the pages stay in the file as free pages; the checkpoint
+  ** empties the WAL. */
+  CHECK_OK(mq_queue_purge(s, "a", NULL));
+  CHECK_OK(mq_store_checkpoint(s));
+  CHECK_OK(mq_store_info_get(s, &si));
+  CHECK(si.wal_bytes == 0);
+  CHECK(si.file_bytes == full);
+  CHECK(si.free_bytes >= 100 * (int64_t)sizeof big && si.free_bytes < si.file_bytes);
+  CHECK_OK(mq_store_close(s));
+  test_unlink_store(p);
+
+  /* The page size a file was created with. */
+  mq_store_options o;
+  mq_store_options_init(&o);
+  o.clock = test_clock;
+  o.min_free_bytes = 0;
+  o.page_size = 65536;
+  CHECK_OK(mq_store_open(p, &o, &s));
+  CHECK_OK(mq_store_info_get(s, &si));
+  CHECK(si.page_size == 65536 && si.file_bytes % 65536 == 0);
+  CHECK_OK(mq_store_close(s));
+  test_unlink_store(p);
+}
+
 static void info_and_now(void) {
   const char *p = test_path("info");
   mq_store *s = test_open(p, MQ_SYNC_NORMAL);
@@ -447,6 +496,7 @@ int main(void) {
   ** takes about one second), not at ctest's timeout. */
   tu_watchdog(60);
   TEST(info_and_now);
+  TEST(store_info_follows_the_file);
   TEST(scan_reports_states_and_changes_nothing);
   TEST(verify_finds_damage);
   TEST(reads_do_not_hold_up_commits);

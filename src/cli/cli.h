@@ -251,6 +251,7 @@ int cli_cmd_ls(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_stats(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_redrive(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_check(cli_ctx *ctx, int argc, char **argv);
+int cli_cmd_info(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_put(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_get(cli_ctx *ctx, int argc, char **argv);
 int cli_cmd_peek(cli_ctx *ctx, int argc, char **argv);

@@ -107,6 +107,11 @@ static const cli_command cli_commands[] = {
      "Verify the whole store (SQLite integrity, every payload's CRC32, the\n"
      "library's invariants) and print each problem.  Exit status 0 when sound,\n"
      "6 when damaged.  Opens read-only.\n"},
+    {"info", cli_cmd_info, "info",
+     "Facts about the file: format version and the library that created it,\n"
+     "page size, size (and how much of it is free pages, which later puts reuse\n"
+     "and only VACUUM gives back), WAL size, and how many queues, topics and\n"
+     "subscriptions it holds.  Opens read-only.\n"},
     {"export", cli_cmd_export, "export QUEUE",
      "Write a header line with the queue's name and options, then every message\n"
      "of the queue, in any state, as JSON lines on standard output (see\n"

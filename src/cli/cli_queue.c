@@ -411,13 +411,20 @@ static void cli_check_problem(void *arg, const char *problem) {
   }
 }
 
-int cli_cmd_check(cli_ctx *ctx, int argc, char **argv) {
+/* A command of the whole file with no arguments: check that there are
+** none, and open the file read-only. */
+static int cli_open_whole(cli_ctx *ctx, int argc, char **argv) {
   cli_args a;
   int st = cli_args_parse(ctx, argc, argv, NULL, 0, &a);
   if (st) return st;
   st = cli_positional(ctx, &a, 0, 0, "");
   cli_args_free(&a);
-  if (st || (st = cli_open(ctx, CLI_OPEN_READ))) return st;
+  return st ? st : cli_open(ctx, CLI_OPEN_READ);
+}
+
+int cli_cmd_check(cli_ctx *ctx, int argc, char **argv) {
+  int st = cli_open_whole(ctx, argc, argv);
+  if (st) return st;
   int64_t problems = 0;
   int rc = mq_store_verify(ctx->store, cli_check_problem, ctx, &problems);
   if (rc != MQ_OK && rc != MQ_ECORRUPT) return cli_fail(ctx, rc);
@@ -433,4 +440,38 @@ int cli_cmd_check(cli_ctx *ctx, int argc, char **argv) {
   if (rc == MQ_OK) return CLI_EXIT_OK;
   return cli_error(CLI_EXIT_DAMAGED, "%s is damaged: %" PRId64 " problem(s) found", ctx->path,
                    problems);
+}
+
+int cli_cmd_info(cli_ctx *ctx, int argc, char **argv) {
+  int st = cli_open_whole(ctx, argc, argv);
+  if (st) return st;
+  mq_store_info si;
+  int rc = mq_store_info_get(ctx->store, &si);
+  if (rc != MQ_OK) return cli_fail(ctx, rc);
+  if (ctx->json) {
+    cli_jobj o;
+    cli_jobj_begin(&o, stdout);
+    cli_jobj_int(&o, "format_version", si.format_version);
+    cli_jobj_str(&o, "created_by", si.created_by, strlen(si.created_by));
+    cli_jobj_int(&o, "page_size", si.page_size);
+    cli_jobj_int(&o, "file_bytes", si.file_bytes);
+    cli_jobj_int(&o, "free_bytes", si.free_bytes);
+    cli_jobj_int(&o, "wal_bytes", si.wal_bytes);
+    cli_jobj_int(&o, "queues", si.queues);
+    cli_jobj_int(&o, "topics", si.topics);
+    cli_jobj_int(&o, "subscriptions", si.subscriptions);
+    cli_jobj_end(&o);
+  } else {
+    printf("format          %d (created by ", si.format_version);
+    cli_print_safe(stdout, si.created_by, strlen(si.created_by));
+    printf(")\n");
+    printf("page size       %d\n", si.page_size);
+    printf("file            %" PRId64 " bytes (%" PRId64 " in free pages)\n", si.file_bytes,
+           si.free_bytes);
+    printf("wal             %" PRId64 " bytes\n", si.wal_bytes);
+    printf("queues          %" PRId64 "\n", si.queues);
+    printf("topics          %" PRId64 "\n", si.topics);
+    printf("subscriptions   %" PRId64 "\n", si.subscriptions);
+  }
+  return CLI_EXIT_OK;
 }
