@@ -231,7 +231,8 @@ MQ_API int mq_store_checkpoint(mq_store *store);
 /* The store as a whole (mq_store_info_get). */
 typedef struct mq_store_info {
   int format_version;    /* the file's format (PRAGMA user_version) */
-  char created_by[64];   /* the library that created it, e.g. "mq 0.1.0" */
+  char created_by[64];   /* the library that created it, e.g. "mq 0.1.0"
+                            (as the file says: at most 63 bytes kept) */
   int page_size;         /* bytes per SQLite page (mq_store_options.page_size) */
   int64_t file_bytes;    /* the database's pages, in bytes, as of the last
                             commit (pages still only in the WAL included) */
