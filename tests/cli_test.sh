@@ -894,6 +894,14 @@ if command -v sqlite3 >/dev/null 2>&1; then
   skew=$(($(j enqueued_at) - $(date +%s%3N)))
   [ "$skew" -gt -60000 ] && [ "$skew" -le 0 ] && ok ||
     no "MQ_CLI_CLOCK_OFFSET_MS=0 runs on the wall clock: skew $skew ms"
+  # What the file says about itself is data: not valid UTF-8, it goes out
+  # in base64 in JSON, escaped in human output.
+  r creator.db create q
+  sqlite3 creator.db "UPDATE mq_meta SET value = CAST(X'6D71C3' AS TEXT) WHERE key = 'created_by'"
+  r --json creator.db info
+  has "info --json: a creator that is not UTF-8" out '"created_by_base64":"bXHD"'
+  r creator.db info
+  has "info: a creator that is not UTF-8, escaped" out '^format +1 \(created by mq\\xc3\)$'
 else
   echo "skip: no sqlite3 CLI for the foreign-file and damage cases" >&2
 fi

@@ -452,7 +452,11 @@ int cli_cmd_info(cli_ctx *ctx, int argc, char **argv) {
     cli_jobj o;
     cli_jobj_begin(&o, stdout);
     cli_jobj_int(&o, "format_version", si.format_version);
-    cli_jobj_str(&o, "created_by", si.created_by, strlen(si.created_by));
+    size_t n = strlen(si.created_by); /* from the file: maybe not UTF-8 */
+    if (cli_utf8_valid((const unsigned char *)si.created_by, n))
+      cli_jobj_str(&o, "created_by", si.created_by, n);
+    else
+      cli_jobj_base64(&o, "created_by_base64", si.created_by, n);
     cli_jobj_int(&o, "page_size", si.page_size);
     cli_jobj_int(&o, "file_bytes", si.file_bytes);
     cli_jobj_int(&o, "free_bytes", si.free_bytes);
