@@ -2323,7 +2323,6 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how) {
       pthread_cond_signal(&o->wake);
       pthread_mutex_unlock(&o->wmu); /* o may be gone after this */
     }
-    op.finished = 1;
     if (heir) {
       pthread_mutex_lock(&heir->wmu);
       heir->lead = 1;
@@ -3071,12 +3070,12 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
-/* Whether items[0, MQI_PUT_ROWS) can go in one multi-row INSERT each:
-** a dedup key needs its own lookup before the insert. */
-static int put_rows_fit(const mqi_put_item *items) {
-  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
-    if (items[k].o.dedup_key) return 0;
-  return 1;
+/* The first of items[from, n) with a dedup key, or n: a keyed entry
+** needs its own lookup before its insert, so only a run of unkeyed ones
+** can go in the multi-row INSERTs. */
+static size_t put_next_keyed(const mqi_put_item *items, size_t from, size_t n) {
+  while (from < n && !items[from].o.dedup_key) from++;
+  return from;
 }
 
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
@@ -3132,8 +3131,10 @@ static int put_op(mq_store *s, mqi_op *op) {
                        "so that acks and checkpoints keep working",
                        s->path, (long long)s->min_free_bytes);
   int64_t now = mqi_store_now(s);
+  size_t keyed = put_next_keyed(a->items, 0, a->n);
   for (size_t i = 0; i < a->n;) {
-    if (a->n - i >= MQI_PUT_ROWS && put_rows_fit(&a->items[i])) {
+    if (keyed < i) keyed = put_next_keyed(a->items, i, a->n);
+    if (keyed - i >= MQI_PUT_ROWS) {
       rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i]);
       i += MQI_PUT_ROWS;
     } else {

@@ -297,7 +297,6 @@ int mqi_commit_run(mq_store *s, mqi_op_fn fn, void *arg, int how) {
       pthread_cond_signal(&o->wake);
       pthread_mutex_unlock(&o->wmu); /* o may be gone after this */
     }
-    op.finished = 1;
     if (heir) {
       pthread_mutex_lock(&heir->wmu);
       heir->lead = 1;

@@ -435,8 +435,12 @@ static int open_paged(const char *path, int page_size, mq_store **out) {
   return open_new(path, 0, page_size, out);
 }
 
+static void keep_info_line(void *ctx, int level, const char *msg) {
+  if (level == MQ_LOG_INFO) snprintf(ctx, 300, "%s", msg);
+}
+
 /* A new file gets the page size asked for; an existing one keeps its own,
-** and its messages, whatever a later open asks. */
+** and its messages, whatever a later open asks -- and the log says so. */
 static void test_page_size_of_new_file(void) {
   const char *p = test_path("pages");
   mq_store *s = NULL;
@@ -446,7 +450,16 @@ static void test_page_size_of_new_file(void) {
   CHECK_OK(mq_store_close(s));
   CHECK(file_page_size(p) == 65536);
 
-  CHECK_OK(open_paged(p, 1024, &s));
+  char said[300] = "";
+  mq_store_options o;
+  mq_store_options_init(&o);
+  o.clock = test_clock;
+  o.min_free_bytes = 0;
+  o.page_size = 1024;
+  o.log = keep_info_line;
+  o.log_ctx = said;
+  CHECK_OK(mq_store_open(p, &o, &s));
+  CHECK(strstr(said, "page_size 1024 not applied") != NULL);
   mq_msg *m = NULL;
   CHECK_OK(mq_get(s, "q", NULL, &m));
   CHECK(m && mq_msg_size(m) == 4 && memcmp(mq_msg_data(m), "kept", 4) == 0);
