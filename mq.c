@@ -73,7 +73,7 @@
 
 /* On-disk format identity: PRAGMA application_id and user_version. */
 #define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
-#define MQI_FORMAT_VERSION 1
+#define MQI_FORMAT_VERSION 2
 
 /* Message states (mq_msg.state column).  A message in state INFLIGHT or
 ** DELAYED whose visible_at has passed is ready in all but name; the next
@@ -89,7 +89,14 @@
 #define MQI_KIND_TOPIC 1
 #define MQI_KIND_SUBSCRIPTION 2
 
-/* Payload codecs (mq_body.codec). */
+/* A plain put keeps a payload in its mq_msg row (body_id 0) when its
+** stored bytes and headers take at most this much, and at most a quarter
+** of a page (store.c), so that the row never spills to overflow pages:
+** leases rewrite the row, and then the payload with it.  Larger payloads
+** and every topic's (shared by its subscriptions) go to mq_body. */
+#define MQI_INLINE_MAX 1024
+
+/* Payload codecs (mq_body.codec, mq_msg.codec). */
 #define MQI_CODEC_RAW 0
 #define MQI_CODEC_ZLIB 1
 
@@ -181,6 +188,7 @@ enum mqi_stmt_id {
   MQI_ST_BODY_UNREF,
   MQI_ST_MSG_INSERT,
   MQI_ST_MSG_INSERT_ROWS, /* MQI_PUT_ROWS messages in one statement */
+  MQI_ST_MSG_PAYLOAD,     /* a payload kept in its mq_msg row; as MQI_ST_BODY_GET */
   MQI_ST_MSG_READY,
   MQI_ST_MSG_LEASE,
   MQI_ST_MSG_EXPIRED,
@@ -243,6 +251,7 @@ struct mq_store {
   void *log_ctx;
   int64_t min_free_bytes;
   int page_size; /* for a new file; 0: SQLite's default */
+  int64_t inline_max; /* the largest payload a put keeps in its mq_msg row */
   int64_t free_checked_at; /* monotonic ms of the last statvfs */
   int64_t free_bytes;
   unsigned fork_gen;
@@ -410,7 +419,8 @@ MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, 
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
 /* ---- msg.c --------------------------------------------------------------- */
-/* Release one reference to a body, deleting it with the last one. */
+/* Release one reference to a body, deleting it with the last one; nothing
+** for body_id 0 (a payload kept in its message row). */
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
@@ -431,6 +441,23 @@ MQI_API void mqi_msg_set_body(mq_msg *m, int64_t body_id);
 MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
+
+/* ---- inspect.c ----------------------------------------------------------- */
+/* Begin a read transaction on db (one snapshot) and read the file's format
+** version in it, which says where payloads are (MQI_PAYLOAD_V1/V2): a
+** read-only handle can have opened a version 1 file that a writer upgrades
+** while it runs.  *began says whether a transaction was begun, for
+** mqi_read_end. */
+MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
+/* End what mqi_read_begin began; a reader that cannot end it is marked to
+** be closed (s->rdb_broken). */
+MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
+/* A payload column of message m (with its body b LEFT JOINed) in SQL, for
+** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
+** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
+#define MQI_PAYLOAD_V1(col) "b." col
+#define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
+#define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
 
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
@@ -1101,10 +1128,14 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
+        " enqueued_at, expires_at, id, size, crc, codec, headers, data)"
+        " VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8,?9,?10,?11,?12,?13)",
     [MQI_ST_MSG_INSERT_ROWS] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at, id) VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?)"),
+        " enqueued_at, expires_at, id, size, crc, codec, headers, data)"
+        " VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?,?,?,?,?,?)"),
+    [MQI_ST_MSG_PAYLOAD] =
+        "SELECT size, crc, codec, headers, data, NULL FROM mq_msg WHERE id=?1",
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
@@ -1305,6 +1336,7 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t page = sqlite3_column_int64(st, 0);
     rc = sqlite3_wal_autocheckpoint(s->db, page > 0 ? (int)(4096000 / page) : 1000);
+    s->inline_max = page / 4 < MQI_INLINE_MAX ? page / 4 : MQI_INLINE_MAX;
     /* The file had its page size already (an existing store, one another
     ** process created first, an SQLite file with no tables yet). */
     if (s->page_size && page != s->page_size)
@@ -1813,7 +1845,9 @@ int mq_store_checkpoint(mq_store *s) {
 **             counts the mq_msg rows that share it (a topic publish stores
 **             one body for every subscription).
 **   mq_msg    one row per message in a queue: state, lease, visibility,
-**             receive count.  Ready messages are found through
+**             receive count.  A small payload of a plain put lives in
+**             the row itself (body_id 0, format version 2): one b-tree
+**             insert and delete fewer per message.  Ready messages are found through
 **             mq_msg_queue in priority-then-FIFO order; leases and delays
 **             that run out are found through the small partial index
 **             mq_msg_timer, which holds only hidden messages.
@@ -1838,6 +1872,15 @@ int mq_store_checkpoint(mq_store *s) {
 
 #include <stdio.h>
 #include <string.h>
+
+/* The payload columns of mq_msg, added by format version 2.  A version 1
+** file gets them by ALTER TABLE, which appends them: a created file lists
+** them last too, so the two have the same columns in the same order.  No
+** constraints, which ALTER TABLE could not add to existing rows: they are
+** NULL in a row whose payload is in mq_body (body_id > 0). */
+#define SCHEMA_INLINE_COLUMNS(pre, sep, end)                                                 \
+  pre "size INTEGER" sep pre "crc INTEGER" sep pre "codec INTEGER" sep pre "headers BLOB" sep \
+  pre "data BLOB" end
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -1877,7 +1920,8 @@ static const char schema_sql[] =
     " enqueued_at INTEGER NOT NULL,"
     " expires_at INTEGER,"
     " origin_id INTEGER,"
-    " reason TEXT);"
+    " reason TEXT,"
+    SCHEMA_INLINE_COLUMNS(" ", ",", ");")
     "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
     "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
     "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
@@ -1970,6 +2014,28 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
+/* Bring a version 1 file to the current format in one transaction; a
+** process that gets the lock after another did it finds nothing to do.
+** Existing rows are not touched: ADD COLUMN only rewrites the schema, so
+** this costs the same on a file of a billion messages as on an empty one. */
+static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
+  int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
+  int64_t version;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
+             SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             MQI_FORMAT_VERSION);
+    src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+  }
+  if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  if (src == SQLITE_OK) return MQ_OK;
+  int rc = schema_fail(db, src, "upgrading the format of", err, errlen);
+  sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
 int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen) {
   int64_t app, version, objects;
   int rc = schema_identity(db, &app, &version, &objects, err, errlen);
@@ -1978,7 +2044,8 @@ int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t 
     rc = schema_check(db, app, version, err, errlen);
     if (rc != MQ_OK) return rc;
     if (readonly) return MQ_OK;
-    return schema_wal(db, err, errlen);
+    if ((rc = schema_wal(db, err, errlen)) != MQ_OK) return rc;
+    return version < MQI_FORMAT_VERSION ? schema_upgrade(db, err, errlen) : MQ_OK;
   }
   /* An empty database: make it a store.  Another process may be doing the
   ** same right now, so the check is repeated under the write lock. */
@@ -2704,6 +2771,19 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
                          names, count, &rows);
 }
 
+/* Hidden messages whose time has come count as ready, and expired ones as
+** gone, exactly as the next get would see them. */
+#define QUEUE_STATS_SQL(P)                                                                      \
+  "SELECT q.kind,"                                                                             \
+  " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"                            \
+  " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
+  " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
+  " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(" P("size") ")"                     \
+  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
+  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " WHERE q.name = ?1 GROUP BY q.id"
+
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -2714,19 +2794,12 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  /* Hidden messages whose time has come count as ready, and expired ones
-  ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(db,
-                               "SELECT q.kind,"
-                               " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
-                               " sum(m.state = 1 AND m.visible_at > ?2),"
-                               " sum(m.state = 2 AND m.visible_at > ?2),"
-                               " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
-                               " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-                               "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-                               " LEFT JOIN mq_body b ON b.id = m.body_id"
-                               " WHERE q.name = ?1 GROUP BY q.id",
-                               -1, &st, NULL);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(
+        db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
+        &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
@@ -2755,6 +2828,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
                      sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   return rc;
 }
@@ -2809,8 +2883,9 @@ int mq_queue_info_get(mq_store *s, const char *name, mq_queue_info *out) {
 ** Everything that needs no database -- argument checks, the CRC32 of the
 ** payload, encoding headers -- is done by the calling thread before its op
 ** is queued, so the leader of a group commit spends its time only on what
-** must be serialised.  A put writes one mq_body row (the payload, never
-** touched again) and one mq_msg row (the small, mutable delivery state).
+** must be serialised.  A put writes one mq_msg row (the delivery state)
+** and, when the payload is larger than s->inline_max, one mq_body row (the
+** payload, never touched again); a smaller one goes in the mq_msg row.
 **
 ** A batch is one op: all its messages are stored or none, and a bad entry
 ** fails the batch with that entry's error.  Its messages go in by
@@ -2948,9 +3023,19 @@ static int put_encode(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put
   return MQ_OK;
 }
 
+/* Parameters per row of the INSERTs into mq_body and mq_msg (store.c). */
+#define PUT_BODY_PARAMS 8
+#define PUT_MSG_PARAMS 13
+
+/* Whether the encoded payload goes in the message row (schema.c). */
+static int put_inline(const mq_store *s, const mqi_put_item *it, const put_enc *e) {
+  return (int64_t)(e->len + it->headers_len) <= s->inline_max;
+}
+
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
-** statement, 8 * row for the multi-row one).  Every parameter is bound, so
-** the statements need no sqlite3_clear_bindings (mqi_store_stmt_hot). */
+** statement, PUT_BODY_PARAMS * row for the multi-row one).  Every
+** parameter is bound, so the statements need no sqlite3_clear_bindings
+** (mqi_store_stmt_hot). */
 static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const put_enc *e,
                           int refs, int64_t body_id) {
   sqlite3_bind_int(st, o + 1, refs);
@@ -2969,9 +3054,11 @@ static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const
   sqlite3_bind_int64(st, o + 8, body_id);
 }
 
-/* Bind one mq_msg row from parameter o + 1 on, as put_bind_body. */
+/* Bind one mq_msg row from parameter o + 1 on, as put_bind_body; with its
+** payload (e) when body_id is 0. */
 static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t retention_ms,
-                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id) {
+                         int64_t body_id, const mqi_put_item *it, const put_enc *e, int64_t now,
+                         int64_t id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = mqi_time_add(now, it->o.ttl_ms);
   if (q->retention_ms > 0 && (!expires || mqi_time_add(now, q->retention_ms) < expires))
@@ -2989,36 +3076,57 @@ static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t re
   else
     sqlite3_bind_null(st, o + 7);
   sqlite3_bind_int64(st, o + 8, id);
+  if (body_id) {
+    for (int i = 9; i <= PUT_MSG_PARAMS; i++) sqlite3_bind_null(st, o + i);
+    return;
+  }
+  sqlite3_bind_int64(st, o + 9, (int64_t)it->len);
+  sqlite3_bind_int64(st, o + 10, (int64_t)it->crc);
+  sqlite3_bind_int(st, o + 11, e->codec);
+  if (it->headers)
+    sqlite3_bind_blob(st, o + 12, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, o + 12);
+  sqlite3_bind_blob64(st, o + 13, e->data, e->len, SQLITE_STATIC);
+}
+
+static int put_body_row(mq_store *s, mqi_op *op, const mqi_put_item *it, const put_enc *e,
+                        int refs, int64_t body_id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  put_bind_body(st, 0, it, e, refs, body_id);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
+  return MQ_OK;
+}
+
+static int put_msg_row(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
+                       int64_t body_id, const mqi_put_item *it, const put_enc *e, int64_t now,
+                       int64_t id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  put_bind_msg(st, 0, q, retention_ms, body_id, it, e, now, id);
+  op->flags |= MQI_OP_WROTE;
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
+  return MQ_OK;
 }
 
 int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
                  int refs, int64_t body_id) {
   put_enc e;
   int rc = put_encode(s, op, q, it, index, &e);
-  if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
-  if (!st) {
-    free(e.z);
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  }
-  put_bind_body(st, 0, it, &e, refs, body_id);
-  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
+  if (rc == MQ_OK) rc = put_body_row(s, op, it, &e, refs, body_id);
   free(e.z);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  return MQ_OK;
+  return rc;
 }
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
-  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  put_bind_msg(st, 0, q, retention_ms, body_id, it, now, id);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
-  return MQ_OK;
+  return put_msg_row(s, op, q, retention_ms, body_id, it, NULL, now, id);
 }
 
 int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
@@ -3034,7 +3142,8 @@ int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n
         sqlite3_clear_bindings(st); /* no pointers into it kept */
         return rc;
       }
-      put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
+      put_bind_msg(st, PUT_MSG_PARAMS * (int)k, qs[i + k], retention_ms, body_id, it, NULL, now,
+                   ids[k]);
     }
     int src = sqlite3_step(st);
     sqlite3_reset(st);
@@ -3063,10 +3172,15 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it
                    int64_t now, int64_t *id) {
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  /* One id names both the message and its body. */
+  /* One id names the message and its body, if it has one. */
   if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_body(s, op, q, it, index, 1, *id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_msg(s, op, q, 0, *id, it, now, *id)) != MQ_OK) return rc;
+  put_enc e;
+  if ((rc = put_encode(s, op, q, it, index, &e)) != MQ_OK) return rc;
+  int64_t body = put_inline(s, it, &e) ? 0 : *id;
+  if (body) rc = put_body_row(s, op, it, &e, 1, body);
+  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, *id);
+  free(e.z);
+  if (rc != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
@@ -3078,36 +3192,57 @@ static size_t put_next_keyed(const mqi_put_item *items, size_t from, size_t n) {
   return from;
 }
 
+/* The bodies of put_rows: one multi-row INSERT when all MQI_PUT_ROWS
+** payloads need one (none inline), else one INSERT each. */
+static int put_rows_bodies(mq_store *s, mqi_op *op, const mqi_put_item *items, const put_enc *e,
+                           const int64_t *bodies, const int64_t *ids) {
+  size_t nb = 0;
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++) nb += bodies[k] != 0;
+  if (nb < MQI_PUT_ROWS) {
+    int rc = MQ_OK;
+    for (size_t k = 0; k < MQI_PUT_ROWS && rc == MQ_OK; k++)
+      if (bodies[k]) rc = put_body_row(s, op, &items[k], &e[k], 1, bodies[k]);
+    return rc;
+  }
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+    put_bind_body(st, PUT_BODY_PARAMS * (int)k, &items[k], &e[k], 1, ids[k]);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
+  return MQ_OK;
+}
+
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
 ** same rows as put_one writes, with one statement per table. */
 static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
                     int64_t now, int64_t *ids) {
   put_enc e[MQI_PUT_ROWS];
+  int64_t bodies[MQI_PUT_ROWS];
   size_t ne = 0;
-  int rc = MQ_OK, src = SQLITE_DONE;
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
-  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  int rc = MQ_OK;
   for (; ne < MQI_PUT_ROWS; ne++) {
     if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
-    put_bind_body(st, 8 * (int)ne, &items[ne], &e[ne], 1, ids[ne]);
+    bodies[ne] = put_inline(s, &items[ne], &e[ne]) ? 0 : ids[ne];
   }
+  if (rc == MQ_OK) rc = put_rows_bodies(s, op, items, e, bodies, ids);
+  sqlite3_stmt *st = NULL;
+  if (rc == MQ_OK && !(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
+    rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   if (rc == MQ_OK) {
-    op->flags |= MQI_OP_WROTE; /* before the first write of a put */
-    src = sqlite3_step(st);
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+      put_bind_msg(st, PUT_MSG_PARAMS * (int)k, q, 0, bodies[k], &items[k], &e[k], now, ids[k]);
+    op->flags |= MQI_OP_WROTE;
+    int src = sqlite3_step(st);
+    /* The bindings point into e[], freed below. */
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "storing messages");
   }
-  sqlite3_reset(st);
   for (size_t k = 0; k < ne; k++) free(e[k].z);
-  if (rc != MQ_OK) return rc;
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
-  if (!(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
-    put_bind_msg(st, 8 * (int)k, q, 0, ids[k], &items[k], now, ids[k]);
-  src = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing messages");
-  return MQ_OK;
+  return rc;
 }
 
 static int64_t put_bytes(const mqi_put_item *items, size_t n) {
@@ -3357,12 +3492,13 @@ typedef struct get_cand {
   char *reason;
 } get_cand;
 
-/* Read one candidate's body and build the message; MQ_ECORRUPT when the
-** stored payload is damaged. */
+/* Read one candidate's payload (from its body, or from its own row when
+** body_id is 0) and build the message; MQ_ECORRUPT when the stored payload
+** is damaged. */
 static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_GET);
+  sqlite3_stmt *st = mqi_store_stmt(s, c->body_id ? MQI_ST_BODY_GET : MQI_ST_MSG_PAYLOAD);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, c->body_id);
+  sqlite3_bind_int64(st, 1, c->body_id ? c->body_id : c->id);
   int src = sqlite3_step(st);
   if (src != SQLITE_ROW) {
     sqlite3_reset(st);
@@ -3543,6 +3679,15 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 
 /* ---- peek: a read, no transaction of ours ---------------------------------- */
 
+#define GET_PEEK_SQL(P)                                                                         \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
+  ", m.visible_at, m.expires_at, b.subject,"                                                   \
+  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
+  "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
+  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
+
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
   if (count) *count = 0;
   if (msgs)
@@ -3557,16 +3702,11 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
-  int src = sqlite3_prepare_v2(
-      db,
-      "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
-      " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-      "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-      " LEFT JOIN mq_body b ON b.id = m.body_id"
-      " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3",
-      -1, &st, NULL);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(
+        db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
   int found = 0;
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
@@ -3617,6 +3757,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {
@@ -3677,21 +3818,19 @@ static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_q
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding a lease");
-  if (body) {
-    /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
-    ** table on every ack. */
-    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, id);
-    src = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
-  }
-  if (!body)
+  if (src == SQLITE_DONE)
     return mqi_op_fail(op, MQ_ESTALE,
                        "%s: queue \"%s\": message %lld is not leased under this receipt "
                        "(acked already, expired, or delivered again)",
                        s->path, name, (long long)id);
+  /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
+  ** table on every ack. */
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, id);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
   return mqi_body_release(s, op, body);
 }
 
@@ -3954,6 +4093,7 @@ struct mq_msg {
 };
 
 int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id) {
+  if (body_id == 0) return MQ_OK; /* the payload went with its message row */
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_DELETE_LAST);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, body_id);
@@ -4172,16 +4312,25 @@ void mq_msg_free(mq_msg *m) { free(m); }
 #include <string.h>
 #include <sys/stat.h>
 
-/* A read transaction for one consistent snapshot.  *began says whether it
-** was started here: inspect_end ends only what inspect_begin began. */
-static int inspect_begin(sqlite3 *db, int *began) {
+int mqi_read_begin(sqlite3 *db, int *began, int *format) {
   *began = 0;
+  *format = MQI_FORMAT_VERSION;
   int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  if (src == SQLITE_OK) *began = 1;
+  if (src != SQLITE_OK) return src;
+  *began = 1;
+  /* The first read of the transaction fixes its snapshot: the version is
+  ** the one of the rows the caller reads next. */
+  sqlite3_stmt *st = NULL;
+  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    *format = sqlite3_column_int(st, 0);
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
   return src;
 }
 
-static void inspect_end(mq_store *s, sqlite3 *db, int began) {
+void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
   if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
   ** back, and if even that fails, close the reader, so that no later call
@@ -4192,6 +4341,13 @@ static void inspect_end(mq_store *s, sqlite3 *db, int began) {
 }
 
 /* The visible state of a row as of now, as a get would see it. */
+#define INSPECT_SCAN_SQL(P)                                                                      \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
+  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                            \
+  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                  \
+  " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
+  " ORDER BY m.id"
+
 static int inspect_state(int state, int64_t visible_at, int64_t now) {
   if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
   return state;
@@ -4207,8 +4363,8 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int began;
-  int src = inspect_begin(db, &began);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
   int64_t qid = 0;
   if (src == SQLITE_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
@@ -4230,14 +4386,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     st = NULL;
   }
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(
-        db,
-        "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
-        " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
-        " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-        " ORDER BY m.id",
-        -1, &st, NULL);
+    src = sqlite3_prepare_v2(db,
+                             format < 2 ? INSPECT_SCAN_SQL(MQI_PAYLOAD_V1)
+                                        : INSPECT_SCAN_SQL(MQI_PAYLOAD_V2),
+                             -1, &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_int64(st, 1, qid);
     sqlite3_bind_int64(st, 2, now);
@@ -4275,7 +4427,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  inspect_end(s, db, began);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -4299,27 +4451,36 @@ static void verify_report(verify_ctx *v, const char *fmt, ...) {
   if (v->fn) v->fn(v->ctx, line);
 }
 
-/* Run a query whose every row is a problem: column 0 is formatted with
-** what.  Returns the SQLite code of the query. */
-static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, const char *what) {
+/* Run a query whose every row is a problem, described by column 0; ?1,
+** if the query has it, is the file's format version.  Returns the SQLite
+** code of the query. */
+static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, int format) {
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src != SQLITE_OK) return src;
+  if (sqlite3_bind_parameter_count(st) > 0) sqlite3_bind_int(st, 1, format);
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     const char *text = (const char *)sqlite3_column_text(st, 0);
-    verify_report(v, "%s%s", what, text ? text : "");
+    verify_report(v, "%s", text ? text : "");
   }
   sqlite3_finalize(st);
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
-static int verify_payloads(sqlite3 *db, verify_ctx *v) {
+/* Every payload against its checksum: bodies, and from format 2 on the
+** payloads kept in message rows (a missing body is reported apart). */
+#define VERIFY_PAYLOADS_SQL(P, WHERE)                                                         \
+  "SELECT m.id, q.name, " MQI_PAYLOAD_COLS(P) " FROM mq_msg m"                              \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                \
+  " LEFT JOIN mq_queue q ON q.id = m.queue_id WHERE " WHERE " ORDER BY m.id"
+
+static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(db,
-                               "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
-                               " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
-                               " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
-                               -1, &st, NULL);
+  int src = sqlite3_prepare_v2(
+      db,
+      format < 2 ? VERIFY_PAYLOADS_SQL(MQI_PAYLOAD_V1, "b.id IS NOT NULL")
+                 : VERIFY_PAYLOADS_SQL(MQI_PAYLOAD_V2, "(m.body_id = 0 OR b.id IS NOT NULL)"),
+      -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
@@ -4349,8 +4510,8 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   verify_ctx v = {fn, ctx, 0};
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
-  int began;
-  int src = inspect_begin(db, &began);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
@@ -4378,27 +4539,28 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
                       " || m.queue_id || ')' FROM mq_msg m"
                       " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
-                      "");
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
                       " || ' has no payload (body ' || m.body_id || ' is missing)'"
                       " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
-                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
-                      "");
+                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)"
+                      " AND (m.body_id != 0 OR ?1 < 2)",
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
                       "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
                       " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
-                      "");
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'message ' || id || ' has an invalid state ' || state"
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
-                      "");
-  if (src == SQLITE_OK) src = verify_payloads(db, &v);
-  inspect_end(s, db, began);
+                      format);
+  if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
+  mqi_read_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

@@ -53,10 +53,10 @@ extern "C" {
 #endif
 
 /* Library version: compile-time macros and the run-time call. */
-#define MQ_VERSION "0.1.0"
-#define MQ_VERSION_NUMBER 1000 /* major*1000000 + minor*1000 + patch */
+#define MQ_VERSION "0.2.0"
+#define MQ_VERSION_NUMBER 2000 /* major*1000000 + minor*1000 + patch */
 
-/* The version string of the library actually linked, e.g. "0.1.0". */
+/* The version string of the library actually linked, e.g. "0.2.0". */
 MQ_API const char *mq_libversion(void);
 /* The version of SQLite the library runs on, e.g. "3.40.1". */
 MQ_API const char *mq_sqlite_version(void);
@@ -182,7 +182,10 @@ MQ_API void mq_store_options_init(mq_store_options *opts);
 ** A new file is created with opts->mode regardless of the umask, and so are
 ** its -wal and -shm companions.  A path that is a symbolic link is refused
 ** (MQ_ECANTOPEN).  A file that is not an mq store gives MQ_ENOTMQ; one
-** written by a newer format gives MQ_EVERSION.
+** written by a newer format gives MQ_EVERSION.  A read-write open of a file
+** of an older format upgrades it in place first, in one transaction, after
+** which libraries that read only the older format refuse it; a read-only
+** open never changes it (doc/format.md).
 **
 ** Threads: a handle may be shared by any number of threads; calls on it are
 ** serialised internally, and concurrent puts and acks share commits.  The
@@ -231,7 +234,7 @@ MQ_API int mq_store_checkpoint(mq_store *store);
 /* The store as a whole (mq_store_info_get). */
 typedef struct mq_store_info {
   int format_version;    /* the file's format (PRAGMA user_version) */
-  char created_by[64];   /* the library that created it, e.g. "mq 0.1.0"
+  char created_by[64];   /* the library that created it, e.g. "mq 0.2.0"
                             (as the file says: at most 63 bytes kept) */
   int page_size;         /* bytes per SQLite page (mq_store_options.page_size) */
   int64_t file_bytes;    /* the database's pages, in bytes, as of the last

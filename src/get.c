@@ -155,12 +155,13 @@ typedef struct get_cand {
   char *reason;
 } get_cand;
 
-/* Read one candidate's body and build the message; MQ_ECORRUPT when the
-** stored payload is damaged. */
+/* Read one candidate's payload (from its body, or from its own row when
+** body_id is 0) and build the message; MQ_ECORRUPT when the stored payload
+** is damaged. */
 static int get_load(mq_store *s, mqi_op *op, const get_cand *c, mq_msg **out) {
-  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_GET);
+  sqlite3_stmt *st = mqi_store_stmt(s, c->body_id ? MQI_ST_BODY_GET : MQI_ST_MSG_PAYLOAD);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, c->body_id);
+  sqlite3_bind_int64(st, 1, c->body_id ? c->body_id : c->id);
   int src = sqlite3_step(st);
   if (src != SQLITE_ROW) {
     sqlite3_reset(st);
@@ -341,6 +342,15 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 
 /* ---- peek: a read, no transaction of ours ---------------------------------- */
 
+#define GET_PEEK_SQL(P)                                                                         \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
+  ", m.visible_at, m.expires_at, b.subject,"                                                   \
+  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
+  "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
+  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
+
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
   if (count) *count = 0;
   if (msgs)
@@ -355,16 +365,11 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
-  int src = sqlite3_prepare_v2(
-      db,
-      "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason,"
-      " b.size, b.crc, b.codec, b.headers, b.data, m.visible_at, m.expires_at, b.subject,"
-      " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-      "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-      " LEFT JOIN mq_body b ON b.id = m.body_id"
-      " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3",
-      -1, &st, NULL);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(
+        db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
   int found = 0;
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
@@ -415,6 +420,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {

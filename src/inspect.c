@@ -20,16 +20,25 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* A read transaction for one consistent snapshot.  *began says whether it
-** was started here: inspect_end ends only what inspect_begin began. */
-static int inspect_begin(sqlite3 *db, int *began) {
+int mqi_read_begin(sqlite3 *db, int *began, int *format) {
   *began = 0;
+  *format = MQI_FORMAT_VERSION;
   int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  if (src == SQLITE_OK) *began = 1;
+  if (src != SQLITE_OK) return src;
+  *began = 1;
+  /* The first read of the transaction fixes its snapshot: the version is
+  ** the one of the rows the caller reads next. */
+  sqlite3_stmt *st = NULL;
+  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    *format = sqlite3_column_int(st, 0);
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
   return src;
 }
 
-static void inspect_end(mq_store *s, sqlite3 *db, int began) {
+void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
   if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
   ** back, and if even that fails, close the reader, so that no later call
@@ -40,6 +49,13 @@ static void inspect_end(mq_store *s, sqlite3 *db, int began) {
 }
 
 /* The visible state of a row as of now, as a get would see it. */
+#define INSPECT_SCAN_SQL(P)                                                                      \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
+  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                            \
+  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                  \
+  " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
+  " ORDER BY m.id"
+
 static int inspect_state(int state, int64_t visible_at, int64_t now) {
   if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
   return state;
@@ -55,8 +71,8 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int began;
-  int src = inspect_begin(db, &began);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
   int64_t qid = 0;
   if (src == SQLITE_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
@@ -78,14 +94,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     st = NULL;
   }
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(
-        db,
-        "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, b.size, b.crc,"
-        " b.codec, b.headers, b.data, m.visible_at, m.expires_at, m.state, b.subject, m.body_id"
-        " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"
-        " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-        " ORDER BY m.id",
-        -1, &st, NULL);
+    src = sqlite3_prepare_v2(db,
+                             format < 2 ? INSPECT_SCAN_SQL(MQI_PAYLOAD_V1)
+                                        : INSPECT_SCAN_SQL(MQI_PAYLOAD_V2),
+                             -1, &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_int64(st, 1, qid);
     sqlite3_bind_int64(st, 2, now);
@@ -123,7 +135,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  inspect_end(s, db, began);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -147,27 +159,36 @@ static void verify_report(verify_ctx *v, const char *fmt, ...) {
   if (v->fn) v->fn(v->ctx, line);
 }
 
-/* Run a query whose every row is a problem: column 0 is formatted with
-** what.  Returns the SQLite code of the query. */
-static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, const char *what) {
+/* Run a query whose every row is a problem, described by column 0; ?1,
+** if the query has it, is the file's format version.  Returns the SQLite
+** code of the query. */
+static int verify_rows(sqlite3 *db, verify_ctx *v, const char *sql, int format) {
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   if (src != SQLITE_OK) return src;
+  if (sqlite3_bind_parameter_count(st) > 0) sqlite3_bind_int(st, 1, format);
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     const char *text = (const char *)sqlite3_column_text(st, 0);
-    verify_report(v, "%s%s", what, text ? text : "");
+    verify_report(v, "%s", text ? text : "");
   }
   sqlite3_finalize(st);
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
-static int verify_payloads(sqlite3 *db, verify_ctx *v) {
+/* Every payload against its checksum: bodies, and from format 2 on the
+** payloads kept in message rows (a missing body is reported apart). */
+#define VERIFY_PAYLOADS_SQL(P, WHERE)                                                         \
+  "SELECT m.id, q.name, " MQI_PAYLOAD_COLS(P) " FROM mq_msg m"                              \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                \
+  " LEFT JOIN mq_queue q ON q.id = m.queue_id WHERE " WHERE " ORDER BY m.id"
+
+static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(db,
-                               "SELECT m.id, q.name, b.size, b.crc, b.codec, b.headers, b.data"
-                               " FROM mq_msg m JOIN mq_body b ON b.id = m.body_id"
-                               " LEFT JOIN mq_queue q ON q.id = m.queue_id ORDER BY m.id",
-                               -1, &st, NULL);
+  int src = sqlite3_prepare_v2(
+      db,
+      format < 2 ? VERIFY_PAYLOADS_SQL(MQI_PAYLOAD_V1, "b.id IS NOT NULL")
+                 : VERIFY_PAYLOADS_SQL(MQI_PAYLOAD_V2, "(m.body_id = 0 OR b.id IS NOT NULL)"),
+      -1, &st, NULL);
   if (src != SQLITE_OK) return src;
   while ((src = sqlite3_step(st)) == SQLITE_ROW) {
     mq_msg *m = NULL;
@@ -197,8 +218,8 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   verify_ctx v = {fn, ctx, 0};
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
-  int began;
-  int src = inspect_begin(db, &began);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */
@@ -226,27 +247,28 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       "SELECT 'message ' || m.id || ' belongs to no queue (queue id '"
                       " || m.queue_id || ')' FROM mq_msg m"
                       " WHERE m.queue_id NOT IN (SELECT id FROM mq_queue)",
-                      "");
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'queue \"' || coalesce(q.name, '?') || '\": message ' || m.id"
                       " || ' has no payload (body ' || m.body_id || ' is missing)'"
                       " FROM mq_msg m LEFT JOIN mq_queue q ON q.id = m.queue_id"
-                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)",
-                      "");
+                      " WHERE m.body_id NOT IN (SELECT id FROM mq_body)"
+                      " AND (m.body_id != 0 OR ?1 < 2)",
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'payload ' || b.id || ' counts ' || b.refs || ' references but "
                       "has ' || count(m.id) FROM mq_body b LEFT JOIN mq_msg m"
                       " ON m.body_id = b.id GROUP BY b.id HAVING b.refs != count(m.id)",
-                      "");
+                      format);
   if (src == SQLITE_OK)
     src = verify_rows(db, &v,
                       "SELECT 'message ' || id || ' has an invalid state ' || state"
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
-                      "");
-  if (src == SQLITE_OK) src = verify_payloads(db, &v);
-  inspect_end(s, db, began);
+                      format);
+  if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
+  mqi_read_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

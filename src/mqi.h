@@ -41,7 +41,7 @@
 
 /* On-disk format identity: PRAGMA application_id and user_version. */
 #define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
-#define MQI_FORMAT_VERSION 1
+#define MQI_FORMAT_VERSION 2
 
 /* Message states (mq_msg.state column).  A message in state INFLIGHT or
 ** DELAYED whose visible_at has passed is ready in all but name; the next
@@ -57,7 +57,14 @@
 #define MQI_KIND_TOPIC 1
 #define MQI_KIND_SUBSCRIPTION 2
 
-/* Payload codecs (mq_body.codec). */
+/* A plain put keeps a payload in its mq_msg row (body_id 0) when its
+** stored bytes and headers take at most this much, and at most a quarter
+** of a page (store.c), so that the row never spills to overflow pages:
+** leases rewrite the row, and then the payload with it.  Larger payloads
+** and every topic's (shared by its subscriptions) go to mq_body. */
+#define MQI_INLINE_MAX 1024
+
+/* Payload codecs (mq_body.codec, mq_msg.codec). */
 #define MQI_CODEC_RAW 0
 #define MQI_CODEC_ZLIB 1
 
@@ -149,6 +156,7 @@ enum mqi_stmt_id {
   MQI_ST_BODY_UNREF,
   MQI_ST_MSG_INSERT,
   MQI_ST_MSG_INSERT_ROWS, /* MQI_PUT_ROWS messages in one statement */
+  MQI_ST_MSG_PAYLOAD,     /* a payload kept in its mq_msg row; as MQI_ST_BODY_GET */
   MQI_ST_MSG_READY,
   MQI_ST_MSG_LEASE,
   MQI_ST_MSG_EXPIRED,
@@ -211,6 +219,7 @@ struct mq_store {
   void *log_ctx;
   int64_t min_free_bytes;
   int page_size; /* for a new file; 0: SQLite's default */
+  int64_t inline_max; /* the largest payload a put keeps in its mq_msg row */
   int64_t free_checked_at; /* monotonic ms of the last statvfs */
   int64_t free_bytes;
   unsigned fork_gen;
@@ -378,7 +387,8 @@ MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, 
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
 
 /* ---- msg.c --------------------------------------------------------------- */
-/* Release one reference to a body, deleting it with the last one. */
+/* Release one reference to a body, deleting it with the last one; nothing
+** for body_id 0 (a payload kept in its message row). */
 MQI_API int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id);
 /* Build a message from a stored body; MQ_ECORRUPT if the payload fails its
 ** checksum or does not decompress. */
@@ -399,6 +409,23 @@ MQI_API void mqi_msg_set_body(mq_msg *m, int64_t body_id);
 MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease);
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
+
+/* ---- inspect.c ----------------------------------------------------------- */
+/* Begin a read transaction on db (one snapshot) and read the file's format
+** version in it, which says where payloads are (MQI_PAYLOAD_V1/V2): a
+** read-only handle can have opened a version 1 file that a writer upgrades
+** while it runs.  *began says whether a transaction was begun, for
+** mqi_read_end. */
+MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
+/* End what mqi_read_begin began; a reader that cannot end it is marked to
+** be closed (s->rdb_broken). */
+MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
+/* A payload column of message m (with its body b LEFT JOINed) in SQL, for
+** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
+** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
+#define MQI_PAYLOAD_V1(col) "b." col
+#define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
+#define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
 
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */

@@ -39,6 +39,7 @@ struct mq_msg {
 };
 
 int mqi_body_release(mq_store *s, mqi_op *op, int64_t body_id) {
+  if (body_id == 0) return MQ_OK; /* the payload went with its message row */
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_BODY_DELETE_LAST);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, body_id);

@@ -5,8 +5,9 @@
 ** Everything that needs no database -- argument checks, the CRC32 of the
 ** payload, encoding headers -- is done by the calling thread before its op
 ** is queued, so the leader of a group commit spends its time only on what
-** must be serialised.  A put writes one mq_body row (the payload, never
-** touched again) and one mq_msg row (the small, mutable delivery state).
+** must be serialised.  A put writes one mq_msg row (the delivery state)
+** and, when the payload is larger than s->inline_max, one mq_body row (the
+** payload, never touched again); a smaller one goes in the mq_msg row.
 **
 ** A batch is one op: all its messages are stored or none, and a bad entry
 ** fails the batch with that entry's error.  Its messages go in by
@@ -144,9 +145,19 @@ static int put_encode(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put
   return MQ_OK;
 }
 
+/* Parameters per row of the INSERTs into mq_body and mq_msg (store.c). */
+#define PUT_BODY_PARAMS 8
+#define PUT_MSG_PARAMS 13
+
+/* Whether the encoded payload goes in the message row (schema.c). */
+static int put_inline(const mq_store *s, const mqi_put_item *it, const put_enc *e) {
+  return (int64_t)(e->len + it->headers_len) <= s->inline_max;
+}
+
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
-** statement, 8 * row for the multi-row one).  Every parameter is bound, so
-** the statements need no sqlite3_clear_bindings (mqi_store_stmt_hot). */
+** statement, PUT_BODY_PARAMS * row for the multi-row one).  Every
+** parameter is bound, so the statements need no sqlite3_clear_bindings
+** (mqi_store_stmt_hot). */
 static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const put_enc *e,
                           int refs, int64_t body_id) {
   sqlite3_bind_int(st, o + 1, refs);
@@ -165,9 +176,11 @@ static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const
   sqlite3_bind_int64(st, o + 8, body_id);
 }
 
-/* Bind one mq_msg row from parameter o + 1 on, as put_bind_body. */
+/* Bind one mq_msg row from parameter o + 1 on, as put_bind_body; with its
+** payload (e) when body_id is 0. */
 static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t retention_ms,
-                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id) {
+                         int64_t body_id, const mqi_put_item *it, const put_enc *e, int64_t now,
+                         int64_t id) {
   int64_t expires = 0;
   if (it->o.ttl_ms > 0) expires = mqi_time_add(now, it->o.ttl_ms);
   if (q->retention_ms > 0 && (!expires || mqi_time_add(now, q->retention_ms) < expires))
@@ -185,36 +198,57 @@ static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t re
   else
     sqlite3_bind_null(st, o + 7);
   sqlite3_bind_int64(st, o + 8, id);
+  if (body_id) {
+    for (int i = 9; i <= PUT_MSG_PARAMS; i++) sqlite3_bind_null(st, o + i);
+    return;
+  }
+  sqlite3_bind_int64(st, o + 9, (int64_t)it->len);
+  sqlite3_bind_int64(st, o + 10, (int64_t)it->crc);
+  sqlite3_bind_int(st, o + 11, e->codec);
+  if (it->headers)
+    sqlite3_bind_blob(st, o + 12, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, o + 12);
+  sqlite3_bind_blob64(st, o + 13, e->data, e->len, SQLITE_STATIC);
+}
+
+static int put_body_row(mq_store *s, mqi_op *op, const mqi_put_item *it, const put_enc *e,
+                        int refs, int64_t body_id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  put_bind_body(st, 0, it, e, refs, body_id);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
+  return MQ_OK;
+}
+
+static int put_msg_row(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
+                       int64_t body_id, const mqi_put_item *it, const put_enc *e, int64_t now,
+                       int64_t id) {
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  put_bind_msg(st, 0, q, retention_ms, body_id, it, e, now, id);
+  op->flags |= MQI_OP_WROTE;
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
+  return MQ_OK;
 }
 
 int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it, size_t index,
                  int refs, int64_t body_id) {
   put_enc e;
   int rc = put_encode(s, op, q, it, index, &e);
-  if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT);
-  if (!st) {
-    free(e.z);
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  }
-  put_bind_body(st, 0, it, &e, refs, body_id);
-  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
+  if (rc == MQ_OK) rc = put_body_row(s, op, it, &e, refs, body_id);
   free(e.z);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a payload");
-  return MQ_OK;
+  return rc;
 }
 
 int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms, int64_t body_id,
                 const mqi_put_item *it, int64_t now, int64_t id) {
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT);
-  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  put_bind_msg(st, 0, q, retention_ms, body_id, it, now, id);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a message");
-  return MQ_OK;
+  return put_msg_row(s, op, q, retention_ms, body_id, it, NULL, now, id);
 }
 
 int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n,
@@ -230,7 +264,8 @@ int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, size_t n
         sqlite3_clear_bindings(st); /* no pointers into it kept */
         return rc;
       }
-      put_bind_msg(st, 8 * (int)k, qs[i + k], retention_ms, body_id, it, now, ids[k]);
+      put_bind_msg(st, PUT_MSG_PARAMS * (int)k, qs[i + k], retention_ms, body_id, it, NULL, now,
+                   ids[k]);
     }
     int src = sqlite3_step(st);
     sqlite3_reset(st);
@@ -259,10 +294,15 @@ static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it
                    int64_t now, int64_t *id) {
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  /* One id names both the message and its body. */
+  /* One id names the message and its body, if it has one. */
   if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_body(s, op, q, it, index, 1, *id)) != MQ_OK) return rc;
-  if ((rc = mqi_put_msg(s, op, q, 0, *id, it, now, *id)) != MQ_OK) return rc;
+  put_enc e;
+  if ((rc = put_encode(s, op, q, it, index, &e)) != MQ_OK) return rc;
+  int64_t body = put_inline(s, it, &e) ? 0 : *id;
+  if (body) rc = put_body_row(s, op, it, &e, 1, body);
+  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, *id);
+  free(e.z);
+  if (rc != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
@@ -274,36 +314,57 @@ static size_t put_next_keyed(const mqi_put_item *items, size_t from, size_t n) {
   return from;
 }
 
+/* The bodies of put_rows: one multi-row INSERT when all MQI_PUT_ROWS
+** payloads need one (none inline), else one INSERT each. */
+static int put_rows_bodies(mq_store *s, mqi_op *op, const mqi_put_item *items, const put_enc *e,
+                           const int64_t *bodies, const int64_t *ids) {
+  size_t nb = 0;
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++) nb += bodies[k] != 0;
+  if (nb < MQI_PUT_ROWS) {
+    int rc = MQ_OK;
+    for (size_t k = 0; k < MQI_PUT_ROWS && rc == MQ_OK; k++)
+      if (bodies[k]) rc = put_body_row(s, op, &items[k], &e[k], 1, bodies[k]);
+    return rc;
+  }
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+    put_bind_body(st, PUT_BODY_PARAMS * (int)k, &items[k], &e[k], 1, ids[k]);
+  op->flags |= MQI_OP_WROTE; /* before the first write of a put */
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
+  return MQ_OK;
+}
+
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
 ** same rows as put_one writes, with one statement per table. */
 static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
                     int64_t now, int64_t *ids) {
   put_enc e[MQI_PUT_ROWS];
+  int64_t bodies[MQI_PUT_ROWS];
   size_t ne = 0;
-  int rc = MQ_OK, src = SQLITE_DONE;
-  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_BODY_INSERT_ROWS);
-  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  int rc = MQ_OK;
   for (; ne < MQI_PUT_ROWS; ne++) {
     if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
-    put_bind_body(st, 8 * (int)ne, &items[ne], &e[ne], 1, ids[ne]);
+    bodies[ne] = put_inline(s, &items[ne], &e[ne]) ? 0 : ids[ne];
   }
+  if (rc == MQ_OK) rc = put_rows_bodies(s, op, items, e, bodies, ids);
+  sqlite3_stmt *st = NULL;
+  if (rc == MQ_OK && !(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
+    rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   if (rc == MQ_OK) {
-    op->flags |= MQI_OP_WROTE; /* before the first write of a put */
-    src = sqlite3_step(st);
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++)
+      put_bind_msg(st, PUT_MSG_PARAMS * (int)k, q, 0, bodies[k], &items[k], &e[k], now, ids[k]);
+    op->flags |= MQI_OP_WROTE;
+    int src = sqlite3_step(st);
+    /* The bindings point into e[], freed below. */
+    sqlite3_reset(st);
+    if (src != SQLITE_DONE) rc = mqi_op_sqlite(s, op, src, "storing messages");
   }
-  sqlite3_reset(st);
   for (size_t k = 0; k < ne; k++) free(e[k].z);
-  if (rc != MQ_OK) return rc;
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing payloads");
-  if (!(st = mqi_store_stmt_hot(s, MQI_ST_MSG_INSERT_ROWS)))
-    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  for (size_t k = 0; k < MQI_PUT_ROWS; k++)
-    put_bind_msg(st, 8 * (int)k, q, 0, ids[k], &items[k], now, ids[k]);
-  src = sqlite3_step(st);
-  sqlite3_reset(st);
-  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing messages");
-  return MQ_OK;
+  return rc;
 }
 
 static int64_t put_bytes(const mqi_put_item *items, size_t n) {

@@ -364,6 +364,19 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
                          names, count, &rows);
 }
 
+/* Hidden messages whose time has come count as ready, and expired ones as
+** gone, exactly as the next get would see them. */
+#define QUEUE_STATS_SQL(P)                                                                      \
+  "SELECT q.kind,"                                                                             \
+  " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"                            \
+  " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
+  " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
+  " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(" P("size") ")"                     \
+  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
+  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " WHERE q.name = ?1 GROUP BY q.id"
+
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -374,19 +387,12 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  /* Hidden messages whose time has come count as ready, and expired ones
-  ** as gone, exactly as the next get would see them. */
-  int src = sqlite3_prepare_v2(db,
-                               "SELECT q.kind,"
-                               " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"
-                               " sum(m.state = 1 AND m.visible_at > ?2),"
-                               " sum(m.state = 2 AND m.visible_at > ?2),"
-                               " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(b.size)"
-                               " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"
-                               "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
-                               " LEFT JOIN mq_body b ON b.id = m.body_id"
-                               " WHERE q.name = ?1 GROUP BY q.id",
-                               -1, &st, NULL);
+  int began, format;
+  int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK)
+    src = sqlite3_prepare_v2(
+        db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
+        &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
@@ -415,6 +421,7 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
                      sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
+  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   return rc;
 }

@@ -12,7 +12,9 @@
 **             counts the mq_msg rows that share it (a topic publish stores
 **             one body for every subscription).
 **   mq_msg    one row per message in a queue: state, lease, visibility,
-**             receive count.  Ready messages are found through
+**             receive count.  A small payload of a plain put lives in
+**             the row itself (body_id 0, format version 2): one b-tree
+**             insert and delete fewer per message.  Ready messages are found through
 **             mq_msg_queue in priority-then-FIFO order; leases and delays
 **             that run out are found through the small partial index
 **             mq_msg_timer, which holds only hidden messages.
@@ -37,6 +39,15 @@
 
 #include <stdio.h>
 #include <string.h>
+
+/* The payload columns of mq_msg, added by format version 2.  A version 1
+** file gets them by ALTER TABLE, which appends them: a created file lists
+** them last too, so the two have the same columns in the same order.  No
+** constraints, which ALTER TABLE could not add to existing rows: they are
+** NULL in a row whose payload is in mq_body (body_id > 0). */
+#define SCHEMA_INLINE_COLUMNS(pre, sep, end)                                                 \
+  pre "size INTEGER" sep pre "crc INTEGER" sep pre "codec INTEGER" sep pre "headers BLOB" sep \
+  pre "data BLOB" end
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -76,7 +87,8 @@ static const char schema_sql[] =
     " enqueued_at INTEGER NOT NULL,"
     " expires_at INTEGER,"
     " origin_id INTEGER,"
-    " reason TEXT);"
+    " reason TEXT,"
+    SCHEMA_INLINE_COLUMNS(" ", ",", ");")
     "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
     "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
     "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
@@ -169,6 +181,28 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
+/* Bring a version 1 file to the current format in one transaction; a
+** process that gets the lock after another did it finds nothing to do.
+** Existing rows are not touched: ADD COLUMN only rewrites the schema, so
+** this costs the same on a file of a billion messages as on an empty one. */
+static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
+  int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
+  int64_t version;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
+             SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             MQI_FORMAT_VERSION);
+    src = sqlite3_exec(db, sql, NULL, NULL, NULL);
+  }
+  if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+  if (src == SQLITE_OK) return MQ_OK;
+  int rc = schema_fail(db, src, "upgrading the format of", err, errlen);
+  sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+  return rc;
+}
+
 int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen) {
   int64_t app, version, objects;
   int rc = schema_identity(db, &app, &version, &objects, err, errlen);
@@ -177,7 +211,8 @@ int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t 
     rc = schema_check(db, app, version, err, errlen);
     if (rc != MQ_OK) return rc;
     if (readonly) return MQ_OK;
-    return schema_wal(db, err, errlen);
+    if ((rc = schema_wal(db, err, errlen)) != MQ_OK) return rc;
+    return version < MQI_FORMAT_VERSION ? schema_upgrade(db, err, errlen) : MQ_OK;
   }
   /* An empty database: make it a store.  Another process may be doing the
   ** same right now, so the check is repeated under the write lock. */

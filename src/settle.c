@@ -44,21 +44,19 @@ static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_q
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding a lease");
-  if (body) {
-    /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
-    ** table on every ack. */
-    if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
-      return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-    sqlite3_bind_int64(st, 1, id);
-    src = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
-  }
-  if (!body)
+  if (src == SQLITE_DONE)
     return mqi_op_fail(op, MQ_ESTALE,
                        "%s: queue \"%s\": message %lld is not leased under this receipt "
                        "(acked already, expired, or delivered again)",
                        s->path, name, (long long)id);
+  /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
+  ** table on every ack. */
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, id);
+  src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "deleting a message");
   return mqi_body_release(s, op, body);
 }
 

@@ -56,10 +56,14 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_BODY_UNREF] = "UPDATE mq_body SET refs=refs-1 WHERE id=?1",
     [MQI_ST_MSG_INSERT] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at, id) VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8)",
+        " enqueued_at, expires_at, id, size, crc, codec, headers, data)"
+        " VALUES(?1,?2,?3,?4,?5,0,?6,?7,?8,?9,?10,?11,?12,?13)",
     [MQI_ST_MSG_INSERT_ROWS] =
         "INSERT INTO mq_msg(queue_id, body_id, state, priority, visible_at, receives,"
-        " enqueued_at, expires_at, id) VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?)"),
+        " enqueued_at, expires_at, id, size, crc, codec, headers, data)"
+        " VALUES" STORE_ROWS_32("(?,?,?,?,?,0,?,?,?,?,?,?,?,?)"),
+    [MQI_ST_MSG_PAYLOAD] =
+        "SELECT size, crc, codec, headers, data, NULL FROM mq_msg WHERE id=?1",
     [MQI_ST_MSG_READY] =
         "SELECT id, body_id, priority, receives, enqueued_at, reason, expires_at FROM mq_msg"
         " WHERE queue_id=?1 AND state=0 ORDER BY priority DESC, id LIMIT ?2",
@@ -260,6 +264,7 @@ static int store_pragmas(mq_store *s, char *err, size_t errlen) {
   if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
     int64_t page = sqlite3_column_int64(st, 0);
     rc = sqlite3_wal_autocheckpoint(s->db, page > 0 ? (int)(4096000 / page) : 1000);
+    s->inline_max = page / 4 < MQI_INLINE_MAX ? page / 4 : MQI_INLINE_MAX;
     /* The file had its page size already (an existing store, one another
     ** process created first, an SQLite file with no tables yet). */
     if (s->page_size && page != s->page_size)

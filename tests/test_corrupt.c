@@ -413,28 +413,26 @@ static int flip_payload_sql(const char *db, int64_t id, uint64_t where, int bit)
   sqlite3_stmt *st = NULL;
   int ok = 0;
   if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) goto out;
+  /* The payload is in the message row (small) or in mq_body. */
   if (sqlite3_prepare_v2(h,
-                         "SELECT b.id, b.data FROM mq_body b JOIN mq_msg m ON m.body_id = b.id"
-                         " WHERE m.id = ?1",
+                         "SELECT CASE WHEN m.body_id = 0 THEN m.data"
+                         " ELSE (SELECT data FROM mq_body WHERE id = m.body_id) END"
+                         " FROM mq_msg m WHERE m.id = ?1",
                          -1, &st, NULL) != SQLITE_OK)
     goto out;
   sqlite3_bind_int64(st, 1, id);
   if (sqlite3_step(st) != SQLITE_ROW) goto out;
-  int64_t body = sqlite3_column_int64(st, 0);
-  int len = sqlite3_column_bytes(st, 1);
+  int len = sqlite3_column_bytes(st, 0);
   if (len <= 0) goto out;
   unsigned char *copy = malloc((size_t)len);
   if (!copy) goto out;
-  memcpy(copy, sqlite3_column_blob(st, 1), (size_t)len);
+  memcpy(copy, sqlite3_column_blob(st, 0), (size_t)len);
   sqlite3_finalize(st);
   st = NULL;
+  sqlite3_close(h);
+  h = NULL;
   copy[where % (uint64_t)len] ^= (unsigned char)(1u << (bit & 7));
-  if (sqlite3_prepare_v2(h, "UPDATE mq_body SET data = ?1 WHERE id = ?2", -1, &st, NULL) ==
-      SQLITE_OK) {
-    sqlite3_bind_blob(st, 1, copy, len, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, body);
-    ok = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(h) == 1;
-  }
+  ok = tu_payload_set(db, id, "data = ?1", copy, len) == 1;
   free(copy);
 out:
   sqlite3_finalize(st);
@@ -598,12 +596,16 @@ static int mutate(int c, uint64_t *rng, const char *dir, char *desc, size_t cap)
         if (g_truth->state[q][seq] == T_LIVE) cand[n++] = seq;
       if (!n) return 0;
       g_damaged_id = g_truth->id[cand[tu_rand(rng) % (uint64_t)n]];
+      /* A small payload lives in the message row: its columns go NULL. */
+      int in_row = tu_payload_inline(db, g_damaged_id);
       char sql[200];
       snprintf(sql, sizeof sql,
-               "DELETE FROM mq_body WHERE id = (SELECT body_id FROM mq_msg WHERE id = %lld)",
+               in_row ? "UPDATE mq_msg SET size = NULL, crc = NULL, codec = NULL, headers = NULL,"
+                        " data = NULL WHERE id = %lld"
+                      : "DELETE FROM mq_body WHERE id = (SELECT body_id FROM mq_msg WHERE id = %lld)",
                (long long)g_damaged_id);
-      snprintf(desc, cap, "payload row of message %lld (queue %s) deleted through SQL",
-               (long long)g_damaged_id, q_names[q]);
+      snprintf(desc, cap, "payload %s of message %lld (queue %s) deleted through SQL",
+               in_row ? "columns" : "row", (long long)g_damaged_id, q_names[q]);
       return tu_sql_exec(db, sql) == SQLITE_OK ? 1 : -1;
     }
     case M_ZERO_LENGTH:

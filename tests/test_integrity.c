@@ -6,8 +6,9 @@
 ** bytes no longer match their CRC32 is dead-lettered with reason "corrupt
 ** payload" and the consumer gets the next good message instead; the log
 ** callback hears about it.  The damage is done the way a bad disk or a
-** careless `sqlite3 queue.db` session would do it: by rewriting mq_body
-** while the store is closed.  Compression is checked the same way, by the
+** careless `sqlite3 queue.db` session would do it: by rewriting the row
+** that holds the payload (its own mq_msg row for a small one, mq_body for a
+** large one: both are damaged in turn) while the store is closed.  Compression is checked the same way, by the
 ** stored length of the payload: above compress_above a compressible payload
 ** is stored much smaller, an incompressible one is not stored larger, and
 ** both come back byte for byte.
@@ -51,42 +52,30 @@ static void corrupt_payload(const char *path, int64_t id) {
   sqlite3_stmt *st = NULL;
   CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK);
   CHECK(sqlite3_prepare_v2(db,
-                           "SELECT b.id, b.data FROM mq_body b JOIN mq_msg m "
-                           "ON m.body_id = b.id WHERE m.id = ?",
+                           "SELECT CASE WHEN m.body_id = 0 THEN m.data"
+                           " ELSE (SELECT data FROM mq_body WHERE id = m.body_id) END"
+                           " FROM mq_msg m WHERE m.id = ?",
                            -1, &st, NULL) == SQLITE_OK);
   sqlite3_bind_int64(st, 1, id);
-  int64_t body = -1;
   unsigned char *copy = NULL;
   int len = 0;
   if (sqlite3_step(st) == SQLITE_ROW) {
-    body = sqlite3_column_int64(st, 0);
-    len = sqlite3_column_bytes(st, 1);
+    len = sqlite3_column_bytes(st, 0);
     copy = malloc((size_t)len + 1);
-    if (copy && len) memcpy(copy, sqlite3_column_blob(st, 1), (size_t)len);
+    if (copy && len) memcpy(copy, sqlite3_column_blob(st, 0), (size_t)len);
   }
   sqlite3_finalize(st);
-  CHECK(body >= 0 && len > 0 && copy);
-  if (body >= 0 && len > 0 && copy) {
+  sqlite3_close(db);
+  CHECK(len > 0 && copy);
+  if (len > 0 && copy) {
     copy[len / 2] ^= 0x5a;
-    CHECK(sqlite3_prepare_v2(db, "UPDATE mq_body SET data = ? WHERE id = ?", -1,
-                             &st, NULL) == SQLITE_OK);
-    sqlite3_bind_blob(st, 1, copy, len, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 2, body);
-    CHECK(sqlite3_step(st) == SQLITE_DONE);
-    CHECK(sqlite3_changes(db) == 1);
-    sqlite3_finalize(st);
+    CHECK(tu_payload_set(path, id, "data = ?1", copy, len) == 1);
   }
   free(copy);
-  sqlite3_close(db);
 }
 
 static int64_t stored_len(const char *path, int64_t id) {
-  char sql[160];
-  snprintf(sql, sizeof sql,
-           "SELECT length(data) FROM mq_body WHERE id = "
-           "(SELECT body_id FROM mq_msg WHERE id = %lld)",
-           (long long)id);
-  return tu_sql_int(path, sql);
+  return tu_payload_int(path, id, "length(data)");
 }
 
 /* Every message the library hands out must carry exactly one of the
@@ -97,17 +86,31 @@ static int is_original(const mq_msg *m, const char *const *orig, size_t n) {
   return 0;
 }
 
-static void test_corrupt_payload_skipped(void) {
+/* Payloads of 3 texts, padded to pad bytes when pad > 0. */
+static void payloads(char out[3][2048], size_t pad) {
+  static const char *const text[] = {"first payload, to be damaged", "second payload, good",
+                                     "third, good"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(out[i], 2048, "%s", text[i]);
+    size_t n = strlen(out[i]);
+    for (; n < pad && n < 2047; n++) out[i][n] = (char)('a' + n % 26);
+    out[i][n] = 0;
+  }
+}
+
+static void corrupt_payload_skipped(size_t pad) {
   const char *p = test_path("crc");
   log_box box = {0, 0, ""};
   mq_store *s = open_logged(p, &box);
   tu_create(s, "q", 1000, 0, NULL);
-  static const char *const orig[] = {"first payload, to be damaged",
-                                     "second payload, good", "third, good"};
+  char buf[3][2048];
+  payloads(buf, pad);
+  const char *const orig[] = {buf[0], buf[1], buf[2]};
   int64_t bad = tu_put(s, "q", orig[0]);
   int64_t good = tu_put(s, "q", orig[1]);
   int64_t good2 = tu_put(s, "q", orig[2]);
   CHECK_OK(mq_store_close(s));
+  CHECK(tu_payload_inline(p, bad) == (pad < 1000));
   corrupt_payload(p, bad);
 
   s = open_logged(p, &box);
@@ -147,6 +150,11 @@ static void test_corrupt_payload_skipped(void) {
   test_unlink_store(p);
 }
 
+static void test_corrupt_payload_skipped(void) {
+  corrupt_payload_skipped(0);    /* in the message row */
+  corrupt_payload_skipped(1500); /* in mq_body */
+}
+
 static void test_corrupt_crc_to_dlq(void) {
   /* Damage the checksum instead of the data: the pair no longer agrees,
   ** which is all the reader can know. */
@@ -159,12 +167,7 @@ static void test_corrupt_crc_to_dlq(void) {
   int64_t bad = tu_put(s, "q", orig[0]);
   int64_t good = tu_put(s, "q", orig[1]);
   CHECK_OK(mq_store_close(s));
-  char sql[160];
-  snprintf(sql, sizeof sql,
-           "UPDATE mq_body SET crc = crc + 1 WHERE id = "
-           "(SELECT body_id FROM mq_msg WHERE id = %lld)",
-           (long long)bad);
-  CHECK(tu_sql_exec(p, sql) == SQLITE_OK);
+  CHECK(tu_payload_set(p, bad, "crc = crc + 1", NULL, 0) == 1);
 
   s = open_logged(p, &box);
   mq_msg *m = tu_get(s, "q");
@@ -218,8 +221,8 @@ static void test_compression(void) {
   CHECK_OK(mq_queue_create(s, "z", &qo));
   CHECK_OK(mq_queue_create(s, "plain", NULL)); /* default: never compress */
 
-  char *text[10], *noise = malloc(BIG), *small = malloc(100);
-  int64_t tid[10], nid = -1, sid = -1, pid = -1;
+  char *text[10], *noise = malloc(BIG), *small = malloc(100), *flat = malloc(5000);
+  int64_t tid[10], nid = -1, sid = -1, pid = -1, fid = -1;
   for (int i = 0; i < 10; i++) {
     text[i] = malloc(BIG);
     fill_text(text[i], BIG, (unsigned)i);
@@ -230,8 +233,11 @@ static void test_compression(void) {
   CHECK_OK(mq_put(s, "z", noise, BIG, NULL, &nid));
   CHECK_OK(mq_put(s, "z", small, 100, NULL, &sid));
   CHECK_OK(mq_put(s, "plain", text[0], BIG, NULL, &pid));
+  /* Compressed small enough to be kept in its message row. */
+  memset(flat, 'f', 5000);
+  CHECK_OK(mq_put(s, "z", flat, 5000, NULL, &fid));
   mq_queue_stats st = tu_stats(s, "z");
-  CHECK(st.bytes == (int64_t)(11 * BIG + 100)); /* sizes as given, not stored */
+  CHECK(st.bytes == (int64_t)(11 * BIG + 100 + 5000)); /* sizes as given, not stored */
   CHECK_OK(mq_store_close(s));
 
   for (int i = 0; i < 10; i++) {
@@ -243,6 +249,7 @@ static void test_compression(void) {
   CHECK(nlen > 0 && nlen <= (int64_t)BIG);
   CHECK(stored_len(p, sid) == 100);
   CHECK(stored_len(p, pid) == (int64_t)BIG);
+  CHECK(tu_payload_inline(p, fid) && stored_len(p, fid) < 100);
   /* The whole file holds 1.1 MB of text in well under that. */
   int64_t fsize = file_size(p);
   fprintf(stderr, "  file size %lld bytes\n", (long long)fsize);
@@ -264,6 +271,10 @@ static void test_compression(void) {
   CHECK(m && mq_msg_id(m) == sid && mq_msg_size(m) == 100 &&
         memcmp(mq_msg_data(m), small, 100) == 0);
   mq_msg_free(m);
+  m = tu_get(s, "z");
+  CHECK(m && mq_msg_id(m) == fid && mq_msg_size(m) == 5000 &&
+        memcmp(mq_msg_data(m), flat, 5000) == 0);
+  mq_msg_free(m);
   m = tu_get(s, "plain");
   CHECK(m && mq_msg_size(m) == BIG && memcmp(mq_msg_data(m), text[0], BIG) == 0);
   mq_msg_free(m);
@@ -271,6 +282,7 @@ static void test_compression(void) {
   for (int i = 0; i < 10; i++) free(text[i]);
   free(noise);
   free(small);
+  free(flat);
   test_unlink_store(p);
 }
 

@@ -234,6 +234,57 @@ static inline void tu_sql_text(const char *path, const char *sql, char *buf,
   sqlite3_close(db);
 }
 
+/* Message id's stored payload is in one of two rows: its own mq_msg row
+** (body_id 0: a small payload of a plain put, format version 2) or the
+** mq_body row it names.  Both have the columns size, crc, codec, headers
+** and data, so a SET clause or an expression over them works on either. */
+
+/* Apply the SET clause set (?1 bound to blob when blob is not NULL) to the
+** row holding message id's payload; returns the rows changed (1). */
+static inline int tu_payload_set(const char *path, int64_t id, const char *set,
+                                 const void *blob, int len) {
+  static const char *const where[] = {
+      "UPDATE mq_msg SET %s WHERE id = %lld AND body_id = 0",
+      "UPDATE mq_body SET %s WHERE id = (SELECT body_id FROM mq_msg WHERE id = %lld)"};
+  sqlite3 *db = NULL;
+  int changed = 0;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);
+    for (int i = 0; i < 2; i++) {
+      char sql[512];
+      sqlite3_stmt *st = NULL;
+      snprintf(sql, sizeof sql, where[i], set, (long long)id);
+      if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+        fprintf(stderr, "  prepare(%s): %s\n", sql, sqlite3_errmsg(db));
+        continue;
+      }
+      if (blob) sqlite3_bind_blob(st, 1, blob, len, SQLITE_TRANSIENT);
+      if (sqlite3_step(st) == SQLITE_DONE) changed += sqlite3_changes(db);
+      sqlite3_finalize(st);
+    }
+  }
+  sqlite3_close(db);
+  return changed;
+}
+
+/* The integer expression expr over message id's payload row; -1 if none. */
+static inline int64_t tu_payload_int(const char *path, int64_t id, const char *expr) {
+  char sql[512];
+  snprintf(sql, sizeof sql,
+           "SELECT CASE WHEN m.body_id = 0 THEN (SELECT %s FROM mq_msg WHERE id = m.id)"
+           " ELSE (SELECT %s FROM mq_body WHERE id = m.body_id) END"
+           " FROM mq_msg m WHERE m.id = %lld",
+           expr, expr, (long long)id);
+  return tu_sql_int(path, sql);
+}
+
+/* 1 if message id keeps its payload in its own row, 0 if in mq_body. */
+static inline int tu_payload_inline(const char *path, int64_t id) {
+  char sql[96];
+  snprintf(sql, sizeof sql, "SELECT body_id = 0 FROM mq_msg WHERE id = %lld", (long long)id);
+  return tu_sql_int(path, sql) == 1;
+}
+
 /* ---- A clock in shared memory, for forked children. ---- */
 
 /* An int64 counter in an anonymous MAP_SHARED page: children forked after
