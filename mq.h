@@ -139,6 +139,10 @@ typedef int64_t (*mq_clock_fn)(void *ctx);
 ** mq. */
 typedef void (*mq_log_fn)(void *ctx, int level, const char *msg);
 
+/* The page sizes SQLite supports (mq_store_options.page_size). */
+#define MQ_PAGE_SIZE_MIN 512
+#define MQ_PAGE_SIZE_MAX 65536
+
 typedef struct mq_store_options {
   size_t size;           /* sizeof(mq_store_options): set by init */
   int sync;              /* MQ_SYNC_FULL (default), _NORMAL or _OFF */
@@ -157,7 +161,8 @@ typedef struct mq_store_options {
                              and checkpoints still have room.  Default
                              16 MiB; 0 disables the check. */
   int page_size;         /* SQLite page size of a new file, in bytes: a
-                            power of two from 512 to 65536; 0 (the default)
+                            power of two from MQ_PAGE_SIZE_MIN to
+                            MQ_PAGE_SIZE_MAX; 0 (the default)
                             is SQLite's 4096.  Like mode, it applies only
                             to a file that has no SQLite content yet (new
                             or empty): any other file, including one that

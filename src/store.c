@@ -234,10 +234,10 @@ static int store_read_options(const mq_store_options *in, mq_store_options *o) {
                        o->mode);
   if (o->busy_timeout_ms < 0) return mqi_err_set(NULL, MQ_EINVAL, "busy_timeout_ms is negative");
   if (o->min_free_bytes < 0) return mqi_err_set(NULL, MQ_EINVAL, "min_free_bytes is negative");
-  if (o->page_size != 0 &&
-      (o->page_size < 512 || o->page_size > 65536 || (o->page_size & (o->page_size - 1))))
-    return mqi_err_set(NULL, MQ_EINVAL,
-                       "page_size %d is not 0 or a power of two from 512 to 65536", o->page_size);
+  if (o->page_size != 0 && (o->page_size < MQ_PAGE_SIZE_MIN || o->page_size > MQ_PAGE_SIZE_MAX ||
+                            (o->page_size & (o->page_size - 1))))
+    return mqi_err_set(NULL, MQ_EINVAL, "page_size %d is not 0 or a power of two from %d to %d",
+                       o->page_size, MQ_PAGE_SIZE_MIN, MQ_PAGE_SIZE_MAX);
   return MQ_OK;
 }
 

@@ -51,8 +51,9 @@ int cli_global_option(cli_ctx *ctx, const char *name, const char *value) {
     int64_t bytes;
     int st = cli_parse_size(NULL, "--page-size", value, &bytes);
     if (st != CLI_EXIT_OK) return st;
-    if (bytes < 512 || bytes > 65536 || (bytes & (bytes - 1)))
-      return cli_usage(NULL, "--page-size %s is not a power of two from 512 to 65536", value);
+    if (bytes < MQ_PAGE_SIZE_MIN || bytes > MQ_PAGE_SIZE_MAX || (bytes & (bytes - 1)))
+      return cli_usage(NULL, "--page-size %s is not a power of two from %d to %d", value,
+                       MQ_PAGE_SIZE_MIN, MQ_PAGE_SIZE_MAX);
     ctx->page_size = (int)bytes;
     return CLI_EXIT_OK;
   }
