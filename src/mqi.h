@@ -39,6 +39,10 @@
 
 #include "mq.h"
 
+#if SQLITE_VERSION_NUMBER < 3037000
+#error "mq needs SQLite 3.37 or newer (sqlite3_changes64, iif, UPDATE ... FROM)"
+#endif
+
 /* On-disk format identity: PRAGMA application_id and user_version. */
 #define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
 #define MQI_FORMAT_VERSION 2
