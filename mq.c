@@ -213,6 +213,7 @@ enum mqi_stmt_id {
   MQI_ST_ID_MAX,
   MQI_ST_ID_SET,
   MQI_ST_FREELIST,
+  MQI_ST_FORMAT, /* the file's format version, checked by every write transaction */
   MQI_ST_COUNT
 };
 
@@ -410,8 +411,9 @@ MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, con
 ** max_payload and compression. */
 MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
                          size_t index, int refs, int64_t body_id);
-/* Inside an op: one message row in q for body_id; retention_ms (0: none)
-** is an extra cap, e.g. the topic's. */
+/* Inside an op: one message row in q for the body body_id, which must not
+** be 0 (payloads kept in the message row are put.c's own); retention_ms
+** (0: none) is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
 /* Inside an op: mqi_put_msg for body_id in each of the n queues qs (a
@@ -456,6 +458,9 @@ MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
 /* End what mqi_read_begin began; a reader that cannot end it is marked to
 ** be closed (s->rdb_broken). */
 MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
+/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
+** set: a newer library upgraded the file while this handle had it open. */
+MQI_API int mqi_read_format_ok(mq_store *s, int format);
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
@@ -1181,6 +1186,7 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
         " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
     [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
+    [MQI_ST_FORMAT] = "PRAGMA user_version",
     [MQI_ST_FREELIST] =
         "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
 };
@@ -2025,11 +2031,24 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version;
-  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1) {
+  int64_t version, have = 0;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
+      schema_int(db,
+                 "SELECT count(*) FROM pragma_table_info('mq_msg')"
+                 " WHERE name IN ('size', 'crc', 'codec', 'headers', 'data')",
+                 &have, &src) == 0) {
+    /* A version 1 file may already have the columns (set back to version
+    ** 1 by hand): then only the version is missing.  Some of them is
+    ** damage no upgrade can mend. */
+    if (have != 0 && have != 5) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the 5 columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)have);
+      return MQ_ECORRUPT;
+    }
     char sql[256];
     snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
-             SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             have ? "" : SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
              MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }
@@ -2226,6 +2245,27 @@ again:
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
     snprintf(msg, sizeof msg, "%s: cannot begin a transaction: %s", s->path, sqlite3_errmsg(s->db));
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    goto out;
+  }
+
+  /* A newer library may have upgraded the file since this handle opened
+  ** it: write nothing in a format this library does not know. */
+  sqlite3_stmt *fv = mqi_store_stmt(s, MQI_ST_FORMAT);
+  int fsrc = fv ? sqlite3_step(fv) : sqlite3_errcode(s->db);
+  int format = fsrc == SQLITE_ROW ? sqlite3_column_int(fv, 0) : 0;
+  if (fv) sqlite3_reset(fv);
+  if (fsrc != SQLITE_ROW || format > MQI_FORMAT_VERSION) {
+    int rc = fsrc != SQLITE_ROW ? mqi_err_from_sqlite(fsrc) : MQ_EVERSION;
+    if (fsrc != SQLITE_ROW)
+      snprintf(msg, sizeof msg, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
+    else
+      snprintf(msg, sizeof msg,
+               "%s: a newer library upgraded the file to format version %d while this handle had "
+               "it open; this library (mq %s) writes version %d",
+               s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+    commit_rollback(s);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
     commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
     goto out;
@@ -2800,16 +2840,19 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   sqlite3_stmt *st = NULL;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
         &st, NULL);
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
-  if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
+  if (rc != MQ_OK) {
+    /* the message is set */
+  } else if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
     rc = mqi_err_set(s, MQ_EINVAL,
                      "%s: \"%s\" is a topic: see mq_topic_stats_get, or the stats of "
                      "\"%s/SUB\"",
@@ -3708,11 +3751,12 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   size_t n = 0;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
   int found = 0;
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     /* A few extra rows leave room for corrupt ones being skipped. */
@@ -3750,7 +3794,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
   }
-  if (rc == MQ_EINVAL) {
+  if (rc == MQ_EINVAL || rc == MQ_EVERSION) {
     /* the message is set */
   } else if (rc == MQ_ENOMEM) {
     mqi_err_set(s, rc, "out of memory peeking");
@@ -4334,6 +4378,14 @@ int mqi_read_begin(sqlite3 *db, int *began, int *format) {
   return src;
 }
 
+int mqi_read_format_ok(mq_store *s, int format) {
+  if (format <= MQI_FORMAT_VERSION) return MQ_OK;
+  return mqi_err_set(s, MQ_EVERSION,
+                     "%s: a newer library upgraded the file to format version %d while this "
+                     "handle had it open; this library (mq %s) reads up to version %d",
+                     s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+}
+
 void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
   if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
@@ -4370,9 +4422,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
   int64_t qid = 0;
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
     if (src == SQLITE_ROW && sqlite3_column_int(st, 1) == MQI_KIND_TOPIC) {
@@ -4496,8 +4549,13 @@ static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
     mq_msg_free(m);
     if (rc == MQ_ECORRUPT) {
       const char *q = (const char *)sqlite3_column_text(st, 1);
-      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum", q ? q : "?",
-                    (long long)sqlite3_column_int64(st, 0));
+      /* Columns that cannot be NULL for a stored payload are: it is gone. */
+      verify_report(v,
+                    mqi_msg_body_size(st, 2, 3, 6) < 0
+                        ? "queue \"%s\": message %lld: has no payload (its size, checksum or "
+                          "data is missing)"
+                        : "queue \"%s\": message %lld: payload fails its checksum",
+                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
     } else if (rc != MQ_OK) {
       sqlite3_finalize(st);
       return SQLITE_NOMEM;
@@ -4516,6 +4574,11 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK && (rc = mqi_read_format_ok(s, format)) != MQ_OK) {
+    mqi_read_end(s, db, began);
+    mqi_store_read_done(s, src);
+    return rc;
+  }
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */

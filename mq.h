@@ -188,9 +188,12 @@ MQ_API void mq_store_options_init(mq_store_options *opts);
 ** its -wal and -shm companions.  A path that is a symbolic link is refused
 ** (MQ_ECANTOPEN).  A file that is not an mq store gives MQ_ENOTMQ; one
 ** written by a newer format gives MQ_EVERSION.  A read-write open of a file
-** of an older format upgrades it in place first, in one transaction, after
-** which libraries that read only the older format refuse it; a read-only
-** open never changes it (doc/format.md).
+** of an older format upgrades it in place first, in one transaction (which
+** waits for the write lock like any write: MQ_EBUSY after busy_timeout_ms),
+** after which libraries that read only the older format refuse it; a
+** read-only open never changes it (doc/format.md).  A handle whose file a
+** newer library upgrades while it is open gets MQ_EVERSION from its next
+** put, get, settle or read of messages.
 **
 ** Threads: a handle may be shared by any number of threads; calls on it are
 ** serialised internally, and concurrent puts and acks share commits.  The

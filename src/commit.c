@@ -134,6 +134,27 @@ again:
     goto out;
   }
 
+  /* A newer library may have upgraded the file since this handle opened
+  ** it: write nothing in a format this library does not know. */
+  sqlite3_stmt *fv = mqi_store_stmt(s, MQI_ST_FORMAT);
+  int fsrc = fv ? sqlite3_step(fv) : sqlite3_errcode(s->db);
+  int format = fsrc == SQLITE_ROW ? sqlite3_column_int(fv, 0) : 0;
+  if (fv) sqlite3_reset(fv);
+  if (fsrc != SQLITE_ROW || format > MQI_FORMAT_VERSION) {
+    int rc = fsrc != SQLITE_ROW ? mqi_err_from_sqlite(fsrc) : MQ_EVERSION;
+    if (fsrc != SQLITE_ROW)
+      snprintf(msg, sizeof msg, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
+    else
+      snprintf(msg, sizeof msg,
+               "%s: a newer library upgraded the file to format version %d while this handle had "
+               "it open; this library (mq %s) writes version %d",
+               s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+    commit_rollback(s);
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    goto out;
+  }
+
   s->id_state = 0;
   s->qcache_valid = 0;
   int any_kept = 0, guard = n > 1 && !lean;

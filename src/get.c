@@ -367,11 +367,12 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   size_t n = 0;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
   int found = 0;
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     /* A few extra rows leave room for corrupt ones being skipped. */
@@ -409,7 +410,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     }
     if (src == SQLITE_ROW) src = SQLITE_DONE;
   }
-  if (rc == MQ_EINVAL) {
+  if (rc == MQ_EINVAL || rc == MQ_EVERSION) {
     /* the message is set */
   } else if (rc == MQ_ENOMEM) {
     mqi_err_set(s, rc, "out of memory peeking");

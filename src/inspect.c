@@ -38,6 +38,14 @@ int mqi_read_begin(sqlite3 *db, int *began, int *format) {
   return src;
 }
 
+int mqi_read_format_ok(mq_store *s, int format) {
+  if (format <= MQI_FORMAT_VERSION) return MQ_OK;
+  return mqi_err_set(s, MQ_EVERSION,
+                     "%s: a newer library upgraded the file to format version %d while this "
+                     "handle had it open; this library (mq %s) reads up to version %d",
+                     s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+}
+
 void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
   if (!began || sqlite3_get_autocommit(db)) return;
   /* Ending a read transaction can still fail (out of memory): then roll
@@ -74,9 +82,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
   int64_t qid = 0;
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
     if (src == SQLITE_ROW && sqlite3_column_int(st, 1) == MQI_KIND_TOPIC) {
@@ -200,8 +209,13 @@ static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
     mq_msg_free(m);
     if (rc == MQ_ECORRUPT) {
       const char *q = (const char *)sqlite3_column_text(st, 1);
-      verify_report(v, "queue \"%s\": message %lld: payload fails its checksum", q ? q : "?",
-                    (long long)sqlite3_column_int64(st, 0));
+      /* Columns that cannot be NULL for a stored payload are: it is gone. */
+      verify_report(v,
+                    mqi_msg_body_size(st, 2, 3, 6) < 0
+                        ? "queue \"%s\": message %lld: has no payload (its size, checksum or "
+                          "data is missing)"
+                        : "queue \"%s\": message %lld: payload fails its checksum",
+                    q ? q : "?", (long long)sqlite3_column_int64(st, 0));
     } else if (rc != MQ_OK) {
       sqlite3_finalize(st);
       return SQLITE_NOMEM;
@@ -220,6 +234,11 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
+  if (src == SQLITE_OK && (rc = mqi_read_format_ok(s, format)) != MQ_OK) {
+    mqi_read_end(s, db, began);
+    mqi_store_read_done(s, src);
+    return rc;
+  }
   if (src == SQLITE_OK) {
     /* SQLite's own check first: if the b-trees are damaged, the rest may
     ** read garbage, but it still runs and reports what it can. */

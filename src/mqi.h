@@ -181,6 +181,7 @@ enum mqi_stmt_id {
   MQI_ST_ID_MAX,
   MQI_ST_ID_SET,
   MQI_ST_FREELIST,
+  MQI_ST_FORMAT, /* the file's format version, checked by every write transaction */
   MQI_ST_COUNT
 };
 
@@ -378,8 +379,9 @@ MQI_API int mqi_put_dedup_store(mq_store *s, mqi_op *op, const mqi_queue *q, con
 ** max_payload and compression. */
 MQI_API int mqi_put_body(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
                          size_t index, int refs, int64_t body_id);
-/* Inside an op: one message row in q for body_id; retention_ms (0: none)
-** is an extra cap, e.g. the topic's. */
+/* Inside an op: one message row in q for the body body_id, which must not
+** be 0 (payloads kept in the message row are put.c's own); retention_ms
+** (0: none) is an extra cap, e.g. the topic's. */
 MQI_API int mqi_put_msg(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t retention_ms,
                         int64_t body_id, const mqi_put_item *it, int64_t now, int64_t id);
 /* Inside an op: mqi_put_msg for body_id in each of the n queues qs (a
@@ -424,6 +426,9 @@ MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
 /* End what mqi_read_begin began; a reader that cannot end it is marked to
 ** be closed (s->rdb_broken). */
 MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
+/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
+** set: a newer library upgraded the file while this handle had it open. */
+MQI_API int mqi_read_format_ok(mq_store *s, int format);
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */

@@ -389,16 +389,19 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   sqlite3_stmt *st = NULL;
   int began, format;
   int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK)
+  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
         &st, NULL);
-  if (src == SQLITE_OK) {
+  if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
-  if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
+  if (rc != MQ_OK) {
+    /* the message is set */
+  } else if (src == SQLITE_ROW && sqlite3_column_int(st, 0) == MQI_KIND_TOPIC) {
     rc = mqi_err_set(s, MQ_EINVAL,
                      "%s: \"%s\" is a topic: see mq_topic_stats_get, or the stats of "
                      "\"%s/SUB\"",

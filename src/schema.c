@@ -188,11 +188,24 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version;
-  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1) {
+  int64_t version, have = 0;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
+      schema_int(db,
+                 "SELECT count(*) FROM pragma_table_info('mq_msg')"
+                 " WHERE name IN ('size', 'crc', 'codec', 'headers', 'data')",
+                 &have, &src) == 0) {
+    /* A version 1 file may already have the columns (set back to version
+    ** 1 by hand): then only the version is missing.  Some of them is
+    ** damage no upgrade can mend. */
+    if (have != 0 && have != 5) {
+      sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the 5 columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)have);
+      return MQ_ECORRUPT;
+    }
     char sql[256];
     snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
-             SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             have ? "" : SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
              MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }

@@ -105,6 +105,7 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
         " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
     [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
+    [MQI_ST_FORMAT] = "PRAGMA user_version",
     [MQI_ST_FREELIST] =
         "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
 };

@@ -362,7 +362,8 @@ static int run_put_batch(ctx *c) {
 }
 
 /* Rows of MQI_PUT_ROWS go in with one multi-row INSERT: 34 entries take
-** that path and then the single-row one. */
+** that path and then the single-row one (payloads this small are kept in
+** their mq_msg rows: no mq_body INSERT at all). */
 static int run_put_rows(ctx *c) {
   static char p[34][120];
   mq_entry e[34];
@@ -375,6 +376,23 @@ static int run_put_rows(ctx *c) {
   int64_t ids[34];
   return mq_put_batch(c->s, "q", e, 34, ids);
 }
+
+/* The same rows with payloads kept in mq_body (all of them: the multi-row
+** mq_body INSERT) and mixed (inline and body entries in one row of 32). */
+static int run_put_rows_big(ctx *c, int mixed) {
+  static char p[34][2000];
+  mq_entry e[34];
+  for (int i = 0; i < 34; i++) {
+    memset(p[i], 'a' + i % 26, sizeof p[i]);
+    e[i].data = p[i];
+    e[i].len = mixed && i % 2 ? 120 : sizeof p[i];
+    e[i].opts = NULL;
+  }
+  int64_t ids[34];
+  return mq_put_batch(c->s, "q", e, 34, ids);
+}
+static int run_put_rows_bodies(ctx *c) { return run_put_rows_big(c, 0); }
+static int run_put_rows_mixed(ctx *c) { return run_put_rows_big(c, 1); }
 
 static int run_get(ctx *c) {
   mq_msg *m = (mq_msg *)&oom; /* must be reset by the call */
@@ -487,6 +505,8 @@ static const seq_def SEQS[] = {
     {"put", setup_basic, run_put, 0, 0},
     {"put_batch compressed", setup_basic, run_put_batch, 0, 0},
     {"put_batch rows", setup_basic, run_put_rows, 0, 0},
+    {"put_batch rows, bodies", setup_basic, run_put_rows_bodies, 0, 0},
+    {"put_batch rows, mixed", setup_basic, run_put_rows_mixed, 0, 0},
     {"get", setup_basic, run_get, 0, 0},
     {"get, cold cache", setup_cold, run_get, 0, 0},
     {"get_batch", setup_basic, run_get_batch, 0, 0},
