@@ -148,6 +148,10 @@ MQI_API unsigned mqi_os_fork_generation(void);
 MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
 /* Copy a finished message into the calling thread's slot. */
 MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
+/* Copy the message msg into dst of cap bytes (cap > 0), cut short if it
+** must be at a character boundary, so that a short copy of a UTF-8 message
+** (a path, a queue name) is still UTF-8. */
+MQI_API void mqi_err_text(char *dst, size_t cap, const char *msg);
 /* Map an SQLite result code to an MQ code. */
 MQI_API int mqi_err_from_sqlite(int sqlite_rc);
 MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);
@@ -789,6 +793,16 @@ int mqi_err_copy(const mq_store *store, int rc, const char *msg) {
   err_tls.store = store;
   snprintf(err_tls.msg, sizeof err_tls.msg, "%s", msg && *msg ? msg : mq_errstr(rc));
   return rc;
+}
+
+void mqi_err_text(char *dst, size_t cap, const char *msg) {
+  size_t n = strlen(msg);
+  if (n >= cap) {
+    n = cap - 1;
+    while (n > 0 && ((unsigned char)msg[n] & 0xC0) == 0x80) n--; /* msg[n] starts a character */
+  }
+  memcpy(dst, msg, n);
+  dst[n] = 0;
 }
 
 int mqi_err_from_sqlite(int sqlite_rc) {
@@ -2031,7 +2045,7 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version, have = 0;
+  int64_t version = 0, have = 0;
   if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"
@@ -7278,7 +7292,10 @@ static void net_addr_name(const struct sockaddr_storage *ss, char *buf, size_t c
 int mqi_net_local_name(int fd, char *buf, size_t cap) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  char addr[MQI_NET_NAME_MAX];
+  /* Room for the longest address (a scoped IPv6 one with its port is
+  ** about 70 bytes) with "tcp://" in front, and no more: a compiler that
+  ** sees the whole of mq.c can then prove the name is never cut short. */
+  char addr[MQI_NET_NAME_MAX - sizeof "tcp://" + 1];
   memset(&ss, 0, sizeof ss);
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return MQ_ENET;
   net_addr_name(&ss, addr, sizeof addr);
@@ -8662,7 +8679,7 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
       }
       rc = MQ_OK;
     } else if (rc != MQ_OK) {
-      snprintf(err, errlen, "%s", mq_errmsg(st));
+      mqi_err_text(err, errlen, mq_errmsg(st));
     }
   }
   free(po);
@@ -10025,7 +10042,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
                     : mq_put(s->store, queue, ps[i]->data, ps[i]->len, &ps[i]->po, &id);
       ps[i]->status = rt_status(r);
       ps[i]->id = id;
-      if (r != MQ_OK) snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+      if (r != MQ_OK) mqi_err_text(ps[i]->text, sizeof ps[i]->text, mq_errmsg(s->store));
     }
   } else {
     /* The batch failed as a whole (locked, disk full, I/O, outcome
@@ -10033,7 +10050,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
     ** ids and the dedup keys make that safe. */
     for (size_t i = 0; i < n; i++) {
       ps[i]->status = rt_status(rc);
-      snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+      mqi_err_text(ps[i]->text, sizeof ps[i]->text, mq_errmsg(s->store));
     }
     mqi_log(s->store, MQ_LOG_WARN, "server: ROUTER: %zu puts into \"%s\" failed: %s", n, queue,
             mq_errmsg(s->store));

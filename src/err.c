@@ -91,6 +91,16 @@ int mqi_err_copy(const mq_store *store, int rc, const char *msg) {
   return rc;
 }
 
+void mqi_err_text(char *dst, size_t cap, const char *msg) {
+  size_t n = strlen(msg);
+  if (n >= cap) {
+    n = cap - 1;
+    while (n > 0 && ((unsigned char)msg[n] & 0xC0) == 0x80) n--; /* msg[n] starts a character */
+  }
+  memcpy(dst, msg, n);
+  dst[n] = 0;
+}
+
 int mqi_err_from_sqlite(int sqlite_rc) {
   switch (sqlite_rc & 0xff) {
     case SQLITE_OK:

@@ -116,6 +116,10 @@ MQI_API unsigned mqi_os_fork_generation(void);
 MQI_API int mqi_err_set(const mq_store *store, int rc, const char *fmt, ...);
 /* Copy a finished message into the calling thread's slot. */
 MQI_API int mqi_err_copy(const mq_store *store, int rc, const char *msg);
+/* Copy the message msg into dst of cap bytes (cap > 0), cut short if it
+** must be at a character boundary, so that a short copy of a UTF-8 message
+** (a path, a queue name) is still UTF-8. */
+MQI_API void mqi_err_text(char *dst, size_t cap, const char *msg);
 /* Map an SQLite result code to an MQ code. */
 MQI_API int mqi_err_from_sqlite(int sqlite_rc);
 MQI_API void mqi_log(mq_store *store, int level, const char *fmt, ...);

@@ -188,7 +188,7 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version, have = 0;
+  int64_t version = 0, have = 0;
   if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"

@@ -165,7 +165,10 @@ static void net_addr_name(const struct sockaddr_storage *ss, char *buf, size_t c
 int mqi_net_local_name(int fd, char *buf, size_t cap) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  char addr[MQI_NET_NAME_MAX];
+  /* Room for the longest address (a scoped IPv6 one with its port is
+  ** about 70 bytes) with "tcp://" in front, and no more: a compiler that
+  ** sees the whole of mq.c can then prove the name is never cut short. */
+  char addr[MQI_NET_NAME_MAX - sizeof "tcp://" + 1];
   memset(&ss, 0, sizeof ss);
   if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) return MQ_ENET;
   net_addr_name(&ss, addr, sizeof addr);

@@ -737,7 +737,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
                     : mq_put(s->store, queue, ps[i]->data, ps[i]->len, &ps[i]->po, &id);
       ps[i]->status = rt_status(r);
       ps[i]->id = id;
-      if (r != MQ_OK) snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+      if (r != MQ_OK) mqi_err_text(ps[i]->text, sizeof ps[i]->text, mq_errmsg(s->store));
     }
   } else {
     /* The batch failed as a whole (locked, disk full, I/O, outcome
@@ -745,7 +745,7 @@ static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
     ** ids and the dedup keys make that safe. */
     for (size_t i = 0; i < n; i++) {
       ps[i]->status = rt_status(rc);
-      snprintf(ps[i]->text, sizeof ps[i]->text, "%s", mq_errmsg(s->store));
+      mqi_err_text(ps[i]->text, sizeof ps[i]->text, mq_errmsg(s->store));
     }
     mqi_log(s->store, MQ_LOG_WARN, "server: ROUTER: %zu puts into \"%s\" failed: %s", n, queue,
             mq_errmsg(s->store));

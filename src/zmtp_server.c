@@ -682,7 +682,7 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
       }
       rc = MQ_OK;
     } else if (rc != MQ_OK) {
-      snprintf(err, errlen, "%s", mq_errmsg(st));
+      mqi_err_text(err, errlen, mq_errmsg(st));
     }
   }
   free(po);

@@ -12,6 +12,7 @@
 ** Out pointers are preset to a non-NULL sentinel so "left alone" and "set
 ** to NULL" can be told apart.
 */
+#include "mqi.h"
 #include "testutil.h"
 
 #define SENT ((mq_msg *)(void *)&test_checks)
@@ -441,6 +442,25 @@ static void test_destructors_accept_null(void) {
   CHECK(mq_errstr(MQ_EINVAL) != NULL);
 }
 
+/* A message cut to fit a small buffer (a ZMTP reply's text, a server's
+** error) stays UTF-8: it is cut before a character, never inside one. */
+static void test_error_text_cut_at_a_character(void) {
+  const char *msg = "queue \"caf\xc3\xa9\xe2\x82\xac\" is full"; /* café€ */
+  char buf[64];
+  mqi_err_text(buf, sizeof buf, msg);
+  CHECK(strcmp(buf, msg) == 0);
+  mqi_err_text(buf, 12, msg); /* room for 11 bytes: "queue \"caf" (10) + half of é */
+  CHECK(strcmp(buf, "queue \"caf") == 0);
+  mqi_err_text(buf, 13, msg); /* all of é */
+  CHECK(strcmp(buf, "queue \"caf\xc3\xa9") == 0);
+  mqi_err_text(buf, 15, msg); /* and two of the three bytes of € */
+  CHECK(strcmp(buf, "queue \"caf\xc3\xa9") == 0);
+  mqi_err_text(buf, 16, msg);
+  CHECK(strcmp(buf, "queue \"caf\xc3\xa9\xe2\x82\xac") == 0);
+  mqi_err_text(buf, 1, msg);
+  CHECK(buf[0] == 0);
+}
+
 int main(void) {
   TEST(test_null_store);
   TEST(test_bad_names);
@@ -453,5 +473,6 @@ int main(void) {
   TEST(test_settle_args);
   TEST(test_open_args);
   TEST(test_destructors_accept_null);
+  TEST(test_error_text_cut_at_a_character);
   return test_done();
 }
