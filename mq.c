@@ -241,7 +241,6 @@ struct mq_store {
   pthread_mutex_t dblock; /* guards db and everything used with it */
   pthread_mutex_t rdlock; /* guards rdb, and the read calls take turns on it */
   sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
-  int rdb_broken;         /* close rdb after this read */
   int rdb_off;            /* the path no longer names our file: read on db */
   int rd_main;            /* this read holds dblock and uses db */
   const mq_store *rd_prev; /* the read this one is inside, in its thread */
@@ -287,9 +286,18 @@ struct mq_store {
 ** the writer nor makes it wait, so a long scan does not hold up the
 ** handle's commits.  mqi_store_read locks it and sets *db (or sets the
 ** error and returns it); mqi_store_read_done unlocks it, closing it first
-** if src says the file failed it (it is opened again next time). */
+** if src says the file failed it (it is opened again next time), and
+** ending the transaction a read began on db, if any. */
 MQI_API int mqi_store_read(mq_store *s, sqlite3 **db);
 MQI_API void mqi_store_read_done(mq_store *s, int src);
+/* Inside a read: begin its transaction (one snapshot) and read the file's
+** format version in it, which says where payloads are (MQI_PAYLOAD_V1/V2):
+** a read-only handle can have opened a version 1 file that a writer
+** upgrades while it runs.  Returns the SQLite code. */
+MQI_API int mqi_store_snapshot(sqlite3 *db, int *format);
+/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
+** set: a newer library upgraded the file while this handle had it open. */
+MQI_API int mqi_store_format_ok(mq_store *s, int format);
 /* Whether the calling thread is inside a read of s: 0 no, 1 on the
 ** reader, 2 on the handle's own connection (it then holds dblock). */
 MQI_API int mqi_store_reading(const mq_store *s);
@@ -321,6 +329,9 @@ MQI_API int mqi_store_low_space(mq_store *s);
 /* Check that db is an mq store of a format we read, creating the schema in
 ** a new, empty file.  Sets a message in err on failure. */
 MQI_API int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen);
+/* MQ_OK if this library reads format version; else MQ_EVERSION with a
+** message naming file in err. */
+MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_t errlen);
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */
@@ -452,19 +463,7 @@ MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease)
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
 
-/* ---- inspect.c ----------------------------------------------------------- */
-/* Begin a read transaction on db (one snapshot) and read the file's format
-** version in it, which says where payloads are (MQI_PAYLOAD_V1/V2): a
-** read-only handle can have opened a version 1 file that a writer upgrades
-** while it runs.  *began says whether a transaction was begun, for
-** mqi_read_end. */
-MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
-/* End what mqi_read_begin began; a reader that cannot end it is marked to
-** be closed (s->rdb_broken). */
-MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
-/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
-** set: a newer library upgraded the file while this handle had it open. */
-MQI_API int mqi_read_format_ok(mq_store *s, int format);
+/* ---- payload columns in reads --------------------------------------------- */
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
@@ -1439,13 +1438,9 @@ static void store_disconnect(mq_store *s) {
 int mqi_store_reconnect(mq_store *s) {
   char err[MQI_ERRMSG_MAX] = "";
   store_disconnect(s);
+  /* store_connect reaches only the file the handle opened: another one at
+  ** the name would be written under a gate that is not its own. */
   int rc = store_connect(s, err, sizeof err);
-  /* Only to the same file: another one at the name would be written
-  ** under a gate that is not its own. */
-  if (rc == MQ_OK && !store_same_file(s, s->fullpath)) {
-    snprintf(err, sizeof err, "%s is no longer the file this handle opened", s->path);
-    rc = MQ_ECANTOPEN;
-  }
   if (rc == MQ_OK) {
     s->broken = 0;
     mqi_log(s, MQ_LOG_WARN, "%s: reopened after an error that left the connection unusable",
@@ -1523,26 +1518,57 @@ int mqi_store_read(mq_store *s, sqlite3 **db) {
   return MQ_OK;
 }
 
+int mqi_store_snapshot(sqlite3 *db, int *format) {
+  *format = MQI_FORMAT_VERSION;
+  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return src;
+  /* The first read of the transaction fixes its snapshot: the version is
+  ** the one of the rows the caller reads next. */
+  sqlite3_stmt *st = NULL;
+  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    *format = sqlite3_column_int(st, 0);
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return src;
+}
+
+int mqi_store_format_ok(mq_store *s, int format) {
+  char err[MQI_ERRMSG_MAX];
+  int rc = mqi_schema_newer(s->path, format, err, sizeof err);
+  return rc == MQ_OK ? MQ_OK : mqi_err_copy(s, rc, err);
+}
+
+/* End the read's transaction, if it has one.  Ending can still fail (out
+** of memory): then roll back, and if even that fails, 1: the connection
+** must not serve another call inside this transaction. */
+static int store_read_end(sqlite3 *db) {
+  if (!db || sqlite3_get_autocommit(db)) return 0;
+  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
+  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return 0;
+  return !sqlite3_get_autocommit(db);
+}
+
 void mqi_store_read_done(mq_store *s, int src) {
   int code = src & 0xff;
+  int stuck = store_read_end(s->rd_main ? s->db : s->rdb);
   store_reading = s->rd_prev;
   s->rd_prev = NULL;
   if (s->rd_main) {
     s->rd_main = 0;
-    if (s->rdb_broken) s->broken = 1;
-    s->rdb_broken = 0;
+    if (stuck) s->broken = 1;
     pthread_mutex_unlock(&s->dblock);
     pthread_mutex_unlock(&s->rdlock);
     return;
   }
   /* After an I/O error, or a transaction it could not end, the reader's
   ** view cannot be trusted: a fresh one next time. */
-  if (s->rdb && (s->rdb_broken || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
+  if (s->rdb && (stuck || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
                  code == SQLITE_NOTADB || code == SQLITE_CANTOPEN)) {
     sqlite3_close_v2(s->rdb);
     s->rdb = NULL;
   }
-  s->rdb_broken = 0;
   pthread_mutex_unlock(&s->rdlock);
 }
 
@@ -1901,10 +1927,16 @@ int mq_store_checkpoint(mq_store *s) {
 ** file gets them by ALTER TABLE, which appends them: a created file lists
 ** them last too, so the two have the same columns in the same order.  No
 ** constraints, which ALTER TABLE could not add to existing rows: they are
-** NULL in a row whose payload is in mq_body (body_id > 0). */
-#define SCHEMA_INLINE_COLUMNS(pre, sep, end)                                                 \
-  pre "size INTEGER" sep pre "crc INTEGER" sep pre "codec INTEGER" sep pre "headers BLOB" sep \
-  pre "data BLOB" end
+** NULL in a row whose payload is in mq_body (body_id > 0).  C(name, type)
+** is applied to each, with sep between. */
+#define SCHEMA_INLINE_COLUMNS(C, sep) \
+  C("size", "INTEGER") sep C("crc", "INTEGER") sep C("codec", "INTEGER") sep \
+  C("headers", "BLOB") sep C("data", "BLOB")
+#define SCHEMA_COLUMN_DEF(name, type) " " name " " type
+#define SCHEMA_COLUMN_ADD(name, type) "ALTER TABLE mq_msg ADD COLUMN " name " " type ";"
+#define SCHEMA_COLUMN_NAME(name, type) "'" name "'"
+#define SCHEMA_COLUMN_ONE(name, type) +1
+#define SCHEMA_INLINE_N (0 SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ONE, ))
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -1945,7 +1977,7 @@ static const char schema_sql[] =
     " expires_at INTEGER,"
     " origin_id INTEGER,"
     " reason TEXT,"
-    SCHEMA_INLINE_COLUMNS(" ", ",", ");")
+    SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_DEF, ",") ");"
     "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
     "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
     "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
@@ -1992,6 +2024,13 @@ static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t 
   return MQ_OK;
 }
 
+int mqi_schema_newer(const char *file, int64_t version, char *err, size_t errlen) {
+  if (version <= MQI_FORMAT_VERSION) return MQ_OK;
+  snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
+           file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
+  return MQ_EVERSION;
+}
+
 static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, size_t errlen) {
   const char *file = sqlite3_db_filename(db, "main");
   if (app != MQI_APPLICATION_ID) {
@@ -1999,11 +2038,8 @@ static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, si
              file, (long long)app);
     return MQ_ENOTMQ;
   }
-  if (version > MQI_FORMAT_VERSION) {
-    snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
-             file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
-    return MQ_EVERSION;
-  }
+  int rc = mqi_schema_newer(file, version, err, errlen);
+  if (rc != MQ_OK) return rc;
   if (version < 1) {
     snprintf(err, errlen, "%s has an invalid mq format version %lld", file, (long long)version);
     return MQ_ECORRUPT;
@@ -2049,20 +2085,20 @@ static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"
-                 " WHERE name IN ('size', 'crc', 'codec', 'headers', 'data')",
+                 " WHERE name IN (" SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_NAME, ",") ")",
                  &have, &src) == 0) {
     /* A version 1 file may already have the columns (set back to version
     ** 1 by hand): then only the version is missing.  Some of them is
     ** damage no upgrade can mend. */
-    if (have != 0 && have != 5) {
+    if (have != 0 && have != SCHEMA_INLINE_N) {
       sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the 5 columns of version 2",
-               sqlite3_db_filename(db, "main"), (long long)have);
+      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the %d columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)have, SCHEMA_INLINE_N);
       return MQ_ECORRUPT;
     }
     char sql[256];
     snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
-             have ? "" : SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             have ? "" : SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ADD, ""),
              MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }
@@ -2231,6 +2267,20 @@ static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
   }
 }
 
+/* Inside the transaction: a newer library may have upgraded the file
+** since this handle opened it, and nothing may be written in a format this
+** library does not know.  MQ_OK, or the code with a message in msg. */
+static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_FORMAT);
+  int src = st ? sqlite3_step(st) : sqlite3_errcode(s->db);
+  int64_t format = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (st) sqlite3_reset(st);
+  if (src == SQLITE_ROW) return mqi_schema_newer(s->path, format, msg, cap);
+  snprintf(msg, cap, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
+  int rc = mqi_err_from_sqlite(src);
+  return rc == MQ_OK ? MQ_ERROR : rc;
+}
+
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
   int n = 0, need_sync = 0, lean = 1;
@@ -2264,24 +2314,11 @@ again:
     goto out;
   }
 
-  /* A newer library may have upgraded the file since this handle opened
-  ** it: write nothing in a format this library does not know. */
-  sqlite3_stmt *fv = mqi_store_stmt(s, MQI_ST_FORMAT);
-  int fsrc = fv ? sqlite3_step(fv) : sqlite3_errcode(s->db);
-  int format = fsrc == SQLITE_ROW ? sqlite3_column_int(fv, 0) : 0;
-  if (fv) sqlite3_reset(fv);
-  if (fsrc != SQLITE_ROW || format > MQI_FORMAT_VERSION) {
-    int rc = fsrc != SQLITE_ROW ? mqi_err_from_sqlite(fsrc) : MQ_EVERSION;
-    if (fsrc != SQLITE_ROW)
-      snprintf(msg, sizeof msg, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
-    else
-      snprintf(msg, sizeof msg,
-               "%s: a newer library upgraded the file to format version %d while this handle had "
-               "it open; this library (mq %s) writes version %d",
-               s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+  int frc = commit_format_ok(s, msg, sizeof msg);
+  if (frc != MQ_OK) {
     commit_rollback(s);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
-    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    commit_fail_all(batch, frc, msg);
     goto out;
   }
 
@@ -2852,9 +2889,9 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
@@ -2889,7 +2926,6 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
                      sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   return rc;
 }
@@ -3763,9 +3799,9 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
@@ -3819,7 +3855,6 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {
@@ -4374,42 +4409,6 @@ void mq_msg_free(mq_msg *m) { free(m); }
 #include <string.h>
 #include <sys/stat.h>
 
-int mqi_read_begin(sqlite3 *db, int *began, int *format) {
-  *began = 0;
-  *format = MQI_FORMAT_VERSION;
-  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  if (src != SQLITE_OK) return src;
-  *began = 1;
-  /* The first read of the transaction fixes its snapshot: the version is
-  ** the one of the rows the caller reads next. */
-  sqlite3_stmt *st = NULL;
-  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
-  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    *format = sqlite3_column_int(st, 0);
-    src = SQLITE_OK;
-  }
-  sqlite3_finalize(st);
-  return src;
-}
-
-int mqi_read_format_ok(mq_store *s, int format) {
-  if (format <= MQI_FORMAT_VERSION) return MQ_OK;
-  return mqi_err_set(s, MQ_EVERSION,
-                     "%s: a newer library upgraded the file to format version %d while this "
-                     "handle had it open; this library (mq %s) reads up to version %d",
-                     s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
-}
-
-void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
-  if (!began || sqlite3_get_autocommit(db)) return;
-  /* Ending a read transaction can still fail (out of memory): then roll
-  ** back, and if even that fails, close the reader, so that no later call
-  ** runs inside this transaction. */
-  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (!sqlite3_get_autocommit(db)) s->rdb_broken = 1;
-}
-
 /* The visible state of a row as of now, as a get would see it. */
 #define INSPECT_SCAN_SQL(P)                                                                      \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
@@ -4433,10 +4432,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
   int64_t qid = 0;
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
@@ -4498,7 +4497,6 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -4586,10 +4584,9 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   verify_ctx v = {fn, ctx, 0};
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK && (rc = mqi_read_format_ok(s, format)) != MQ_OK) {
-    mqi_read_end(s, db, began);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK && (rc = mqi_store_format_ok(s, format)) != MQ_OK) {
     mqi_store_read_done(s, src);
     return rc;
   }
@@ -4641,7 +4638,6 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       format);
   if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
-  mqi_read_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

@@ -101,6 +101,20 @@ static void commit_fail_all(mqi_op *batch, int rc, const char *msg) {
   }
 }
 
+/* Inside the transaction: a newer library may have upgraded the file
+** since this handle opened it, and nothing may be written in a format this
+** library does not know.  MQ_OK, or the code with a message in msg. */
+static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_FORMAT);
+  int src = st ? sqlite3_step(st) : sqlite3_errcode(s->db);
+  int64_t format = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (st) sqlite3_reset(st);
+  if (src == SQLITE_ROW) return mqi_schema_newer(s->path, format, msg, cap);
+  snprintf(msg, cap, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
+  int rc = mqi_err_from_sqlite(src);
+  return rc == MQ_OK ? MQ_ERROR : rc;
+}
+
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
   int n = 0, need_sync = 0, lean = 1;
@@ -134,24 +148,11 @@ again:
     goto out;
   }
 
-  /* A newer library may have upgraded the file since this handle opened
-  ** it: write nothing in a format this library does not know. */
-  sqlite3_stmt *fv = mqi_store_stmt(s, MQI_ST_FORMAT);
-  int fsrc = fv ? sqlite3_step(fv) : sqlite3_errcode(s->db);
-  int format = fsrc == SQLITE_ROW ? sqlite3_column_int(fv, 0) : 0;
-  if (fv) sqlite3_reset(fv);
-  if (fsrc != SQLITE_ROW || format > MQI_FORMAT_VERSION) {
-    int rc = fsrc != SQLITE_ROW ? mqi_err_from_sqlite(fsrc) : MQ_EVERSION;
-    if (fsrc != SQLITE_ROW)
-      snprintf(msg, sizeof msg, "%s: reading the format version: %s", s->path, sqlite3_errmsg(s->db));
-    else
-      snprintf(msg, sizeof msg,
-               "%s: a newer library upgraded the file to format version %d while this handle had "
-               "it open; this library (mq %s) writes version %d",
-               s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
+  int frc = commit_format_ok(s, msg, sizeof msg);
+  if (frc != MQ_OK) {
     commit_rollback(s);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
-    commit_fail_all(batch, rc == MQ_OK ? MQ_ERROR : rc, msg);
+    commit_fail_all(batch, frc, msg);
     goto out;
   }
 

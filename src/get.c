@@ -365,9 +365,9 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
   size_t n = 0;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? GET_PEEK_SQL(MQI_PAYLOAD_V1) : GET_PEEK_SQL(MQI_PAYLOAD_V2), -1, &st, NULL);
@@ -421,7 +421,6 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {

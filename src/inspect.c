@@ -20,42 +20,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int mqi_read_begin(sqlite3 *db, int *began, int *format) {
-  *began = 0;
-  *format = MQI_FORMAT_VERSION;
-  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
-  if (src != SQLITE_OK) return src;
-  *began = 1;
-  /* The first read of the transaction fixes its snapshot: the version is
-  ** the one of the rows the caller reads next. */
-  sqlite3_stmt *st = NULL;
-  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
-  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    *format = sqlite3_column_int(st, 0);
-    src = SQLITE_OK;
-  }
-  sqlite3_finalize(st);
-  return src;
-}
-
-int mqi_read_format_ok(mq_store *s, int format) {
-  if (format <= MQI_FORMAT_VERSION) return MQ_OK;
-  return mqi_err_set(s, MQ_EVERSION,
-                     "%s: a newer library upgraded the file to format version %d while this "
-                     "handle had it open; this library (mq %s) reads up to version %d",
-                     s->path, format, MQ_VERSION, MQI_FORMAT_VERSION);
-}
-
-void mqi_read_end(mq_store *s, sqlite3 *db, int began) {
-  if (!began || sqlite3_get_autocommit(db)) return;
-  /* Ending a read transaction can still fail (out of memory): then roll
-  ** back, and if even that fails, close the reader, so that no later call
-  ** runs inside this transaction. */
-  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return;
-  if (!sqlite3_get_autocommit(db)) s->rdb_broken = 1;
-}
-
 /* The visible state of a row as of now, as a get would see it. */
 #define INSPECT_SCAN_SQL(P)                                                                      \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
@@ -79,10 +43,10 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
   int64_t qid = 0;
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
@@ -144,7 +108,6 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -232,10 +195,9 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
   verify_ctx v = {fn, ctx, 0};
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK && (rc = mqi_read_format_ok(s, format)) != MQ_OK) {
-    mqi_read_end(s, db, began);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK && (rc = mqi_store_format_ok(s, format)) != MQ_OK) {
     mqi_store_read_done(s, src);
     return rc;
   }
@@ -287,7 +249,6 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       format);
   if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
-  mqi_read_end(s, db, began);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

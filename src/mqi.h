@@ -209,7 +209,6 @@ struct mq_store {
   pthread_mutex_t dblock; /* guards db and everything used with it */
   pthread_mutex_t rdlock; /* guards rdb, and the read calls take turns on it */
   sqlite3 *rdb;           /* read-only connection of the read calls, or NULL */
-  int rdb_broken;         /* close rdb after this read */
   int rdb_off;            /* the path no longer names our file: read on db */
   int rd_main;            /* this read holds dblock and uses db */
   const mq_store *rd_prev; /* the read this one is inside, in its thread */
@@ -255,9 +254,18 @@ struct mq_store {
 ** the writer nor makes it wait, so a long scan does not hold up the
 ** handle's commits.  mqi_store_read locks it and sets *db (or sets the
 ** error and returns it); mqi_store_read_done unlocks it, closing it first
-** if src says the file failed it (it is opened again next time). */
+** if src says the file failed it (it is opened again next time), and
+** ending the transaction a read began on db, if any. */
 MQI_API int mqi_store_read(mq_store *s, sqlite3 **db);
 MQI_API void mqi_store_read_done(mq_store *s, int src);
+/* Inside a read: begin its transaction (one snapshot) and read the file's
+** format version in it, which says where payloads are (MQI_PAYLOAD_V1/V2):
+** a read-only handle can have opened a version 1 file that a writer
+** upgrades while it runs.  Returns the SQLite code. */
+MQI_API int mqi_store_snapshot(sqlite3 *db, int *format);
+/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
+** set: a newer library upgraded the file while this handle had it open. */
+MQI_API int mqi_store_format_ok(mq_store *s, int format);
 /* Whether the calling thread is inside a read of s: 0 no, 1 on the
 ** reader, 2 on the handle's own connection (it then holds dblock). */
 MQI_API int mqi_store_reading(const mq_store *s);
@@ -289,6 +297,9 @@ MQI_API int mqi_store_low_space(mq_store *s);
 /* Check that db is an mq store of a format we read, creating the schema in
 ** a new, empty file.  Sets a message in err on failure. */
 MQI_API int mqi_schema_open(sqlite3 *db, int readonly, int page_size, char *err, size_t errlen);
+/* MQ_OK if this library reads format version; else MQ_EVERSION with a
+** message naming file in err. */
+MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_t errlen);
 
 /* ---- commit.c ------------------------------------------------------------ */
 /* What an op did, for the commit: */
@@ -420,19 +431,7 @@ MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease)
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
 
-/* ---- inspect.c ----------------------------------------------------------- */
-/* Begin a read transaction on db (one snapshot) and read the file's format
-** version in it, which says where payloads are (MQI_PAYLOAD_V1/V2): a
-** read-only handle can have opened a version 1 file that a writer upgrades
-** while it runs.  *began says whether a transaction was begun, for
-** mqi_read_end. */
-MQI_API int mqi_read_begin(sqlite3 *db, int *began, int *format);
-/* End what mqi_read_begin began; a reader that cannot end it is marked to
-** be closed (s->rdb_broken). */
-MQI_API void mqi_read_end(mq_store *s, sqlite3 *db, int began);
-/* MQ_OK for a format this library reads; else MQ_EVERSION with the message
-** set: a newer library upgraded the file while this handle had it open. */
-MQI_API int mqi_read_format_ok(mq_store *s, int format);
+/* ---- payload columns in reads --------------------------------------------- */
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */

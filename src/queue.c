@@ -387,9 +387,9 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  int began, format;
-  int src = mqi_read_begin(db, &began, &format);
-  if (src == SQLITE_OK) rc = mqi_read_format_ok(s, format);
+  int format;
+  int src = mqi_store_snapshot(db, &format);
+  if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
     src = sqlite3_prepare_v2(
         db, format < 2 ? QUEUE_STATS_SQL(MQI_PAYLOAD_V1) : QUEUE_STATS_SQL(MQI_PAYLOAD_V2), -1,
@@ -424,7 +424,6 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
                      sqlite3_errmsg(db));
   }
   sqlite3_finalize(st);
-  mqi_read_end(s, db, began);
   mqi_store_read_done(s, src);
   return rc;
 }

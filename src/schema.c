@@ -44,10 +44,16 @@
 ** file gets them by ALTER TABLE, which appends them: a created file lists
 ** them last too, so the two have the same columns in the same order.  No
 ** constraints, which ALTER TABLE could not add to existing rows: they are
-** NULL in a row whose payload is in mq_body (body_id > 0). */
-#define SCHEMA_INLINE_COLUMNS(pre, sep, end)                                                 \
-  pre "size INTEGER" sep pre "crc INTEGER" sep pre "codec INTEGER" sep pre "headers BLOB" sep \
-  pre "data BLOB" end
+** NULL in a row whose payload is in mq_body (body_id > 0).  C(name, type)
+** is applied to each, with sep between. */
+#define SCHEMA_INLINE_COLUMNS(C, sep) \
+  C("size", "INTEGER") sep C("crc", "INTEGER") sep C("codec", "INTEGER") sep \
+  C("headers", "BLOB") sep C("data", "BLOB")
+#define SCHEMA_COLUMN_DEF(name, type) " " name " " type
+#define SCHEMA_COLUMN_ADD(name, type) "ALTER TABLE mq_msg ADD COLUMN " name " " type ";"
+#define SCHEMA_COLUMN_NAME(name, type) "'" name "'"
+#define SCHEMA_COLUMN_ONE(name, type) +1
+#define SCHEMA_INLINE_N (0 SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ONE, ))
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -88,7 +94,7 @@ static const char schema_sql[] =
     " expires_at INTEGER,"
     " origin_id INTEGER,"
     " reason TEXT,"
-    SCHEMA_INLINE_COLUMNS(" ", ",", ");")
+    SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_DEF, ",") ");"
     "CREATE INDEX mq_msg_queue ON mq_msg(queue_id, state, priority DESC, id);"
     "CREATE INDEX mq_msg_timer ON mq_msg(queue_id, visible_at) WHERE state IN (1,2);"
     "CREATE INDEX mq_msg_expiry ON mq_msg(queue_id, expires_at) WHERE expires_at IS NOT NULL;"
@@ -135,6 +141,13 @@ static int schema_identity(sqlite3 *db, int64_t *app, int64_t *version, int64_t 
   return MQ_OK;
 }
 
+int mqi_schema_newer(const char *file, int64_t version, char *err, size_t errlen) {
+  if (version <= MQI_FORMAT_VERSION) return MQ_OK;
+  snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
+           file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
+  return MQ_EVERSION;
+}
+
 static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, size_t errlen) {
   const char *file = sqlite3_db_filename(db, "main");
   if (app != MQI_APPLICATION_ID) {
@@ -142,11 +155,8 @@ static int schema_check(sqlite3 *db, int64_t app, int64_t version, char *err, si
              file, (long long)app);
     return MQ_ENOTMQ;
   }
-  if (version > MQI_FORMAT_VERSION) {
-    snprintf(err, errlen, "%s has format version %lld; this library (mq %s) reads up to version %d",
-             file, (long long)version, MQ_VERSION, MQI_FORMAT_VERSION);
-    return MQ_EVERSION;
-  }
+  int rc = mqi_schema_newer(file, version, err, errlen);
+  if (rc != MQ_OK) return rc;
   if (version < 1) {
     snprintf(err, errlen, "%s has an invalid mq format version %lld", file, (long long)version);
     return MQ_ECORRUPT;
@@ -192,20 +202,20 @@ static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"
-                 " WHERE name IN ('size', 'crc', 'codec', 'headers', 'data')",
+                 " WHERE name IN (" SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_NAME, ",") ")",
                  &have, &src) == 0) {
     /* A version 1 file may already have the columns (set back to version
     ** 1 by hand): then only the version is missing.  Some of them is
     ** damage no upgrade can mend. */
-    if (have != 0 && have != 5) {
+    if (have != 0 && have != SCHEMA_INLINE_N) {
       sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the 5 columns of version 2",
-               sqlite3_db_filename(db, "main"), (long long)have);
+      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the %d columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)have, SCHEMA_INLINE_N);
       return MQ_ECORRUPT;
     }
     char sql[256];
     snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
-             have ? "" : SCHEMA_INLINE_COLUMNS("ALTER TABLE mq_msg ADD COLUMN ", ";", ";"),
+             have ? "" : SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ADD, ""),
              MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }

@@ -344,13 +344,9 @@ static void store_disconnect(mq_store *s) {
 int mqi_store_reconnect(mq_store *s) {
   char err[MQI_ERRMSG_MAX] = "";
   store_disconnect(s);
+  /* store_connect reaches only the file the handle opened: another one at
+  ** the name would be written under a gate that is not its own. */
   int rc = store_connect(s, err, sizeof err);
-  /* Only to the same file: another one at the name would be written
-  ** under a gate that is not its own. */
-  if (rc == MQ_OK && !store_same_file(s, s->fullpath)) {
-    snprintf(err, sizeof err, "%s is no longer the file this handle opened", s->path);
-    rc = MQ_ECANTOPEN;
-  }
   if (rc == MQ_OK) {
     s->broken = 0;
     mqi_log(s, MQ_LOG_WARN, "%s: reopened after an error that left the connection unusable",
@@ -428,26 +424,57 @@ int mqi_store_read(mq_store *s, sqlite3 **db) {
   return MQ_OK;
 }
 
+int mqi_store_snapshot(sqlite3 *db, int *format) {
+  *format = MQI_FORMAT_VERSION;
+  int src = sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
+  if (src != SQLITE_OK) return src;
+  /* The first read of the transaction fixes its snapshot: the version is
+  ** the one of the rows the caller reads next. */
+  sqlite3_stmt *st = NULL;
+  src = sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL);
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    *format = sqlite3_column_int(st, 0);
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return src;
+}
+
+int mqi_store_format_ok(mq_store *s, int format) {
+  char err[MQI_ERRMSG_MAX];
+  int rc = mqi_schema_newer(s->path, format, err, sizeof err);
+  return rc == MQ_OK ? MQ_OK : mqi_err_copy(s, rc, err);
+}
+
+/* End the read's transaction, if it has one.  Ending can still fail (out
+** of memory): then roll back, and if even that fails, 1: the connection
+** must not serve another call inside this transaction. */
+static int store_read_end(sqlite3 *db) {
+  if (!db || sqlite3_get_autocommit(db)) return 0;
+  if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
+  if (sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL) == SQLITE_OK) return 0;
+  return !sqlite3_get_autocommit(db);
+}
+
 void mqi_store_read_done(mq_store *s, int src) {
   int code = src & 0xff;
+  int stuck = store_read_end(s->rd_main ? s->db : s->rdb);
   store_reading = s->rd_prev;
   s->rd_prev = NULL;
   if (s->rd_main) {
     s->rd_main = 0;
-    if (s->rdb_broken) s->broken = 1;
-    s->rdb_broken = 0;
+    if (stuck) s->broken = 1;
     pthread_mutex_unlock(&s->dblock);
     pthread_mutex_unlock(&s->rdlock);
     return;
   }
   /* After an I/O error, or a transaction it could not end, the reader's
   ** view cannot be trusted: a fresh one next time. */
-  if (s->rdb && (s->rdb_broken || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
+  if (s->rdb && (stuck || code == SQLITE_IOERR || code == SQLITE_CORRUPT ||
                  code == SQLITE_NOTADB || code == SQLITE_CANTOPEN)) {
     sqlite3_close_v2(s->rdb);
     s->rdb = NULL;
   }
-  s->rdb_broken = 0;
   pthread_mutex_unlock(&s->rdlock);
 }
 
