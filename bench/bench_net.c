@@ -84,13 +84,10 @@ static pid_t net_spawn(const net_peer *peer, const char *role, const char *a1, c
   int fds[2] = {-1, -1};
   pid_t pid = -1;
   const char *script = strcmp(role, "push") == 0 ? net_producer : net_receiver;
-  char *argv[] = {(char *)(peer->exe ? peer->exe : NET_PYTHON),
-                  (char *)(peer->exe ? role : "-c"),
-                  (char *)(peer->exe ? a1 : script),
-                  (char *)(peer->exe ? a2 : a1),
-                  (char *)(peer->exe ? a3 : a2),
-                  (char *)(peer->exe ? NULL : a3),
-                  NULL};
+  char *py[] = {(char *)NET_PYTHON, (char *)"-c", (char *)script,
+                (char *)a1,         (char *)a2,   (char *)a3, NULL};
+  char *exe[] = {(char *)peer->exe, (char *)role, (char *)a1, (char *)a2, (char *)a3, NULL};
+  char **argv = peer->exe ? exe : py;
   posix_spawn_file_actions_init(&fa);
   if (out) {
     if (pipe(fds) != 0) bench_die("pipe: %s", strerror(errno));
@@ -301,7 +298,7 @@ int main(int argc, char **argv) {
   if (access(MQ_ZMQ_PEER, X_OK) == 0)
     peers[npeers++] = (net_peer){"libzmq in C (zmq_peer): the transport's own ceiling", MQ_ZMQ_PEER};
 #endif
-  if (net_have_pyzmq() && (npeers == 0 || !o.quick))
+  if ((npeers == 0 || !o.quick) && net_have_pyzmq())
     peers[npeers++] = (net_peer){"pyzmq (" NET_PYTHON "), as in examples/", NULL};
   if (npeers == 0) {
     printf("bench_net: neither libzmq's headers (libzmq3-dev) nor pyzmq (python3-zmq) for %s: "

@@ -409,34 +409,12 @@ static int64_t find_in_file(const char *path, const unsigned char *needle, size_
 /* Flip one bit of message id's stored payload through SQLite, as a
 ** careless tool would: the file stays sound, only the payload is wrong. */
 static int flip_payload_sql(const char *db, int64_t id, uint64_t where, int bit) {
-  sqlite3 *h = NULL;
-  sqlite3_stmt *st = NULL;
-  int ok = 0;
-  if (sqlite3_open_v2(db, &h, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) goto out;
-  /* The payload is in the message row (small) or in mq_body. */
-  if (sqlite3_prepare_v2(h,
-                         "SELECT CASE WHEN m.body_id = 0 THEN m.data"
-                         " ELSE (SELECT data FROM mq_body WHERE id = m.body_id) END"
-                         " FROM mq_msg m WHERE m.id = ?1",
-                         -1, &st, NULL) != SQLITE_OK)
-    goto out;
-  sqlite3_bind_int64(st, 1, id);
-  if (sqlite3_step(st) != SQLITE_ROW) goto out;
-  int len = sqlite3_column_bytes(st, 0);
-  if (len <= 0) goto out;
-  unsigned char *copy = malloc((size_t)len);
-  if (!copy) goto out;
-  memcpy(copy, sqlite3_column_blob(st, 0), (size_t)len);
-  sqlite3_finalize(st);
-  st = NULL;
-  sqlite3_close(h);
-  h = NULL;
+  int len = 0;
+  unsigned char *copy = tu_payload_get(db, id, &len);
+  if (!copy) return 0;
   copy[where % (uint64_t)len] ^= (unsigned char)(1u << (bit & 7));
-  ok = tu_payload_set(db, id, "data = ?1", copy, len) == 1;
+  int ok = tu_payload_set(db, id, "data = ?1", copy, len) == 1;
   free(copy);
-out:
-  sqlite3_finalize(st);
-  sqlite3_close(h);
   return ok;
 }
 
@@ -921,7 +899,8 @@ static int judge_outcome(int c, const outcome *o, int status, const char *desc) 
         /* A deflate stream has bits nothing reads (the padding after its
         ** last block): a flip there leaves the payload as it was, and it
         ** comes back whole -- checked byte for byte (no bad payload). */
-        if (o->damaged_returned && g_damaged_zlib && c == M_PAYLOAD_SQL && !o->detected)
+        if (o->damaged_returned && g_damaged_zlib && c == M_PAYLOAD_SQL && !o->detected &&
+            !visible)
           break;
         if (o->damaged_returned)
           snprintf(why, sizeof why, "the damaged message was returned %d time(s)",

@@ -177,11 +177,6 @@ static void check_peek_max(mq_store *s, const char *q, size_t max, const want *w
 }
 #define check_peek(s, q, w, n) check_peek_max(s, q, 16, w, n)
 
-static void print_problem(void *ctx, const char *problem) {
-  (void)ctx;
-  fprintf(stderr, "  verify: %s\n", problem);
-}
-
 typedef struct scan_ctx {
   const want *w;
   size_t n, seen, bad;
@@ -199,7 +194,7 @@ static int scan_match(void *ctx, const mq_msg *m, int state) {
 /* mq_queue_scan, mq_queue_stats_get and mq_store_verify all agree with w. */
 static void check_reads(mq_store *s, const char *q, const want *w, size_t n) {
   scan_ctx c = {w, n, 0, 0};
-  int64_t corrupt = -1, problems = -1;
+  int64_t corrupt = -1;
   CHECK_OK(mq_queue_scan(s, q, scan_match, &c, &corrupt));
   CHECK(corrupt == 0 && c.seen == n && c.bad == 0);
   mq_queue_stats st = tu_stats(s, q);
@@ -207,8 +202,7 @@ static void check_reads(mq_store *s, const char *q, const want *w, size_t n) {
   if (st.bytes != bytes_of(w, n))
     fprintf(stderr, "  stats(%s).bytes %lld, expected %lld\n", q, (long long)st.bytes,
             (long long)bytes_of(w, n));
-  CHECK_OK(mq_store_verify(s, print_problem, NULL, &problems));
-  CHECK(problems == 0);
+  CHECK_VERIFY_CLEAN(s);
 }
 
 static int info_format(mq_store *s) {
@@ -299,9 +293,7 @@ static void upgrade_keeps_every_message(void) {
     CHECK(mq_msg_header(held[1], "src") && !strcmp(mq_msg_header(held[1], "src"), "new"));
   CHECK_STATS(s, "jobs", 5, 3, 0, 0, 8);
   CHECK(tu_stats(s, "jobs").bytes == bytes_of(all, 8));
-  int64_t problems = -1;
-  CHECK_OK(mq_store_verify(s, print_problem, NULL, &problems));
-  CHECK(problems == 0);
+  CHECK_VERIFY_CLEAN(s);
   for (int i = 0; i < 3; i++)
     if (held[i]) CHECK_OK(mq_ack(s, "jobs", mq_msg_receipt(held[i])));
   for (int i = 0; i < 3; i++) mq_msg_free(held[i]);
@@ -332,9 +324,7 @@ static void upgrade_keeps_every_message(void) {
   take(s, "news/b", &b[1]);
   CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_body") == 0);
   CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_msg") == 0);
-  problems = -1;
-  CHECK_OK(mq_store_verify(s, print_problem, NULL, &problems));
-  CHECK(problems == 0);
+  CHECK_VERIFY_CLEAN(s);
   CHECK_OK(mq_store_close(s));
   char ok[64];
   tu_sql_text(p, "PRAGMA integrity_check", ok, sizeof ok);
@@ -465,10 +455,7 @@ static pid_t upgrader_fork(const char *path, const int go[2], int busy_ms) {
   while (read(go[0], &c, 1) < 0 && errno == EINTR) {
   }
   mq_store_options o;
-  mq_store_options_init(&o);
-  o.sync = MQ_SYNC_NORMAL;
-  o.clock = test_clock;
-  o.min_free_bytes = 0;
+  tu_options(&o, MQ_SYNC_NORMAL);
   if (busy_ms) o.busy_timeout_ms = busy_ms;
   mq_store *w = NULL;
   int rc = mq_store_open(path, &o, &w);
@@ -593,9 +580,7 @@ static void upgrade_is_atomic_under_contention(void) {
     CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_msg WHERE body_id = 0") == 2 * KIDS);
     mq_store *s = test_open(p, MQ_SYNC_NORMAL);
     check_peek_max(s, "jobs", 5, v1_jobs, 5); /* the kids' messages come after */
-    int64_t problems = -1;
-    CHECK_OK(mq_store_verify(s, print_problem, NULL, &problems));
-    CHECK(problems == 0);
+    CHECK_VERIFY_CLEAN(s);
     CHECK(tu_stats(s, "jobs").total == 5 + 2 * KIDS);
     mq_store_close(s);
     test_unlink_store(p);
@@ -631,36 +616,20 @@ static void v1_with_columns(void) {
 ** v1 schema) peeks, gets stats and verifies right after an in-process
 ** upgrade, with no other call in between to refresh its schema. */
 static void reader_stale_schema(void) {
-  const char *p = test_path("rv-stale");
-  /* A version 1 file: the current schema minus the 5 columns. */
-  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
-  CHECK_OK(mq_queue_create(s, "q", NULL));
-  static char big[3000];
-  memset(big, 'b', sizeof big);
-  CHECK_OK(mq_put(s, "q", big, sizeof big, NULL, NULL));
-  mq_store_close(s);
-  CHECK(tu_sql_exec(p, "ALTER TABLE mq_msg DROP COLUMN data; ALTER TABLE mq_msg DROP COLUMN headers;"
-                       "ALTER TABLE mq_msg DROP COLUMN codec; ALTER TABLE mq_msg DROP COLUMN crc;"
-                       "ALTER TABLE mq_msg DROP COLUMN size; PRAGMA user_version=1") == SQLITE_OK);
-  mq_store *r = NULL;
-  CHECK_OK(tu_open_ex(p, MQ_SYNC_NORMAL, MQ_OPEN_READONLY, test_clock, NULL, &r));
+  const char *p = test_path("fmt-stale");
+  make_v1(p);
+  mq_store *r = open_ro(p, 1);
   if (!r) return;
-  mq_msg *m[4];
-  size_t n = 0;
-  CHECK_OK(mq_peek(r, "q", 4, m, &n));
-  CHECK(n == 1);
-  for (size_t i = 0; i < n; i++) mq_msg_free(m[i]);
+  check_peek(r, "jobs", v1_jobs, 5);
   mq_store *w = test_open(p, MQ_SYNC_NORMAL); /* upgrades */
-  CHECK_OK(mq_put(w, "q", "small", 5, NULL, NULL));
-  CHECK_OK(mq_peek(r, "q", 4, m, &n));
-  CHECK(n == 2 && n <= 4 && tu_msg_is(m[1], "small"));
-  for (size_t i = 0; i < n; i++) mq_msg_free(m[i]);
-  CHECK_OK(mq_put(w, "q", "small2", 6, NULL, NULL));
-  CHECK(tu_stats(r, "q").bytes == 3000 + 5 + 6);
-  CHECK_OK(mq_put(w, "q", "small3", 6, NULL, NULL));
-  int64_t problems = -1;
-  CHECK_OK(mq_store_verify(r, print_problem, NULL, &problems));
-  CHECK(problems == 0);
+  CHECK_OK(mq_put(w, "jobs", "small", 5, NULL, NULL));
+  const want now[6] = {v1_jobs[0], v1_jobs[1], v1_jobs[2], v1_jobs[3], v1_jobs[4],
+                       WS(9, "small")};
+  check_peek(r, "jobs", now, 6);
+  CHECK_OK(mq_put(w, "jobs", "small2", 6, NULL, NULL));
+  CHECK(tu_stats(r, "jobs").bytes == bytes_of(now, 6) + 6);
+  CHECK_OK(mq_put(w, "jobs", "small3", 6, NULL, NULL));
+  CHECK_VERIFY_CLEAN(r);
   mq_store_close(w);
   mq_store_close(r);
   test_unlink_store(p);

@@ -239,6 +239,14 @@ static int wait_flag(pthread_mutex_t *mu, pthread_cond_t *cv, const int *flag, l
   return *flag;
 }
 
+/* Set *flag under mu and wake its waiters (wait_flag). */
+static void raise_flag(pthread_mutex_t *mu, pthread_cond_t *cv, int *flag) {
+  pthread_mutex_lock(mu);
+  *flag = 1;
+  pthread_cond_broadcast(cv);
+  pthread_mutex_unlock(mu);
+}
+
 typedef struct busy_scan {
   mq_store *s;
   pthread_mutex_t mu;
@@ -249,12 +257,8 @@ typedef struct busy_scan {
 
 static void *busy_put(void *arg) {
   busy_scan *b = arg;
-  int rc = mq_put(b->s, "q", "late", 4, NULL, NULL);
-  pthread_mutex_lock(&b->mu);
-  b->put_rc = rc;
-  b->put_done = 1;
-  pthread_cond_signal(&b->cv);
-  pthread_mutex_unlock(&b->mu);
+  b->put_rc = mq_put(b->s, "q", "late", 4, NULL, NULL); /* read after the join */
+  raise_flag(&b->mu, &b->cv, &b->put_done);
   return NULL;
 }
 
@@ -435,21 +439,15 @@ typedef struct ckpt_scan {
   mq_store *s;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  int calling, done, rc, done_during_scan, calls;
+  int calling, done, rc, done_during_scan, calls, have_thread;
+  pthread_t th;
 } ckpt_scan;
 
 static void *ckpt_thread(void *arg) {
   ckpt_scan *c = arg;
-  pthread_mutex_lock(&c->mu);
-  c->calling = 1;
-  pthread_cond_broadcast(&c->cv);
-  pthread_mutex_unlock(&c->mu);
-  int rc = mq_store_checkpoint(c->s);
-  pthread_mutex_lock(&c->mu);
-  c->rc = rc;
-  c->done = 1;
-  pthread_cond_broadcast(&c->cv);
-  pthread_mutex_unlock(&c->mu);
+  raise_flag(&c->mu, &c->cv, &c->calling);
+  c->rc = mq_store_checkpoint(c->s); /* read after the join */
+  raise_flag(&c->mu, &c->cv, &c->done);
   return NULL;
 }
 
@@ -458,6 +456,9 @@ static int ckpt_fn(void *ctx, const mq_msg *m, int state) {
   (void)m;
   (void)state;
   if (c->calls++) return 0;
+  /* Started here, the checkpoint is called while this scan is open. */
+  if (pthread_create(&c->th, NULL, ckpt_thread, c) != 0) return 0;
+  c->have_thread = 1;
   pthread_mutex_lock(&c->mu);
   wait_flag(&c->mu, &c->cv, &c->calling, 20000);
   wait_flag(&c->mu, &c->cv, &c->done, 500);
@@ -479,10 +480,9 @@ static void checkpoint_waits_for_its_own_reads(void) {
   for (int i = 0; i < 3; i++) CHECK_OK(mq_put(c.s, "q", "m", 1, NULL, NULL));
   pthread_mutex_init(&c.mu, NULL);
   pthread_cond_init(&c.cv, NULL);
-  pthread_t th;
-  CHECK(pthread_create(&th, NULL, ckpt_thread, &c) == 0);
   CHECK_OK(mq_queue_scan(c.s, "q", ckpt_fn, &c, NULL));
-  pthread_join(th, NULL);
+  CHECK(c.have_thread);
+  if (c.have_thread) pthread_join(c.th, NULL);
   CHECK(c.done_during_scan == 0);
   CHECK_OK(c.rc);
   pthread_mutex_destroy(&c.mu);

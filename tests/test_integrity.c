@@ -48,26 +48,10 @@ static mq_store *open_logged(const char *path, log_box *box) {
 
 /* Flip one byte in the middle of message id's stored payload. */
 static void corrupt_payload(const char *path, int64_t id) {
-  sqlite3 *db = NULL;
-  sqlite3_stmt *st = NULL;
-  CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK);
-  CHECK(sqlite3_prepare_v2(db,
-                           "SELECT CASE WHEN m.body_id = 0 THEN m.data"
-                           " ELSE (SELECT data FROM mq_body WHERE id = m.body_id) END"
-                           " FROM mq_msg m WHERE m.id = ?",
-                           -1, &st, NULL) == SQLITE_OK);
-  sqlite3_bind_int64(st, 1, id);
-  unsigned char *copy = NULL;
   int len = 0;
-  if (sqlite3_step(st) == SQLITE_ROW) {
-    len = sqlite3_column_bytes(st, 0);
-    copy = malloc((size_t)len + 1);
-    if (copy && len) memcpy(copy, sqlite3_column_blob(st, 0), (size_t)len);
-  }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  CHECK(len > 0 && copy);
-  if (len > 0 && copy) {
+  unsigned char *copy = tu_payload_get(path, id, &len);
+  CHECK(copy != NULL);
+  if (copy) {
     copy[len / 2] ^= 0x5a;
     CHECK(tu_payload_set(path, id, "data = ?1", copy, len) == 1);
   }

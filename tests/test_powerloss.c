@@ -565,11 +565,11 @@ static int64_t g_vio_print = 0; /* violations printed so far (bounded) */
 static void violation(const point *pt, const char *what, int fam, int64_t seq) {
   if (g_vio_print++ >= 20) return;
   fprintf(stderr,
-          "  VIOLATION %s: workload %s sync %d %s %d redo %d%% tear %d: family %d seq %lld "
+          "  VIOLATION %s: workload %s sync %d %s %d redo %d%% tear %d%s: family %d seq %lld "
           "(replay with MQ_TEST_SEED=%llu)\n",
           what, pt->wl->name, pt->sync,
           pt->mode == AT_SYNC ? "sync" : pt->mode == AT_WRITE ? "write" : "fsync-fail", pt->k,
-          pt->redo, pt->tear, fam, (long long)seq, (unsigned long long)g_seed);
+          pt->redo, pt->tear, pt->recover ? " + a crash in recovery" : "", fam, (long long)seq, (unsigned long long)g_seed);
 }
 
 static void verify_cb(void *ctx, const char *problem) {
@@ -985,11 +985,11 @@ static int sweep(const workload *wl, int n, int sync, int mode, int redo, int te
 
 /* Random crash points: count points with k uniform in 1..max. */
 static void random_points(const workload *wl, int n, int sync, int mode, int max, int count,
-                          uint64_t *rng, totals *t) {
+                          uint64_t *rng, totals *t, int recover) {
   static const int redo[3] = {0, 50, 100};
   for (int i = 0; i < count; i++) {
     point pt = {wl, n, sync, mode, 1 + (int)(tu_rand(rng) % (uint64_t)max),
-                redo[tu_rand(rng) % 3], (int)(tu_rand(rng) % 2), 0};
+                redo[tu_rand(rng) % 3], (int)(tu_rand(rng) % 2), recover};
     if (run_point(&pt, t) < 0) return;
   }
 }
@@ -1096,8 +1096,8 @@ static void test_random_large(void) {
     int syncs = 0, writes = 0;
     measure(ALL[w], n, MQ_SYNC_FULL, &syncs, &writes);
     int div = SANITIZED ? 5 : 1;
-    random_points(ALL[w], n, MQ_SYNC_FULL, AT_SYNC, syncs + 1, 150 * g_scale / div, &rng, &T);
-    random_points(ALL[w], n, MQ_SYNC_FULL, AT_WRITE, writes + 1, 250 * g_scale / div, &rng, &T);
+    random_points(ALL[w], n, MQ_SYNC_FULL, AT_SYNC, syncs + 1, 150 * g_scale / div, &rng, &T, 0);
+    random_points(ALL[w], n, MQ_SYNC_FULL, AT_WRITE, writes + 1, 250 * g_scale / div, &rng, &T, 0);
     char name[80];
     snprintf(name, sizeof name, "%s n=%d random", ALL[w]->name, n);
     report(name, &before, &T);
@@ -1107,21 +1107,15 @@ static void test_random_large(void) {
 /* Random crash points, each followed by a second crash while the store
 ** recovers (recovery_crash). */
 static void test_crash_during_recovery(void) {
-  static const int redo[3] = {0, 50, 100};
   int n = SMALL_N * 2 * g_scale;
   uint64_t rng = mix(g_seed ^ 0x9abc);
   for (size_t w = 0; w < NWL; w++) {
     totals before = T;
     int syncs = 0, writes = 0;
     measure(ALL[w], n, MQ_SYNC_FULL, &syncs, &writes);
-    for (int i = 0; i < (SANITIZED ? 8 : 40) * g_scale; i++) {
-      int at_sync = (int)(tu_rand(&rng) % 2);
-      int max = at_sync ? syncs + 1 : writes + 1;
-      point pt = {ALL[w], n, MQ_SYNC_FULL, at_sync ? AT_SYNC : AT_WRITE,
-                  1 + (int)(tu_rand(&rng) % (uint64_t)max), redo[tu_rand(&rng) % 3],
-                  (int)(tu_rand(&rng) % 2), 1};
-      if (run_point(&pt, &T) < 0) break;
-    }
+    int count = (SANITIZED ? 4 : 20) * g_scale;
+    random_points(ALL[w], n, MQ_SYNC_FULL, AT_SYNC, syncs + 1, count, &rng, &T, 1);
+    random_points(ALL[w], n, MQ_SYNC_FULL, AT_WRITE, writes + 1, count, &rng, &T, 1);
     char name[80];
     snprintf(name, sizeof name, "%s n=%d crash in recovery", ALL[w]->name, n);
     report(name, &before, &T);

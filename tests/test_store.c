@@ -417,20 +417,6 @@ static void test_versions(void) {
   CHECK(strcmp(mq_sqlite_version(), sqlite3_libversion()) == 0);
 }
 
-/* PRAGMA page_size of the file, read the way another program would. */
-static int file_page_size(const char *path) {
-  sqlite3 *db = NULL;
-  sqlite3_stmt *st = NULL;
-  int ps = -1;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-      sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    ps = sqlite3_column_int(st, 0);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return ps;
-}
-
 static int open_paged(const char *path, int page_size, mq_store **out) {
   return open_new(path, 0, page_size, out);
 }
@@ -448,7 +434,7 @@ static void test_page_size_of_new_file(void) {
   CHECK_OK(mq_queue_create(s, "q", NULL));
   CHECK_OK(mq_put(s, "q", "kept", 4, NULL, NULL));
   CHECK_OK(mq_store_close(s));
-  CHECK(file_page_size(p) == 65536);
+  CHECK(tu_sql_int(p, "PRAGMA page_size") == 65536);
 
   char said[300] = "";
   mq_store_options o;
@@ -465,13 +451,15 @@ static void test_page_size_of_new_file(void) {
   CHECK(m && mq_msg_size(m) == 4 && memcmp(mq_msg_data(m), "kept", 4) == 0);
   mq_msg_free(m);
   CHECK_OK(mq_store_close(s));
-  CHECK(file_page_size(p) == 65536);
+  CHECK(tu_sql_int(p, "PRAGMA page_size") == 65536);
 
   const char *d = test_path("pages_default");
   CHECK_OK(open_paged(d, 0, &s));
   CHECK_OK(mq_queue_create(s, "q", NULL));
   CHECK_OK(mq_store_close(s));
-  CHECK(file_page_size(d) == 4096);
+  CHECK(tu_sql_int(d, "PRAGMA page_size") == 4096);
+  test_unlink_store(p);
+  test_unlink_store(d);
 }
 
 static void test_page_size_refused(void) {
@@ -508,6 +496,7 @@ static void test_page_size_wal_bounded(void) {
   CHECK(most > 0 && most < 12 * 1024 * 1024);
   if (most >= 12 * 1024 * 1024) fprintf(stderr, "  the WAL grew to %lld bytes\n", (long long)most);
   CHECK_OK(mq_store_close(s));
+  test_unlink_store(p);
 }
 
 static void test_close_null(void) {

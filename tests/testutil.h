@@ -46,18 +46,39 @@ static inline void tu_sleep_ms(int64_t ms) {
   }
 }
 
+/* The options every test opens with: the injected clock, no free-space
+** floor; a test that needs one more field (page_size, busy_timeout_ms)
+** sets it after this. */
+static inline void tu_options(mq_store_options *o, int sync) {
+  mq_store_options_init(o);
+  o->sync = sync;
+  o->clock = test_clock;
+  o->min_free_bytes = 0;
+}
+
 /* Open a store with the given clock; returns the result code. */
 static inline int tu_open_ex(const char *path, int sync, int flags,
                              mq_clock_fn clock, void *ctx, mq_store **out) {
   mq_store_options o;
-  mq_store_options_init(&o);
-  o.sync = sync;
+  tu_options(&o, sync);
   o.flags = flags;
   o.clock = clock;
   o.clock_ctx = ctx;
-  o.min_free_bytes = 0;
   return mq_store_open(path, &o, out);
 }
+
+static inline void tu_print_problem(void *ctx, const char *problem) {
+  (void)ctx;
+  fprintf(stderr, "  verify: %s\n", problem);
+}
+
+/* mq_store_verify finds nothing wrong (and prints what it finds). */
+#define CHECK_VERIFY_CLEAN(s)                                           \
+  do {                                                                  \
+    int64_t problems_ = -1;                                             \
+    CHECK_OK(mq_store_verify((s), tu_print_problem, NULL, &problems_)); \
+    CHECK(problems_ == 0);                                              \
+  } while (0)
 
 /* Create a queue with the defaults except visibility, max_receives and dlq. */
 static inline void tu_create(mq_store *s, const char *q, int64_t visibility_ms,
@@ -276,6 +297,33 @@ static inline int64_t tu_payload_int(const char *path, int64_t id, const char *e
            " FROM mq_msg m WHERE m.id = %lld",
            expr, expr, (long long)id);
   return tu_sql_int(path, sql);
+}
+
+/* A malloc'd copy of message id's stored payload bytes, *len of them;
+** NULL (and *len 0) if it has none. */
+static inline unsigned char *tu_payload_get(const char *path, int64_t id, int *len) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  unsigned char *copy = NULL;
+  *len = 0;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK) {
+    sqlite3_busy_timeout(db, 5000);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT CASE WHEN m.body_id = 0 THEN m.data"
+                           " ELSE (SELECT data FROM mq_body WHERE id = m.body_id) END"
+                           " FROM mq_msg m WHERE m.id = ?1",
+                           -1, &st, NULL) == SQLITE_OK) {
+      sqlite3_bind_int64(st, 1, id);
+      int n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_bytes(st, 0) : 0;
+      if (n > 0 && (copy = malloc((size_t)n)) != NULL) {
+        memcpy(copy, sqlite3_column_blob(st, 0), (size_t)n);
+        *len = n;
+      }
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return copy;
 }
 
 /* 1 if message id keeps its payload in its own row, 0 if in mq_body. */
