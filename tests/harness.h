@@ -9,11 +9,13 @@
 **
 ** Time in tests is injected: test_clock is an mq_clock_fn over a variable
 ** the test moves by hand (test_now_ms), so nothing here ever sleeps to test a
-** timeout.  Files go under $MQ_TEST_TMPDIR (set by ctest) or /tmp.
+** timeout.  Files go under $MQ_TEST_TMPDIR (set by ctest) or /tmp, and are
+** removed by test_done when every check passed.
 */
 #ifndef MQ_TEST_HARNESS_H
 #define MQ_TEST_HARNESS_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -62,8 +64,30 @@ static const char *test_current = "";
     fprintf(stderr, "%s %s\n", test_failures == before_ ? "ok  " : "FAIL", #fn); \
   } while (0)
 
+/* After a run with no failure, remove what this process left under the
+** test directory (test_path names carry the pid between dashes, and a
+** test's own side files start with one of those names), so repeated runs
+** do not fill the disk; a failed run keeps its files to be looked at. */
+static inline void test_remove_files(void) {
+  const char *dir = getenv("MQ_TEST_TMPDIR");
+  if (!dir || !*dir) dir = "/tmp";
+  char mark[32];
+  snprintf(mark, sizeof mark, "-%ld-", (long)getpid());
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  char path[1024];
+  while ((e = readdir(d)) != NULL) {
+    if (!strstr(e->d_name, mark)) continue;
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
+}
+
 static int test_done(void) {
   fprintf(stderr, "%d checks, %d failed\n", test_checks, test_failures);
+  if (!test_failures) test_remove_files();
   return test_failures ? 1 : 0;
 }
 

@@ -242,6 +242,19 @@ def socket(kind, **opts):
     return s
 
 
+def remove_files():
+    """After a run with no failure, remove this process's files (db_path
+    names carry the pid), so repeated runs do not fill the disk; a failed
+    run keeps them to be looked at."""
+    mark = "-%d.db" % os.getpid()
+    for name in os.listdir(TMP):
+        if mark in name:
+            try:
+                os.unlink(os.path.join(TMP, name))
+            except OSError:
+                pass
+
+
 def run(tests):
     """Run the test functions, stop every server, report, exit."""
     global CTX
@@ -270,4 +283,6 @@ def run(tests):
         del _monitored[:]
         CTX.destroy(linger=0)
     print("%d failed" % len(_failures))
+    if not _failures:
+        remove_files()
     sys.exit(1 if _failures else 0)
