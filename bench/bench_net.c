@@ -313,7 +313,8 @@ int main(int argc, char **argv) {
   printf("\nratios: mq / libzmq (target >= 0.50; mq stores every message durably, libzmq\n"
          "stores nothing) and mq / SQLite (raw SQLite, WAL, one table, storing the same\n"
          "messages in transactions of %d from memory, no network: the storage ceiling);\n"
-         "ceiling = SQLite / libzmq: where it is below 0.50, no SQLite store can meet the target.\n"
+         "ceiling = SQLite / libzmq: where it is below 0.50, no store that keeps one SQLite row\n"
+         "per message can meet the target.\n"
          "pages: the file's page size (mq_store_options.page_size; SQLite's default is 4K)\n",
          NET_TXN);
   return 0;
