@@ -53,8 +53,8 @@ extern "C" {
 #endif
 
 /* Library version: compile-time macros and the run-time call. */
-#define MQ_VERSION "0.2.0"
-#define MQ_VERSION_NUMBER 2000 /* major*1000000 + minor*1000 + patch */
+#define MQ_VERSION "0.2.1"
+#define MQ_VERSION_NUMBER 2001 /* major*1000000 + minor*1000 + patch */
 
 /* The version string of the library actually linked, e.g. "0.2.0". */
 MQ_API const char *mq_libversion(void);
@@ -555,7 +555,10 @@ MQ_API int mq_touch(mq_store *store, const char *queue, const char *receipt,
 /* Move dead letters back to be delivered again, with their receive count
 ** reset.  For a queue used as a dlq: its messages go back to the queues
 ** they came from.  For any queue: its own dead messages become ready.
-** A dead letter a consumer of the dlq holds a live lease on stays.
+** A dead letter whose queue was dropped stays in the dlq (ready if it was
+** dead there); it never goes to a queue created since, as queue ids are
+** never reused.  A dead letter a consumer of the dlq holds a live lease on
+** stays.
 ** At most max messages (0 = all); *moved (may be NULL) gets the count. */
 MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
                       int64_t *moved);

@@ -366,6 +366,8 @@ MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_q
 ** with drop, also its dedup keys and the queue row itself. */
 MQI_API int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int drop,
                             int64_t *deleted);
+/* The id for a new queue, topic or subscription: never one a dropped one had. */
+MQI_API int mqi_queue_new_id(mq_store *s, mqi_op *op, int64_t *id);
 
 /* ---- put.c --------------------------------------------------------------- */
 /* Rows per multi-row INSERT of a batch of puts (store.c spells them out). */

@@ -104,6 +104,27 @@ static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a
 
 /* ---- create -------------------------------------------------------------- */
 
+int mqi_queue_new_id(mq_store *s, mqi_op *op, int64_t *id) {
+  /* Never an id a dropped queue had: dead letters remember the queue they
+  ** came from (mq_msg.origin_id), and a redrive must not send them to a
+  ** newer queue that SQLite's max(rowid) + 1 would give the same id.  The
+  ** floor is kept in mq_meta, as the message ids' is. */
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(
+      s->db,
+      "SELECT max(coalesce((SELECT value FROM mq_meta WHERE key = 'next_queue_id'), 1),"
+      " coalesce((SELECT max(id) FROM mq_queue), 0) + 1)",
+      -1, &st, NULL);
+  if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    *id = sqlite3_column_int64(st, 0);
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "choosing a queue id");
+  return queue_exec(s, op, "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_queue_id', ?1)",
+                    1, *id + 1, 0, 0, NULL);
+}
+
 typedef struct queue_create_arg {
   const char *name;
   int kind;
@@ -143,12 +164,14 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
   }
   if (rc != MQ_ENOTFOUND) return rc;
   op->err[0] = 0;
+  int64_t id;
+  if ((rc = mqi_queue_new_id(s, op, &id)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
       "INSERT INTO mq_queue(name, kind, visibility_ms, max_receives, dlq_id, retention_ms,"
-      " max_payload, compress_above, dedup_window_ms, created_at)"
-      " VALUES(?1, ?10, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+      " max_payload, compress_above, dedup_window_ms, created_at, id)"
+      " VALUES(?1, ?10, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing queue creation");
   sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
@@ -164,6 +187,7 @@ static int queue_create_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 8, a->o.dedup_window_ms);
   sqlite3_bind_int64(st, 9, mqi_store_now(s));
   sqlite3_bind_int(st, 10, a->kind);
+  sqlite3_bind_int64(st, 11, id);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a queue");

@@ -236,12 +236,14 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
   if (rc != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   int64_t limit = a->max > 0 ? a->max : INT64_MAX;
-  /* Dead letters that came from another queue go back there (if it still
-  ** exists); this queue's own dead messages become ready here. */
+  /* Dead letters that came from another queue go back there if it still
+  ** exists (queue ids are never reused: mqi_queue_new_id); this queue's own
+  ** dead messages, and dead ones whose queue is gone, become ready here. */
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
-      "UPDATE mq_msg SET queue_id = coalesce(origin_id, queue_id), origin_id = NULL,"
+      "UPDATE mq_msg SET queue_id = coalesce((SELECT id FROM mq_queue"
+      "  WHERE id = mq_msg.origin_id), queue_id), origin_id = NULL,"
       " state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"

@@ -247,12 +247,14 @@ static int topic_sub_create_op(mq_store *s, mqi_op *op) {
   }
   if (rc != MQ_ENOTFOUND) return rc;
   op->err[0] = 0;
+  int64_t id;
+  if ((rc = mqi_queue_new_id(s, op, &id)) != MQ_OK) return rc;
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
       "INSERT INTO mq_queue(name, kind, parent_id, filter, visibility_ms, max_receives, dlq_id,"
-      " retention_ms, max_payload, compress_above, dedup_window_ms, created_at)"
-      " VALUES(?1, 2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+      " retention_ms, max_payload, compress_above, dedup_window_ms, created_at, id)"
+      " VALUES(?1, 2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
       -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
   sqlite3_bind_text(st, 1, a->path, -1, SQLITE_STATIC);
@@ -266,6 +268,7 @@ static int topic_sub_create_op(mq_store *s, mqi_op *op) {
   sqlite3_bind_int64(st, 9, t.compress_above);
   sqlite3_bind_int64(st, 10, t.dedup_window_ms);
   sqlite3_bind_int64(st, 11, mqi_store_now(s));
+  sqlite3_bind_int64(st, 12, id);
   src = sqlite3_step(st);
   sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "creating a subscription");

@@ -256,6 +256,50 @@ static void test_drop_dlq_in_use(void) {
   finish(s);
 }
 
+/* A dead letter whose queue was dropped has nowhere to go back to: it must
+** neither land in a queue created since (SQLite would give that one the
+** dropped queue's id) nor vanish into a queue that no longer exists. */
+static void test_redrive_after_origin_dropped(void) {
+  mq_store *s = fresh("redrivedrop");
+  tu_create(s, "dlq", 1000, 2, NULL);
+  tu_create(s, "orders", 1000, 1, "dlq");
+  tu_create(s, "audit", 1000, 1, "dlq");
+  tu_put(s, "orders", "order #1");
+  tu_put(s, "audit", "audit #1");
+  kill_one(s, "orders", "bad order");
+  kill_one(s, "audit", "bad audit");
+  /* Both die again inside the dlq, which has no dlq itself: two leases
+  ** each run out, and the next get finds them dead. */
+  for (int round = 0; round < 2; round++) {
+    for (int k = 0; k < 2; k++) mq_msg_free(tu_get(s, "dlq"));
+    test_now_ms += 1001;
+  }
+  CHECK(tu_get(s, "dlq") == NULL);
+  CHECK_STATS(s, "dlq", 0, 0, 0, 2, 2);
+
+  CHECK_OK(mq_queue_drop(s, "audit"));
+  CHECK_OK(mq_queue_drop(s, "orders"));
+  tu_create(s, "emails", 1000, 5, NULL);
+  tu_create(s, "reports", 1000, 5, NULL);
+
+  int64_t moved = -1;
+  CHECK_OK(mq_redrive(s, "dlq", 0, &moved));
+  CHECK(moved == 2);
+  CHECK_STATS(s, "emails", 0, 0, 0, 0, 0);
+  CHECK_STATS(s, "reports", 0, 0, 0, 0, 0);
+  CHECK_STATS(s, "dlq", 2, 0, 0, 0, 2);
+  int seen = 0;
+  for (int k = 0; k < 2; k++) {
+    mq_msg *m = tu_get(s, "dlq");
+    if (m && tu_msg_is(m, "order #1")) seen |= 1;
+    if (m && tu_msg_is(m, "audit #1")) seen |= 2;
+    mq_msg_free(m);
+  }
+  CHECK(seen == 3);
+  CHECK_VERIFY_CLEAN(s);
+  finish(s);
+}
+
 static void test_dlq_option_checks(void) {
   mq_store *s = fresh("dlqopts");
   tu_create(s, "dlq", 0, 0, NULL);
@@ -281,6 +325,7 @@ int main(void) {
   TEST(test_dead_without_dlq);
   TEST(test_redrive_from_dlq);
   TEST(test_drop_dlq_in_use);
+  TEST(test_redrive_after_origin_dropped);
   TEST(test_dlq_option_checks);
   return test_done();
 }
