@@ -9571,11 +9571,16 @@ static int rt_status(int rc) {
   }
 }
 
-/* The producer prefix of dedup keys: the Identity when it is short
-** printable text, else a hash of it ("#" and 16 hex digits). */
+/* The producer prefix of dedup keys: the Identity (or :producer) when it
+** is short printable text, else a hash of it ("#" and 16 hex digits).  A
+** key is producer "/" client_msg_id, and the client_msg_id may hold "/":
+** a producer with a "/" is hashed too, so the first "/" of a key always
+** ends the producer and two producers can never make the same key.  One
+** starting with "#" is hashed so that it cannot pass for another's hash. */
 static void rt_producer(const uint8_t *id, size_t len, char *out, size_t cap) {
-  int printable = len > 0 && len <= RT_ID_MAX;
-  for (size_t i = 0; printable && i < len; i++) printable = id[i] > 0x20 && id[i] < 0x7f;
+  int printable = len > 0 && len <= RT_ID_MAX && id[0] != '#';
+  for (size_t i = 0; printable && i < len; i++)
+    printable = id[i] > 0x20 && id[i] < 0x7f && id[i] != '/';
   if (len == 0) {
     out[0] = '\0';
   } else if (printable) {
@@ -9749,9 +9754,16 @@ int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_req *r) {
 /* ------------------------------------------------------------------------
 ** Requests: the parsed request is acted on, or queued for the turn's work
 */
-static int rt_queue_kind(mq_server *s, const char *queue) {
+/* The kind of queue (MQ_KIND_*), or -1 with *status and *why set: 404 only
+** when there is no such queue.  A lock or an I/O error is a 503, which
+** tells the client to retry, not to drop what it was sending. */
+static int rt_queue_kind(mq_server *s, const char *queue, int *status, const char **why) {
   mq_queue_info info;
-  return mq_queue_info_get(s->store, queue, &info) == MQ_OK ? info.kind : -1;
+  int rc = mq_queue_info_get(s->store, queue, &info);
+  if (rc == MQ_OK) return info.kind;
+  *status = rt_status(rc);
+  *why = rc == MQ_ENOTFOUND ? "no such queue" : mq_errstr(rc);
+  return -1;
 }
 
 static void rt_put_refuse(mq_server *s, mqi_srv_conn *sc, int delim, const char *cid,
@@ -9802,7 +9814,12 @@ static void rt_req_put(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q,
     p.po.headers = p.hdrs;
     p.po.n_headers = q->n_headers;
   }
-  const char *producer = q->producer[0] ? q->producer : (sc->rt ? sc->rt->producer : "");
+  char named[RT_ID_MAX + 2];
+  const char *producer = sc->rt ? sc->rt->producer : "";
+  if (q->producer[0]) {
+    rt_producer((const uint8_t *)q->producer, strlen(q->producer), named, sizeof named);
+    producer = named;
+  }
   if (*producer)
     snprintf(p.key, sizeof p.key, "%s/%s", producer, p.cid);
   else
@@ -9912,10 +9929,13 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, const mqi_router_req 
     rt_reply(s, sc, delim, r, 2);
     return;
   }
-  int kind = rt_queue_kind(s, queue);
+  int status = 0;
+  const char *why = "";
+  int kind = rt_queue_kind(s, queue, &status, &why);
   if (kind < 0 || kind == MQ_KIND_TOPIC) {
-    rt_err(s, sc, delim, kind < 0 ? "404" : "400",
-           kind < 0 ? "no such queue" : "a topic: consume one of its subscriptions");
+    char code[8];
+    snprintf(code, sizeof code, "%d", kind < 0 ? status : 400);
+    rt_err(s, sc, delim, code, kind < 0 ? why : "a topic: consume one of its subscriptions");
     return;
   }
   if (!sub) {
@@ -10022,13 +10042,15 @@ static void rt_ack_put(mq_server *s, rt_put *p) {
 ** spoils the batch, one put each so every PUT gets its own answer. */
 static void rt_commit_queue(mq_server *s, rt_put **ps, size_t n) {
   const char *queue = ps[0]->queue;
-  int kind = rt_queue_kind(s, queue);
+  int status = 0;
+  const char *why = "";
+  int kind = rt_queue_kind(s, queue, &status, &why);
   int rc;
   if (kind < 0 || kind == MQ_KIND_SUBSCRIPTION) {
     for (size_t i = 0; i < n; i++) {
-      ps[i]->status = kind < 0 ? 404 : 400;
+      ps[i]->status = kind < 0 ? status : 400;
       snprintf(ps[i]->text, sizeof ps[i]->text, "%s",
-               kind < 0 ? "no such queue" : "a subscription: put to its topic");
+               kind < 0 ? why : "a subscription: put to its topic");
     }
     return;
   }
@@ -10129,6 +10151,20 @@ static void rt_commit_puts(mq_server *s) {
   st->put_bytes = 0;
 }
 
+/* Whether a receipt is well-formed (mq_ack_batch refuses a batch with one
+** that is not). */
+static int rt_receipt_ok(const char *receipt) {
+  int64_t id;
+  uint64_t lease;
+  return mqi_receipt_parse(receipt, &id, &lease) == MQ_OK;
+}
+
+/* Whether an ACK or NACK answered with status ended the delivery: done
+** (200) or no longer the peer's (410).  After any other answer (a lock, an
+** I/O error) the message is still leased to the peer and still counts
+** against its credit. */
+static int rt_settled(int status) { return status == 200 || status == 410; }
+
 /* Forget a delivery the peer settled (or whose lease ended). */
 static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
   if (!sc || !sc->rt) return;
@@ -10137,6 +10173,19 @@ static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) 
   for (size_t k = 0; k < sub->nfl; k++)
     if (strcmp(sub->fl[k].receipt, receipt) == 0) {
       sub->fl[k] = sub->fl[--sub->nfl];
+      return;
+    }
+}
+
+/* A delivery the peer touched: our count of its lease follows, so it is
+** neither counted out of the credit early nor left out of the nack on
+** close. */
+static void rt_touched(mqi_srv_conn *sc, const char *queue, const char *receipt, int64_t ms) {
+  if (!sc || !sc->rt) return;
+  rt_sub *sub = rt_find_sub(sc->rt, queue);
+  for (size_t k = 0; sub && k < sub->nfl; k++)
+    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
+      sub->fl[k].until = mqi_time_add(rt_mono(), ms);
       return;
     }
 }
@@ -10160,12 +10209,14 @@ static void rt_commit_settles(mq_server *s) {
     rt_settle *t = &st->settles[i];
     if (done && done[i]) continue;
     int rc;
-    if (t->verb == RT_ACK && rcpts && res && grp && done) {
-      /* Every ACK of this turn on this queue: one commit. */
+    if (t->verb == RT_ACK && rcpts && res && grp && done && rt_receipt_ok(t->receipt)) {
+      /* Every ACK of this turn on this queue: one commit.  A receipt that
+      ** does not parse would fail the whole batch (anyone's ACKs with it):
+      ** it is answered alone, below. */
       size_t g = 0;
       for (size_t k = i; k < n; k++)
         if (!done[k] && st->settles[k].verb == RT_ACK &&
-            strcmp(st->settles[k].queue, t->queue) == 0) {
+            strcmp(st->settles[k].queue, t->queue) == 0 && rt_receipt_ok(st->settles[k].receipt)) {
           grp[g] = &st->settles[k];
           rcpts[g++] = st->settles[k].receipt;
           done[k] = 1;
@@ -10174,7 +10225,7 @@ static void rt_commit_settles(mq_server *s) {
       for (size_t k = 0; k < g; k++) {
         grp[k]->status = rt_status(rc == MQ_OK ? res[k] : rc);
         if (grp[k]->status == 200) MQI_SRV_COUNT(s->eps[grp[k]->ep].count.acks, 1);
-        rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
+        if (rt_settled(grp[k]->status)) rt_forget(grp[k]->sc, grp[k]->queue, grp[k]->receipt);
         rt_done(s, grp[k], grp[k]->status == 200 ? "" : mq_errstr(rc == MQ_OK ? res[k] : rc));
       }
       continue;
@@ -10187,7 +10238,8 @@ static void rt_commit_settles(mq_server *s) {
       rc = mq_touch(s->store, t->queue, t->receipt, t->ms);
     t->status = rt_status(rc);
     if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->ep].count.acks, 1);
-    if (t->verb != RT_TOUCH) rt_forget(t->sc, t->queue, t->receipt);
+    if (t->verb != RT_TOUCH && rt_settled(t->status)) rt_forget(t->sc, t->queue, t->receipt);
+    if (t->verb == RT_TOUCH && rc == MQ_OK) rt_touched(t->sc, t->queue, t->receipt, t->ms);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }
   for (size_t i = 0; i < n; i++) free(st->settles[i].reason);

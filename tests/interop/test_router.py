@@ -29,6 +29,17 @@ def recv(sock):
     return m[1:]
 
 
+def producer(srv, n, tag, body="job %d"):
+    """A DEALER that has put n messages into q (client ids tag0..)."""
+    p = socket(zmq.DEALER)
+    p.connect(srv.endpoint(0))
+    for i in range(n):
+        send(p, "PUT", "q", "%s%d" % (tag, i), (body % i).encode())
+    for _ in range(n):
+        check(recv(p)[2] == b"200", "put acked")
+    return p
+
+
 def serve(tag):
     db = common.db_path(tag)
     srv = common.Server(db, ["--create", "q", "--create", "other", "--router",
@@ -129,12 +140,7 @@ def test_req_client():
 
 def test_consume_window_and_disconnect():
     db, srv = serve("router-consume")
-    p = socket(zmq.DEALER)
-    p.connect(srv.endpoint(0))
-    for i in range(20):
-        send(p, "PUT", "q", "c%d" % i, b"job %d" % i)
-    for _ in range(20):
-        recv(p)
+    p = producer(srv, 20, "c")
     c = socket(zmq.DEALER)
     c.connect(srv.endpoint(0))
     send(c, "CONSUME", "q", 5, 60000)
@@ -171,6 +177,92 @@ def test_consume_window_and_disconnect():
     check(common.drain(db, "q") == [], "all acked")
 
 
+def test_dedup_keys_do_not_collide():
+    # Key = producer "/" client_msg_id, and both may hold "/": two producers
+    # must never make the same key, or a distinct message is acked and lost.
+    db, srv = serve("router-keys")
+    a = socket(zmq.DEALER, routing_id=b"site-1/line-2")
+    a.connect(srv.endpoint(0))
+    send(a, "PUT", "q", "7", b"from A")
+    ra = recv(a)
+    e = socket(zmq.DEALER, routing_id=b"site-1")
+    e.connect(srv.endpoint(0))
+    send(e, "PUT", "q", "line-2/7", b"from B")
+    rb = recv(e)
+    send(e, "PUT", "q", "7", b"from C", ":producer", "site-1/line-2")
+    rc = recv(e)
+    check(ra[2] == b"200" and rb[2] == b"200" and ra[3] != rb[3],
+          "identity with '/' and a client id with '/': two messages: %r %r" % (ra, rb))
+    check(rc[3] == ra[3], ":producer with '/' names the same producer as that Identity")
+    common.close(a, e)
+    srv.stop()
+    bodies = [m[2] for m in common.drain(db, "q")]
+    check(bodies == [b"from A", b"from B"], "both stored: %r" % bodies)
+
+
+def test_bad_receipt_alone():
+    # A malformed receipt is answered 400 on its own; the valid ACKs read in
+    # the same turn (from any connection) still settle their messages.
+    db, srv = serve("router-badrcpt")
+    p = producer(srv, 10, "b")
+    c = socket(zmq.DEALER)
+    c.connect(srv.endpoint(0))
+    receipts = []
+    for _ in range(10):
+        send(c, "GET", "q", 60000)
+        m = recv(c)
+        check(m[0] == b"MSG", "leased: %r" % m[:2])
+        receipts.append(m[3])
+    frames = []
+    for r in receipts[:5]:
+        frames.append([b"MQ1", b"ACK", b"q", r])
+    frames.append([b"MQ1", b"ACK", b"q", b"not-a-receipt"])
+    for r in receipts[5:]:
+        frames.append([b"MQ1", b"ACK", b"q", r])
+    for f in frames:  # one burst: read in one turn
+        c.send_multipart(f, copy=True)
+    answers = {}
+    for _ in range(len(frames)):
+        r = recv(c)
+        answers[r[1]] = r[2]
+    check(answers.get(b"not-a-receipt") == b"400", "the malformed receipt: 400")
+    check(all(answers.get(r) == b"200" for r in receipts), "every valid ACK: 200: %r" % answers)
+    common.close(p, c)
+    srv.stop()
+    check(common.drain(db, "q") == [], "all ten acked")
+
+
+def test_touch_keeps_the_credit_count():
+    # A touched delivery still counts against the credit after its first
+    # lease would have ended, and is given back when the consumer leaves.
+    db, srv = serve("router-touch")
+    p = producer(srv, 3, "t", "m%d")
+    c = socket(zmq.DEALER)
+    c.connect(srv.endpoint(0))
+    send(c, "CONSUME", "q", 1, 1000)
+    check(recv(c)[0] == b"CONSUMING", "credit 1, lease 1 s")
+    m0 = recv(c)
+    check(m0[0] == b"MSG" and m0[5] == b"m0", "first delivery")
+    send(c, "TOUCH", "q", m0[3], 60000)
+    check(recv(c)[:3] == [b"DONE", m0[3], b"200"], "touched to 60 s")
+    check(not c.poll(2500), "no second delivery while the touched one is unsettled")
+    c.close()
+    d = socket(zmq.DEALER)
+    d.connect(srv.endpoint(0))
+    send(d, "CONSUME", "q", 10, 60000)
+    check(recv(d)[0] == b"CONSUMING", "second consumer")
+    got = set()
+    end = time.monotonic() + 10
+    while len(got) < 3 and time.monotonic() < end:
+        if d.poll(200):
+            m = recv(d)
+            if m[0] == b"MSG":
+                got.add(m[5])
+    check(got == {b"m0", b"m1", b"m2"}, "the touched one came back at once: %r" % got)
+    common.close(d, p)
+    srv.stop()
+
+
 def test_identity_handover():
     db, srv = serve("router-handover")
     a = socket(zmq.DEALER, routing_id=b"node-1")
@@ -190,4 +282,5 @@ def test_identity_handover():
 
 
 common.run([test_dealer_put_get_ack, test_put_is_idempotent, test_req_client,
-            test_consume_window_and_disconnect, test_identity_handover])
+            test_consume_window_and_disconnect, test_dedup_keys_do_not_collide,
+            test_bad_receipt_alone, test_touch_keeps_the_credit_count, test_identity_handover])
