@@ -318,6 +318,8 @@ MQI_API int mqi_store_lock(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
+/* The same, but at least floor (the sequence moves on past it). */
+MQI_API int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id);
 /* Inside the transaction, before COMMIT: persist the id sequence. */
 MQI_API int mqi_store_save_ids(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */
@@ -1803,6 +1805,15 @@ int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
   return MQ_OK;
 }
 
+int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id) {
+  int rc = mqi_store_next_id(s, op, id);
+  if (rc == MQ_OK && *id < floor) {
+    *id = floor;
+    s->next_id = floor + 1;
+  }
+  return rc;
+}
+
 int mqi_store_save_ids(mq_store *s) {
   if (s->id_state != 2) return SQLITE_OK;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_SET);
@@ -1913,7 +1924,9 @@ int mq_store_checkpoint(mq_store *s) {
 ** once per transaction and written back once at its commit, which costs a
 ** fraction of AUTOINCREMENT's per-row bookkeeping.  A plain put uses one id
 ** for its message and its body; a publish uses one for the body (the
-** publish id) and one per subscription's message.
+** publish id) and one per subscription's message.  A new queue, topic or
+** subscription takes one too, so a dead letter's origin_id never comes to
+** name a queue created after its own was dropped.
 **
 ** PRAGMA application_id marks the file as an mq store and PRAGMA
 ** user_version carries the format version.  A file is checked before
@@ -2611,22 +2624,20 @@ static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a
 int mqi_queue_new_id(mq_store *s, mqi_op *op, int64_t *id) {
   /* Never an id a dropped queue had: dead letters remember the queue they
   ** came from (mq_msg.origin_id), and a redrive must not send them to a
-  ** newer queue that SQLite's max(rowid) + 1 would give the same id.  The
-  ** floor is kept in mq_meta, as the message ids' is. */
+  ** newer queue that SQLite's max(rowid) + 1 would give the same id.  So
+  ** the id comes from the store's id sequence, which is never reused; and
+  ** above every queue's, as libraries before 0.2.1 used max(rowid) + 1. */
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT max(coalesce((SELECT value FROM mq_meta WHERE key = 'next_queue_id'), 1),"
-      " coalesce((SELECT max(id) FROM mq_queue), 0) + 1)",
-      -1, &st, NULL);
+  int64_t floor = 1;
+  int src = sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) + 1 FROM mq_queue", -1, &st,
+                               NULL);
   if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    *id = sqlite3_column_int64(st, 0);
+    floor = sqlite3_column_int64(st, 0);
     src = SQLITE_OK;
   }
   sqlite3_finalize(st);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "choosing a queue id");
-  return queue_exec(s, op, "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_queue_id', ?1)",
-                    1, *id + 1, 0, 0, NULL);
+  return mqi_store_next_id_from(s, op, floor, id);
 }
 
 typedef struct queue_create_arg {
@@ -3155,6 +3166,13 @@ static int put_inline(const mq_store *s, const mqi_put_item *it, const put_enc *
   return (int64_t)(e->len + it->headers_len) <= s->inline_max;
 }
 
+static void put_bind_headers(sqlite3_stmt *st, int i, const mqi_put_item *it) {
+  if (it->headers)
+    sqlite3_bind_blob(st, i, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, i);
+}
+
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
 ** statement, PUT_BODY_PARAMS * row for the multi-row one).  Every
 ** parameter is bound, so the statements need no sqlite3_clear_bindings
@@ -3165,10 +3183,7 @@ static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const
   sqlite3_bind_int64(st, o + 2, (int64_t)it->len);
   sqlite3_bind_int64(st, o + 3, (int64_t)it->crc);
   sqlite3_bind_int(st, o + 4, e->codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, o + 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, o + 5);
+  put_bind_headers(st, o + 5, it);
   sqlite3_bind_blob64(st, o + 6, e->data, e->len, SQLITE_STATIC);
   if (it->subject)
     sqlite3_bind_text(st, o + 7, it->subject, -1, SQLITE_STATIC);
@@ -3206,10 +3221,7 @@ static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t re
   sqlite3_bind_int64(st, o + 9, (int64_t)it->len);
   sqlite3_bind_int64(st, o + 10, (int64_t)it->crc);
   sqlite3_bind_int(st, o + 11, e->codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, o + 12, it->headers, (int)it->headers_len, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, o + 12);
+  put_bind_headers(st, o + 12, it);
   sqlite3_bind_blob64(st, o + 13, e->data, e->len, SQLITE_STATIC);
 }
 
@@ -9679,6 +9691,12 @@ static int rt_parse_settle(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r)
     return rt_refuse(r, MQI_RTP_ERR, "ACK, NACK and TOUCH need: queue receipt");
   if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
     return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  /* Refused here, alone: in the turn's mq_ack_batch it would fail every
+  ** other ACK of the queue read with it. */
+  int64_t id;
+  uint64_t lease;
+  if (mqi_receipt_parse(r->receipt, &id, &lease) != MQ_OK)
+    return rt_refuse(r, MQI_RTP_REFUSE, "malformed receipt");
   if (verb == MQI_RT_ACK && n != 2)
     return rt_refuse(r, MQI_RTP_REFUSE, "ACK takes: queue receipt");
   if (verb == MQI_RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0))
@@ -10151,43 +10169,35 @@ static void rt_commit_puts(mq_server *s) {
   st->put_bytes = 0;
 }
 
-/* Whether a receipt is well-formed (mq_ack_batch refuses a batch with one
-** that is not). */
-static int rt_receipt_ok(const char *receipt) {
-  int64_t id;
-  uint64_t lease;
-  return mqi_receipt_parse(receipt, &id, &lease) == MQ_OK;
-}
-
 /* Whether an ACK or NACK answered with status ended the delivery: done
 ** (200) or no longer the peer's (410).  After any other answer (a lock, an
 ** I/O error) the message is still leased to the peer and still counts
 ** against its credit. */
 static int rt_settled(int status) { return status == 200 || status == 410; }
 
+/* The delivery of receipt in sc's CONSUME stream on queue, or NULL. */
+static rt_flight *rt_flight_of(mqi_srv_conn *sc, const char *queue, const char *receipt,
+                               rt_sub **sub) {
+  *sub = sc && sc->rt ? rt_find_sub(sc->rt, queue) : NULL;
+  for (size_t k = 0; *sub && k < (*sub)->nfl; k++)
+    if (strcmp((*sub)->fl[k].receipt, receipt) == 0) return &(*sub)->fl[k];
+  return NULL;
+}
+
 /* Forget a delivery the peer settled (or whose lease ended). */
 static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
-  if (!sc || !sc->rt) return;
-  rt_sub *sub = rt_find_sub(sc->rt, queue);
-  if (!sub) return;
-  for (size_t k = 0; k < sub->nfl; k++)
-    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
-      sub->fl[k] = sub->fl[--sub->nfl];
-      return;
-    }
+  rt_sub *sub;
+  rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
+  if (f) *f = sub->fl[--sub->nfl];
 }
 
 /* A delivery the peer touched: our count of its lease follows, so it is
 ** neither counted out of the credit early nor left out of the nack on
 ** close. */
 static void rt_touched(mqi_srv_conn *sc, const char *queue, const char *receipt, int64_t ms) {
-  if (!sc || !sc->rt) return;
-  rt_sub *sub = rt_find_sub(sc->rt, queue);
-  for (size_t k = 0; sub && k < sub->nfl; k++)
-    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
-      sub->fl[k].until = mqi_time_add(rt_mono(), ms);
-      return;
-    }
+  rt_sub *sub;
+  rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
+  if (f) f->until = mqi_time_add(rt_mono(), ms);
 }
 
 static void rt_done(mq_server *s, rt_settle *t, const char *text) {
@@ -10209,14 +10219,13 @@ static void rt_commit_settles(mq_server *s) {
     rt_settle *t = &st->settles[i];
     if (done && done[i]) continue;
     int rc;
-    if (t->verb == RT_ACK && rcpts && res && grp && done && rt_receipt_ok(t->receipt)) {
-      /* Every ACK of this turn on this queue: one commit.  A receipt that
-      ** does not parse would fail the whole batch (anyone's ACKs with it):
-      ** it is answered alone, below. */
+    if (t->verb == RT_ACK && rcpts && res && grp && done) {
+      /* Every ACK of this turn on this queue: one commit (their receipts
+      ** are well-formed: mqi_router_parse). */
       size_t g = 0;
       for (size_t k = i; k < n; k++)
         if (!done[k] && st->settles[k].verb == RT_ACK &&
-            strcmp(st->settles[k].queue, t->queue) == 0 && rt_receipt_ok(st->settles[k].receipt)) {
+            strcmp(st->settles[k].queue, t->queue) == 0) {
           grp[g] = &st->settles[k];
           rcpts[g++] = st->settles[k].receipt;
           done[k] = 1;

@@ -286,6 +286,8 @@ MQI_API int mqi_store_lock(mq_store *s);
 MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
+/* The same, but at least floor (the sequence moves on past it). */
+MQI_API int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id);
 /* Inside the transaction, before COMMIT: persist the id sequence. */
 MQI_API int mqi_store_save_ids(mq_store *s);
 /* MQ_EFULL if the free-space floor is reached (cached for a short time). */

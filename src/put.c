@@ -154,6 +154,13 @@ static int put_inline(const mq_store *s, const mqi_put_item *it, const put_enc *
   return (int64_t)(e->len + it->headers_len) <= s->inline_max;
 }
 
+static void put_bind_headers(sqlite3_stmt *st, int i, const mqi_put_item *it) {
+  if (it->headers)
+    sqlite3_bind_blob(st, i, it->headers, (int)it->headers_len, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, i);
+}
+
 /* Bind one mq_body row from parameter o + 1 on (o is 0 for the single-row
 ** statement, PUT_BODY_PARAMS * row for the multi-row one).  Every
 ** parameter is bound, so the statements need no sqlite3_clear_bindings
@@ -164,10 +171,7 @@ static void put_bind_body(sqlite3_stmt *st, int o, const mqi_put_item *it, const
   sqlite3_bind_int64(st, o + 2, (int64_t)it->len);
   sqlite3_bind_int64(st, o + 3, (int64_t)it->crc);
   sqlite3_bind_int(st, o + 4, e->codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, o + 5, it->headers, (int)it->headers_len, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, o + 5);
+  put_bind_headers(st, o + 5, it);
   sqlite3_bind_blob64(st, o + 6, e->data, e->len, SQLITE_STATIC);
   if (it->subject)
     sqlite3_bind_text(st, o + 7, it->subject, -1, SQLITE_STATIC);
@@ -205,10 +209,7 @@ static void put_bind_msg(sqlite3_stmt *st, int o, const mqi_queue *q, int64_t re
   sqlite3_bind_int64(st, o + 9, (int64_t)it->len);
   sqlite3_bind_int64(st, o + 10, (int64_t)it->crc);
   sqlite3_bind_int(st, o + 11, e->codec);
-  if (it->headers)
-    sqlite3_bind_blob(st, o + 12, it->headers, (int)it->headers_len, SQLITE_STATIC);
-  else
-    sqlite3_bind_null(st, o + 12);
+  put_bind_headers(st, o + 12, it);
   sqlite3_bind_blob64(st, o + 13, e->data, e->len, SQLITE_STATIC);
 }
 

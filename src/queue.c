@@ -107,22 +107,20 @@ static int queue_exec(mq_store *s, mqi_op *op, const char *sql, int n, int64_t a
 int mqi_queue_new_id(mq_store *s, mqi_op *op, int64_t *id) {
   /* Never an id a dropped queue had: dead letters remember the queue they
   ** came from (mq_msg.origin_id), and a redrive must not send them to a
-  ** newer queue that SQLite's max(rowid) + 1 would give the same id.  The
-  ** floor is kept in mq_meta, as the message ids' is. */
+  ** newer queue that SQLite's max(rowid) + 1 would give the same id.  So
+  ** the id comes from the store's id sequence, which is never reused; and
+  ** above every queue's, as libraries before 0.2.1 used max(rowid) + 1. */
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      s->db,
-      "SELECT max(coalesce((SELECT value FROM mq_meta WHERE key = 'next_queue_id'), 1),"
-      " coalesce((SELECT max(id) FROM mq_queue), 0) + 1)",
-      -1, &st, NULL);
+  int64_t floor = 1;
+  int src = sqlite3_prepare_v2(s->db, "SELECT coalesce(max(id), 0) + 1 FROM mq_queue", -1, &st,
+                               NULL);
   if (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
-    *id = sqlite3_column_int64(st, 0);
+    floor = sqlite3_column_int64(st, 0);
     src = SQLITE_OK;
   }
   sqlite3_finalize(st);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "choosing a queue id");
-  return queue_exec(s, op, "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_queue_id', ?1)",
-                    1, *id + 1, 0, 0, NULL);
+  return mqi_store_next_id_from(s, op, floor, id);
 }
 
 typedef struct queue_create_arg {

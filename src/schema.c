@@ -28,7 +28,9 @@
 ** once per transaction and written back once at its commit, which costs a
 ** fraction of AUTOINCREMENT's per-row bookkeeping.  A plain put uses one id
 ** for its message and its body; a publish uses one for the body (the
-** publish id) and one per subscription's message.
+** publish id) and one per subscription's message.  A new queue, topic or
+** subscription takes one too, so a dead letter's origin_id never comes to
+** name a queue created after its own was dropped.
 **
 ** PRAGMA application_id marks the file as an mq store and PRAGMA
 ** user_version carries the format version.  A file is checked before

@@ -707,6 +707,15 @@ int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
   return MQ_OK;
 }
 
+int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id) {
+  int rc = mqi_store_next_id(s, op, id);
+  if (rc == MQ_OK && *id < floor) {
+    *id = floor;
+    s->next_id = floor + 1;
+  }
+  return rc;
+}
+
 int mqi_store_save_ids(mq_store *s) {
   if (s->id_state != 2) return SQLITE_OK;
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_ID_SET);

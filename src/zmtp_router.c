@@ -347,6 +347,12 @@ static int rt_parse_settle(const mqi_zmtp_frame *a, size_t n, mqi_router_req *r)
     return rt_refuse(r, MQI_RTP_ERR, "ACK, NACK and TOUCH need: queue receipt");
   if (rt_str(&a[0], r->queue, MQ_NAME_MAX, 0) != 0)
     return rt_refuse(r, MQI_RTP_REFUSE, "bad queue name");
+  /* Refused here, alone: in the turn's mq_ack_batch it would fail every
+  ** other ACK of the queue read with it. */
+  int64_t id;
+  uint64_t lease;
+  if (mqi_receipt_parse(r->receipt, &id, &lease) != MQ_OK)
+    return rt_refuse(r, MQI_RTP_REFUSE, "malformed receipt");
   if (verb == MQI_RT_ACK && n != 2)
     return rt_refuse(r, MQI_RTP_REFUSE, "ACK takes: queue receipt");
   if (verb == MQI_RT_TOUCH && (n != 3 || rt_int(&a[2], 0, INT64_MAX / 4, &r->ms) != 0))
@@ -819,43 +825,35 @@ static void rt_commit_puts(mq_server *s) {
   st->put_bytes = 0;
 }
 
-/* Whether a receipt is well-formed (mq_ack_batch refuses a batch with one
-** that is not). */
-static int rt_receipt_ok(const char *receipt) {
-  int64_t id;
-  uint64_t lease;
-  return mqi_receipt_parse(receipt, &id, &lease) == MQ_OK;
-}
-
 /* Whether an ACK or NACK answered with status ended the delivery: done
 ** (200) or no longer the peer's (410).  After any other answer (a lock, an
 ** I/O error) the message is still leased to the peer and still counts
 ** against its credit. */
 static int rt_settled(int status) { return status == 200 || status == 410; }
 
+/* The delivery of receipt in sc's CONSUME stream on queue, or NULL. */
+static rt_flight *rt_flight_of(mqi_srv_conn *sc, const char *queue, const char *receipt,
+                               rt_sub **sub) {
+  *sub = sc && sc->rt ? rt_find_sub(sc->rt, queue) : NULL;
+  for (size_t k = 0; *sub && k < (*sub)->nfl; k++)
+    if (strcmp((*sub)->fl[k].receipt, receipt) == 0) return &(*sub)->fl[k];
+  return NULL;
+}
+
 /* Forget a delivery the peer settled (or whose lease ended). */
 static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
-  if (!sc || !sc->rt) return;
-  rt_sub *sub = rt_find_sub(sc->rt, queue);
-  if (!sub) return;
-  for (size_t k = 0; k < sub->nfl; k++)
-    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
-      sub->fl[k] = sub->fl[--sub->nfl];
-      return;
-    }
+  rt_sub *sub;
+  rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
+  if (f) *f = sub->fl[--sub->nfl];
 }
 
 /* A delivery the peer touched: our count of its lease follows, so it is
 ** neither counted out of the credit early nor left out of the nack on
 ** close. */
 static void rt_touched(mqi_srv_conn *sc, const char *queue, const char *receipt, int64_t ms) {
-  if (!sc || !sc->rt) return;
-  rt_sub *sub = rt_find_sub(sc->rt, queue);
-  for (size_t k = 0; sub && k < sub->nfl; k++)
-    if (strcmp(sub->fl[k].receipt, receipt) == 0) {
-      sub->fl[k].until = mqi_time_add(rt_mono(), ms);
-      return;
-    }
+  rt_sub *sub;
+  rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
+  if (f) f->until = mqi_time_add(rt_mono(), ms);
 }
 
 static void rt_done(mq_server *s, rt_settle *t, const char *text) {
@@ -877,14 +875,13 @@ static void rt_commit_settles(mq_server *s) {
     rt_settle *t = &st->settles[i];
     if (done && done[i]) continue;
     int rc;
-    if (t->verb == RT_ACK && rcpts && res && grp && done && rt_receipt_ok(t->receipt)) {
-      /* Every ACK of this turn on this queue: one commit.  A receipt that
-      ** does not parse would fail the whole batch (anyone's ACKs with it):
-      ** it is answered alone, below. */
+    if (t->verb == RT_ACK && rcpts && res && grp && done) {
+      /* Every ACK of this turn on this queue: one commit (their receipts
+      ** are well-formed: mqi_router_parse). */
       size_t g = 0;
       for (size_t k = i; k < n; k++)
         if (!done[k] && st->settles[k].verb == RT_ACK &&
-            strcmp(st->settles[k].queue, t->queue) == 0 && rt_receipt_ok(st->settles[k].receipt)) {
+            strcmp(st->settles[k].queue, t->queue) == 0) {
           grp[g] = &st->settles[k];
           rcpts[g++] = st->settles[k].receipt;
           done[k] = 1;
