@@ -64,21 +64,31 @@ static const char *test_current = "";
     fprintf(stderr, "%s %s\n", test_failures == before_ ? "ok  " : "FAIL", #fn); \
   } while (0)
 
+/* Whether name is one test_path made in this process ("TAG-PID-N.db"),
+** or one of its side files (-wal, -shm, a name with more after it). */
+static inline int test_own_file(const char *name) {
+  char mark[32];
+  snprintf(mark, sizeof mark, "-%ld-", (long)getpid());
+  for (const char *at = strstr(name, mark); at; at = strstr(at + 1, mark)) {
+    const char *d = at + strlen(mark), *e = d;
+    while (*e >= '0' && *e <= '9') e++;
+    if (e > d && strncmp(e, ".db", 3) == 0) return 1;
+  }
+  return 0;
+}
+
 /* After a run with no failure, remove what this process left under the
-** test directory (test_path names carry the pid between dashes, and a
-** test's own side files start with one of those names), so repeated runs
-** do not fill the disk; a failed run keeps its files to be looked at. */
+** test directory, so repeated runs do not fill the disk; a failed run
+** keeps its files to be looked at. */
 static inline void test_remove_files(void) {
   const char *dir = getenv("MQ_TEST_TMPDIR");
   if (!dir || !*dir) dir = "/tmp";
-  char mark[32];
-  snprintf(mark, sizeof mark, "-%ld-", (long)getpid());
   DIR *d = opendir(dir);
   if (!d) return;
   struct dirent *e;
   char path[1024];
   while ((e = readdir(d)) != NULL) {
-    if (!strstr(e->d_name, mark)) continue;
+    if (!test_own_file(e->d_name)) continue;
     snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
     unlink(path);
   }

@@ -575,7 +575,7 @@ static int mutate(int c, uint64_t *rng, const char *dir, char *desc, size_t cap)
       if (!n) return 0;
       g_damaged_id = g_truth->id[cand[tu_rand(rng) % (uint64_t)n]];
       /* A small payload lives in the message row: its columns go NULL. */
-      int in_row = tu_payload_inline(db, g_damaged_id);
+      int in_row = tu_payload_inline(db, g_damaged_id) == 1;
       char sql[200];
       snprintf(sql, sizeof sql,
                in_row ? "UPDATE mq_msg SET size = NULL, crc = NULL, codec = NULL, headers = NULL,"

@@ -57,12 +57,12 @@ static void batch_mixed(void) {
   int inl = 0, body = 0;
   for (int i = 0; i < N; i++) {
     int in_row = tu_payload_inline(p, ids[i]);
-    inl += in_row;
-    body += !in_row;
+    inl += in_row == 1;
+    body += in_row == 0;
     /* 1024 B plus a header does not fit; without one it does. */
     if (i % 5 == 2) CHECK(in_row == (i % 3 != 1));
-    if (i % 5 == 1 || i % 5 == 4) CHECK(!in_row);
-    if (i % 5 == 0 || i % 5 == 3) CHECK(in_row);
+    if (i % 5 == 1 || i % 5 == 4) CHECK(in_row == 0);
+    if (i % 5 == 0 || i % 5 == 3) CHECK(in_row == 1);
   }
   CHECK(inl > 0 && body > 0);
   CHECK(tu_stats(s, "q").bytes == bytes);
@@ -123,7 +123,8 @@ static void inline_boundary(void) {
     CHECK_OK(mq_put(s, "q", buf, lim, NULL, &a));
     CHECK_OK(mq_put(s, "q", buf, lim + 1, NULL, &b));
     CHECK_OK(mq_put(s, "q", buf, 0, NULL, &c));
-    CHECK(tu_payload_inline(p, a) && !tu_payload_inline(p, b) && tu_payload_inline(p, c));
+    CHECK(tu_payload_inline(p, a) == 1 && tu_payload_inline(p, b) == 0 &&
+          tu_payload_inline(p, c) == 1);
     mq_msg *m[3];
     size_t n = 0;
     CHECK_OK(mq_peek(s, "q", 3, m, &n));
@@ -168,7 +169,8 @@ static void verify_names_both_kinds(void) {
   CHECK_OK(mq_put(s, "jobs", "third payload", 13, NULL, &id3));
   CHECK_OK(mq_put(s, "jobs", "fourth, good", 12, NULL, &id4));
   mq_store_close(s);
-  CHECK(!tu_payload_inline(p, id1) && tu_payload_inline(p, id2) && tu_payload_inline(p, id3));
+  CHECK(tu_payload_inline(p, id1) == 0 && tu_payload_inline(p, id2) == 1 &&
+        tu_payload_inline(p, id3) == 1);
   CHECK(tu_payload_set(p, id1, "data = CAST(zeroblob(2000) AS BLOB)", NULL, 0) == 1);
   CHECK(tu_payload_set(p, id2, "data = CAST('second pAyload' AS BLOB)", NULL, 0) == 1);
   CHECK(tu_payload_set(p, id3, "size = NULL, crc = NULL, codec = NULL, data = NULL", NULL, 0) == 1);

@@ -233,7 +233,7 @@ static void test_compression(void) {
   CHECK(nlen > 0 && nlen <= (int64_t)BIG);
   CHECK(stored_len(p, sid) == 100);
   CHECK(stored_len(p, pid) == (int64_t)BIG);
-  CHECK(tu_payload_inline(p, fid) && stored_len(p, fid) < 100);
+  CHECK(tu_payload_inline(p, fid) == 1 && stored_len(p, fid) < 100);
   /* The whole file holds 1.1 MB of text in well under that. */
   int64_t fsize = file_size(p);
   fprintf(stderr, "  file size %lld bytes\n", (long long)fsize);

@@ -326,11 +326,12 @@ static inline unsigned char *tu_payload_get(const char *path, int64_t id, int *l
   return copy;
 }
 
-/* 1 if message id keeps its payload in its own row, 0 if in mq_body. */
+/* 1 if message id keeps its payload in its own row, 0 if in mq_body, -1
+** if there is no such message (compare with 1 or 0, never as a truth). */
 static inline int tu_payload_inline(const char *path, int64_t id) {
   char sql[96];
   snprintf(sql, sizeof sql, "SELECT body_id = 0 FROM mq_msg WHERE id = %lld", (long long)id);
-  return tu_sql_int(path, sql) == 1;
+  return (int)tu_sql_int(path, sql);
 }
 
 /* ---- A clock in shared memory, for forked children. ---- */

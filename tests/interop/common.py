@@ -248,7 +248,7 @@ def remove_files():
     run keeps them to be looked at."""
     mark = "-%d.db" % os.getpid()
     for name in os.listdir(TMP):
-        if mark in name:
+        if name.startswith("interop-") and mark in name:
             try:
                 os.unlink(os.path.join(TMP, name))
             except OSError:
