@@ -475,6 +475,13 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
 
+/* ---- settle.c ------------------------------------------------------------ */
+/* Give leases back as if they had never been taken (ready now, receive
+** count restored): for a server's leases that never reached a peer.
+** Receipts no longer leased are skipped.  Not durable, like a nack. */
+MQI_API int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts,
+                               size_t n);
+
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
 MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
@@ -4136,6 +4143,57 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
   return settle_one(s, queue, receipt, &a, settle_touch_op, 0);
 }
 
+/* ---- release (the server's) ------------------------------------------------ */
+
+/* As if the leases had never been taken: ready at once, receive count as it
+** was.  For messages a server leased but could not hand to any peer, which
+** must not move towards the dead-letter queue for that. */
+static int settle_release_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db,
+                               "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL,"
+                               " receives=max(receives-1, 0)"
+                               " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
+                               -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  int64_t now = mqi_store_now(s);
+  src = SQLITE_DONE;
+  for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
+    sqlite3_bind_int64(st, 1, a->ids[i]);
+    sqlite3_bind_int64(st, 2, q.id);
+    sqlite3_bind_int64(st, 3, (int64_t)a->leases[i]);
+    sqlite3_bind_int64(st, 4, now);
+    src = sqlite3_step(st);
+    sqlite3_reset(st);
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing leases");
+  op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts, size_t n) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK || n == 0) return rc;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = receipts;
+  a.n = n;
+  a.ids = malloc(n * sizeof *a.ids);
+  a.leases = malloc(n * sizeof *a.leases);
+  if (!a.ids || !a.leases)
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory releasing %zu leases", n);
+  else if ((rc = settle_parse(s, &a)) == MQ_OK)
+    rc = mqi_commit_run(s, settle_release_op, &a, 0);
+  free(a.ids);
+  free(a.leases);
+  return rc;
+}
+
 /* ---- redrive ---------------------------------------------------------------- */
 
 static int settle_redrive_op(mq_store *s, mqi_op *op) {
@@ -6958,6 +7016,13 @@ MQI_API uint64_t mqi_zconn_written(const mqi_zconn *c);
 MQI_API int mqi_zconn_tick(mqi_zconn *c, int64_t now);
 /* When mqi_zconn_tick must run next (INT64_MAX: no timer). */
 MQI_API int64_t mqi_zconn_deadline(const mqi_zconn *c);
+/* Tell the connection whether its owner has stopped reading it (held) for
+** reasons of its own, such as backpressure.  While held, the peer is not
+** timed out for silence (its PONGs wait unread in the kernel), and we
+** still PING it, which keeps a libzmq peer from timing us out (any traffic
+** cancels its timeout).  When the hold ends, the peer's timers start over
+** from now. */
+MQI_API void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now);
 
 /* ---- zmtp_server.c: the server's insides, shared with zmtp_router.c ---- */
 
@@ -6997,9 +7062,16 @@ typedef struct mqi_srv_ep {
   int failing;                   /* the last commit failed: retry, read nothing */
   int64_t retry_at;              /* monotonic ms */
   int64_t backoff;
-  /* PUSH: the next connection in turn, and when to look at the queue. */
-  size_t rr;
+  /* PUSH: the next connection in turn, where the next look for ready
+  ** connections starts, the mean size of a message sent (for how many
+  ** fit a connection's output), and when to look at the queue. */
+  size_t rr, scan;
+  size_t avg_size;
   int64_t empty_until;           /* monotonic ms; 0: look now */
+  /* Listening: accept(2) failed (out of descriptors): not polled until
+  ** accept_after (server clock). */
+  int accept_failing;
+  int64_t accept_after;
   /* Connecting endpoints (fd is then -1): we connect to addr and keep
   ** reconnecting.  Times are on the server's clock (mqi_server_now). */
   int connect;
@@ -7018,6 +7090,8 @@ typedef struct mqi_srv_ep {
 typedef struct mqi_srv_pend {
   uint64_t end; /* mqi_zconn_queued() right after it */
   size_t size;  /* its payload bytes, for the endpoint's counters */
+  int64_t visible_at; /* the end of its lease, store clock */
+  int64_t lease_ms;   /* the lease's length: renewed for as long again */
   char receipt[MQ_RECEIPT_MAX + 1];
 } mqi_srv_pend;
 
@@ -7068,6 +7142,7 @@ struct mq_server {
   pthread_cond_t ccv;
   size_t cjob_ep, cjob_n, cnext;
   size_t cjob_dropped, cjob_dropped_bytes; /* of the job's batch: refused by the queue */
+  size_t cjob_done; /* of the job's batch: settled before a failure */
   mqi_srv_item *cjob_items;
   char cjob_err[256];
 };
@@ -7473,6 +7548,7 @@ struct mqi_zconn {
   int64_t ping_deadline; /* 0, or when silence after our PING kills us */
   int64_t ttl_deadline;  /* 0, or when silence after the peer's PING does */
   int64_t close_deadline;
+  int held; /* the caller does not read us now (mqi_zconn_hold) */
   /* Handshake. */
   mqi_zmtp_greeting greet;
   int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
@@ -7963,7 +8039,7 @@ int mqi_zconn_flush(mqi_zconn *c, int64_t now) {
 ** Timers
 */
 static int64_t zconn_next_ping(const mqi_zconn *c) {
-  if (c->cfg.heartbeat_ms <= 0 || c->ping_deadline) return INT64_MAX;
+  if (c->cfg.heartbeat_ms <= 0 || (c->ping_deadline && !c->held)) return INT64_MAX;
   int64_t base = c->last_recv > c->last_ping ? c->last_recv : c->last_ping;
   return base + c->cfg.heartbeat_ms;
 }
@@ -7980,6 +8056,7 @@ int64_t mqi_zconn_deadline(const mqi_zconn *c) {
       break;
     case MQI_ZC_ACTIVE:
       d = zconn_next_ping(c);
+      if (c->held) break;
       if (c->ping_deadline && c->ping_deadline < d) d = c->ping_deadline;
       if (c->ttl_deadline && c->ttl_deadline < d) d = c->ttl_deadline;
       break;
@@ -8010,9 +8087,11 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
     default:
       break;
   }
-  if (c->ttl_deadline && now >= c->ttl_deadline)
+  /* Held, we cannot tell a silent peer from one whose PONGs wait unread in
+  ** the kernel: we only keep it from timing us out. */
+  if (!c->held && c->ttl_deadline && now >= c->ttl_deadline)
     return zconn_fail(c, "peer silent past the TTL of its own PING");
-  if (c->ping_deadline && now >= c->ping_deadline)
+  if (!c->held && c->ping_deadline && now >= c->ping_deadline)
     return zconn_fail(c, "peer silent for %lld ms after our PING",
                       (long long)c->cfg.heartbeat_timeout_ms);
   if (now >= zconn_next_ping(c)) {
@@ -8027,9 +8106,18 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
         zconn_queue(c, buf, n) != MQI_ZC_OK)
       return MQI_ZC_CLOSED;
     c->last_ping = now;
-    c->ping_deadline = now + c->cfg.heartbeat_timeout_ms;
+    if (!c->held) c->ping_deadline = now + c->cfg.heartbeat_timeout_ms;
   }
   return MQI_ZC_OK;
+}
+
+void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
+  held = held != 0;
+  if (held == c->held) return;
+  c->held = held;
+  /* Either way the peer's silence so far proves nothing: it was not read. */
+  c->ping_deadline = c->ttl_deadline = 0;
+  if (!held) c->last_recv = now;
 }
 /*** end src/zmtp_conn.c ***/
 
@@ -8107,8 +8195,8 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
 #define EGRESS_POLL_MS 20             /* look at an empty queue this often */
 #define RETRY_MIN_MS 50
 #define RETRY_MAX_MS 2000
-#define NACK_ON_CLOSE_MAX 64 /* more come back when their lease ends */
 #define ACCEPT_PER_TURN 64
+#define ACCEPT_PAUSE_MS 200 /* after accept(2) failed, e.g. out of descriptors */
 #define OUT_LIMIT_DEFAULT ((size_t)4 << 20)
 #define MAX_FRAME_LIMIT ((size_t)1 << 31)
 #define POLL_MAX_MS 1000
@@ -8485,10 +8573,20 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
     int fd = mqi_net_accept(ep->fd, peer, sizeof peer);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s", ep->name, strerror(errno));
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      /* Out of descriptors (or memory) the pending connection stays in the
+      ** backlog and the socket stays readable: polling it again at once
+      ** would spin.  Look again later, and say so once, not every time. */
+      if (!ep->accept_failing)
+        mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s; trying again every %d ms",
+                ep->name, strerror(errno), ACCEPT_PAUSE_MS);
+      ep->accept_failing = 1;
+      ep->accept_after = now + ACCEPT_PAUSE_MS;
       return;
     }
+    if (ep->accept_failing)
+      mqi_log(s->store, MQ_LOG_INFO, "server: %s: accepting connections again", ep->name);
+    ep->accept_failing = 0;
     /* Over a cap: close at once.  A libzmq peer retries after its
     ** reconnect interval, which is what we want under load. */
     if (s->nconns >= (size_t)s->opt.max_connections ||
@@ -8666,19 +8764,22 @@ oom:
 
 /* Store n messages in queue (published, for a topic) with one batch, one
 ** commit; when one entry spoils the batch (too large for the queue), one
-** put each, dropping the refused ones with a warning.  Runs on the commit
-** thread; the error text is copied into err because mq_errmsg is per
-** thread. */
+** put each, dropping the refused ones with a warning.  *done gets how many
+** of the first items are settled (stored or dropped): n, unless a put one
+** by one failed for a reason that may pass (lock, I/O, disk full), whose
+** code is returned: the rest must be tried again, not dropped.  Runs on
+** the commit thread; the error text is copied into err because mq_errmsg
+** is per thread. */
 static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_item *items,
-                           size_t n, size_t *dropped, size_t *dropped_bytes, char *err,
-                           size_t errlen) {
+                           size_t n, size_t *done, size_t *dropped, size_t *dropped_bytes,
+                           char *err, size_t errlen) {
   mq_put_options *po = malloc(n * sizeof *po);
   mq_header *hd = malloc(n * sizeof *hd);
   mq_entry *en = topic ? NULL : malloc(n * sizeof *en);
   mq_pub_entry *pe = topic ? malloc(n * sizeof *pe) : NULL;
   int rc;
   err[0] = '\0';
-  *dropped = *dropped_bytes = 0;
+  *done = *dropped = *dropped_bytes = 0;
   if (!po || !hd || (!en && !pe)) {
     rc = MQ_ENOMEM;
     snprintf(err, errlen, "out of memory for a batch of %zu", n);
@@ -8705,21 +8806,25 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
     }
     rc = en ? mq_put_batch(st, queue, en, n, NULL)
             : mq_publish_batch(st, queue, pe, n, NULL, NULL);
+    if (rc == MQ_OK) *done = n;
     if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
-      for (size_t i = 0; i < n; i++) {
-        int r = en ? mq_put(st, queue, items[i].data, items[i].len, &po[i], NULL)
-                   : mq_publish(st, queue, NULL, items[i].data, items[i].len, &po[i], NULL, NULL);
-        if (r != MQ_OK) {
-          mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
-                  queue, items[i].len, mq_errmsg(st));
-          (*dropped)++;
-          *dropped_bytes += items[i].len;
-        }
-      }
       rc = MQ_OK;
-    } else if (rc != MQ_OK) {
-      mqi_err_text(err, errlen, mq_errmsg(st));
+      for (; *done < n; (*done)++) {
+        mqi_srv_item *it = &items[*done];
+        int r = en ? mq_put(st, queue, it->data, it->len, &po[*done], NULL)
+                   : mq_publish(st, queue, NULL, it->data, it->len, &po[*done], NULL, NULL);
+        if (r == MQ_OK) continue;
+        if (r != MQ_ETOOBIG && r != MQ_EINVAL) {
+          rc = r;
+          break;
+        }
+        mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
+                queue, it->len, mq_errmsg(st));
+        (*dropped)++;
+        *dropped_bytes += it->len;
+      }
     }
+    if (rc != MQ_OK) mqi_err_text(err, errlen, mq_errmsg(st));
   }
   free(po);
   free(hd);
@@ -8753,11 +8858,12 @@ static void *srv_committer_main(void *arg) {
     size_t n = s->cjob_n;
     pthread_mutex_unlock(&s->cmu);
     char err[sizeof s->cjob_err];
-    size_t dropped, dropped_bytes;
-    int rc = srv_store_items(s->store, queue, topic, items, n, &dropped, &dropped_bytes, err,
-                             sizeof err);
+    size_t done, dropped, dropped_bytes;
+    int rc = srv_store_items(s->store, queue, topic, items, n, &done, &dropped, &dropped_bytes,
+                             err, sizeof err);
     pthread_mutex_lock(&s->cmu);
     s->cjob_rc = rc;
+    s->cjob_done = done;
     s->cjob_dropped = dropped;
     s->cjob_dropped_bytes = dropped_bytes;
     memcpy(s->cjob_err, err, sizeof err);
@@ -8783,6 +8889,25 @@ static void srv_count_batch(mqi_srv_ep *ep, const mqi_srv_item *items, size_t n,
   MQI_SRV_COUNT(ep->count.dropped, dropped);
 }
 
+/* The first done of the n items were settled by a commit (stored, or
+** dropped as refused by the queue): count them and take them out; returns
+** their payload bytes. */
+static size_t srv_items_settle(mq_server *s, mqi_srv_ep *ep, mqi_srv_item *items, size_t *n,
+                               size_t done, size_t dropped, size_t dropped_bytes) {
+  size_t bytes = 0;
+  if (done == 0) return 0;
+  srv_count_batch(ep, items, done, 1, dropped, dropped_bytes);
+  if (dropped < done) mqi_server_kick(s, ep->queue);
+  for (size_t i = 0; i < done; i++) {
+    bytes += items[i].len;
+    free(items[i].data);
+    free(items[i].frames);
+  }
+  *n -= done;
+  memmove(items, items + done, *n * sizeof *items);
+  return bytes;
+}
+
 /* Take the result of a finished commit, if any.  A failed batch goes back
 ** in front of what was read since, and the endpoint reads nothing more
 ** until it is stored: the peers' PUSH sockets block at their high-water
@@ -8797,7 +8922,7 @@ static void srv_pull_collect(mq_server *s) {
   mqi_srv_item *items = s->cjob_items;
   size_t n = s->cjob_n;
   int rc = s->cjob_rc;
-  size_t dropped = s->cjob_dropped, dropped_bytes = s->cjob_dropped_bytes;
+  size_t done = s->cjob_done, dropped = s->cjob_dropped, dropped_bytes = s->cjob_dropped_bytes;
   char err[sizeof s->cjob_err];
   memcpy(err, s->cjob_err, sizeof err);
   s->cjob = 0;
@@ -8805,13 +8930,13 @@ static void srv_pull_collect(mq_server *s) {
   s->cjob_n = 0;
   pthread_mutex_unlock(&s->cmu);
   s->cbusy = 0;
+  srv_items_settle(s, ep, items, &n, done, dropped, dropped_bytes);
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    if (rc == MQ_ENOTFOUND)
+    if (n > 0) {
       mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
               ep->queue, err, n);
-    else
-      mqi_server_kick(s, ep->queue);
-    srv_count_batch(ep, items, n, rc == MQ_OK, dropped, dropped_bytes);
+      srv_count_batch(ep, items, n, 0, 0, 0);
+    }
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -8861,10 +8986,11 @@ static void srv_pull_submit(mq_server *s) {
       } else {
         /* No thread: commit in the loop, which then just reads less. */
         char err[sizeof s->cjob_err];
-        size_t dropped, dropped_bytes;
-        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
-                                 &dropped_bytes, err, sizeof err);
+        size_t done, dropped, dropped_bytes;
+        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &done,
+                                 &dropped, &dropped_bytes, err, sizeof err);
         pthread_mutex_lock(&s->cmu);
+        s->cjob_done = done;
         s->cjob_dropped = dropped;
         s->cjob_dropped_bytes = dropped_bytes;
         s->cjob_ep = e;
@@ -8922,18 +9048,46 @@ static void srv_pull_flush(mq_server *s, int final) {
     mqi_srv_ep *ep = &s->eps[e];
     if (ep->kind != MQI_EP_PULL || !ep->nitems) continue;
     char err[sizeof s->cjob_err];
-    size_t dropped, dropped_bytes;
-    int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &dropped,
-                             &dropped_bytes, err, sizeof err);
+    size_t done, dropped, dropped_bytes;
+    int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &done,
+                             &dropped, &dropped_bytes, err, sizeof err);
+    ep->bytes -= srv_items_settle(s, ep, ep->items, &ep->nitems, done, dropped, dropped_bytes);
     if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
-    if (rc != MQ_OK)
+    if (ep->nitems > 0) {
       mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue,
               ep->nitems, err);
-    srv_count_batch(ep, ep->items, ep->nitems, rc == MQ_OK, dropped, dropped_bytes);
+      srv_count_batch(ep, ep->items, ep->nitems, 0, 0, 0);
+    }
     srv_items_release(ep->items, ep->nitems);
     ep->items = NULL;
     ep->nitems = ep->itemcap = ep->bytes = 0;
     ep->failing = 0;
+  }
+}
+
+/* Stop or free: store also the whole messages that wait in the PULL
+** connections' input buffers (read from the kernel, not yet parsed because
+** the batch was full), batch after batch, without reading the sockets
+** again.  Stops early where the store refuses a batch (final: never). */
+static void srv_pull_drain(mq_server *s, int final) {
+  int64_t now = mqi_server_now(s);
+  for (int progress = 1; progress;) {
+    progress = 0;
+    for (size_t i = 0; i < s->nconns; i++) {
+      mqi_srv_conn *sc = s->conns[i];
+      mqi_srv_ep *ep = &s->eps[sc->ep];
+      size_t had = mqi_zconn_buffered(sc->z);
+      if (ep->kind != MQI_EP_PULL || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE || had == 0 ||
+          ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES)
+        continue;
+      mqi_zconn_input(sc->z, now, 0, srv_pull_msg, sc);
+      if (mqi_zconn_buffered(sc->z) < had) progress = 1;
+    }
+    size_t before = 0, after = 0;
+    for (size_t e = 0; e < s->neps; e++) before += s->eps[e].nitems;
+    srv_pull_flush(s, final);
+    for (size_t e = 0; e < s->neps; e++) after += s->eps[e].nitems;
+    if (after < before) progress = 1;
   }
 }
 
@@ -8978,7 +9132,7 @@ static size_t srv_msg_parts(const mq_msg *m, mqi_zpart *parts, size_t cap) {
   return 1;
 }
 
-static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, size_t size, const char *receipt) {
+static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const mq_msg *m, int64_t now) {
   if (sc->pend_head > 0 && sc->pend_head == sc->pend_len) sc->pend_head = sc->pend_len = 0;
   if (sc->pend_len == sc->pend_cap) {
     if (sc->pend_head > 0) {
@@ -8996,26 +9150,74 @@ static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, size_t size, const char
   }
   mqi_srv_pend *e = &sc->pend[sc->pend_len++];
   e->end = end;
-  e->size = size;
-  snprintf(e->receipt, sizeof e->receipt, "%s", receipt);
+  e->size = mq_msg_size(m);
+  e->visible_at = mq_msg_visible_at(m);
+  e->lease_ms = e->visible_at > now ? e->visible_at - now : 1;
+  snprintf(e->receipt, sizeof e->receipt, "%s", mq_msg_receipt(m));
   return 0;
+}
+
+/* Messages wait in a connection's output while its peer reads slowly (a
+** libzmq PULL at its high-water mark): keep their leases alive, or they
+** would be leased again and sent to a second peer as well.  Leases are
+** taken in order with the queue's visibility, so the oldest ends first. */
+static void srv_push_renew(mq_server *s, size_t e) {
+  mqi_srv_ep *ep = &s->eps[e];
+  int64_t now = mqi_store_now(s->store);
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (sc->ep != e) continue;
+    for (size_t k = sc->pend_head; k < sc->pend_len; k++) {
+      mqi_srv_pend *p = &sc->pend[k];
+      if (p->visible_at == INT64_MAX) continue; /* lost already */
+      if (p->visible_at - now > p->lease_ms / 2) break;
+      int rc = mq_touch(s->store, ep->queue, p->receipt, p->lease_ms);
+      if (rc == MQ_OK) {
+        p->visible_at = mqi_time_add(now, p->lease_ms);
+        continue;
+      }
+      if (rc != MQ_ESTALE) return; /* busy, I/O: next turn */
+      mqi_log(s->store, MQ_LOG_WARN,
+              "server: PUSH from \"%s\": connection #%" PRIu64 " (%s): a message waiting to be "
+              "written lost its lease (it ran out or the message expired); it may go out twice",
+              ep->queue, sc->serial, mqi_zconn_peer(sc->z));
+      p->visible_at = INT64_MAX;
+    }
+  }
+}
+
+/* How many more messages connection sc can take this turn: its credit, and
+** what fits its output limit at the endpoint's mean message size. */
+static size_t srv_push_room(const mq_server *s, const mqi_srv_ep *ep, const mqi_srv_conn *sc) {
+  size_t room = s->opt.credit - (sc->pend_len - sc->pend_head);
+  size_t fit = ep->avg_size ? s->out_limit / ep->avg_size : PUSH_PER_CONN;
+  if (fit < 1) fit = 1;
+  if (room > fit) room = fit;
+  return room > PUSH_PER_CONN ? PUSH_PER_CONN : room;
 }
 
 static void srv_push_work(mq_server *s, size_t e) {
   mqi_srv_ep *ep = &s->eps[e];
   mqi_srv_conn *ready[PUSH_LEASE_MAX];
   mq_msg *msgs[PUSH_LEASE_MAX];
-  size_t nready = 0, count = 0;
+  const char *back[PUSH_LEASE_MAX];
+  size_t nready = 0, count = 0, nback = 0, want = 0;
   int64_t mono = srv_mono();
+  srv_push_renew(s, e);
   if (ep->empty_until && mono < ep->empty_until) return;
-  for (size_t i = 0; i < s->nconns && nready < PUSH_LEASE_MAX; i++) {
+  /* From a rotating start: with more peers than one turn serves, each
+  ** gets its turn. */
+  size_t start = ep->scan;
+  for (size_t k = 0; k < s->nconns && nready < PUSH_LEASE_MAX; k++) {
+    size_t i = (start + k) % s->nconns;
     mqi_srv_conn *sc = s->conns[i];
     if (sc->ep != e || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
     if (mqi_zconn_pending(sc->z) > 0 || sc->pend_len - sc->pend_head >= s->opt.credit) continue;
     ready[nready++] = sc;
+    want += srv_push_room(s, ep, sc);
+    ep->scan = i + 1;
   }
   if (nready == 0) return;
-  size_t want = nready * PUSH_PER_CONN;
   if (want > PUSH_LEASE_MAX) want = PUSH_LEASE_MAX;
   int rc = mq_get_batch(s->store, ep->queue, NULL, want, msgs, &count);
   if (rc == MQ_EMPTY) {
@@ -9027,9 +9229,11 @@ static void srv_push_work(mq_server *s, size_t e) {
     ep->empty_until = mono + RETRY_MAX_MS;
     return;
   }
+  int64_t now = mqi_store_now(s->store);
   for (size_t i = 0; i < count; i++) {
     mqi_zpart parts[1024];
     size_t np = srv_msg_parts(msgs[i], parts, sizeof parts / sizeof parts[0]);
+    size_t size = mq_msg_size(msgs[i]);
     int sent = 0;
     for (size_t tries = 0; tries < nready && !sent; tries++) {
       mqi_srv_conn *sc = ready[ep->rr++ % nready];
@@ -9037,16 +9241,21 @@ static void srv_push_work(mq_server *s, size_t e) {
         continue;
       /* Over the output limit: skip this peer for now (not a failure). */
       if (mqi_zconn_send(sc->z, parts, np) != MQI_ZMTP_OK) continue;
-      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), mq_msg_size(msgs[i]),
-                        mq_msg_receipt(msgs[i])) != 0) {
+      if (srv_pend_push(sc, mqi_zconn_queued(sc->z), msgs[i], now) != 0) {
         mqi_zconn_close(sc->z, "out of memory");
         continue;
       }
       sent = 1;
     }
-    if (!sent) mq_nack(s->store, ep->queue, mq_msg_receipt(msgs[i]), 0, NULL);
-    mq_msg_free(msgs[i]);
+    ep->avg_size = ep->avg_size ? ep->avg_size - ep->avg_size / 8 + size / 8 + 1 : size + 1;
+    if (!sent) back[nback++] = mq_msg_receipt(msgs[i]);
   }
+  /* Leased but sent to nobody (they did not fit): back at once, and not
+  ** counted as a delivery, or a large message would reach its dlq unsent. */
+  if (nback && mqi_settle_release(s->store, ep->queue, back, nback) != MQ_OK)
+    mqi_log(s->store, MQ_LOG_WARN, "server: PUSH from \"%s\": %zu messages not sent: %s (they "
+            "come back when their lease ends)", ep->queue, nback, mq_errmsg(s->store));
+  for (size_t i = 0; i < count; i++) mq_msg_free(msgs[i]);
 }
 
 /* Ack the PUSH messages whose last byte the kernel has taken: one
@@ -9129,10 +9338,16 @@ static int srv_wants_read(const mq_server *s, const mqi_srv_conn *sc) {
 /* Give back what a closing connection holds and free it. */
 static void srv_conn_free(mq_server *s, mqi_srv_conn *sc) {
   mqi_srv_ep *ep = &s->eps[sc->ep];
-  if (ep->kind == MQI_EP_PUSH) {
-    size_t n = 0;
-    for (size_t i = sc->pend_head; i < sc->pend_len && n < NACK_ON_CLOSE_MAX; i++, n++)
-      mq_nack(s->store, ep->queue, sc->pend[i].receipt, 0, NULL);
+  if (ep->kind == MQI_EP_PUSH && sc->pend_len > sc->pend_head) {
+    /* Not all their bytes left us: the peer cannot have them. */
+    size_t n = sc->pend_len - sc->pend_head;
+    const char **back = malloc(n * sizeof *back);
+    for (size_t i = 0; back && i < n; i++) back[i] = sc->pend[sc->pend_head + i].receipt;
+    if (!back || mqi_settle_release(s->store, ep->queue, back, n) != MQ_OK)
+      mqi_log(s->store, MQ_LOG_WARN,
+              "server: PUSH from \"%s\": %zu messages queued for a closed connection come back "
+              "when their lease ends: %s", ep->queue, n, back ? mq_errmsg(s->store) : "out of memory");
+    free(back);
   }
   if (ep->kind == MQI_EP_ROUTER) mqi_router_conn_gone(s, sc);
   mqi_log(s->store, MQ_LOG_INFO, "server: %s: connection #%" PRIu64 " (%s) closed: %s", ep->name,
@@ -9173,6 +9388,10 @@ static void srv_work(mq_server *s, int64_t now) {
       if (s->eps[sc->ep].connect) s->eps[sc->ep].up_since = now;
       if (s->eps[sc->ep].kind == MQI_EP_ROUTER) mqi_router_ready(s, sc);
     }
+    /* A PULL connection we stopped reading must not be timed out for the
+    ** silence that causes. */
+    mqi_zconn_hold(sc->z, s->eps[sc->ep].kind == MQI_EP_PULL && srv_pull_full(&s->eps[sc->ep]),
+                   now);
     mqi_zconn_tick(sc->z, now);
     if (mqi_zconn_pending(sc->z) > 0) mqi_zconn_flush(sc->z, now);
   }
@@ -9195,6 +9414,8 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
       int64_t d = (ep->cfd >= 0 ? ep->connect_deadline : ep->next_try);
       if (d != INT64_MAX && d - now < wait) wait = d - now;
     }
+    if (!ep->connect && ep->accept_after > now && ep->accept_after - now < wait)
+      wait = ep->accept_after - now;
     /* A batch waits for the commit thread: it pokes the pipe when free. */
     if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
       int64_t d = ep->failing ? ep->retry_at - mono : 0;
@@ -9212,6 +9433,15 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
         }
       }
     }
+  }
+  /* The next PUSH lease to renew (store clock: only its distance counts). */
+  int64_t store_now = mqi_store_now(s->store);
+  for (size_t i = 0; i < s->nconns; i++) {
+    mqi_srv_conn *sc = s->conns[i];
+    if (sc->pend_head == sc->pend_len || sc->pend[sc->pend_head].visible_at == INT64_MAX) continue;
+    const mqi_srv_pend *p = &sc->pend[sc->pend_head];
+    int64_t d = p->visible_at - p->lease_ms / 2 - store_now;
+    if (d < wait) wait = d;
   }
   int64_t r = mqi_router_wake(s);
   if (r != INT64_MAX && r - mono < wait) wait = r - mono;
@@ -9250,7 +9480,9 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     for (size_t e = 0; e < s->neps; e++) {
       /* A connecting endpoint waits for its connect to finish (or for
       ** nothing: -1 is skipped by poll). */
-      pf[np].fd = s->eps[e].connect ? s->eps[e].cfd : s->eps[e].fd;
+      pf[np].fd = s->eps[e].connect                ? s->eps[e].cfd
+                  : now < s->eps[e].accept_after ? -1
+                                                 : s->eps[e].fd;
       pf[np++].events = s->eps[e].connect ? POLLOUT : POLLIN;
     }
     for (size_t i = 0; i < s->nconns; i++) {
@@ -9301,7 +9533,7 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     srv_reap(s);
     if (srv_mono() >= end) break;
   }
-  if (stopped) srv_pull_flush(s, 0);
+  if (stopped) srv_pull_drain(s, 0);
   s->running = 0;
   return rc;
 }
@@ -9315,6 +9547,7 @@ void mq_server_stop(mq_server *s) {
 void mq_server_free(mq_server *s) {
   if (!s) return;
   s->freeing = 1;
+  srv_pull_drain(s, 1);
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_zconn_close(s->conns[i]->z, "server closed");
     srv_conn_free(s, s->conns[i]);

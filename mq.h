@@ -799,7 +799,8 @@ MQ_API int mq_server_endpoint_stats(mq_server *server, size_t i, mq_endpoint_sta
 /* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).
 ** Returns MQ_OK when stopped or timed out, an error if the server cannot
 ** go on.  When stopped, it first stores what PULL endpoints have read from
-** their connections (not what still waits in the kernel's buffers); what
+** their connections, whole messages in their input buffers included (not
+** what still waits in the kernel's buffers); what
 ** the store refuses then is kept for the next run, or a last try in
 ** mq_server_free, and the log says so.  Errors of single peers (protocol
 ** errors, dead peers) only close those connections; the log callback of
@@ -810,9 +811,12 @@ MQ_API int mq_server_run(mq_server *server, int64_t timeout_ms);
 ** handler. */
 MQ_API void mq_server_stop(mq_server *server);
 
-/* Close every connection and listener and free the server.  Messages
-** leased to PUSH or ROUTER peers and not yet acknowledged come back when
-** their lease runs out.  NULL is a no-op. */
+/* Store what PULL endpoints have read, as a stop does (what the store
+** refuses now is lost, and logged), then close every connection and
+** listener and free the server.  Messages given to PUSH peers and not
+** completely written come back at once, without counting as a delivery;
+** messages ROUTER consumers leased and did not settle come back as when
+** their connection breaks (doc/protocol.md).  NULL is a no-op. */
 MQ_API void mq_server_free(mq_server *server);
 
 #ifdef __cplusplus

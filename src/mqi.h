@@ -443,6 +443,13 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
 
+/* ---- settle.c ------------------------------------------------------------ */
+/* Give leases back as if they had never been taken (ready now, receive
+** count restored): for a server's leases that never reached a peer.
+** Receipts no longer leased are skipped.  Not durable, like a nack. */
+MQI_API int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts,
+                               size_t n);
+
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
 MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,

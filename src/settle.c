@@ -227,6 +227,57 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
   return settle_one(s, queue, receipt, &a, settle_touch_op, 0);
 }
 
+/* ---- release (the server's) ------------------------------------------------ */
+
+/* As if the leases had never been taken: ready at once, receive count as it
+** was.  For messages a server leased but could not hand to any peer, which
+** must not move towards the dead-letter queue for that. */
+static int settle_release_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db,
+                               "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL,"
+                               " receives=max(receives-1, 0)"
+                               " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
+                               -1, &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  int64_t now = mqi_store_now(s);
+  src = SQLITE_DONE;
+  for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
+    sqlite3_bind_int64(st, 1, a->ids[i]);
+    sqlite3_bind_int64(st, 2, q.id);
+    sqlite3_bind_int64(st, 3, (int64_t)a->leases[i]);
+    sqlite3_bind_int64(st, 4, now);
+    src = sqlite3_step(st);
+    sqlite3_reset(st);
+  }
+  sqlite3_finalize(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing leases");
+  op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts, size_t n) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK || n == 0) return rc;
+  settle_arg a = {0};
+  a.queue = queue;
+  a.receipts = receipts;
+  a.n = n;
+  a.ids = malloc(n * sizeof *a.ids);
+  a.leases = malloc(n * sizeof *a.leases);
+  if (!a.ids || !a.leases)
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory releasing %zu leases", n);
+  else if ((rc = settle_parse(s, &a)) == MQ_OK)
+    rc = mqi_commit_run(s, settle_release_op, &a, 0);
+  free(a.ids);
+  free(a.leases);
+  return rc;
+}
+
 /* ---- redrive ---------------------------------------------------------------- */
 
 static int settle_redrive_op(mq_store *s, mqi_op *op) {

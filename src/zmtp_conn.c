@@ -58,6 +58,7 @@ struct mqi_zconn {
   int64_t ping_deadline; /* 0, or when silence after our PING kills us */
   int64_t ttl_deadline;  /* 0, or when silence after the peer's PING does */
   int64_t close_deadline;
+  int held; /* the caller does not read us now (mqi_zconn_hold) */
   /* Handshake. */
   mqi_zmtp_greeting greet;
   int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
@@ -548,7 +549,7 @@ int mqi_zconn_flush(mqi_zconn *c, int64_t now) {
 ** Timers
 */
 static int64_t zconn_next_ping(const mqi_zconn *c) {
-  if (c->cfg.heartbeat_ms <= 0 || c->ping_deadline) return INT64_MAX;
+  if (c->cfg.heartbeat_ms <= 0 || (c->ping_deadline && !c->held)) return INT64_MAX;
   int64_t base = c->last_recv > c->last_ping ? c->last_recv : c->last_ping;
   return base + c->cfg.heartbeat_ms;
 }
@@ -565,6 +566,7 @@ int64_t mqi_zconn_deadline(const mqi_zconn *c) {
       break;
     case MQI_ZC_ACTIVE:
       d = zconn_next_ping(c);
+      if (c->held) break;
       if (c->ping_deadline && c->ping_deadline < d) d = c->ping_deadline;
       if (c->ttl_deadline && c->ttl_deadline < d) d = c->ttl_deadline;
       break;
@@ -595,9 +597,11 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
     default:
       break;
   }
-  if (c->ttl_deadline && now >= c->ttl_deadline)
+  /* Held, we cannot tell a silent peer from one whose PONGs wait unread in
+  ** the kernel: we only keep it from timing us out. */
+  if (!c->held && c->ttl_deadline && now >= c->ttl_deadline)
     return zconn_fail(c, "peer silent past the TTL of its own PING");
-  if (c->ping_deadline && now >= c->ping_deadline)
+  if (!c->held && c->ping_deadline && now >= c->ping_deadline)
     return zconn_fail(c, "peer silent for %lld ms after our PING",
                       (long long)c->cfg.heartbeat_timeout_ms);
   if (now >= zconn_next_ping(c)) {
@@ -612,7 +616,16 @@ int mqi_zconn_tick(mqi_zconn *c, int64_t now) {
         zconn_queue(c, buf, n) != MQI_ZC_OK)
       return MQI_ZC_CLOSED;
     c->last_ping = now;
-    c->ping_deadline = now + c->cfg.heartbeat_timeout_ms;
+    if (!c->held) c->ping_deadline = now + c->cfg.heartbeat_timeout_ms;
   }
   return MQI_ZC_OK;
+}
+
+void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
+  held = held != 0;
+  if (held == c->held) return;
+  c->held = held;
+  /* Either way the peer's silence so far proves nothing: it was not read. */
+  c->ping_deadline = c->ttl_deadline = 0;
+  if (!held) c->last_recv = now;
 }

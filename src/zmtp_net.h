@@ -174,6 +174,13 @@ MQI_API uint64_t mqi_zconn_written(const mqi_zconn *c);
 MQI_API int mqi_zconn_tick(mqi_zconn *c, int64_t now);
 /* When mqi_zconn_tick must run next (INT64_MAX: no timer). */
 MQI_API int64_t mqi_zconn_deadline(const mqi_zconn *c);
+/* Tell the connection whether its owner has stopped reading it (held) for
+** reasons of its own, such as backpressure.  While held, the peer is not
+** timed out for silence (its PONGs wait unread in the kernel), and we
+** still PING it, which keeps a libzmq peer from timing us out (any traffic
+** cancels its timeout).  When the hold ends, the peer's timers start over
+** from now. */
+MQI_API void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now);
 
 /* ---- zmtp_server.c: the server's insides, shared with zmtp_router.c ---- */
 
@@ -213,9 +220,16 @@ typedef struct mqi_srv_ep {
   int failing;                   /* the last commit failed: retry, read nothing */
   int64_t retry_at;              /* monotonic ms */
   int64_t backoff;
-  /* PUSH: the next connection in turn, and when to look at the queue. */
-  size_t rr;
+  /* PUSH: the next connection in turn, where the next look for ready
+  ** connections starts, the mean size of a message sent (for how many
+  ** fit a connection's output), and when to look at the queue. */
+  size_t rr, scan;
+  size_t avg_size;
   int64_t empty_until;           /* monotonic ms; 0: look now */
+  /* Listening: accept(2) failed (out of descriptors): not polled until
+  ** accept_after (server clock). */
+  int accept_failing;
+  int64_t accept_after;
   /* Connecting endpoints (fd is then -1): we connect to addr and keep
   ** reconnecting.  Times are on the server's clock (mqi_server_now). */
   int connect;
@@ -234,6 +248,8 @@ typedef struct mqi_srv_ep {
 typedef struct mqi_srv_pend {
   uint64_t end; /* mqi_zconn_queued() right after it */
   size_t size;  /* its payload bytes, for the endpoint's counters */
+  int64_t visible_at; /* the end of its lease, store clock */
+  int64_t lease_ms;   /* the lease's length: renewed for as long again */
   char receipt[MQ_RECEIPT_MAX + 1];
 } mqi_srv_pend;
 
@@ -284,6 +300,7 @@ struct mq_server {
   pthread_cond_t ccv;
   size_t cjob_ep, cjob_n, cnext;
   size_t cjob_dropped, cjob_dropped_bytes; /* of the job's batch: refused by the queue */
+  size_t cjob_done; /* of the job's batch: settled before a failure */
   mqi_srv_item *cjob_items;
   char cjob_err[256];
 };

@@ -23,6 +23,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sqlite3.h>
 
@@ -34,6 +35,7 @@ int main(void) {
 #else
 
 #include "harness.h"
+#include "faultvfs.h"
 #include "zmtp_net.h"
 
 /* ------------------------------------------------------------------------
@@ -58,15 +60,14 @@ static void tn_options(mq_server_options *o) {
   o->handshake_timeout_ms = 0;
 }
 
-/* kinds: a string of 'l' (PULL into q), 'h' (PUSH from q), 'r' (ROUTER). */
-static void tn_start(tn_env *e, const mq_server_options *o, const char *kinds) {
-  mq_queue_options qo;
+/* kinds: a string of 'l' (PULL into q), 'h' (PUSH from q), 'r' (ROUTER);
+** q is created with qo. */
+static void tn_start_q(tn_env *e, const mq_server_options *o, const char *kinds,
+                       const mq_queue_options *qo) {
   memset(e, 0, sizeof *e);
   e->path = test_path("net");
   e->st = test_open(e->path, MQ_SYNC_NORMAL);
-  mq_queue_options_init(&qo);
-  qo.max_payload = (size_t)4 << 20;
-  CHECK_OK(mq_queue_create(e->st, "q", &qo));
+  CHECK_OK(mq_queue_create(e->st, "q", qo));
   CHECK_OK(mq_server_new(e->st, o, &e->srv));
   mqi_server_test_clock(e->srv, tn_clock, NULL);
   for (size_t i = 0; kinds[i]; i++) {
@@ -79,6 +80,13 @@ static void tn_start(tn_env *e, const mq_server_options *o, const char *kinds) {
     const char *colon = strrchr(buf, ':');
     e->port[i] = colon ? atoi(colon + 1) : 0;
   }
+}
+
+static void tn_start(tn_env *e, const mq_server_options *o, const char *kinds) {
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  qo.max_payload = (size_t)4 << 20;
+  tn_start_q(e, o, kinds, &qo);
 }
 
 static void tn_stop(tn_env *e) {
@@ -1361,6 +1369,21 @@ static void test_endpoint_stats(void) {
   tn_stop(&e);
 }
 
+/* A store opened with so, serving PULL into q with o; returns the port. */
+static int tn_start_pull(tn_env *e, const char *tag, const mq_store_options *so,
+                         const mq_server_options *o) {
+  char buf[128];
+  memset(e, 0, sizeof *e);
+  e->path = test_path(tag);
+  CHECK_OK(mq_store_open(e->path, so, &e->st));
+  CHECK_OK(mq_queue_create(e->st, "q", NULL));
+  CHECK_OK(mq_server_new(e->st, o, &e->srv));
+  mqi_server_test_clock(e->srv, tn_clock, NULL);
+  CHECK_OK(mq_server_pull(e->srv, "q", "tcp://127.0.0.1:0"));
+  CHECK_OK(mq_server_endpoint(e->srv, 0, buf, sizeof buf));
+  return atoi(strrchr(buf, ':') + 1);
+}
+
 /* What a PULL peer sent before mq_server_stop is stored by the time
 ** mq_server_run returns, even while commits were failing and their retry
 ** is not due yet; and it is counted.  A later run serves on as before. */
@@ -1368,20 +1391,11 @@ static void test_stop_stores_what_was_read(void) {
   mq_server_options o;
   mq_store_options so;
   tn_env e;
-  char buf[128];
-  memset(&e, 0, sizeof e);
-  e.path = test_path("netstop");
   mq_store_options_init(&so);
   so.sync = MQ_SYNC_NORMAL;
   so.busy_timeout_ms = 1;
-  CHECK_OK(mq_store_open(e.path, &so, &e.st));
-  CHECK_OK(mq_queue_create(e.st, "q", NULL));
   tn_options(&o);
-  CHECK_OK(mq_server_new(e.st, &o, &e.srv));
-  mqi_server_test_clock(e.srv, tn_clock, NULL);
-  CHECK_OK(mq_server_pull(e.srv, "q", "tcp://127.0.0.1:0"));
-  CHECK_OK(mq_server_endpoint(e.srv, 0, buf, sizeof buf));
-  int fd = tn_peer(&e, atoi(strrchr(buf, ':') + 1), "PUSH", 28);
+  int fd = tn_peer(&e, tn_start_pull(&e, "netstop", &so, &o), "PUSH", 28);
   /* Another program holds the write lock: the commit of "one" fails. */
   sqlite3 *other = NULL;
   CHECK(sqlite3_open(e.path, &other) == SQLITE_OK);
@@ -1409,7 +1423,387 @@ static void test_stop_stores_what_was_read(void) {
   tn_stop(&e);
 }
 
+/* A store another program holds the write lock of (busy_timeout 1 ms),
+** serving PULL into q; *other is that program's connection. */
+static int tn_start_locked(tn_env *e, const mq_server_options *o, sqlite3 **other) {
+  mq_store_options so;
+  mq_store_options_init(&so);
+  so.sync = MQ_SYNC_NORMAL;
+  so.busy_timeout_ms = 1;
+  int port = tn_start_pull(e, "netlock", &so, o);
+  *other = NULL;
+  CHECK(sqlite3_open(e->path, other) == SQLITE_OK);
+  CHECK(sqlite3_exec(*other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  return port;
+}
+
+static void tn_unlock(sqlite3 *other) {
+  CHECK(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close(other);
+}
+
+/* While commits fail, PULL stops reading its peers (backpressure), so
+** their PONGs wait unread: the silence is ours, and must not make us drop
+** them with what they sent.  We keep PINGing; once reading again, a peer
+** that stays silent is dropped as before. */
+static void test_paused_pull_not_timed_out(void) {
+  mq_server_options o;
+  tn_env e;
+  sqlite3 *other;
+  uint8_t in[64], ping[16];
+  tn_options(&o);
+  o.heartbeat_ms = 1000;
+  o.heartbeat_timeout_ms = 3000;
+  int port = tn_start_locked(&e, &o, &other);
+  int fd = tn_peer(&e, port, "PUSH", 28);
+  static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
+  tn_send(fd, one, sizeof one);
+  tn_pump(&e, 10);
+  tn_send(fd, one, sizeof one); /* waits in the kernel: we read nothing now */
+  size_t pl = tn_hex("04 07 04 50 49 4e 47 00 1e", ping, sizeof ping);
+  for (int i = 0; i < 10; i++) {
+    tn_now += 1000;
+    CHECK(tn_read(&e, fd, in, pl) == pl); /* still PINGed, every interval */
+    CHECK(memcmp(in, ping, pl) == 0);
+    tn_send(fd, "\x04\x05\x04PONG", 7);
+  }
+  CHECK(tn_open(&e, fd));
+  tn_unlock(other);
+  for (int k = 0; k < 1000 && tn_stats(&e, 0).messages_in < 2; k++) tn_pump(&e, 1);
+  CHECK(tn_stats(&e, 0).messages_in == 2);
+  tn_now += 1000;
+  CHECK(tn_read(&e, fd, in, pl) == pl);
+  tn_now += 3000;
+  CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Messages parsed out of the kernel but not yet stored because the batch
+** was full (they wait in the connection's buffer) are stored by a stop
+** and by mq_server_free, like the batch itself. */
+static void test_stop_and_free_store_buffered(void) {
+  mq_server_options o;
+  tn_env e;
+  sqlite3 *other;
+  /* Two full batches of 8192 and some: all in the first 64 KiB read. */
+  enum { N = 2 * 8192 + 500 };
+  static uint8_t burst[N * 3];
+  for (size_t i = 0; i < N; i++) {
+    burst[3 * i] = 0;
+    burst[3 * i + 1] = 1;
+    burst[3 * i + 2] = 'x';
+  }
+  tn_options(&o);
+  int port = tn_start_locked(&e, &o, &other);
+  int fd = tn_peer(&e, port, "PUSH", 28);
+  tn_send(fd, burst, sizeof burst);
+  tn_pump(&e, 20);
+  tn_unlock(other);
+  mq_server_stop(e.srv);
+  CHECK_OK(mq_server_run(e.srv, -1));
+  CHECK(tn_stats(&e, 0).messages_in == N && tn_total(&e) == N);
+  /* Again, ended by mq_server_free. */
+  CHECK(sqlite3_open(e.path, &other) == SQLITE_OK);
+  CHECK(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  tn_send(fd, burst, sizeof burst);
+  tn_pump(&e, 20);
+  tn_unlock(other);
+  mq_server_free(e.srv);
+  e.srv = NULL;
+  CHECK(tn_total(&e) == 2 * N);
+  close(fd);
+  tn_stop(&e);
+}
+
+static int tn_accept_warnings;
+static void tn_count_accept_warnings(void *ctx, int level, const char *msg) {
+  (void)ctx;
+  if (level == MQ_LOG_WARN && strstr(msg, "accept on")) tn_accept_warnings++;
+}
+
+/* Out of file descriptors, accept(2) fails and the peer stays in the
+** backlog, so the listening socket stays readable: the server must not
+** spin on it (nor log every turn), and must accept the peer once
+** descriptors are free again. */
+static void test_accept_out_of_descriptors(void) {
+  mq_server_options o;
+  mq_store_options so;
+  tn_env e;
+  struct rlimit old, low;
+  mq_store_options_init(&so);
+  so.sync = MQ_SYNC_NORMAL;
+  so.log = tn_count_accept_warnings;
+  tn_options(&o);
+  int fd = tn_connect(tn_start_pull(&e, "netfd", &so, &o));
+  /* No descriptor free below the limit: the next accept gets EMFILE. */
+  int lowest = dup(0);
+  CHECK(lowest >= 0);
+  close(lowest);
+  CHECK(getrlimit(RLIMIT_NOFILE, &old) == 0);
+  low = old;
+  low.rlim_cur = (rlim_t)lowest;
+  CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  tn_accept_warnings = 0;
+  tn_pump(&e, 20); /* 100 ms of real time; the server clock stands still */
+  int warnings = tn_accept_warnings;
+  CHECK(setrlimit(RLIMIT_NOFILE, &old) == 0);
+  CHECK(warnings == 1);
+  CHECK(tn_stats(&e, 0).connections_total == 0);
+  tn_now += 200;
+  for (int k = 0; k < 100 && tn_stats(&e, 0).connections_total == 0; k++) tn_pump(&e, 1);
+  CHECK(tn_stats(&e, 0).connections_total == 1);
+  CHECK(tn_accept_warnings == 1);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* ------------------------------------------------------------------------
+** PUSH egress under pressure: peers that read slowly, large messages,
+** many peers.
+*/
+
+/* A PULL peer's side: the message frames it received so far, each message
+** starting with a 5-digit index. */
+typedef struct tn_rx {
+  int fd;
+  uint8_t *buf;
+  size_t len, cap;
+  int ids[4096];
+  size_t n;
+} tn_rx;
+
+/* Move whatever fd has into rx and parse complete single-frame messages;
+** returns the bytes read. */
+static size_t tn_rx_read(tn_rx *rx) {
+  size_t got = 0;
+  for (;;) {
+    if (rx->cap - rx->len < 65536) {
+      rx->cap = rx->cap ? rx->cap * 2 : 1 << 20;
+      rx->buf = realloc(rx->buf, rx->cap);
+      CHECK(rx->buf != NULL);
+      if (!rx->buf) return got;
+    }
+    ssize_t k = recv(rx->fd, rx->buf + rx->len, rx->cap - rx->len, 0);
+    if (k <= 0) break;
+    rx->len += (size_t)k;
+    got += (size_t)k;
+  }
+  size_t at = 0;
+  for (;;) {
+    if (rx->len - at < 2) break;
+    int lng = rx->buf[at] & 2;
+    size_t hl = lng ? 9 : 2, size = 0;
+    if (rx->len - at < hl) break;
+    if (lng)
+      for (int i = 0; i < 8; i++) size = size << 8 | rx->buf[at + 1 + i];
+    else
+      size = rx->buf[at + 1];
+    if (rx->len - at - hl < size) break;
+    CHECK(size >= 5 && rx->n < sizeof rx->ids / sizeof rx->ids[0]);
+    if (size >= 5 && rx->n < sizeof rx->ids / sizeof rx->ids[0]) {
+      char num[6];
+      memcpy(num, rx->buf + at + hl, 5);
+      num[5] = '\0';
+      rx->ids[rx->n++] = atoi(num);
+    }
+    at += hl + size;
+  }
+  memmove(rx->buf, rx->buf + at, rx->len - at);
+  rx->len -= at;
+  return got;
+}
+
+/* Read rx while pumping the server, until `idle` turns in a row bring
+** nothing (bounded). */
+static void tn_rx_drain(tn_env *e, tn_rx *rx, int idle) {
+  for (int quiet = 0, k = 0; quiet < idle && k < 4000; k++) {
+    quiet = tn_rx_read(rx) ? 0 : quiet + 1;
+    tn_pump(e, 1);
+  }
+}
+
+/* A PULL peer whose kernel receive buffer is rcvbuf bytes (0: default). */
+static void tn_rx_peer(tn_env *e, tn_rx *rx, int port, int rcvbuf) {
+  uint8_t g[64], r[64], in[128];
+  struct sockaddr_in a;
+  memset(rx, 0, sizeof *rx);
+  rx->fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (rcvbuf) setsockopt(rx->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(rx->fd >= 0 && connect(rx->fd, (struct sockaddr *)&a, sizeof a) == 0);
+  fcntl(rx->fd, F_SETFL, O_NONBLOCK);
+  tn_greeting(g, "NULL");
+  tn_send(rx->fd, g, 64);
+  CHECK(tn_read(e, rx->fd, in, 64 + 28) == 64 + 28);
+  tn_send(rx->fd, r, tn_ready(r, "PULL"));
+}
+
+static void tn_rx_free(tn_rx *rx) {
+  close(rx->fd);
+  free(rx->buf);
+}
+
+static void tn_put_indexed(tn_env *e, int n, size_t size) {
+  char *p = malloc(size);
+  CHECK(p != NULL);
+  if (!p) return;
+  memset(p, 'p', size);
+  for (int i = 0; i < n; i++) {
+    char num[16];
+    snprintf(num, sizeof num, "%05d", i);
+    memcpy(p, num, 5);
+    CHECK_OK(mq_put(e->st, "q", p, size, NULL, NULL));
+  }
+  free(p);
+}
+
+/* Messages larger than a connection's output can take at once wait in the
+** queue for their turn: leasing them and giving them back unsent must not
+** count as deliveries, or they would be dead-lettered without ever having
+** been sent (max_receives 2 here). */
+static void test_push_large_messages_not_dead_lettered(void) {
+  mq_server_options o;
+  mq_queue_options qo;
+  tn_env e;
+  tn_rx rx;
+  mq_queue_options_init(&qo);
+  qo.max_receives = 2;
+  tn_options(&o);
+  tn_start_q(&e, &o, "h", &qo);
+  mqi_server_test_out_limit(e.srv, 64 << 10);
+  tn_put_indexed(&e, 40, 40 << 10);
+  tn_rx_peer(&e, &rx, e.port[0], 0);
+  tn_rx_drain(&e, &rx, 20);
+  CHECK(rx.n == 40);
+  for (size_t i = 0; i < rx.n; i++) CHECK(rx.ids[i] == (int)i);
+  mq_queue_stats st;
+  CHECK_OK(mq_queue_stats_get(e.st, "q", &st));
+  CHECK(st.total == 0 && st.dead == 0);
+  tn_rx_free(&rx);
+  tn_stop(&e);
+}
+
+/* A peer that stops reading holds messages in our output buffer past their
+** lease: the server keeps those leases alive, so the messages do not go to
+** a second peer as well (at-most-once means never twice). */
+static void test_push_slow_peer_no_duplicates(void) {
+  mq_server_options o;
+  tn_env e;
+  tn_rx a, b;
+  enum { N = 300 };
+  tn_options(&o);
+  tn_start(&e, &o, "h");
+  mqi_server_test_out_limit(e.srv, 64 << 10);
+  tn_put_indexed(&e, N, 64 << 10);
+  tn_rx_peer(&e, &a, e.port[0], 4096); /* and never reads until the end */
+  tn_pump(&e, 100);
+  int64_t out = tn_stats(&e, 0).messages_out;
+  CHECK(out > 0 && out < N); /* its buffers are full */
+  for (int i = 0; i < 3; i++) { /* 60 s: twice the queue's visibility */
+    tn_now += 20000;
+    test_now_ms += 20000;
+    tn_pump(&e, 5);
+  }
+  tn_rx_peer(&e, &b, e.port[0], 0);
+  tn_rx_drain(&e, &b, 20);
+  tn_rx_drain(&e, &a, 20);
+  tn_rx_drain(&e, &b, 20);
+  static int seen[N];
+  memset(seen, 0, sizeof seen);
+  for (size_t i = 0; i < a.n; i++)
+    if (a.ids[i] >= 0 && a.ids[i] < N) seen[a.ids[i]]++;
+  for (size_t i = 0; i < b.n; i++)
+    if (b.ids[i] >= 0 && b.ids[i] < N) seen[b.ids[i]]++;
+  int twice = 0, missing = 0;
+  for (int i = 0; i < N; i++) {
+    twice += seen[i] > 1;
+    missing += seen[i] == 0;
+  }
+  CHECK(twice == 0);
+  CHECK(missing == 0);
+  CHECK(a.n > 0 && b.n > 0);
+  tn_rx_free(&a);
+  tn_rx_free(&b);
+  tn_stop(&e);
+}
+
+/* More PULL peers than one turn serves (256): every one gets its share. */
+static void test_push_many_peers_all_served(void) {
+  enum { PEERS = 300 };
+  mq_server_options o;
+  tn_env e;
+  static int fds[PEERS];
+  uint8_t hello[128], in[128];
+  tn_options(&o);
+  o.max_handshakes = PEERS;
+  tn_start(&e, &o, "h");
+  tn_greeting(hello, "NULL");
+  size_t hl = 64 + tn_ready(hello + 64, "PULL");
+  for (int i = 0; i < PEERS; i++) {
+    fds[i] = tn_connect(e.port[0]);
+    tn_send(fds[i], hello, hl);
+    if (i % 32 == 31) tn_pump(&e, 2);
+  }
+  for (int i = 0; i < PEERS; i++) CHECK(tn_read(&e, fds[i], in, 64 + 28) == 64 + 28);
+  tn_pump(&e, 5);
+  CHECK(tn_stats(&e, 0).connections == PEERS);
+  tn_put_indexed(&e, 2 * PEERS, 16);
+  for (int k = 0; k < 400 && tn_stats(&e, 0).messages_out < 2 * PEERS; k++) tn_pump(&e, 1);
+  CHECK(tn_stats(&e, 0).messages_out == 2 * PEERS);
+  int starved = 0;
+  for (int i = 0; i < PEERS; i++) {
+    char buf[4096];
+    ssize_t k = recv(fds[i], buf, sizeof buf, 0);
+    starved += k <= 0;
+    close(fds[i]);
+  }
+  CHECK(starved == 0);
+  tn_stop(&e);
+}
+
+/* One message too large for the queue spoils a PULL batch, which is then
+** stored one put at a time: a put that fails for a passing reason (here a
+** full disk) must not drop its message -- the rest is retried -- while
+** the too-large one is dropped and counted. */
+static void test_pull_one_by_one_keeps_transient_failures(void) {
+  mq_server_options o;
+  mq_queue_options qo;
+  tn_env e;
+  mq_queue_options_init(&qo);
+  qo.max_payload = 100;
+  tn_options(&o);
+  tn_start_q(&e, &o, "l", &qo);
+  int fd = tn_peer(&e, e.port[0], "PUSH", 28);
+  uint8_t burst[2 + 1 + 2 + 200 + 2 + 1];
+  size_t k = 0;
+  burst[k++] = 0, burst[k++] = 1, burst[k++] = 'a';
+  burst[k++] = 0, burst[k++] = 200;
+  memset(burst + k, 'B', 200);
+  k += 200;
+  burst[k++] = 0, burst[k++] = 1, burst[k++] = 'c';
+  faultvfs_arm_reset();
+  faultvfs.write_budget = 1; /* the disk is full */
+  tn_send(fd, burst, k);
+  tn_pump(&e, 20);
+  CHECK(faultvfs.faults > 0);
+  mq_endpoint_stats st = tn_stats(&e, 0);
+  CHECK(st.messages_in == 0 && st.dropped == 0);
+  faultvfs_arm_reset(); /* space again */
+  for (int i = 0; i < 1000 && tn_stats(&e, 0).messages_in < 2; i++) tn_pump(&e, 1);
+  st = tn_stats(&e, 0);
+  CHECK(st.messages_in == 2 && st.dropped == 1);
+  CHECK(tn_take_is(&e, "a"));
+  CHECK(tn_take_is(&e, "c"));
+  close(fd);
+  tn_stop(&e);
+}
+
 int main(void) {
+  faultvfs_install();
   TEST(test_greeting_and_ready_bytes);
   TEST(test_staged_greeting);
   TEST(test_byte_by_byte);
@@ -1435,6 +1829,13 @@ int main(void) {
   TEST(test_connect_api_edges);
   TEST(test_endpoint_stats);
   TEST(test_stop_stores_what_was_read);
+  TEST(test_paused_pull_not_timed_out);
+  TEST(test_stop_and_free_store_buffered);
+  TEST(test_accept_out_of_descriptors);
+  TEST(test_push_large_messages_not_dead_lettered);
+  TEST(test_push_slow_peer_no_duplicates);
+  TEST(test_push_many_peers_all_served);
+  TEST(test_pull_one_by_one_keeps_transient_failures);
   return test_done();
 }
 #endif /* MQ_OMIT_ZMTP */
