@@ -1186,19 +1186,27 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "UPDATE mq_msg SET state=0 WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2",
     [MQI_ST_MSG_NEXT_VISIBLE] =
         "SELECT min(visible_at) FROM mq_msg WHERE queue_id=?1 AND state IN (1,2)",
+    /* A message past its expiry (?4, ?5: now) is gone to ack, nack and
+    ** touch alike, whether or not a get has swept it yet. */
     [MQI_ST_MSG_ACK] =
-        "SELECT body_id FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)",
+        "SELECT body_id FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)"
+        " AND (expires_at IS NULL OR expires_at>?4)",
     [MQI_ST_MSG_NACK] =
         "SELECT receives FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3"
-        " AND state IN (0,1)",
+        " AND state IN (0,1) AND (expires_at IS NULL OR expires_at>?4)",
     [MQI_ST_MSG_TOUCH] =
         "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
-        " AND state=1 AND visible_at>?5",
+        " AND state=1 AND visible_at>?5 AND (expires_at IS NULL OR expires_at>?5)",
+    /* A dead letter expires by the retention of the queue that keeps it,
+    ** from now (?3), saturating as mqi_time_add does; see mqi_get_deadletter. */
     [MQI_ST_MSG_TO_DLQ] =
         "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
-        " lease=NULL, reason=coalesce(?4, reason) WHERE id=?1",
+        " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
+        " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
+        " FROM mq_queue WHERE id=?2) WHERE id=?1",
     [MQI_ST_MSG_TO_DEAD] =
-        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason) WHERE id=?1",
+        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason), expires_at=?3"
+        " WHERE id=?1",
     [MQI_ST_DEDUP_GET] =
         "SELECT msg_id FROM mq_dedup WHERE queue_id=?1 AND key=?2 AND expires_at>?3",
     [MQI_ST_DEDUP_PUT] =
@@ -2911,13 +2919,17 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
 }
 
 /* Hidden messages whose time has come count as ready, and expired ones as
-** gone, exactly as the next get would see them. */
+** gone, exactly as the next get would see them; a visible message that has
+** used up max_receives counts as dead, as that get dead-letters it. */
+#define QUEUE_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
+#define QUEUE_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define QUEUE_STATS_SQL(P)                                                                      \
   "SELECT q.kind,"                                                                             \
-  " sum(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2)),"                            \
+  " sum(" QUEUE_DUE " AND NOT " QUEUE_SPENT "),"                                               \
   " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
   " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 3), count(m.id), min(m.enqueued_at), sum(" P("size") ")"                     \
+  " sum(m.state = 3 OR (" QUEUE_DUE " AND " QUEUE_SPENT ")), count(m.id), min(m.enqueued_at),"  \
+  " sum(" P("size") ")"                                                                        \
   " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
@@ -3513,6 +3525,10 @@ void mq_get_options_init(mq_get_options *o) {
   o->size = sizeof *o;
 }
 
+/* A dead letter's expiry is the retention of the queue that keeps it (the
+** dlq, or q itself without one) counted from now, or none: the TTL and the
+** retention it was put with bounded its delivery, which is over, and must
+** not delete it from under the operator who is to look at it. */
 int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
                        const char *reason) {
   sqlite3_stmt *st;
@@ -3529,6 +3545,8 @@ int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_
       return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
     sqlite3_bind_int64(st, 1, msg_id);
     if (reason) sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+    if (q->retention_ms > 0)
+      sqlite3_bind_int64(st, 3, mqi_time_add(mqi_store_now(s), q->retention_ms));
   }
   int src = sqlite3_step(st);
   sqlite3_reset(st);
@@ -3821,12 +3839,15 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 
 /* ---- peek: a read, no transaction of ours ---------------------------------- */
 
+/* What the next get would deliver: a message that has used up max_receives
+** is left out although visible, as that get dead-letters it instead. */
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
   ", m.visible_at, m.expires_at, b.subject,"                                                   \
   " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
   "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  "  AND NOT (q.max_receives > 0 AND m.receives >= q.max_receives)"                            \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 
@@ -3950,12 +3971,13 @@ typedef struct settle_arg {
 } settle_arg;
 
 static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
-                          uint64_t lease) {
+                          uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
   sqlite3_bind_int64(st, 2, q->id);
   sqlite3_bind_int64(st, 3, (int64_t)lease);
+  sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
@@ -3981,9 +4003,10 @@ static int settle_ack_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   int last = MQ_OK;
   for (size_t i = 0; i < a->n; i++) {
-    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i]);
+    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i], now);
     if (rc != MQ_OK && rc != MQ_ESTALE) return rc;
     if (a->results) a->results[i] = rc;
     last = rc;
@@ -4064,22 +4087,24 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int64(st, 2, q.id);
   sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
   if (receives < 0)
     return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt", s->path,
-                       a->queue, (long long)a->ids[0]);
+                       "%s: queue \"%s\": message %lld is not leased under this receipt "
+                       "(acked already, expired, or delivered again)",
+                       s->path, a->queue, (long long)a->ids[0]);
   if (q.max_receives > 0 && receives >= q.max_receives)
     return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
-  int64_t now = mqi_store_now(s);
   st = NULL;
   src = sqlite3_prepare_v2(s->db,
                            "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
@@ -4128,7 +4153,8 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "extending a lease");
   if (sqlite3_changes(s->db) == 0)
-    return mqi_op_fail(op, MQ_ESTALE, "%s: queue \"%s\": the lease of message %lld is over",
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": the lease of message %lld is over (or it expired)",
                        s->path, a->queue, (long long)a->ids[0]);
   return MQ_OK;
 }
@@ -4205,14 +4231,22 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
   int64_t limit = a->max > 0 ? a->max : INT64_MAX;
   /* Dead letters that came from another queue go back there if it still
   ** exists (queue ids are never reused: mqi_queue_new_id); this queue's own
-  ** dead messages, and dead ones whose queue is gone, become ready here. */
+  ** dead messages, and dead ones whose queue is gone, become ready here.
+  ** Like a new put, each is kept by the retention of the queue it lands in,
+  ** counted from now (saturating as mqi_time_add does); the TTL it was put
+  ** with is not restored.  An expired dead letter is gone, not redriven. */
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
       "UPDATE mq_msg SET queue_id = coalesce((SELECT id FROM mq_queue"
-      "  WHERE id = mq_msg.origin_id), queue_id), origin_id = NULL,"
-      " state = 0, receives = 0, visible_at = ?2, lease = NULL"
+      "  WHERE id = mq_msg.origin_id), queue_id),"
+      " expires_at = (SELECT iif(retention_ms > 0,"
+      "  min(?2, 9223372036854775807 - retention_ms) + retention_ms, NULL) FROM mq_queue"
+      "  WHERE id = coalesce((SELECT id FROM mq_queue WHERE id = mq_msg.origin_id),"
+      "   mq_msg.queue_id)),"
+      " origin_id = NULL, state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
       "   AND m.origin_id IN (SELECT id FROM mq_queue)"
       /* a dead letter someone is working on (a live lease) stays put */
@@ -4515,8 +4549,13 @@ void mq_msg_free(mq_msg *m) { free(m); }
   " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
   " ORDER BY m.id"
 
-static int inspect_state(int state, int64_t visible_at, int64_t now) {
-  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
+/* A visible message that has used up max_receives is dead: the next get
+** dead-letters it rather than deliver it. */
+static int inspect_state(int state, int64_t visible_at, int receives, int max_receives,
+                         int64_t now) {
+  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) state = MQ_STATE_READY;
+  if (state == MQ_STATE_READY && max_receives > 0 && receives >= max_receives)
+    return MQ_STATE_DEAD;
   return state;
 }
 
@@ -4533,9 +4572,11 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int format;
   int src = mqi_store_snapshot(db, &format);
   int64_t qid = 0;
+  int max_receives = 0;
   if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "SELECT id, kind, max_receives FROM mq_queue WHERE name=?1", -1,
+                             &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -4545,6 +4586,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       src = SQLITE_OK;
     } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
+      max_receives = sqlite3_column_int(st, 2);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {
       rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
@@ -4582,7 +4624,9 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       int64_t vis = sqlite3_column_int64(st, 10);
       mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
       mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
-      int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
+      int stop = fn(ctx, m,
+                    inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2),
+                                  max_receives, now));
       mq_msg_free(m);
       if (stop) {
         src = SQLITE_DONE;
@@ -4877,9 +4921,12 @@ static int topic_check_subject(const char *sj) {
     for (size_t i = 0; i < n; i++) {
       unsigned char c = (unsigned char)p[i];
       if (c < 0x20 || c == 0x7f) return -1;
+      /* No filter could name a level such as "c#" or "a*b" (a filter level
+      ** with these in it is malformed), so no subscription could select it
+      ** by name; '+' inside a level is text on both sides ("c++"). */
+      if (c == '*' || c == '>' || c == '#') return -1;
     }
-    /* A level that is only a wildcard would match differently than it
-    ** reads; "c++" or "a*b" are plain text. */
+    /* A lone '+' would match differently than it reads. */
     if (topic_is_wild(p, n)) return -1;
     p = next;
   }
@@ -5271,7 +5318,7 @@ int mq_publish_batch(mq_store *s, const char *topic, const mq_pub_entry *entries
     if (rc == MQ_OK && topic_check_subject(e->subject) != 0)
       rc = mqi_err_set(s, MQ_EINVAL,
                        "entry %zu: subject \"%.60s\" is malformed: at most %d bytes, no control "
-                       "characters, no level that is only a wildcard",
+                       "characters, no '*', '>' or '#', no level that is only '+'",
                        prepared, e->subject, MQ_SUBJECT_MAX);
     if (rc != MQ_OK) {
       free(a.items[prepared].headers);
@@ -5297,6 +5344,20 @@ int mq_publish(mq_store *s, const char *topic, const char *subject, const void *
   return mq_publish_batch(s, topic, &e, 1, id, delivered);
 }
 
+/* The deliveries of topic t that subscribers can still get: an expired one
+** is gone (mq_queue_stats_get leaves it out too), and so is a payload that
+** only such deliveries share. */
+#define TOPIC_LIVE                                                                            \
+  "(SELECT body_id FROM mq_msg WHERE queue_id IN"                                             \
+  "  (SELECT id FROM mq_queue WHERE parent_id = t.id)"                                        \
+  " AND (expires_at IS NULL OR expires_at > ?2))"
+#define TOPIC_STATS_SQL                                                                       \
+  "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"                            \
+  " (SELECT count(*) FROM " TOPIC_LIVE "),"                                                   \
+  " (SELECT count(*) FROM mq_body WHERE id IN " TOPIC_LIVE "),"                               \
+  " (SELECT coalesce(sum(size), 0) FROM mq_body WHERE id IN " TOPIC_LIVE ")"                  \
+  " FROM mq_queue t WHERE t.name = ?1 AND t.kind = 1"
+
 int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -5305,20 +5366,12 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      db,
-      "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"
-      " (SELECT count(*) FROM mq_msg WHERE queue_id IN"
-      "   (SELECT id FROM mq_queue WHERE parent_id = t.id)),"
-      " (SELECT count(*) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id IN"
-      "   (SELECT id FROM mq_queue WHERE parent_id = t.id))),"
-      " (SELECT coalesce(sum(size), 0) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg"
-      "   WHERE queue_id IN (SELECT id FROM mq_queue WHERE parent_id = t.id)))"
-      " FROM mq_queue t WHERE t.name = ?1 AND t.kind = 1",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, TOPIC_STATS_SQL, -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
   if (src == SQLITE_ROW) {

@@ -280,7 +280,11 @@ typedef struct mq_queue_options {
                                It must exist and must not be this queue.
                                Dead letters arrive with their receive count,
                                so the dlq's max_receives must be 0 or more
-                               than this queue's (else MQ_EINVAL). */
+                               than this queue's (else MQ_EINVAL).  A dead
+                               letter is kept by the retention of the queue
+                               that keeps it (the dlq, or this queue without
+                               one), counted from when it died, or for good
+                               if that is 0; its TTL no longer applies. */
   int64_t retention_ms;     /* messages older than this are deleted unread;
                                default 0 = kept until acked */
   size_t max_payload;       /* largest payload accepted; default 1 MiB;
@@ -308,7 +312,10 @@ MQ_API int mq_queue_create(mq_store *store, const char *name,
 MQ_API int mq_queue_drop(mq_store *store, const char *name);
 
 /* Delete every message of a queue (ready, in flight, delayed and dead);
-** the queue stays.  *deleted (may be NULL) receives the count. */
+** the queue stays.  *deleted (may be NULL) receives the count.  Dedup keys
+** are kept: a key says its message was accepted, and a put that repeats it
+** within the dedup window still stores nothing and returns the purged
+** message's id.  mq_queue_drop forgets them. */
 MQ_API int mq_queue_purge(mq_store *store, const char *name, int64_t *deleted);
 
 /* List the queue names, sorted.  On success *names is an array of *count
@@ -320,7 +327,10 @@ typedef struct mq_queue_stats {
   int64_t ready;          /* visible now, waiting for a consumer */
   int64_t inflight;       /* leased to a consumer */
   int64_t delayed;        /* put with a delay or nacked with one */
-  int64_t dead;           /* exceeded max_receives, kept here (no dlq) */
+  int64_t dead;           /* exceeded max_receives, kept here (no dlq);
+                             also a message whose last allowed lease ran
+                             out, which the next get dead-letters (to the
+                             dlq, if there is one) instead of delivering */
   int64_t total;          /* all of the above */
   int64_t oldest_age_ms;  /* age of the oldest message, 0 if none */
   int64_t bytes;          /* payload bytes as given by producers */
@@ -442,7 +452,9 @@ MQ_API int mq_get_batch(mq_store *store, const char *queue,
                         size_t *count);
 
 /* Read up to max ready messages without leasing them (no receipt, receive
-** count unchanged).  Same ownership as mq_get_batch; *count may be 0. */
+** count unchanged): those a get would deliver, so not one that has used up
+** max_receives (the get dead-letters it).  Same ownership as mq_get_batch;
+** *count may be 0. */
 MQ_API int mq_peek(mq_store *store, const char *queue, size_t max,
                    mq_msg **msgs, size_t *count);
 
@@ -484,7 +496,8 @@ MQ_API void mq_msg_free(mq_msg *msg);
 #define MQ_STATE_READY 0    /* visible now */
 #define MQ_STATE_INFLIGHT 1 /* leased to a consumer */
 #define MQ_STATE_DELAYED 2  /* hidden until mq_msg_visible_at */
-#define MQ_STATE_DEAD 3     /* exceeded max_receives, kept without a dlq */
+#define MQ_STATE_DEAD 3     /* exceeded max_receives, kept without a dlq,
+                               or bound for the dlq at the next get */
 
 /* Called once per message by mq_queue_scan.  msg (and everything its
 ** accessors return) is valid only during the call; it has no receipt and
@@ -548,13 +561,17 @@ MQ_API int mq_nack(mq_store *store, const char *queue, const char *receipt,
                    int64_t delay_ms, const char *reason);
 
 /* Extend (or shorten) the lease: the message stays hidden until
-** visibility_ms from now.  MQ_ESTALE if the lease is already over. */
+** visibility_ms from now.  MQ_ESTALE if the lease is already over or the
+** message expired (its TTL or the queue's retention passed). */
 MQ_API int mq_touch(mq_store *store, const char *queue, const char *receipt,
                     int64_t visibility_ms);
 
 /* Move dead letters back to be delivered again, with their receive count
 ** reset.  For a queue used as a dlq: its messages go back to the queues
 ** they came from.  For any queue: its own dead messages become ready.
+** Each is then kept by the retention of the queue it lands in, counted from
+** the redrive, as if put there now; its original TTL does not come back.
+** An expired dead letter is gone and is not redriven.
 ** A dead letter whose queue was dropped stays in the dlq (ready if it was
 ** dead there); it never goes to a queue created since, as queue ids are
 ** never reused.  A dead letter a consumer of the dlq holds a live lease on
@@ -582,10 +599,11 @@ MQ_API int mq_redrive(mq_store *store, const char *queue, int64_t max,
 ** matches one or more remaining levels and '#' zero or more; '>' and '#'
 ** must be the last level.  Any other level matches itself literally.  A NULL
 ** or empty filter matches every message, with or without a subject.
-** A subject is at most MQ_SUBJECT_MAX bytes with no control characters, and
-** none of its levels may be a lone wildcard ("*", "+", ">", "#"); "c++" or
-** "a*b" are plain text.  A malformed subject or filter is MQ_EINVAL.  NULL
-** and "" both mean "no subject".
+** A subject is at most MQ_SUBJECT_MAX bytes with no control characters and
+** no '*', '>' or '#' (no filter could name a level such as "c#" or "a*b"),
+** and none of its levels may be a lone "+"; "c++" is plain text.  A
+** malformed subject or filter is MQ_EINVAL.  NULL and "" both mean "no
+** subject".
 */
 /* Create a topic.  opts (may be NULL) gives max_payload, compress_above,
 ** dedup_window_ms and retention_ms for what is published to it; the other
@@ -645,7 +663,8 @@ MQ_API int mq_publish_batch(mq_store *store, const char *topic,
 
 typedef struct mq_topic_stats {
   int64_t subscriptions;  /* how many subscriptions the topic has */
-  int64_t messages;       /* deliveries pending over all subscriptions */
+  int64_t messages;       /* deliveries pending over all subscriptions;
+                             expired ones are gone, as in their stats */
   int64_t payloads;       /* distinct payloads stored for them */
   int64_t bytes;          /* their size as published (stored once each) */
 } mq_topic_stats;

@@ -34,6 +34,10 @@ void mq_get_options_init(mq_get_options *o) {
   o->size = sizeof *o;
 }
 
+/* A dead letter's expiry is the retention of the queue that keeps it (the
+** dlq, or q itself without one) counted from now, or none: the TTL and the
+** retention it was put with bounded its delivery, which is over, and must
+** not delete it from under the operator who is to look at it. */
 int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
                        const char *reason) {
   sqlite3_stmt *st;
@@ -50,6 +54,8 @@ int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_
       return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
     sqlite3_bind_int64(st, 1, msg_id);
     if (reason) sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+    if (q->retention_ms > 0)
+      sqlite3_bind_int64(st, 3, mqi_time_add(mqi_store_now(s), q->retention_ms));
   }
   int src = sqlite3_step(st);
   sqlite3_reset(st);
@@ -342,12 +348,15 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 
 /* ---- peek: a read, no transaction of ours ---------------------------------- */
 
+/* What the next get would deliver: a message that has used up max_receives
+** is left out although visible, as that get dead-letters it instead. */
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
   ", m.visible_at, m.expires_at, b.subject,"                                                   \
   " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
   "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  "  AND NOT (q.max_receives > 0 AND m.receives >= q.max_receives)"                            \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 

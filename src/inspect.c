@@ -28,8 +28,13 @@
   " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
   " ORDER BY m.id"
 
-static int inspect_state(int state, int64_t visible_at, int64_t now) {
-  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) return MQ_STATE_READY;
+/* A visible message that has used up max_receives is dead: the next get
+** dead-letters it rather than deliver it. */
+static int inspect_state(int state, int64_t visible_at, int receives, int max_receives,
+                         int64_t now) {
+  if ((state == MQI_INFLIGHT || state == MQI_DELAYED) && visible_at <= now) state = MQ_STATE_READY;
+  if (state == MQ_STATE_READY && max_receives > 0 && receives >= max_receives)
+    return MQ_STATE_DEAD;
   return state;
 }
 
@@ -46,9 +51,11 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   int format;
   int src = mqi_store_snapshot(db, &format);
   int64_t qid = 0;
+  int max_receives = 0;
   if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(db, "SELECT id, kind FROM mq_queue WHERE name=?1", -1, &st, NULL);
+    src = sqlite3_prepare_v2(db, "SELECT id, kind, max_receives FROM mq_queue WHERE name=?1", -1,
+                             &st, NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -58,6 +65,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       src = SQLITE_OK;
     } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
+      max_receives = sqlite3_column_int(st, 2);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {
       rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
@@ -95,7 +103,9 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
       int64_t vis = sqlite3_column_int64(st, 10);
       mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
       mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
-      int stop = fn(ctx, m, inspect_state(sqlite3_column_int(st, 12), vis, now));
+      int stop = fn(ctx, m,
+                    inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2),
+                                  max_receives, now));
       mq_msg_free(m);
       if (stop) {
         src = SQLITE_DONE;

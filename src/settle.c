@@ -34,12 +34,13 @@ typedef struct settle_arg {
 } settle_arg;
 
 static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
-                          uint64_t lease) {
+                          uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
   sqlite3_bind_int64(st, 2, q->id);
   sqlite3_bind_int64(st, 3, (int64_t)lease);
+  sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
@@ -65,9 +66,10 @@ static int settle_ack_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   int last = MQ_OK;
   for (size_t i = 0; i < a->n; i++) {
-    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i]);
+    rc = settle_ack_one(s, op, a->queue, &q, a->ids[i], a->leases[i], now);
     if (rc != MQ_OK && rc != MQ_ESTALE) return rc;
     if (a->results) a->results[i] = rc;
     last = rc;
@@ -148,22 +150,24 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, a->ids[0]);
   sqlite3_bind_int64(st, 2, q.id);
   sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
   if (receives < 0)
     return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt", s->path,
-                       a->queue, (long long)a->ids[0]);
+                       "%s: queue \"%s\": message %lld is not leased under this receipt "
+                       "(acked already, expired, or delivered again)",
+                       s->path, a->queue, (long long)a->ids[0]);
   if (q.max_receives > 0 && receives >= q.max_receives)
     return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
-  int64_t now = mqi_store_now(s);
   st = NULL;
   src = sqlite3_prepare_v2(s->db,
                            "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
@@ -212,7 +216,8 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "extending a lease");
   if (sqlite3_changes(s->db) == 0)
-    return mqi_op_fail(op, MQ_ESTALE, "%s: queue \"%s\": the lease of message %lld is over",
+    return mqi_op_fail(op, MQ_ESTALE,
+                       "%s: queue \"%s\": the lease of message %lld is over (or it expired)",
                        s->path, a->queue, (long long)a->ids[0]);
   return MQ_OK;
 }
@@ -289,14 +294,22 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
   int64_t limit = a->max > 0 ? a->max : INT64_MAX;
   /* Dead letters that came from another queue go back there if it still
   ** exists (queue ids are never reused: mqi_queue_new_id); this queue's own
-  ** dead messages, and dead ones whose queue is gone, become ready here. */
+  ** dead messages, and dead ones whose queue is gone, become ready here.
+  ** Like a new put, each is kept by the retention of the queue it lands in,
+  ** counted from now (saturating as mqi_time_add does); the TTL it was put
+  ** with is not restored.  An expired dead letter is gone, not redriven. */
   sqlite3_stmt *st = NULL;
   int src = sqlite3_prepare_v2(
       s->db,
       "UPDATE mq_msg SET queue_id = coalesce((SELECT id FROM mq_queue"
-      "  WHERE id = mq_msg.origin_id), queue_id), origin_id = NULL,"
-      " state = 0, receives = 0, visible_at = ?2, lease = NULL"
+      "  WHERE id = mq_msg.origin_id), queue_id),"
+      " expires_at = (SELECT iif(retention_ms > 0,"
+      "  min(?2, 9223372036854775807 - retention_ms) + retention_ms, NULL) FROM mq_queue"
+      "  WHERE id = coalesce((SELECT id FROM mq_queue WHERE id = mq_msg.origin_id),"
+      "   mq_msg.queue_id)),"
+      " origin_id = NULL, state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
+      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
       "   AND m.origin_id IN (SELECT id FROM mq_queue)"
       /* a dead letter someone is working on (a live lease) stays put */

@@ -81,19 +81,27 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "UPDATE mq_msg SET state=0 WHERE queue_id=?1 AND state IN (1,2) AND visible_at<=?2",
     [MQI_ST_MSG_NEXT_VISIBLE] =
         "SELECT min(visible_at) FROM mq_msg WHERE queue_id=?1 AND state IN (1,2)",
+    /* A message past its expiry (?4, ?5: now) is gone to ack, nack and
+    ** touch alike, whether or not a get has swept it yet. */
     [MQI_ST_MSG_ACK] =
-        "SELECT body_id FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)",
+        "SELECT body_id FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state IN (0,1)"
+        " AND (expires_at IS NULL OR expires_at>?4)",
     [MQI_ST_MSG_NACK] =
         "SELECT receives FROM mq_msg WHERE id=?1 AND queue_id=?2 AND lease=?3"
-        " AND state IN (0,1)",
+        " AND state IN (0,1) AND (expires_at IS NULL OR expires_at>?4)",
     [MQI_ST_MSG_TOUCH] =
         "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
-        " AND state=1 AND visible_at>?5",
+        " AND state=1 AND visible_at>?5 AND (expires_at IS NULL OR expires_at>?5)",
+    /* A dead letter expires by the retention of the queue that keeps it,
+    ** from now (?3), saturating as mqi_time_add does; see mqi_get_deadletter. */
     [MQI_ST_MSG_TO_DLQ] =
         "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
-        " lease=NULL, reason=coalesce(?4, reason) WHERE id=?1",
+        " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
+        " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
+        " FROM mq_queue WHERE id=?2) WHERE id=?1",
     [MQI_ST_MSG_TO_DEAD] =
-        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason) WHERE id=?1",
+        "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason), expires_at=?3"
+        " WHERE id=?1",
     [MQI_ST_DEDUP_GET] =
         "SELECT msg_id FROM mq_dedup WHERE queue_id=?1 AND key=?2 AND expires_at>?3",
     [MQI_ST_DEDUP_PUT] =

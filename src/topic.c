@@ -65,9 +65,12 @@ static int topic_check_subject(const char *sj) {
     for (size_t i = 0; i < n; i++) {
       unsigned char c = (unsigned char)p[i];
       if (c < 0x20 || c == 0x7f) return -1;
+      /* No filter could name a level such as "c#" or "a*b" (a filter level
+      ** with these in it is malformed), so no subscription could select it
+      ** by name; '+' inside a level is text on both sides ("c++"). */
+      if (c == '*' || c == '>' || c == '#') return -1;
     }
-    /* A level that is only a wildcard would match differently than it
-    ** reads; "c++" or "a*b" are plain text. */
+    /* A lone '+' would match differently than it reads. */
     if (topic_is_wild(p, n)) return -1;
     p = next;
   }
@@ -459,7 +462,7 @@ int mq_publish_batch(mq_store *s, const char *topic, const mq_pub_entry *entries
     if (rc == MQ_OK && topic_check_subject(e->subject) != 0)
       rc = mqi_err_set(s, MQ_EINVAL,
                        "entry %zu: subject \"%.60s\" is malformed: at most %d bytes, no control "
-                       "characters, no level that is only a wildcard",
+                       "characters, no '*', '>' or '#', no level that is only '+'",
                        prepared, e->subject, MQ_SUBJECT_MAX);
     if (rc != MQ_OK) {
       free(a.items[prepared].headers);
@@ -485,6 +488,20 @@ int mq_publish(mq_store *s, const char *topic, const char *subject, const void *
   return mq_publish_batch(s, topic, &e, 1, id, delivered);
 }
 
+/* The deliveries of topic t that subscribers can still get: an expired one
+** is gone (mq_queue_stats_get leaves it out too), and so is a payload that
+** only such deliveries share. */
+#define TOPIC_LIVE                                                                            \
+  "(SELECT body_id FROM mq_msg WHERE queue_id IN"                                             \
+  "  (SELECT id FROM mq_queue WHERE parent_id = t.id)"                                        \
+  " AND (expires_at IS NULL OR expires_at > ?2))"
+#define TOPIC_STATS_SQL                                                                       \
+  "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"                            \
+  " (SELECT count(*) FROM " TOPIC_LIVE "),"                                                   \
+  " (SELECT count(*) FROM mq_body WHERE id IN " TOPIC_LIVE "),"                               \
+  " (SELECT coalesce(sum(size), 0) FROM mq_body WHERE id IN " TOPIC_LIVE ")"                  \
+  " FROM mq_queue t WHERE t.name = ?1 AND t.kind = 1"
+
 int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -493,20 +510,12 @@ int mq_topic_stats_get(mq_store *s, const char *topic, mq_topic_stats *out) {
   if (!out) return mqi_err_set(s, MQ_EINVAL, "mq_topic_stats_get: out is NULL");
   sqlite3 *db;
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(
-      db,
-      "SELECT (SELECT count(*) FROM mq_queue WHERE parent_id = t.id),"
-      " (SELECT count(*) FROM mq_msg WHERE queue_id IN"
-      "   (SELECT id FROM mq_queue WHERE parent_id = t.id)),"
-      " (SELECT count(*) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg WHERE queue_id IN"
-      "   (SELECT id FROM mq_queue WHERE parent_id = t.id))),"
-      " (SELECT coalesce(sum(size), 0) FROM mq_body WHERE id IN (SELECT body_id FROM mq_msg"
-      "   WHERE queue_id IN (SELECT id FROM mq_queue WHERE parent_id = t.id)))"
-      " FROM mq_queue t WHERE t.name = ?1 AND t.kind = 1",
-      -1, &st, NULL);
+  int src = sqlite3_prepare_v2(db, TOPIC_STATS_SQL, -1, &st, NULL);
   if (src == SQLITE_OK) {
     sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
     src = sqlite3_step(st);
   }
   if (src == SQLITE_ROW) {

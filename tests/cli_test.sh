@@ -697,7 +697,7 @@ unchanged "a publish nobody receives stores nothing" "$T" before.snap
 
 # Bad publishes and puts change nothing.
 snapshot "$T" before.snap
-for sj in 'a.*.b' 'a.>' '#' "$(printf 'a\001b')"; do
+for sj in 'a.*.b' 'a.>' '#' 'lang.c#' "$(printf 'a\001b')"; do
   r "$T" publish news x --subject "$sj"
   failed "a malformed subject [$sj]" 2 'subject .* is malformed'
 done

@@ -309,6 +309,66 @@ static void test_batch_get_in_order(void) {
   finish(s);
 }
 
+/* Once its TTL has passed a message is gone for the queue, even while
+** nothing has swept it yet: settling it must fail as for a gone message,
+** never let a consumer believe it acked or extended it. */
+static void test_settle_after_expiry(void) {
+  mq_store *s = fresh("settlettl");
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  int64_t t0 = test_now_ms;
+  mq_put_options po;
+  mq_put_options_init(&po);
+  po.ttl_ms = 1000;
+  for (int i = 0; i < 4; i++) tu_put_opts(s, "q", "perishable", &po);
+  char r[4][MQ_RECEIPT_MAX + 1];
+  for (int i = 0; i < 4; i++) {
+    mq_msg *m = tu_get_vis(s, "q", 5000); /* the lease outlives the TTL */
+    CHECK(m != NULL);
+    snprintf(r[i], sizeof r[i], "%s", m ? mq_msg_receipt(m) : "");
+    mq_msg_free(m);
+  }
+  test_now_ms = t0 + 999;
+  CHECK_OK(mq_touch(s, "q", r[0], 5000)); /* alive: the lease still works */
+
+  test_now_ms = t0 + 1000;
+  CHECK_RC(mq_ack(s, "q", r[0]), MQ_ESTALE);
+  CHECK_RC(mq_nack(s, "q", r[1], 0, "late"), MQ_ESTALE);
+  CHECK_RC(mq_touch(s, "q", r[2], 5000), MQ_ESTALE);
+  const char *batch[2] = {r[3], r[0]};
+  int results[2] = {-1, -1};
+  CHECK_OK(mq_ack_batch(s, "q", batch, 2, results));
+  CHECK(results[0] == MQ_ESTALE && results[1] == MQ_ESTALE);
+  CHECK_STATS(s, "q", 0, 0, 0, 0, 0);
+  CHECK(tu_get(s, "q") == NULL);
+  CHECK_VERIFY_CLEAN(s);
+  finish(s);
+}
+
+/* A dedup key says "this producer's message was accepted"; a purge deletes
+** the message, not that fact, so a retried put within the window still
+** stores nothing.  Dropping the queue forgets its keys. */
+static void test_purge_keeps_dedup(void) {
+  mq_store *s = fresh("purgededup");
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  mq_put_options po;
+  mq_put_options_init(&po);
+  po.dedup_key = "order-17";
+  int64_t id1 = tu_put_opts(s, "q", "first", &po);
+  int64_t deleted = -1, again = -1;
+  CHECK_OK(mq_queue_purge(s, "q", &deleted));
+  CHECK(deleted == 1);
+  CHECK_OK(mq_put(s, "q", "retry", 5, &po, &again));
+  CHECK(again == id1);
+  CHECK_STATS(s, "q", 0, 0, 0, 0, 0);
+  CHECK_OK(mq_queue_drop(s, "q"));
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  again = -1;
+  CHECK_OK(mq_put(s, "q", "new", 3, &po, &again));
+  CHECK(again > id1);
+  CHECK_STATS(s, "q", 1, 0, 0, 0, 1);
+  finish(s);
+}
+
 int main(void) {
   TEST(test_delay);
   TEST(test_ttl);
@@ -316,5 +376,7 @@ int main(void) {
   TEST(test_dedup);
   TEST(test_batch_put_all_or_nothing);
   TEST(test_batch_get_in_order);
+  TEST(test_settle_after_expiry);
+  TEST(test_purge_keeps_dedup);
   return test_done();
 }

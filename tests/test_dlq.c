@@ -319,6 +319,148 @@ static void test_dlq_option_checks(void) {
   finish(s);
 }
 
+/* The state mq_queue_scan reported for the message with id want. */
+typedef struct scan_find {
+  int64_t want;
+  int state; /* -1: not seen */
+} scan_find;
+
+static int scan_find_cb(void *ctx, const mq_msg *m, int state) {
+  scan_find *f = ctx;
+  if (mq_msg_id(m) == f->want) f->state = state;
+  return 0;
+}
+
+static int scan_state(mq_store *s, const char *q, int64_t id) {
+  scan_find f = {id, -1};
+  CHECK_OK(mq_queue_scan(s, q, scan_find_cb, &f, NULL));
+  return f.state;
+}
+
+/* A message whose last allowed lease ran out is not ready: the next get
+** dead-letters it instead of delivering it.  Stats, peek and scan must say
+** so before that get runs, and say the same after it. */
+static void test_exhausted_is_not_ready(void) {
+  mq_store *s = fresh("exhausted");
+  tu_create(s, "q", 1000, 2, NULL);
+  int64_t id = tu_put(s, "q", "poison");
+  for (int k = 0; k < 2; k++) {
+    mq_msg_free(tu_get(s, "q"));
+    test_now_ms += 1001;
+  }
+  CHECK_STATS(s, "q", 0, 0, 0, 1, 1);
+  mq_msg *pk[2];
+  size_t n = 9;
+  CHECK_OK(mq_peek(s, "q", 2, pk, &n));
+  CHECK(n == 0);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+  CHECK(scan_state(s, "q", id) == MQ_STATE_DEAD);
+  CHECK(tu_get(s, "q") == NULL);
+  CHECK_STATS(s, "q", 0, 0, 0, 1, 1);
+  CHECK(scan_state(s, "q", id) == MQ_STATE_DEAD);
+
+  /* With a dlq it is on its way there: not ready here, not yet there. */
+  tu_create(s, "dlq", 0, 0, NULL);
+  tu_create(s, "src", 1000, 1, "dlq");
+  id = tu_put(s, "src", "poison too");
+  mq_msg_free(tu_get(s, "src"));
+  test_now_ms += 1001;
+  CHECK_STATS(s, "src", 0, 0, 0, 1, 1);
+  n = 9;
+  CHECK_OK(mq_peek(s, "src", 2, pk, &n));
+  CHECK(n == 0);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+  CHECK(scan_state(s, "src", id) == MQ_STATE_DEAD);
+  CHECK(tu_get(s, "src") == NULL);
+  CHECK_STATS(s, "src", 0, 0, 0, 0, 0);
+  CHECK_STATS(s, "dlq", 1, 0, 0, 0, 1);
+  finish(s);
+}
+
+/* A dead letter is kept by the rules of the queue that keeps it -- the dlq,
+** or its own queue without one -- counted from when it died: the source's
+** retention and the message's TTL were about delivering it, which is over. */
+static void test_dead_letter_expiry(void) {
+  mq_store *s = fresh("deadexpiry");
+  mq_queue_options o;
+  mq_queue_options_init(&o);
+  o.retention_ms = 5000;
+  CHECK_OK(mq_queue_create(s, "dlq", &o));
+  o.visibility_ms = 1000;
+  o.retention_ms = 3000;
+  o.max_receives = 1;
+  o.dlq = "dlq";
+  CHECK_OK(mq_queue_create(s, "src", &o));
+  o.dlq = NULL;
+  CHECK_OK(mq_queue_create(s, "nodlq", &o));
+  tu_create(s, "keep", 0, 0, NULL);
+  o.retention_ms = 0;
+  o.dlq = "keep";
+  CHECK_OK(mq_queue_create(s, "ttl", &o));
+  int64_t t0 = test_now_ms;
+  mq_put_options po;
+  mq_put_options_init(&po);
+  po.ttl_ms = 1500;
+  tu_put(s, "src", "p");
+  tu_put(s, "nodlq", "q");
+  tu_put_opts(s, "ttl", "r", &po);
+  test_now_ms = t0 + 1000;
+  kill_one(s, "src", "x");
+  kill_one(s, "nodlq", "y");
+  kill_one(s, "ttl", "z");
+
+  /* Past the source's retention and the TTL: all still there. */
+  test_now_ms = t0 + 3001;
+  mq_msg *pk[2];
+  size_t n = 0;
+  CHECK_OK(mq_peek(s, "dlq", 2, pk, &n));
+  CHECK(n == 1 && mq_msg_expires_at(pk[0]) == t0 + 6000);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+  n = 0;
+  CHECK_OK(mq_peek(s, "keep", 2, pk, &n));
+  CHECK(n == 1 && mq_msg_expires_at(pk[0]) == 0);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+  CHECK(tu_get(s, "nodlq") == NULL);
+  CHECK_STATS(s, "nodlq", 0, 0, 0, 1, 1);
+  CHECK(tu_get(s, "ttl") == NULL);
+  CHECK_STATS(s, "keep", 1, 0, 0, 0, 1);
+
+  /* Redrive: back home, kept by the home queue's rules from now on. */
+  test_now_ms = t0 + 3500;
+  int64_t moved = -1;
+  CHECK_OK(mq_redrive(s, "dlq", 0, &moved));
+  CHECK(moved == 1);
+  n = 0;
+  CHECK_OK(mq_peek(s, "src", 2, pk, &n));
+  CHECK(n == 1 && mq_msg_expires_at(pk[0]) == t0 + 6500);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+  CHECK_OK(mq_redrive(s, "keep", 0, &moved));
+  CHECK(moved == 1);
+  n = 0;
+  CHECK_OK(mq_peek(s, "ttl", 2, pk, &n));
+  CHECK(n == 1 && mq_msg_expires_at(pk[0]) == 0);
+  for (size_t i = 0; i < n; i++) mq_msg_free(pk[i]);
+
+  /* The dlq's retention ends the dead letter kept in place ... */
+  test_now_ms = t0 + 4001;
+  CHECK(tu_get(s, "nodlq") == NULL);
+  CHECK_STATS(s, "nodlq", 0, 0, 0, 0, 0);
+  /* ... and an expired dead letter is gone: redrive does not revive it. */
+  tu_put(s, "src", "late");
+  mq_msg_free(tu_get(s, "src")); /* "p", redriven */
+  mq_msg *m = tu_get(s, "src");
+  CHECK(tu_msg_is(m, "late"));
+  if (m) CHECK_OK(mq_nack(s, "src", mq_msg_receipt(m), 0, "late"));
+  mq_msg_free(m);
+  CHECK_STATS(s, "dlq", 1, 0, 0, 0, 1);
+  test_now_ms = t0 + 9002;
+  CHECK_OK(mq_redrive(s, "dlq", 0, &moved));
+  CHECK(moved == 0);
+  CHECK_STATS(s, "dlq", 0, 0, 0, 0, 0);
+  CHECK_VERIFY_CLEAN(s);
+  finish(s);
+}
+
 int main(void) {
   TEST(test_max_receives_to_dlq);
   TEST(test_nack_on_last_receive);
@@ -327,5 +469,7 @@ int main(void) {
   TEST(test_drop_dlq_in_use);
   TEST(test_redrive_after_origin_dropped);
   TEST(test_dlq_option_checks);
+  TEST(test_exhausted_is_not_ready);
+  TEST(test_dead_letter_expiry);
   return test_done();
 }

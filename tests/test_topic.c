@@ -346,11 +346,76 @@ static void publish_batch_and_dedup(void) {
   test_unlink_store(p);
 }
 
+/* Topic stats count what subscribers can still get: a delivery past its
+** TTL or its subscription's retention is gone even before a get sweeps it,
+** and so is a payload only such deliveries share. */
+static void topic_stats_skip_expired(void) {
+  const char *p = test_path("topic-stats-ttl");
+  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
+  CHECK_OK(mq_topic_create(s, "t", NULL));
+  mq_queue_options qo;
+  mq_queue_options_init(&qo);
+  qo.retention_ms = 500;
+  CHECK_OK(mq_subscription_create(s, "t", "brief", NULL, &qo));
+  CHECK_OK(mq_subscription_create(s, "t", "long", NULL, NULL));
+  int64_t t0 = test_now_ms;
+  mq_put_options po;
+  mq_put_options_init(&po);
+  po.ttl_ms = 1000;
+  CHECK_OK(mq_publish(s, "t", NULL, "short", 5, &po, NULL, NULL));
+  CHECK_OK(mq_publish(s, "t", NULL, "kept", 4, NULL, NULL, NULL));
+  mq_topic_stats ts;
+  CHECK_OK(mq_topic_stats_get(s, "t", &ts));
+  CHECK(ts.messages == 4 && ts.payloads == 2 && ts.bytes == 9);
+
+  test_now_ms = t0 + 500; /* "brief" lost both deliveries */
+  CHECK_OK(mq_topic_stats_get(s, "t", &ts));
+  CHECK(ts.messages == 2 && ts.payloads == 2 && ts.bytes == 9);
+  test_now_ms = t0 + 1000; /* and "long" the one with a TTL */
+  CHECK_OK(mq_topic_stats_get(s, "t", &ts));
+  CHECK(ts.messages == 1 && ts.payloads == 1 && ts.bytes == 4);
+  mq_queue_stats qs;
+  CHECK_OK(mq_queue_stats_get(s, "t/long", &qs));
+  CHECK(qs.total == ts.messages);
+  mq_store_close(s);
+  test_unlink_store(p);
+}
+
+/* No filter can name a subject level with '*', '>' or '#' in it (such a
+** filter level is malformed), so a publish with one is refused and
+** changes nothing; '+' inside a level is plain text on both sides. */
+static void subject_levels_filters_can_name(void) {
+  const char *p = test_path("topic-subjects");
+  mq_store *s = test_open(p, MQ_SYNC_NORMAL);
+  CHECK_OK(mq_topic_create(s, "t", NULL));
+  CHECK_OK(mq_subscription_create(s, "t", "all", NULL, NULL));
+  static const char *const bad[] = {"c#", "lang.c#", "a*b", "a.b*", "x>y", "#a.b", "a.+"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int64_t id = -1, delivered = -1;
+    CHECK_RC(mq_publish(s, "t", bad[i], "x", 1, NULL, &id, &delivered), MQ_EINVAL);
+    CHECK(id == 0 && delivered == 0);
+    CHECK(strstr(mq_errmsg(s), "malformed") != NULL);
+  }
+  mq_pub_entry e[2] = {{"lang.c", "ok", 2, NULL}, {"lang.c#", "bad", 3, NULL}};
+  CHECK_RC(mq_publish_batch(s, "t", e, 2, NULL, NULL), MQ_EINVAL);
+  mq_queue_stats qs;
+  CHECK_OK(mq_queue_stats_get(s, "t/all", &qs));
+  CHECK(qs.total == 0);
+  int64_t delivered = 0;
+  CHECK_OK(mq_publish(s, "t", "lang.c++", "x", 1, NULL, NULL, &delivered));
+  CHECK(delivered == 1);
+  CHECK(mq_subject_matches("lang.c++", "lang.c++") == 1);
+  mq_store_close(s);
+  test_unlink_store(p);
+}
+
 int main(void) {
   TEST(filters);
   TEST(fan_out_and_filters);
   TEST(payload_once_until_last_ack);
   TEST(subscription_is_a_queue);
   TEST(publish_batch_and_dedup);
+  TEST(topic_stats_skip_expired);
+  TEST(subject_levels_filters_can_name);
   return test_done();
 }
