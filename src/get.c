@@ -152,6 +152,10 @@ typedef struct get_arg {
   mq_msg **msgs;
   size_t count;
   int64_t next_visible; /* when nothing was ready: when something will be */
+  /* mqi_get_batch_fit: the byte budget (fit NULL: none). */
+  size_t (*fit)(const mq_msg *, const void *);
+  const void *fit_ctx;
+  size_t budget, first, used, over;
 } get_arg;
 
 /* A candidate read from the ready index. */
@@ -196,6 +200,8 @@ static int get_op(mq_store *s, mqi_op *op) {
   int64_t next_hidden;
   if ((rc = get_maintain(s, op, &q, now, &next_hidden)) != MQ_OK) return rc;
   int64_t vis = a->visibility_ms > 0 ? a->visibility_ms : q.visibility_ms;
+  a->used = 0;
+  a->over = 0;
 
   while (a->count < a->max) {
     size_t want = a->max - a->count;
@@ -244,6 +250,20 @@ static int get_op(mq_store *s, mqi_op *op) {
       }
       if (rc != MQ_OK) break;
       uint64_t lease = mqi_store_token(s);
+      /* The receipt is part of what the message costs the caller, so it is
+      ** made before the cost is asked; a message that does not fit is
+      ** dropped before its lease is written, so it was never leased. */
+      mqi_msg_set_receipt(m, c->id, lease);
+      if (a->fit) {
+        size_t cost = a->fit(m, a->fit_ctx);
+        size_t cap = a->count == 0 && a->first > a->budget ? a->first : a->budget;
+        if (cost > cap - a->used) {
+          a->over = cost;
+          mq_msg_free(m);
+          break;
+        }
+        a->used = cost > a->budget - a->used ? a->budget : a->used + cost;
+      }
       if (!(st = mqi_store_stmt(s, MQI_ST_MSG_LEASE))) {
         mq_msg_free(m);
         rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
@@ -259,13 +279,12 @@ static int get_op(mq_store *s, mqi_op *op) {
         rc = mqi_op_sqlite(s, op, src, "leasing a message");
         break;
       }
-      mqi_msg_set_receipt(m, c->id, lease);
       mqi_msg_set_times(m, mqi_time_add(now, vis), c->expires_at);
       mqi_msg_set_body(m, c->body_id);
       a->msgs[a->count++] = m;
     }
     for (size_t i = 0; i < nc; i++) free(cands[i].reason);
-    if (rc != MQ_OK) break;
+    if (rc != MQ_OK || a->over) break;
     if (nc < want) break; /* the queue has nothing more ready */
   }
   if (rc != MQ_OK) {
@@ -306,7 +325,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   if (o.visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: visibility_ms is negative");
   if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
 
-  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0};
+  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0, NULL, NULL, 0, 0, 0, 0};
   int64_t deadline = mqi_time_add(mqi_os_monotonic_ms(), o.wait_ms);
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
@@ -332,6 +351,31 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
       mq_msg_free(msgs[i]);
       msgs[i] = NULL;
     }
+  }
+  return rc;
+}
+
+int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, size_t max,
+                      size_t (*fit)(const mq_msg *, const void *), const void *ctx, size_t budget,
+                      size_t first, mq_msg **msgs, size_t *count, size_t *over) {
+  *count = 0;
+  *over = 0;
+  for (size_t i = 0; i < max; i++) msgs[i] = NULL;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
+  if (max == 0 || !fit || visibility_ms < 0)
+    return mqi_err_set(s, MQ_EINVAL, "mqi_get_batch_fit: bad arguments");
+  get_arg a = {queue, visibility_ms, max, msgs, 0, 0, fit, ctx, budget, first, 0, 0};
+  rc = mqi_commit_run(s, get_op, &a, 0);
+  if (rc == MQ_OK) {
+    *count = a.count;
+  } else {
+    for (size_t i = 0; i < a.count; i++) {
+      mq_msg_free(msgs[i]);
+      msgs[i] = NULL;
+    }
+    if (rc == MQ_EMPTY) *over = a.over;
   }
   return rc;
 }

@@ -450,9 +450,28 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 MQI_API int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts,
                                size_t n);
 
+/* Nack n receipts of queue (no delay, no reason) in one transaction, not
+** fsynced (as mq_nack).  Receipts whose lease is over are skipped; MQ_OK
+** once the commit is done.  For giving back what a closing connection
+** held without one commit per message. */
+MQI_API int mqi_nack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n);
+
 /* ---- get.c --------------------------------------------------------------- */
 /* Move one message to the queue's dlq, or to the dead state without one. */
 MQI_API int mqi_get_deadletter(mq_store *s, mqi_op *op, const mqi_queue *q, int64_t msg_id,
                                const char *reason);
+/* mq_get_batch without a wait, leasing only what fits a byte budget: fit
+** says what a message costs the caller (it sees the message with its
+** receipt, may run on the thread that leads the commit, and must only
+** read), and leasing stops before the message that would take the total
+** past budget -- except that the first message may cost up to first, if
+** that is more (SIZE_MAX: anything).  MQ_EMPTY with *over 0 when nothing
+** is ready, with *over the cost of the next message when that one did not
+** fit; what did not fit was not leased.  For callers that must not lease
+** what they cannot send at once (the ROUTER's output limit). */
+MQI_API int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, size_t max,
+                              size_t (*fit)(const mq_msg *, const void *), const void *ctx,
+                              size_t budget, size_t first, mq_msg **msgs, size_t *count,
+                              size_t *over);
 
 #endif /* MQI_H */

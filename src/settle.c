@@ -108,6 +108,32 @@ static int settle_one(mq_store *s, const char *queue, const char *receipt, settl
   return rc != MQ_OK ? rc : mqi_commit_run(s, fn, a, durable ? MQI_RUN_DURABLE : 0);
 }
 
+/* The common end of the batch forms: parse n receipts of queue into a and
+** run fn on them in one transaction.  A batch succeeds as a whole, so a
+** lone receipt's MQ_ESTALE (the op's own answer for n == 1) is MQ_OK. */
+static int settle_batch(mq_store *s, const char *fname, const char *queue,
+                        const char *const *receipts, size_t n, settle_arg *a, mqi_op_fn fn,
+                        int how) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!receipts) return mqi_err_set(s, MQ_EINVAL, "%s: receipts is NULL", fname);
+  a->queue = queue;
+  a->receipts = receipts;
+  a->n = n;
+  a->ids = malloc(n * sizeof *a->ids);
+  a->leases = malloc(n * sizeof *a->leases);
+  if (!a->ids || !a->leases)
+    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory settling %zu receipts", n);
+  else if ((rc = settle_parse(s, a)) == MQ_OK)
+    rc = mqi_commit_run(s, fn, a, how);
+  if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
+  free(a->ids);
+  free(a->leases);
+  return rc;
+}
+
 int mq_ack(mq_store *s, const char *queue, const char *receipt) {
   int rc = mqi_store_check(s, 1);
   if (rc != MQ_OK) return rc;
@@ -118,44 +144,20 @@ int mq_ack(mq_store *s, const char *queue, const char *receipt) {
 
 int mq_ack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n,
                  int *results) {
-  int rc = mqi_store_check(s, 1);
-  if (rc != MQ_OK) return rc;
-  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
-  if (n == 0) return MQ_OK;
-  if (!receipts) return mqi_err_set(s, MQ_EINVAL, "mq_ack_batch: receipts is NULL");
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = receipts;
-  a.n = n;
   a.results = results;
-  a.ids = malloc(n * sizeof *a.ids);
-  a.leases = malloc(n * sizeof *a.leases);
-  if (!a.ids || !a.leases) {
-    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory acking %zu receipts", n);
-  } else if ((rc = settle_parse(s, &a)) == MQ_OK) {
-    /* With one receipt the op answers with its own code; keep the batch
-    ** contract (MQ_OK, outcome in results). */
-    rc = mqi_commit_run(s, settle_ack_op, &a, MQI_RUN_DURABLE);
-    if (n == 1 && rc == MQ_ESTALE) rc = MQ_OK;
-  }
-  free(a.ids);
-  free(a.leases);
-  return rc;
+  return settle_batch(s, "mq_ack_batch", queue, receipts, n, &a, settle_ack_op, MQI_RUN_DURABLE);
 }
 
 /* ---- nack and touch -------------------------------------------------------- */
 
-static int settle_nack_op(mq_store *s, mqi_op *op) {
-  settle_arg *a = op->arg;
-  mqi_queue q;
-  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
-  if (rc != MQ_OK) return rc;
-  int64_t now = mqi_store_now(s);
+static int settle_nack_one(mq_store *s, mqi_op *op, const settle_arg *a, const mqi_queue *q,
+                           int64_t id, uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, a->ids[0]);
-  sqlite3_bind_int64(st, 2, q.id);
-  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, q->id);
+  sqlite3_bind_int64(st, 3, (int64_t)lease);
   sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
@@ -165,16 +167,16 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_ESTALE,
                        "%s: queue \"%s\": message %lld is not leased under this receipt "
                        "(acked already, expired, or delivered again)",
-                       s->path, a->queue, (long long)a->ids[0]);
-  if (q.max_receives > 0 && receives >= q.max_receives)
-    return mqi_get_deadletter(s, op, &q, a->ids[0], a->reason);
+                       s->path, a->queue, (long long)id);
+  if (q->max_receives > 0 && receives >= q->max_receives)
+    return mqi_get_deadletter(s, op, q, id, a->reason);
   st = NULL;
   src = sqlite3_prepare_v2(s->db,
                            "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
                            " reason=coalesce(?4, reason) WHERE id=?1",
                            -1, &st, NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
-  sqlite3_bind_int64(st, 1, a->ids[0]);
+  sqlite3_bind_int64(st, 1, id);
   sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
   sqlite3_bind_int64(st, 3, mqi_time_add(now, a->delay_ms));
   if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
@@ -182,6 +184,21 @@ static int settle_nack_op(mq_store *s, mqi_op *op) {
   sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a message");
   op->flags |= MQI_OP_WAKE;
+  return MQ_OK;
+}
+
+static int settle_nack_op(mq_store *s, mqi_op *op) {
+  settle_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find_holder(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  for (size_t i = 0; i < a->n; i++) {
+    rc = settle_nack_one(s, op, a, &q, a->ids[i], a->leases[i], now);
+    /* In a batch a receipt whose lease is over is simply not ours to give
+    ** back any more; a single nack reports it. */
+    if (rc != MQ_OK && (rc != MQ_ESTALE || a->n == 1)) return rc;
+  }
   return MQ_OK;
 }
 
@@ -197,6 +214,11 @@ int mq_nack(mq_store *s, const char *queue, const char *receipt, int64_t delay_m
   a.delay_ms = delay_ms;
   a.reason = reason;
   return settle_one(s, queue, receipt, &a, settle_nack_op, 0);
+}
+
+int mqi_nack_batch(mq_store *s, const char *queue, const char *const *receipts, size_t n) {
+  settle_arg a = {0};
+  return settle_batch(s, "mqi_nack_batch", queue, receipts, n, &a, settle_nack_op, 0);
 }
 
 static int settle_touch_op(mq_store *s, mqi_op *op) {
@@ -266,21 +288,8 @@ static int settle_release_op(mq_store *s, mqi_op *op) {
 }
 
 int mqi_settle_release(mq_store *s, const char *queue, const char *const *receipts, size_t n) {
-  int rc = mqi_store_check(s, 1);
-  if (rc != MQ_OK || n == 0) return rc;
   settle_arg a = {0};
-  a.queue = queue;
-  a.receipts = receipts;
-  a.n = n;
-  a.ids = malloc(n * sizeof *a.ids);
-  a.leases = malloc(n * sizeof *a.leases);
-  if (!a.ids || !a.leases)
-    rc = mqi_err_set(s, MQ_ENOMEM, "out of memory releasing %zu leases", n);
-  else if ((rc = settle_parse(s, &a)) == MQ_OK)
-    rc = mqi_commit_run(s, settle_release_op, &a, 0);
-  free(a.ids);
-  free(a.leases);
-  return rc;
+  return settle_batch(s, "mqi_settle_release", queue, receipts, n, &a, settle_release_op, 0);
 }
 
 /* ---- redrive ---------------------------------------------------------------- */

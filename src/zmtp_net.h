@@ -387,8 +387,9 @@ MQI_API int mqi_router_parse(const mqi_zmtp_frame *parts, size_t n, mqi_router_r
 
 /* ---- test hooks ------------------------------------------------------------ */
 
-/* Replace the server's clock (protocol timers: handshake, heartbeats) with
-** fn; NULL restores the monotonic clock.  For tests. */
+/* Replace the server's clock (protocol timers: handshake, heartbeats,
+** reconnects; ROUTER lease counts and GET waits) with fn; NULL restores
+** the monotonic clock.  For tests. */
 MQI_API void mqi_server_test_clock(mq_server *s, int64_t (*fn)(void *), void *ctx);
 /* Set the per-connection output limit (default 4 MiB).  For tests. */
 MQI_API void mqi_server_test_out_limit(mq_server *s, size_t bytes);

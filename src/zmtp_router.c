@@ -23,10 +23,23 @@
 ** Consumption is leased like mq_get: GET returns one message (or EMPTY,
 ** after waiting up to wait_ms); CONSUME opens a window of `credit`
 ** messages that are pushed to the peer as they come and are counted until
-** the peer ACKs or NACKs them or their lease ends.  What a connection holds
-** when it goes away (CONSUME deliveries) is nacked so it is delivered again
-** at once; GET deliveries keep their lease, so a REQ client that reconnects
-** can still ack them.
+** the peer ACKs or NACKs them or their lease ends (also after a STOP: the
+** peer may still settle them).  What a connection holds when it goes away
+** (CONSUME deliveries, all of them) is nacked in one commit per stream so
+** it is delivered again at once; GET deliveries keep their lease, so a REQ
+** client that reconnects can still ack them.
+**
+** Nothing is leased that cannot be sent at once: a delivery is leased only
+** when its MSG fits the connection's output budget (mqi_get_batch_fit), so
+** a consumer of large messages that reads slowly is served as it reads
+** and never disconnected at the output limit, and no lease is taken that
+** could not be sent.  The budget is half the output limit; the other half
+** is for replies to the requests already read (reading stops at half).
+**
+** Times: lease ends and GET deadlines are on the server's clock
+** (mqi_server_now, injectable for tests); looking again at an empty queue
+** is on the real monotonic clock, because it is about the store, which
+** other processes change, not about the peer.
 **
 ** Protocol errors in a request are answered (ERR, or an ACK/DONE with a 4xx
 ** status), never with a ZMTP ERROR or a close: the ZMTP session is sound
@@ -53,7 +66,6 @@
 #define RT_GETS_MAX 64    /* waiting GETs per connection */
 #define RT_DELIVER_MAX 64 /* leased per stream per turn */
 #define RT_POLL_MS 20     /* look at an empty queue this often */
-#define RT_NACK_ON_CLOSE_MAX 256
 
 /* Verbs of settle requests. */
 #define RT_ACK 0
@@ -94,20 +106,24 @@ typedef struct rt_get {
   int delim;
   char queue[MQ_NAME_MAX + 1];
   int64_t lease_ms;
-  int64_t deadline; /* monotonic ms */
+  int64_t deadline; /* server clock */
+  size_t need;      /* bytes of the MSG that did not fit the output; 0 */
 } rt_get;
 
 typedef struct rt_flight {
   char receipt[MQ_RECEIPT_MAX + 1];
-  int64_t until; /* monotonic ms: the lease's end as we count it */
+  int64_t until; /* server clock: the lease's end as we count it */
 } rt_flight;
 
+/* A CONSUME stream.  window 0: stopped, kept until what it delivered is
+** settled or its lease ends, so that a close still gives it back. */
 typedef struct rt_sub {
   int delim;
   char queue[MQ_NAME_MAX + 1];
   size_t window;
-  int64_t lease_ms; /* 0: the queue's */
-  int64_t empty_until;
+  int64_t lease_ms;    /* 0: the queue's */
+  int64_t empty_until; /* monotonic ms */
+  size_t need;         /* bytes of the MSG that did not fit the output; 0 */
   rt_flight *fl;
   size_t nfl, flcap;
 } rt_sub;
@@ -129,7 +145,15 @@ struct mqi_rt_state {
   int64_t poll_at; /* monotonic ms of the next look at waiting GETs */
 };
 
+/* Store polling runs on this clock; leases and waits on the server's. */
 static int64_t rt_mono(void) { return mqi_os_monotonic_ms(); }
+
+/* A time `at` on the server's clock (now there) as monotonic ms. */
+static int64_t rt_mono_of(int64_t at, int64_t now, int64_t mono) {
+  if (at <= now) return mono;
+  if (now < 0 && at > INT64_MAX + now) return INT64_MAX;
+  return mqi_time_add(mono, at - now);
+}
 
 int mqi_router_new(mq_server *s) {
   s->rt = calloc(1, sizeof *s->rt);
@@ -199,7 +223,7 @@ static int rt_int(const mqi_zmtp_frame *f, int64_t min, int64_t max, int64_t *ou
 
 /* Send [""] "MQ1" then n more frames. */
 static void rt_reply(mq_server *s, mqi_srv_conn *sc, int delim, const mqi_zpart *more, size_t n) {
-  mqi_zpart parts[8 + 2 * RT_HEADERS_MAX];
+  mqi_zpart parts[8];
   size_t k = 0;
   if (!sc || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return;
   if (delim) parts[k++] = (mqi_zpart){"", 0};
@@ -572,7 +596,7 @@ static void rt_req_get(mq_server *s, mqi_srv_conn *sc, const mqi_router_req *q) 
     rt_err(s, sc, q->delim, "429", "too many waiting GETs on this connection");
     return;
   }
-  g.deadline = rt_mono() + q->wait_ms;
+  g.deadline = mqi_time_add(mqi_server_now(s), q->wait_ms);
   rc->gets[rc->ngets++] = g;
   s->rt->poll_at = 0;
 }
@@ -597,8 +621,14 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, const mqi_router_req 
   if (!rc) return;
   rt_sub *sub = rt_find_sub(rc, queue);
   if (q->verb == MQI_RT_STOP || credit == 0) {
-    /* Deliveries in flight stay leased to the peer: it may still ack them. */
-    if (sub) rt_sub_drop(rc, sub);
+    /* Deliveries in flight stay leased to the peer: it may still settle
+    ** them, and a close gives back what it did not.  So the stream stays,
+    ** stopped, as long as it has any. */
+    if (sub) {
+      sub->window = 0;
+      sub->need = 0;
+      if (sub->nfl == 0) rt_sub_drop(rc, sub);
+    }
     mqi_zpart r[2] = {rt_p("STOPPED"), rt_p(queue)};
     rt_reply(s, sc, delim, r, 2);
     return;
@@ -626,6 +656,7 @@ static void rt_req_consume(mq_server *s, mqi_srv_conn *sc, const mqi_router_req 
   sub->window = (size_t)credit;
   sub->lease_ms = q->lease_ms;
   sub->empty_until = 0;
+  sub->need = 0;
   char cbuf[24];
   snprintf(cbuf, sizeof cbuf, "%" PRId64, credit);
   mqi_zpart r[3] = {rt_p("CONSUMING"), rt_p(queue), rt_p(cbuf)};
@@ -679,6 +710,30 @@ void mqi_router_ready(mq_server *s, mqi_srv_conn *sc) {
   }
 }
 
+/* Nack every delivery of a stream whose connection is gone, so it is
+** delivered again at once rather than when its lease ends: one commit for
+** them all (a consumer may hold a million), one each only when out of
+** memory.  A delivery whose lease is over is skipped by the store. */
+static void rt_give_back(mq_server *s, rt_sub *sub) {
+  const char **rcpts = malloc(sub->nfl * sizeof *rcpts);
+  int rc = MQ_OK;
+  if (rcpts) {
+    for (size_t k = 0; k < sub->nfl; k++) rcpts[k] = sub->fl[k].receipt;
+    rc = mqi_nack_batch(s->store, sub->queue, rcpts, sub->nfl);
+    free(rcpts);
+  } else {
+    for (size_t k = 0; k < sub->nfl; k++) {
+      int r = mq_nack(s->store, sub->queue, sub->fl[k].receipt, 0, NULL);
+      if (r != MQ_OK && r != MQ_ESTALE) rc = r;
+    }
+  }
+  if (rc != MQ_OK)
+    mqi_log(s->store, MQ_LOG_WARN,
+            "server: ROUTER: %zu deliveries of \"%s\" not given back (%s): they come back "
+            "when their lease ends",
+            sub->nfl, sub->queue, mq_errmsg(s->store));
+}
+
 void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc) {
   mqi_rt_state *st = s->rt;
   mqi_rt_conn *rc = sc->rt;
@@ -687,11 +742,9 @@ void mqi_router_conn_gone(mq_server *s, mqi_srv_conn *sc) {
   for (size_t i = 0; st && i < st->nsettles; i++)
     if (st->settles[i].sc == sc) st->settles[i].sc = NULL;
   if (!rc) return;
-  size_t nacked = 0;
   for (size_t i = 0; i < rc->nsubs; i++) {
     rt_sub *sub = &rc->subs[i];
-    for (size_t k = 0; k < sub->nfl && nacked < RT_NACK_ON_CLOSE_MAX; k++, nacked++)
-      mq_nack(s->store, sub->queue, sub->fl[k].receipt, 0, NULL);
+    if (sub->nfl > 0) rt_give_back(s, sub);
     free(sub->fl);
   }
   free(rc);
@@ -840,20 +893,24 @@ static rt_flight *rt_flight_of(mqi_srv_conn *sc, const char *queue, const char *
   return NULL;
 }
 
-/* Forget a delivery the peer settled (or whose lease ended). */
+/* Forget a delivery the peer settled; a stopped stream goes with its
+** last one. */
 static void rt_forget(mqi_srv_conn *sc, const char *queue, const char *receipt) {
   rt_sub *sub;
   rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
-  if (f) *f = sub->fl[--sub->nfl];
+  if (!f) return;
+  *f = sub->fl[--sub->nfl];
+  if (sub->window == 0 && sub->nfl == 0) rt_sub_drop(sc->rt, sub);
 }
 
 /* A delivery the peer touched: our count of its lease follows, so it is
 ** neither counted out of the credit early nor left out of the nack on
 ** close. */
-static void rt_touched(mqi_srv_conn *sc, const char *queue, const char *receipt, int64_t ms) {
+static void rt_touched(mq_server *s, mqi_srv_conn *sc, const char *queue, const char *receipt,
+                       int64_t ms) {
   rt_sub *sub;
   rt_flight *f = rt_flight_of(sc, queue, receipt, &sub);
-  if (f) f->until = mqi_time_add(rt_mono(), ms);
+  if (f) f->until = mqi_time_add(mqi_server_now(s), ms);
 }
 
 static void rt_done(mq_server *s, rt_settle *t, const char *text) {
@@ -904,7 +961,7 @@ static void rt_commit_settles(mq_server *s) {
     t->status = rt_status(rc);
     if (t->verb == RT_ACK && rc == MQ_OK) MQI_SRV_COUNT(s->eps[t->ep].count.acks, 1);
     if (t->verb != RT_TOUCH && rt_settled(t->status)) rt_forget(t->sc, t->queue, t->receipt);
-    if (t->verb == RT_TOUCH && rc == MQ_OK) rt_touched(t->sc, t->queue, t->receipt, t->ms);
+    if (t->verb == RT_TOUCH && rc == MQ_OK) rt_touched(s, t->sc, t->queue, t->receipt, t->ms);
     rt_done(s, t, rc == MQ_OK ? "" : mq_errstr(rc));
   }
   for (size_t i = 0; i < n; i++) free(st->settles[i].reason);
@@ -915,47 +972,137 @@ static void rt_commit_settles(mq_server *s) {
   st->nsettles = 0;
 }
 
-/* MSG queue msg_id receipt receives payload *(name value) */
+/* ------------------------------------------------------------------------
+** Deliveries: MSG [""] "MQ1" "MSG" queue msg_id receipt receives payload
+** *(name value), every header of the message (mq_put takes any number).
+*/
+#define RT_MSG_HEAD 8 /* frames before the headers, at most */
+#define RT_MSG_STACK (RT_MSG_HEAD + 2 * RT_HEADERS_MAX)
+
+/* Where a MSG goes, for rt_msg_cost (it may run on the thread that leads
+** the store's commit: nothing here changes). */
+typedef struct rt_dest {
+  const char *queue;
+  int delim;
+} rt_dest;
+
+/* The frames of a MSG before its headers; id and recv hold the numbers. */
+static size_t rt_msg_head(const rt_dest *d, const mq_msg *m, char id[24], char recv[16],
+                          mqi_zpart *p) {
+  size_t k = 0;
+  snprintf(id, 24, "%" PRId64, mq_msg_id(m));
+  snprintf(recv, 16, "%d", mq_msg_receives(m));
+  if (d->delim) p[k++] = (mqi_zpart){"", 0};
+  p[k++] = (mqi_zpart){RT_TAG, 3};
+  p[k++] = rt_p("MSG");
+  p[k++] = rt_p(d->queue);
+  p[k++] = rt_p(id);
+  p[k++] = rt_p(mq_msg_receipt(m));
+  p[k++] = rt_p(recv);
+  p[k++] = (mqi_zpart){mq_msg_data(m), mq_msg_size(m)};
+  return k;
+}
+
+/* A frame's bytes on the wire, as mqi_zconn_send counts them. */
+static size_t rt_wire(size_t len) { return (len <= 255 ? 2 : 9) + len; }
+
+/* What the MSG of m adds to the connection's output, to the byte. */
+static size_t rt_msg_cost(const mq_msg *m, const void *ctx) {
+  mqi_zpart p[RT_MSG_HEAD];
+  char id[24], recv[16];
+  size_t n = rt_msg_head(ctx, m, id, recv, p), bytes = 0;
+  for (size_t i = 0; i < n; i++) bytes += rt_wire(p[i].len);
+  for (size_t i = 0; i < mq_msg_header_count(m); i++)
+    bytes += rt_wire(strlen(mq_msg_header_name(m, i))) + rt_wire(strlen(mq_msg_header_value(m, i)));
+  return bytes;
+}
+
 static int rt_send_msg(mq_server *s, mqi_srv_conn *sc, int delim, const char *queue,
                        const mq_msg *m) {
-  mqi_zpart r[6 + 2 * RT_HEADERS_MAX];
+  mqi_zpart stack[RT_MSG_STACK], *p = stack;
   char id[24], recv[16];
-  size_t k = 0;
-  snprintf(id, sizeof id, "%" PRId64, mq_msg_id(m));
-  snprintf(recv, sizeof recv, "%d", mq_msg_receives(m));
-  r[k++] = rt_p("MSG");
-  r[k++] = rt_p(queue);
-  r[k++] = rt_p(id);
-  r[k++] = rt_p(mq_msg_receipt(m));
-  r[k++] = rt_p(recv);
-  r[k++] = (mqi_zpart){mq_msg_data(m), mq_msg_size(m)};
+  rt_dest d = {queue, delim};
   size_t nh = mq_msg_header_count(m);
-  for (size_t i = 0; i < nh && i < RT_HEADERS_MAX; i++) {
-    r[k++] = rt_p(mq_msg_header_name(m, i));
-    r[k++] = rt_p(mq_msg_header_value(m, i));
-  }
   if (mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) return -1;
-  mqi_zpart all[8 + 2 * RT_HEADERS_MAX];
-  size_t j = 0;
-  if (delim) all[j++] = (mqi_zpart){"", 0};
-  all[j++] = (mqi_zpart){RT_TAG, 3};
-  for (size_t i = 0; i < k; i++) all[j++] = r[i];
-  if (mqi_server_send(s, sc, all, j) != MQI_ZMTP_OK) return -1;
+  if (nh > RT_HEADERS_MAX) {
+    p = malloc((RT_MSG_HEAD + 2 * nh) * sizeof *p);
+    if (!p) {
+      mqi_zconn_close(sc->z, "out of memory");
+      return -1;
+    }
+  }
+  size_t k = rt_msg_head(&d, m, id, recv, p);
+  for (size_t i = 0; i < nh; i++) {
+    p[k++] = rt_p(mq_msg_header_name(m, i));
+    p[k++] = rt_p(mq_msg_header_value(m, i));
+  }
+  int rc = mqi_server_send(s, sc, p, k);
+  if (p != stack) free(p);
+  if (rc != MQI_ZMTP_OK) return -1;
   MQI_SRV_COUNT(s->eps[sc->ep].count.out, 1);
   MQI_SRV_COUNT(s->eps[sc->ep].count.bytes_out, mq_msg_size(m));
   return 0;
 }
 
-static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+/* Whether a delivery whose MSG needs `need` bytes (0: not known) may be
+** tried on sc now (see rt_lease).  When not, output is pending, and the
+** connection's POLLOUT brings the turn in which it may. */
+static int rt_fits(const mq_server *s, mqi_srv_conn *sc, size_t need) {
+  size_t pending = mqi_zconn_pending(sc->z), half = s->out_limit / 2;
+  return pending == 0 || (pending < half && need <= s->out_limit - pending);
+}
+
+/* Whether some delivery of sc waits for more room than there is.  It then
+** holds back the others of the connection, which would otherwise take that
+** room as it frees, turn after turn, and starve a large message behind
+** small ones. */
+static int rt_held(const mq_server *s, mqi_srv_conn *sc) {
+  const mqi_rt_conn *rc = sc->rt;
+  for (size_t k = 0; k < rc->ngets; k++)
+    if (rc->gets[k].need > 0 && !rt_fits(s, sc, rc->gets[k].need)) return 1;
+  for (size_t k = 0; k < rc->nsubs; k++)
+    if (rc->subs[k].need > 0 && !rt_fits(s, sc, rc->subs[k].need)) return 1;
+  return 0;
+}
+
+/* Whether a delivery that needs `need` bytes (0: not known) may be tried
+** on sc now. */
+static int rt_may(const mq_server *s, mqi_srv_conn *sc, size_t need) {
+  return rt_fits(s, sc, need) && (need > 0 || !rt_held(s, sc));
+}
+
+/* Lease up to max messages of queue whose MSGs fit sc's output budget:
+** output up to half the limit, except that one message larger than that
+** may go on its own -- when it fits under the whole limit, or whatever
+** its size when nothing is pending (mqi_zconn_send takes it then).  The
+** half kept back is needed only by replies queued earlier in the turn:
+** nothing else is sent, and nothing read, until output is below half. */
+static int rt_lease(mq_server *s, mqi_srv_conn *sc, const rt_dest *d, int64_t lease_ms, size_t max,
+                    mq_msg **msgs, size_t *count, size_t *need) {
+  size_t pending = mqi_zconn_pending(sc->z), half = s->out_limit / 2;
+  size_t budget = pending < half ? half - pending : 0;
+  size_t first = pending == 0 ? SIZE_MAX : pending < half ? s->out_limit - pending : 0;
+  return mqi_get_batch_fit(s->store, d->queue, lease_ms, max, rt_msg_cost, d, budget, first, msgs,
+                           count, need);
+}
+
+/* Serve sc's waiting GETs: all of them when poll is set, else only those
+** that were waiting for output space (they go as soon as it is there). */
+static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t now, int poll) {
   mqi_rt_conn *rc = sc->rt;
   for (size_t i = 0; i < rc->ngets;) {
     rt_get *g = &rc->gets[i];
-    mq_get_options go;
     mq_msg *m = NULL;
-    mq_get_options_init(&go);
-    go.visibility_ms = g->lease_ms;
-    int r = mq_get(s->store, g->queue, &go, &m);
-    if (r == MQ_EMPTY && mono < g->deadline) {
+    size_t n = 0;
+    rt_dest d = {g->queue, g->delim};
+    if (!(poll || g->need > 0) || !rt_may(s, sc, g->need)) {
+      i++;
+      continue;
+    }
+    int r = rt_lease(s, sc, &d, g->lease_ms, 1, &m, &n, &g->need);
+    /* A message that does not fit yet is not "nothing": the GET waits for
+    ** output space past its deadline. */
+    if (r == MQ_EMPTY && (g->need > 0 || now < g->deadline)) {
       i++;
       continue;
     }
@@ -975,17 +1122,25 @@ static void rt_serve_gets(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
   }
 }
 
-static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
+static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t now, int64_t mono) {
   mqi_rt_conn *rc = sc->rt;
-  for (size_t i = 0; i < rc->nsubs; i++) {
+  /* Leases that ended make room; a stopped stream goes with its last. */
+  for (size_t i = 0; i < rc->nsubs;) {
     rt_sub *sub = &rc->subs[i];
     for (size_t k = 0; k < sub->nfl;)
-      if (sub->fl[k].until <= mono)
+      if (sub->fl[k].until <= now)
         sub->fl[k] = sub->fl[--sub->nfl];
       else
         k++;
+    if (sub->window == 0 && sub->nfl == 0)
+      rt_sub_drop(rc, sub);
+    else
+      i++;
+  }
+  for (size_t i = 0; i < rc->nsubs; i++) {
+    rt_sub *sub = &rc->subs[i];
     if (sub->nfl >= sub->window || mono < sub->empty_until) continue;
-    if (mqi_zconn_pending(sc->z) >= s->out_limit / 2) return;
+    if (!rt_may(s, sc, sub->need)) continue;
     size_t want = sub->window - sub->nfl;
     if (want > RT_DELIVER_MAX) want = RT_DELIVER_MAX;
     if (sub->flcap < sub->window) {
@@ -997,12 +1152,10 @@ static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
     }
     mq_msg *msgs[RT_DELIVER_MAX];
     size_t count = 0;
-    mq_get_options go;
-    mq_get_options_init(&go);
-    go.visibility_ms = sub->lease_ms;
-    int r = mq_get_batch(s->store, sub->queue, &go, want, msgs, &count);
+    rt_dest d = {sub->queue, sub->delim};
+    int r = rt_lease(s, sc, &d, sub->lease_ms, want, msgs, &count, &sub->need);
     if (r == MQ_EMPTY) {
-      sub->empty_until = mono + RT_POLL_MS;
+      if (sub->need == 0) sub->empty_until = mono + RT_POLL_MS;
       continue;
     }
     if (r != MQ_OK) {
@@ -1019,7 +1172,7 @@ static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t mono) {
         /* Our count of the lease: the message's own visible_at is on the
         ** store clock, which need not be ours. */
         int64_t lease = mq_msg_visible_at(msgs[k]) - mq_store_now(s->store);
-        f->until = mono + (lease > 0 ? lease : 0);
+        f->until = mqi_time_add(now, lease > 0 ? lease : 0);
       } else {
         mq_nack(s->store, sub->queue, mq_msg_receipt(msgs[k]), 0, NULL);
       }
@@ -1032,40 +1185,46 @@ void mqi_router_work(mq_server *s) {
   mqi_rt_state *st = s->rt;
   rt_commit_puts(s);
   rt_commit_settles(s);
-  int64_t mono = rt_mono();
+  int64_t mono = rt_mono(), now = mqi_server_now(s);
   int poll_gets = mono >= st->poll_at;
   int waiting = 0;
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
     if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
-    if (sc->rt->ngets && poll_gets) rt_serve_gets(s, sc, mono);
+    if (sc->rt->ngets) rt_serve_gets(s, sc, now, poll_gets);
     if (sc->rt->ngets) waiting = 1;
-    if (sc->rt->nsubs) rt_serve_subs(s, sc, mono);
+    if (sc->rt->nsubs) rt_serve_subs(s, sc, now, mono);
   }
   if (poll_gets) st->poll_at = waiting ? mono + RT_POLL_MS : INT64_MAX;
 }
 
 int64_t mqi_router_wake(mq_server *s) {
   mqi_rt_state *st = s->rt;
-  int64_t w = INT64_MAX;
+  int64_t w = INT64_MAX, mono = rt_mono(), now = mqi_server_now(s);
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
     if (!sc->rt || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE) continue;
     mqi_rt_conn *rc = sc->rt;
+    /* What waits for output space is woken by the connection's POLLOUT. */
+    int held = rt_held(s, sc);
     for (size_t k = 0; k < rc->ngets; k++) {
-      int64_t d = st->poll_at < rc->gets[k].deadline ? st->poll_at : rc->gets[k].deadline;
+      if (!rt_fits(s, sc, rc->gets[k].need) || (held && rc->gets[k].need == 0)) continue;
+      if (rc->gets[k].need > 0) return mono; /* there is room for it now */
+      int64_t d = rt_mono_of(rc->gets[k].deadline, now, mono);
+      if (st->poll_at < d) d = st->poll_at;
       if (d < w) w = d;
     }
-    /* A peer that does not read gets nothing more: no reason to wake. */
-    int blocked = mqi_zconn_pending(sc->z) >= s->out_limit / 2;
     for (size_t k = 0; k < rc->nsubs; k++) {
       rt_sub *sub = &rc->subs[k];
-      if (blocked) break;
       if (sub->nfl < sub->window) {
-        if (sub->empty_until < w) w = sub->empty_until;
+        int may = rt_fits(s, sc, sub->need) && (sub->need > 0 || !held);
+        if (may && sub->empty_until < w) w = sub->empty_until;
       } else {
-        for (size_t f = 0; f < sub->nfl; f++)
-          if (sub->fl[f].until < w) w = sub->fl[f].until;
+        /* Full (or stopped): room comes when a lease ends. */
+        for (size_t f = 0; f < sub->nfl; f++) {
+          int64_t d = rt_mono_of(sub->fl[f].until, now, mono);
+          if (d < w) w = d;
+        }
       }
     }
   }

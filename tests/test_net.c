@@ -1802,6 +1802,351 @@ static void test_pull_one_by_one_keeps_transient_failures(void) {
   tn_stop(&e);
 }
 
+/* ------------------------------------------------------------------------
+** ROUTER deliveries: output budget, giving back, headers, the clock
+*/
+
+/* A message as read whole: each frame's size and its first bytes. */
+#define TN_FRAMES 256
+typedef struct tn_msg {
+  size_t n;
+  size_t size[TN_FRAMES];
+  char head[TN_FRAMES][48];
+} tn_msg;
+
+/* Read n bytes into buf, or skip them when buf is NULL, pumping the server
+** while nothing comes; 1 when all came. */
+static int tn_bytes(tn_env *e, int fd, void *buf, size_t n) {
+  static char scratch[65536];
+  size_t got = 0;
+  for (int idle = 0; got < n && idle < 400;) {
+    size_t want = n - got;
+    char *to = buf ? (char *)buf + got : scratch;
+    if (!buf && want > sizeof scratch) want = sizeof scratch;
+    ssize_t k = recv(fd, to, want, 0);
+    if (k > 0) {
+      got += (size_t)k;
+      idle = 0;
+    } else if (k == 0 || errno != EAGAIN) {
+      return 0;
+    } else {
+      tn_pump(e, 1);
+      idle++;
+    }
+  }
+  return got == n;
+}
+
+/* Read one message of any frame sizes (commands are skipped); its frame
+** count, 0 when the connection ended or stalled first. */
+static size_t tn_recv(tn_env *e, int fd, tn_msg *m) {
+  m->n = 0;
+  for (;;) {
+    uint8_t h[9];
+    size_t size;
+    if (!tn_bytes(e, fd, h, 2)) return 0;
+    if (h[0] & 2) { /* LONG: 8 bytes of size, the first already read */
+      if (!tn_bytes(e, fd, h + 2, 7)) return 0;
+      size = 0;
+      for (int i = 1; i < 9; i++) size = size << 8 | h[i];
+    } else {
+      size = h[1];
+    }
+    if (h[0] & 4) { /* a command (PING) */
+      if (!tn_bytes(e, fd, NULL, size)) return 0;
+      continue;
+    }
+    CHECK(m->n < TN_FRAMES);
+    if (m->n >= TN_FRAMES) return 0;
+    size_t keep = size < sizeof m->head[0] - 1 ? size : sizeof m->head[0] - 1;
+    if (!tn_bytes(e, fd, m->head[m->n], keep) || !tn_bytes(e, fd, NULL, size - keep)) return 0;
+    m->head[m->n][keep] = '\0';
+    m->size[m->n++] = size;
+    if (!(h[0] & 1)) return m->n;
+  }
+}
+
+static int tn_is_msg(const tn_msg *m, const char *verb) {
+  return m->n >= 2 && strcmp(m->head[0], "MQ1") == 0 && strcmp(m->head[1], verb) == 0;
+}
+
+static mq_queue_stats tn_qstats(tn_env *e) {
+  mq_queue_stats s;
+  CHECK_OK(mq_queue_stats_get(e->st, "q", &s));
+  return s;
+}
+
+/* Put n messages of size bytes, message i starting "m<i>". */
+static void tn_put_sized(tn_env *e, int n, size_t size, int first) {
+  char *body = malloc(size);
+  CHECK(body != NULL);
+  if (!body) return;
+  for (int i = first; i < first + n; i++) {
+    char tag[16];
+    size_t len = (size_t)snprintf(tag, sizeof tag, "m%d", i) + 1;
+    memset(body, 'a' + i % 26, size);
+    memcpy(body, tag, len < size ? len : size);
+    CHECK_OK(mq_put(e->st, "q", body, size, NULL, NULL));
+  }
+  free(body);
+}
+
+/* Deliveries are leased by bytes as well as by count.  A CONSUME with a
+** large credit on 200 KB messages, from a peer that reads slowly, is
+** never disconnected at the 4 MiB output limit: what does not fit waits
+** for output space, and everything leased arrives. */
+static void test_router_large_consume(void) {
+  enum { N = 64, SIZE = 200000 };
+  mq_server_options o;
+  tn_env e;
+  tn_msg m;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  tn_put_sized(&e, N, SIZE, 0);
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  const char *consume[] = {"MQ1", "CONSUME", "q", "1000", "60000"};
+  tn_send_msg(fd, consume, 5);
+  /* The peer reads nothing for a while: the server keeps the connection
+  ** and what it queued for it within its budget (half the limit, and one
+  ** more message). */
+  tn_pump(&e, 20);
+  CHECK(e.srv->nconns == 1);
+  if (e.srv->nconns == 1)
+    CHECK(mqi_zconn_pending(e.srv->conns[0]->z) < e.srv->out_limit / 2 + SIZE + 256);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  int got = 0, in_order = 1;
+  for (int i = 0; i < N; i++) {
+    char want[16];
+    if (tn_recv(&e, fd, &m) != 7 || !tn_is_msg(&m, "MSG")) break;
+    snprintf(want, sizeof want, "m%d", i);
+    in_order &= m.size[6] == SIZE && strcmp(m.head[6], want) == 0;
+    got++;
+  }
+  CHECK(got == N && in_order);
+  CHECK(tn_qstats(&e).inflight == N);
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Pipelined GETs are served within the output budget too: each waits
+** for room (also past its wait_ms: a message that does not fit yet is not
+** "EMPTY"), and a message larger than the whole limit goes alone. */
+static void test_router_large_gets(void) {
+  enum { N = 21, SIZE = 100000, BIG = 10 };
+  mq_server_options o;
+  tn_env e;
+  tn_msg m;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  mqi_server_test_out_limit(e.srv, (size_t)256 << 10);
+  tn_put_sized(&e, BIG, SIZE, 0);
+  tn_put_sized(&e, 1, 600000, BIG);
+  tn_put_sized(&e, N - BIG - 1, SIZE, BIG + 1);
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  uint8_t burst[N * 32];
+  size_t k = 0;
+  for (int i = 0; i < N; i++) {
+    static const uint8_t get[] = {1, 3, 'M', 'Q', '1', 1, 3, 'G', 'E', 'T', 0, 1, 'q'};
+    memcpy(burst + k, get, sizeof get);
+    k += sizeof get;
+  }
+  tn_send(fd, burst, k);
+  int got = 0, in_order = 1;
+  for (int i = 0; i < N; i++) {
+    char want[16];
+    if (tn_recv(&e, fd, &m) != 7 || !tn_is_msg(&m, "MSG")) break;
+    snprintf(want, sizeof want, "m%d", i);
+    in_order &= m.size[6] == (i == BIG ? 600000u : SIZE) && strcmp(m.head[6], want) == 0;
+    got++;
+  }
+  CHECK(got == N && in_order);
+  CHECK(tn_qstats(&e).inflight == N);
+  CHECK(tn_open(&e, fd));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Read a CONSUME's deliveries: n MSGs, their receipts into rcpt. */
+static int tn_deliveries(tn_env *e, int fd, size_t n, char (*rcpt)[48]) {
+  tn_msg m;
+  size_t got = 0;
+  while (got < n && tn_recv(e, fd, &m) == 7 && tn_is_msg(&m, "MSG"))
+    snprintf(rcpt[got++], sizeof rcpt[0], "%s", m.head[4]);
+  return got == n;
+}
+
+/* Everything a connection was given by CONSUME and did not settle comes
+** back at once when it closes -- more than 256, and also what a stream
+** delivered before its STOP, which the peer may still settle. */
+static void test_router_close_gives_back_all(void) {
+  enum { N = 300 };
+  static char rcpt[N][48];
+  mq_server_options o;
+  tn_env e;
+  tn_msg m;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  tn_put_sized(&e, N, 10, 0);
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  const char *consume[] = {"MQ1", "CONSUME", "q", "1000", "60000"};
+  tn_send_msg(fd, consume, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_deliveries(&e, fd, N, rcpt));
+  CHECK(tn_qstats(&e).inflight == N);
+  close(fd);
+  tn_pump(&e, 5);
+  CHECK(tn_qstats(&e).ready == N && tn_qstats(&e).inflight == 0);
+
+  /* STOP, then settle one of what the stream had out: still ours. */
+  fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  const char *five[] = {"MQ1", "CONSUME", "q", "5", "60000"};
+  tn_send_msg(fd, five, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_deliveries(&e, fd, 5, rcpt));
+  const char *stop[] = {"MQ1", "STOP", "q"};
+  tn_send_msg(fd, stop, 3);
+  CHECK(tn_recv(&e, fd, &m) == 3 && tn_is_msg(&m, "STOPPED"));
+  const char *ack[] = {"MQ1", "ACK", "q", rcpt[0]};
+  tn_send_msg(fd, ack, 4);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  /* CONSUME again: the four still out count against the new credit. */
+  tn_send_msg(fd, five, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_deliveries(&e, fd, 1, rcpt + 5));
+  CHECK(tn_open(&e, fd));
+  tn_send_msg(fd, stop, 3);
+  CHECK(tn_recv(&e, fd, &m) == 3 && tn_is_msg(&m, "STOPPED"));
+  CHECK(tn_qstats(&e).inflight == 5);
+  close(fd);
+  tn_pump(&e, 5);
+  CHECK(tn_qstats(&e).ready == N - 1 && tn_qstats(&e).inflight == 0);
+  tn_stop(&e);
+}
+
+/* A MSG carries every header of its message, however many mq_put stored;
+** a PUT may carry at most 64 and is refused, not cut, beyond. */
+static void test_router_msg_all_headers(void) {
+  enum { NH = 100 };
+  static char names[NH][16], values[NH][16];
+  mq_header h[NH];
+  mq_put_options po;
+  mq_server_options o;
+  tn_env e;
+  tn_msg m;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  for (int i = 0; i < NH; i++) {
+    snprintf(names[i], sizeof names[i], "h%03d", i);
+    snprintf(values[i], sizeof values[i], "v%03d", i);
+    h[i].name = names[i];
+    h[i].value = values[i];
+  }
+  mq_put_options_init(&po);
+  po.headers = h;
+  po.n_headers = NH;
+  CHECK_OK(mq_put(e.st, "q", "x", 1, &po, NULL));
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  const char *get[] = {"MQ1", "GET", "q"};
+  tn_send_msg(fd, get, 3);
+  CHECK(tn_recv(&e, fd, &m) == 7 + 2 * NH && tn_is_msg(&m, "MSG"));
+  int same = m.n == 7 + 2 * NH;
+  for (int i = 0; same && i < NH; i++)
+    same = strcmp(m.head[7 + 2 * i], names[i]) == 0 && strcmp(m.head[8 + 2 * i], values[i]) == 0;
+  CHECK(same);
+  /* PUT with 65 headers: ACK 400, nothing stored. */
+  static const char *put[4 + 1 + 2 * 65];
+  put[0] = "MQ1";
+  put[1] = "PUT";
+  put[2] = "q";
+  put[3] = "c-65";
+  put[4] = "x";
+  for (int i = 0; i < 65; i++) {
+    put[5 + 2 * i] = names[i];
+    put[6 + 2 * i] = values[i];
+  }
+  tn_send_msg(fd, put, 5 + 2 * 65);
+  CHECK(tn_recv(&e, fd, &m) == 6 && tn_is_msg(&m, "ACK") && strcmp(m.head[3], "400") == 0 &&
+        strcmp(m.head[5], "too many headers") == 0);
+  CHECK(tn_total(&e) == 1);
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Move the server's clock and the store's together. */
+static void tn_advance(int64_t ms) {
+  tn_now += ms;
+  test_now_ms += ms;
+}
+
+/* Leases and waits run on the server's clock.  A touched delivery keeps
+** counting against the credit past its first lease, until the touch's
+** end; it is given back when the consumer leaves.  A GET's wait_ms ends
+** on the same clock. */
+static void test_router_touch_keeps_the_credit_count(void) {
+  static char rcpt[4][48];
+  mq_server_options o;
+  tn_env e;
+  tn_msg m;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  tn_put_sized(&e, 3, 10, 0);
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  const char *consume[] = {"MQ1", "CONSUME", "q", "1", "1000"};
+  tn_send_msg(fd, consume, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0);
+  snprintf(rcpt[0], sizeof rcpt[0], "%s", m.head[4]);
+  const char *touch[] = {"MQ1", "TOUCH", "q", rcpt[0], "60000"};
+  tn_send_msg(fd, touch, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  tn_advance(2500);
+  CHECK(tn_open(&e, fd)); /* no second delivery while the touched one is out */
+  close(fd);
+  tn_pump(&e, 5);
+  mq_msg *back = NULL;
+  CHECK_OK(mq_get(e.st, "q", NULL, &back));
+  CHECK(back && mq_msg_size(back) == 10 && strcmp(mq_msg_data(back), "m0") == 0 &&
+        mq_msg_receives(back) == 2);
+  if (back) CHECK_OK(mq_nack(e.st, "q", mq_msg_receipt(back), 0, NULL));
+  mq_msg_free(back);
+
+  /* The touch's end, on the server's clock, makes room again. */
+  fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  tn_send_msg(fd, consume, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0);
+  snprintf(rcpt[1], sizeof rcpt[1], "%s", m.head[4]);
+  const char *touch2[] = {"MQ1", "TOUCH", "q", rcpt[1], "60000"};
+  tn_send_msg(fd, touch2, 5);
+  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  tn_advance(2500);
+  CHECK(tn_open(&e, fd));
+  tn_advance(60000);
+  /* Its fourth delivery: the first, ours above, the touched one, this. */
+  CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0 &&
+        strcmp(m.head[5], "4") == 0);
+  close(fd);
+  tn_pump(&e, 5);
+
+  /* GET's wait_ms: EMPTY once the server's clock passes it, not before. */
+  const char *drain[] = {"MQ1", "GET", "q", "100000000"};
+  fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  for (int i = 0; i < 3; i++) {
+    tn_send_msg(fd, drain, 4);
+    CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG"));
+  }
+  const char *wait[] = {"MQ1", "GET", "q", "1000", "60000"};
+  tn_send_msg(fd, wait, 5);
+  CHECK(tn_open(&e, fd));
+  tn_advance(59000);
+  CHECK(tn_open(&e, fd));
+  tn_advance(1000);
+  CHECK(tn_recv(&e, fd, &m) == 3 && tn_is_msg(&m, "EMPTY"));
+  close(fd);
+  tn_stop(&e);
+}
+
 int main(void) {
   faultvfs_install();
   TEST(test_greeting_and_ready_bytes);
@@ -1836,6 +2181,11 @@ int main(void) {
   TEST(test_push_slow_peer_no_duplicates);
   TEST(test_push_many_peers_all_served);
   TEST(test_pull_one_by_one_keeps_transient_failures);
+  TEST(test_router_large_consume);
+  TEST(test_router_large_gets);
+  TEST(test_router_close_gives_back_all);
+  TEST(test_router_msg_all_headers);
+  TEST(test_router_touch_keeps_the_credit_count);
   return test_done();
 }
 #endif /* MQ_OMIT_ZMTP */
