@@ -7145,8 +7145,10 @@ MQI_API int64_t mqi_zconn_deadline(const mqi_zconn *c);
 ** reasons of its own, such as backpressure.  While held, the peer is not
 ** timed out for silence (its PONGs wait unread in the kernel), and we
 ** still PING it, which keeps a libzmq peer from timing us out (any traffic
-** cancels its timeout).  When the hold ends, the peer's timers start over
-** from now. */
+** cancels its timeout).  When the hold ends, the peer's timers resume as
+** if the time held had not passed.  A write that fails while held (the
+** peer closed) does not close the connection: what it sent is read up to
+** its close once the hold ends. */
 MQI_API void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now);
 
 /* ---- zmtp_server.c: the server's insides, shared with zmtp_router.c ---- */
@@ -7192,6 +7194,8 @@ typedef struct mqi_srv_ep {
   ** fit a connection's output), and when to look at the queue. */
   size_t rr, scan;
   size_t avg_size;
+  int64_t renew_retry;           /* monotonic ms: renewals failed, retry then; 0 */
+  int renew_failing;             /* said so in the log */
   int64_t empty_until;           /* monotonic ms; 0: look now */
   /* Listening: accept(2) failed (out of descriptors): not polled until
   ** accept_after (server clock). */
@@ -7232,6 +7236,7 @@ typedef struct mqi_srv_conn {
   /* PUSH egress: messages written to the connection, oldest first. */
   mqi_srv_pend *pend;
   size_t pend_head, pend_len, pend_cap;
+  int64_t renew_at; /* store clock: the earliest of their lease renewals */
   mqi_rt_conn *rt;  /* ROUTER state, owned by zmtp_router.c */
 } mqi_srv_conn;
 
@@ -7674,7 +7679,9 @@ struct mqi_zconn {
   int64_t ping_deadline; /* 0, or when silence after our PING kills us */
   int64_t ttl_deadline;  /* 0, or when silence after the peer's PING does */
   int64_t close_deadline;
-  int held; /* the caller does not read us now (mqi_zconn_hold) */
+  int held;           /* the caller does not read us now (mqi_zconn_hold) */
+  int64_t held_since; /* when the hold began */
+  int wdead;          /* a write failed while held: only reading goes on */
   /* Handshake. */
   mqi_zmtp_greeting greet;
   int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
@@ -7754,6 +7761,7 @@ static uint8_t *zconn_reserve(mqi_zconn *c, size_t n) {
 /* Queue bytes that must go out (greeting, commands).  A failure to find
 ** memory for a few hundred bytes ends the connection. */
 static int zconn_queue(mqi_zconn *c, const void *data, size_t n) {
+  if (c->wdead) return MQI_ZC_OK; /* nobody to say it to */
   uint8_t *at = zconn_reserve(c, n);
   if (!at) return zconn_fail(c, "out of memory for output");
   memcpy(at, data, n);
@@ -8115,7 +8123,7 @@ int mqi_zconn_input(mqi_zconn *c, int64_t now, size_t budget, mqi_zconn_msg_fn f
 int mqi_zconn_send(mqi_zconn *c, const mqi_zpart *parts, size_t n) {
   uint8_t hdr[MQI_ZMTP_HEADER_MAX];
   size_t hl = 0, total = 0;
-  if (c->state != MQI_ZC_ACTIVE || n == 0) return MQI_ZMTP_EINVAL;
+  if (c->state != MQI_ZC_ACTIVE || c->wdead || n == 0) return MQI_ZMTP_EINVAL;
   for (size_t i = 0; i < n; i++) {
     size_t one = (parts[i].len <= 255 ? 2 : 9) + parts[i].len;
     if (parts[i].len > SIZE_MAX / 4 || total > SIZE_MAX / 4 - one) return MQI_ZMTP_EINVAL;
@@ -8150,6 +8158,14 @@ int mqi_zconn_flush(mqi_zconn *c, int64_t now) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return MQI_ZC_OK;
+    /* Held, the peer may have closed after sending what we have not read
+    ** yet: keep that, to be read up to the peer's close once the hold ends,
+    ** and write nothing more. */
+    if (c->held) {
+      c->wdead = 1;
+      c->ohead = c->olen = 0;
+      return MQI_ZC_OK;
+    }
     return zconn_fail(c, "send: %s", n < 0 ? strerror(errno) : "no progress");
   }
   c->ohead = c->olen = 0;
@@ -8241,9 +8257,17 @@ void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
   held = held != 0;
   if (held == c->held) return;
   c->held = held;
-  /* Either way the peer's silence so far proves nothing: it was not read. */
-  c->ping_deadline = c->ttl_deadline = 0;
-  if (!held) c->last_recv = now;
+  if (held) {
+    c->held_since = now;
+    return;
+  }
+  /* The time held does not count as the peer's silence; the silence before
+  ** and after it adds up, so a hold that comes and goes cannot keep a dead
+  ** peer forever. */
+  int64_t d = now - c->held_since;
+  c->last_recv = mqi_time_add(c->last_recv, d);
+  if (c->ping_deadline) c->ping_deadline = mqi_time_add(c->ping_deadline, d);
+  if (c->ttl_deadline) c->ttl_deadline = mqi_time_add(c->ttl_deadline, d);
 }
 /*** end src/zmtp_conn.c ***/
 
@@ -9199,6 +9223,10 @@ static void srv_pull_drain(mq_server *s, int final) {
   int64_t now = mqi_server_now(s);
   for (int progress = 1; progress;) {
     progress = 0;
+    /* The flush below tries every batch now: a failing endpoint must not
+    ** make the parser pause after each message (a commit try, and its busy
+    ** timeout, per message). */
+    for (size_t e = 0; e < s->neps; e++) s->eps[e].failing = 0;
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
       mqi_srv_ep *ep = &s->eps[sc->ep];
@@ -9213,6 +9241,7 @@ static void srv_pull_drain(mq_server *s, int final) {
     for (size_t e = 0; e < s->neps; e++) before += s->eps[e].nitems;
     srv_pull_flush(s, final);
     for (size_t e = 0; e < s->neps; e++) after += s->eps[e].nitems;
+    if (after > 0) return; /* refused: kept for the next run */
     if (after < before) progress = 1;
   }
 }
@@ -9279,36 +9308,55 @@ static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const mq_msg *m, int64_
   e->size = mq_msg_size(m);
   e->visible_at = mq_msg_visible_at(m);
   e->lease_ms = e->visible_at > now ? e->visible_at - now : 1;
+  if (e->visible_at - e->lease_ms / 2 < sc->renew_at) sc->renew_at = e->visible_at - e->lease_ms / 2;
   snprintf(e->receipt, sizeof e->receipt, "%s", mq_msg_receipt(m));
   return 0;
 }
 
 /* Messages wait in a connection's output while its peer reads slowly (a
 ** libzmq PULL at its high-water mark): keep their leases alive, or they
-** would be leased again and sent to a second peer as well.  Leases are
-** taken in order with the queue's visibility, so the oldest ends first. */
+** would be leased again and sent to a second peer as well.  A connection
+** is looked at when its earliest renewal is due (renew_at, store clock),
+** and then every entry of it: a renewal that failed half-way must not
+** leave due entries behind a renewed one.  After a failure (lock, I/O)
+** the endpoint waits before trying again, rather than spin. */
 static void srv_push_renew(mq_server *s, size_t e) {
   mqi_srv_ep *ep = &s->eps[e];
   int64_t now = mqi_store_now(s->store);
+  if (ep->renew_retry && srv_mono() < ep->renew_retry) return;
+  ep->renew_retry = 0;
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
-    if (sc->ep != e) continue;
+    if (sc->ep != e || sc->pend_head == sc->pend_len || sc->renew_at > now) continue;
+    int64_t next = INT64_MAX;
     for (size_t k = sc->pend_head; k < sc->pend_len; k++) {
       mqi_srv_pend *p = &sc->pend[k];
       if (p->visible_at == INT64_MAX) continue; /* lost already */
-      if (p->visible_at - now > p->lease_ms / 2) break;
-      int rc = mq_touch(s->store, ep->queue, p->receipt, p->lease_ms);
-      if (rc == MQ_OK) {
-        p->visible_at = mqi_time_add(now, p->lease_ms);
-        continue;
+      if (p->visible_at - now <= p->lease_ms / 2 && !ep->renew_retry) {
+        int rc = mq_touch(s->store, ep->queue, p->receipt, p->lease_ms);
+        if (rc == MQ_OK) {
+          p->visible_at = mqi_time_add(now, p->lease_ms);
+          ep->renew_failing = 0;
+        } else if (rc == MQ_ESTALE) {
+          mqi_log(s->store, MQ_LOG_WARN,
+                  "server: PUSH from \"%s\": connection #%" PRIu64 " (%s): a message waiting to "
+                  "be written lost its lease (it ran out or the message expired); it may go out "
+                  "twice",
+                  ep->queue, sc->serial, mqi_zconn_peer(sc->z));
+          p->visible_at = INT64_MAX;
+          continue;
+        } else {
+          if (!ep->renew_failing)
+            mqi_log(s->store, MQ_LOG_WARN, "server: PUSH from \"%s\": renewing leases: %s",
+                    ep->queue, mq_errmsg(s->store));
+          ep->renew_failing = 1;
+          ep->renew_retry = srv_mono() + RETRY_MIN_MS;
+        }
       }
-      if (rc != MQ_ESTALE) return; /* busy, I/O: next turn */
-      mqi_log(s->store, MQ_LOG_WARN,
-              "server: PUSH from \"%s\": connection #%" PRIu64 " (%s): a message waiting to be "
-              "written lost its lease (it ran out or the message expired); it may go out twice",
-              ep->queue, sc->serial, mqi_zconn_peer(sc->z));
-      p->visible_at = INT64_MAX;
+      int64_t due = p->visible_at - p->lease_ms / 2;
+      if (due < next) next = due;
     }
+    sc->renew_at = next;
   }
 }
 
@@ -9560,13 +9608,14 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
       }
     }
   }
-  /* The next PUSH lease to renew (store clock: only its distance counts). */
+  /* The next PUSH lease to renew (store clock: only its distance counts),
+  ** or the retry after a failed renewal. */
   int64_t store_now = mqi_store_now(s->store);
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
-    if (sc->pend_head == sc->pend_len || sc->pend[sc->pend_head].visible_at == INT64_MAX) continue;
-    const mqi_srv_pend *p = &sc->pend[sc->pend_head];
-    int64_t d = p->visible_at - p->lease_ms / 2 - store_now;
+    if (sc->pend_head == sc->pend_len || s->eps[sc->ep].kind != MQI_EP_PUSH) continue;
+    int64_t retry = s->eps[sc->ep].renew_retry;
+    int64_t d = retry ? retry - mono : sc->renew_at == INT64_MAX ? INT64_MAX : sc->renew_at - store_now;
     if (d < wait) wait = d;
   }
   int64_t r = mqi_router_wake(s);
@@ -9838,6 +9887,8 @@ struct mqi_rt_conn {
   size_t nsubs;
   rt_get gets[RT_GETS_MAX];
   size_t ngets;
+  size_t next_sub; /* the stream served first next turn: each gets its turn
+                      at the output budget */
 };
 
 struct mqi_rt_state {
@@ -10840,8 +10891,9 @@ static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t now, int64_t m
     else
       i++;
   }
-  for (size_t i = 0; i < rc->nsubs; i++) {
-    rt_sub *sub = &rc->subs[i];
+  size_t first = rc->nsubs ? rc->next_sub++ % rc->nsubs : 0;
+  for (size_t j = 0; j < rc->nsubs; j++) {
+    rt_sub *sub = &rc->subs[(first + j) % rc->nsubs];
     if (sub->nfl >= sub->window || mono < sub->empty_until) continue;
     if (!rt_may(s, sc, sub->need)) continue;
     size_t want = sub->window - sub->nfl;

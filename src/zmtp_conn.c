@@ -58,7 +58,9 @@ struct mqi_zconn {
   int64_t ping_deadline; /* 0, or when silence after our PING kills us */
   int64_t ttl_deadline;  /* 0, or when silence after the peer's PING does */
   int64_t close_deadline;
-  int held; /* the caller does not read us now (mqi_zconn_hold) */
+  int held;           /* the caller does not read us now (mqi_zconn_hold) */
+  int64_t held_since; /* when the hold began */
+  int wdead;          /* a write failed while held: only reading goes on */
   /* Handshake. */
   mqi_zmtp_greeting greet;
   int hs_step; /* PLAIN server: 0 = HELLO expected, 1 = INITIATE expected;
@@ -138,6 +140,7 @@ static uint8_t *zconn_reserve(mqi_zconn *c, size_t n) {
 /* Queue bytes that must go out (greeting, commands).  A failure to find
 ** memory for a few hundred bytes ends the connection. */
 static int zconn_queue(mqi_zconn *c, const void *data, size_t n) {
+  if (c->wdead) return MQI_ZC_OK; /* nobody to say it to */
   uint8_t *at = zconn_reserve(c, n);
   if (!at) return zconn_fail(c, "out of memory for output");
   memcpy(at, data, n);
@@ -499,7 +502,7 @@ int mqi_zconn_input(mqi_zconn *c, int64_t now, size_t budget, mqi_zconn_msg_fn f
 int mqi_zconn_send(mqi_zconn *c, const mqi_zpart *parts, size_t n) {
   uint8_t hdr[MQI_ZMTP_HEADER_MAX];
   size_t hl = 0, total = 0;
-  if (c->state != MQI_ZC_ACTIVE || n == 0) return MQI_ZMTP_EINVAL;
+  if (c->state != MQI_ZC_ACTIVE || c->wdead || n == 0) return MQI_ZMTP_EINVAL;
   for (size_t i = 0; i < n; i++) {
     size_t one = (parts[i].len <= 255 ? 2 : 9) + parts[i].len;
     if (parts[i].len > SIZE_MAX / 4 || total > SIZE_MAX / 4 - one) return MQI_ZMTP_EINVAL;
@@ -534,6 +537,14 @@ int mqi_zconn_flush(mqi_zconn *c, int64_t now) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return MQI_ZC_OK;
+    /* Held, the peer may have closed after sending what we have not read
+    ** yet: keep that, to be read up to the peer's close once the hold ends,
+    ** and write nothing more. */
+    if (c->held) {
+      c->wdead = 1;
+      c->ohead = c->olen = 0;
+      return MQI_ZC_OK;
+    }
     return zconn_fail(c, "send: %s", n < 0 ? strerror(errno) : "no progress");
   }
   c->ohead = c->olen = 0;
@@ -625,7 +636,15 @@ void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
   held = held != 0;
   if (held == c->held) return;
   c->held = held;
-  /* Either way the peer's silence so far proves nothing: it was not read. */
-  c->ping_deadline = c->ttl_deadline = 0;
-  if (!held) c->last_recv = now;
+  if (held) {
+    c->held_since = now;
+    return;
+  }
+  /* The time held does not count as the peer's silence; the silence before
+  ** and after it adds up, so a hold that comes and goes cannot keep a dead
+  ** peer forever. */
+  int64_t d = now - c->held_since;
+  c->last_recv = mqi_time_add(c->last_recv, d);
+  if (c->ping_deadline) c->ping_deadline = mqi_time_add(c->ping_deadline, d);
+  if (c->ttl_deadline) c->ttl_deadline = mqi_time_add(c->ttl_deadline, d);
 }

@@ -178,8 +178,10 @@ MQI_API int64_t mqi_zconn_deadline(const mqi_zconn *c);
 ** reasons of its own, such as backpressure.  While held, the peer is not
 ** timed out for silence (its PONGs wait unread in the kernel), and we
 ** still PING it, which keeps a libzmq peer from timing us out (any traffic
-** cancels its timeout).  When the hold ends, the peer's timers start over
-** from now. */
+** cancels its timeout).  When the hold ends, the peer's timers resume as
+** if the time held had not passed.  A write that fails while held (the
+** peer closed) does not close the connection: what it sent is read up to
+** its close once the hold ends. */
 MQI_API void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now);
 
 /* ---- zmtp_server.c: the server's insides, shared with zmtp_router.c ---- */
@@ -225,6 +227,8 @@ typedef struct mqi_srv_ep {
   ** fit a connection's output), and when to look at the queue. */
   size_t rr, scan;
   size_t avg_size;
+  int64_t renew_retry;           /* monotonic ms: renewals failed, retry then; 0 */
+  int renew_failing;             /* said so in the log */
   int64_t empty_until;           /* monotonic ms; 0: look now */
   /* Listening: accept(2) failed (out of descriptors): not polled until
   ** accept_after (server clock). */
@@ -265,6 +269,7 @@ typedef struct mqi_srv_conn {
   /* PUSH egress: messages written to the connection, oldest first. */
   mqi_srv_pend *pend;
   size_t pend_head, pend_len, pend_cap;
+  int64_t renew_at; /* store clock: the earliest of their lease renewals */
   mqi_rt_conn *rt;  /* ROUTER state, owned by zmtp_router.c */
 } mqi_srv_conn;
 

@@ -135,6 +135,8 @@ struct mqi_rt_conn {
   size_t nsubs;
   rt_get gets[RT_GETS_MAX];
   size_t ngets;
+  size_t next_sub; /* the stream served first next turn: each gets its turn
+                      at the output budget */
 };
 
 struct mqi_rt_state {
@@ -1137,8 +1139,9 @@ static void rt_serve_subs(mq_server *s, mqi_srv_conn *sc, int64_t now, int64_t m
     else
       i++;
   }
-  for (size_t i = 0; i < rc->nsubs; i++) {
-    rt_sub *sub = &rc->subs[i];
+  size_t first = rc->nsubs ? rc->next_sub++ % rc->nsubs : 0;
+  for (size_t j = 0; j < rc->nsubs; j++) {
+    rt_sub *sub = &rc->subs[(first + j) % rc->nsubs];
     if (sub->nfl >= sub->window || mono < sub->empty_until) continue;
     if (!rt_may(s, sc, sub->need)) continue;
     size_t want = sub->window - sub->nfl;

@@ -949,6 +949,10 @@ static void srv_pull_drain(mq_server *s, int final) {
   int64_t now = mqi_server_now(s);
   for (int progress = 1; progress;) {
     progress = 0;
+    /* The flush below tries every batch now: a failing endpoint must not
+    ** make the parser pause after each message (a commit try, and its busy
+    ** timeout, per message). */
+    for (size_t e = 0; e < s->neps; e++) s->eps[e].failing = 0;
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
       mqi_srv_ep *ep = &s->eps[sc->ep];
@@ -963,6 +967,7 @@ static void srv_pull_drain(mq_server *s, int final) {
     for (size_t e = 0; e < s->neps; e++) before += s->eps[e].nitems;
     srv_pull_flush(s, final);
     for (size_t e = 0; e < s->neps; e++) after += s->eps[e].nitems;
+    if (after > 0) return; /* refused: kept for the next run */
     if (after < before) progress = 1;
   }
 }
@@ -1029,36 +1034,55 @@ static int srv_pend_push(mqi_srv_conn *sc, uint64_t end, const mq_msg *m, int64_
   e->size = mq_msg_size(m);
   e->visible_at = mq_msg_visible_at(m);
   e->lease_ms = e->visible_at > now ? e->visible_at - now : 1;
+  if (e->visible_at - e->lease_ms / 2 < sc->renew_at) sc->renew_at = e->visible_at - e->lease_ms / 2;
   snprintf(e->receipt, sizeof e->receipt, "%s", mq_msg_receipt(m));
   return 0;
 }
 
 /* Messages wait in a connection's output while its peer reads slowly (a
 ** libzmq PULL at its high-water mark): keep their leases alive, or they
-** would be leased again and sent to a second peer as well.  Leases are
-** taken in order with the queue's visibility, so the oldest ends first. */
+** would be leased again and sent to a second peer as well.  A connection
+** is looked at when its earliest renewal is due (renew_at, store clock),
+** and then every entry of it: a renewal that failed half-way must not
+** leave due entries behind a renewed one.  After a failure (lock, I/O)
+** the endpoint waits before trying again, rather than spin. */
 static void srv_push_renew(mq_server *s, size_t e) {
   mqi_srv_ep *ep = &s->eps[e];
   int64_t now = mqi_store_now(s->store);
+  if (ep->renew_retry && srv_mono() < ep->renew_retry) return;
+  ep->renew_retry = 0;
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
-    if (sc->ep != e) continue;
+    if (sc->ep != e || sc->pend_head == sc->pend_len || sc->renew_at > now) continue;
+    int64_t next = INT64_MAX;
     for (size_t k = sc->pend_head; k < sc->pend_len; k++) {
       mqi_srv_pend *p = &sc->pend[k];
       if (p->visible_at == INT64_MAX) continue; /* lost already */
-      if (p->visible_at - now > p->lease_ms / 2) break;
-      int rc = mq_touch(s->store, ep->queue, p->receipt, p->lease_ms);
-      if (rc == MQ_OK) {
-        p->visible_at = mqi_time_add(now, p->lease_ms);
-        continue;
+      if (p->visible_at - now <= p->lease_ms / 2 && !ep->renew_retry) {
+        int rc = mq_touch(s->store, ep->queue, p->receipt, p->lease_ms);
+        if (rc == MQ_OK) {
+          p->visible_at = mqi_time_add(now, p->lease_ms);
+          ep->renew_failing = 0;
+        } else if (rc == MQ_ESTALE) {
+          mqi_log(s->store, MQ_LOG_WARN,
+                  "server: PUSH from \"%s\": connection #%" PRIu64 " (%s): a message waiting to "
+                  "be written lost its lease (it ran out or the message expired); it may go out "
+                  "twice",
+                  ep->queue, sc->serial, mqi_zconn_peer(sc->z));
+          p->visible_at = INT64_MAX;
+          continue;
+        } else {
+          if (!ep->renew_failing)
+            mqi_log(s->store, MQ_LOG_WARN, "server: PUSH from \"%s\": renewing leases: %s",
+                    ep->queue, mq_errmsg(s->store));
+          ep->renew_failing = 1;
+          ep->renew_retry = srv_mono() + RETRY_MIN_MS;
+        }
       }
-      if (rc != MQ_ESTALE) return; /* busy, I/O: next turn */
-      mqi_log(s->store, MQ_LOG_WARN,
-              "server: PUSH from \"%s\": connection #%" PRIu64 " (%s): a message waiting to be "
-              "written lost its lease (it ran out or the message expired); it may go out twice",
-              ep->queue, sc->serial, mqi_zconn_peer(sc->z));
-      p->visible_at = INT64_MAX;
+      int64_t due = p->visible_at - p->lease_ms / 2;
+      if (due < next) next = due;
     }
+    sc->renew_at = next;
   }
 }
 
@@ -1310,13 +1334,14 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
       }
     }
   }
-  /* The next PUSH lease to renew (store clock: only its distance counts). */
+  /* The next PUSH lease to renew (store clock: only its distance counts),
+  ** or the retry after a failed renewal. */
   int64_t store_now = mqi_store_now(s->store);
   for (size_t i = 0; i < s->nconns; i++) {
     mqi_srv_conn *sc = s->conns[i];
-    if (sc->pend_head == sc->pend_len || sc->pend[sc->pend_head].visible_at == INT64_MAX) continue;
-    const mqi_srv_pend *p = &sc->pend[sc->pend_head];
-    int64_t d = p->visible_at - p->lease_ms / 2 - store_now;
+    if (sc->pend_head == sc->pend_len || s->eps[sc->ep].kind != MQI_EP_PUSH) continue;
+    int64_t retry = s->eps[sc->ep].renew_retry;
+    int64_t d = retry ? retry - mono : sc->renew_at == INT64_MAX ? INT64_MAX : sc->renew_at - store_now;
     if (d < wait) wait = d;
   }
   int64_t r = mqi_router_wake(s);

@@ -1647,6 +1647,24 @@ static void tn_rx_free(tn_rx *rx) {
   free(rx->buf);
 }
 
+/* Over two peers that got messages 0..n-1: how many went to both, and how
+** many to neither. */
+static void tn_rx_tally(const tn_rx *a, const tn_rx *b, int n, int *twice, int *missing) {
+  int *seen = calloc((size_t)n, sizeof *seen);
+  CHECK(seen != NULL);
+  *twice = *missing = 0;
+  if (!seen) return;
+  for (size_t i = 0; i < a->n; i++)
+    if (a->ids[i] >= 0 && a->ids[i] < n) seen[a->ids[i]]++;
+  for (size_t i = 0; i < b->n; i++)
+    if (b->ids[i] >= 0 && b->ids[i] < n) seen[b->ids[i]]++;
+  for (int i = 0; i < n; i++) {
+    *twice += seen[i] > 1;
+    *missing += seen[i] == 0;
+  }
+  free(seen);
+}
+
 static void tn_put_indexed(tn_env *e, int n, size_t size) {
   char *p = malloc(size);
   CHECK(p != NULL);
@@ -1712,17 +1730,8 @@ static void test_push_slow_peer_no_duplicates(void) {
   tn_rx_drain(&e, &b, 20);
   tn_rx_drain(&e, &a, 20);
   tn_rx_drain(&e, &b, 20);
-  static int seen[N];
-  memset(seen, 0, sizeof seen);
-  for (size_t i = 0; i < a.n; i++)
-    if (a.ids[i] >= 0 && a.ids[i] < N) seen[a.ids[i]]++;
-  for (size_t i = 0; i < b.n; i++)
-    if (b.ids[i] >= 0 && b.ids[i] < N) seen[b.ids[i]]++;
-  int twice = 0, missing = 0;
-  for (int i = 0; i < N; i++) {
-    twice += seen[i] > 1;
-    missing += seen[i] == 0;
-  }
+  int twice, missing;
+  tn_rx_tally(&a, &b, N, &twice, &missing);
   CHECK(twice == 0);
   CHECK(missing == 0);
   CHECK(a.n > 0 && b.n > 0);
@@ -2147,6 +2156,83 @@ static void test_router_touch_keeps_the_credit_count(void) {
   tn_stop(&e);
 }
 
+/* A renewal of the leases waiting for a slow peer that fails part-way (the
+** failing write is moved along, so that in some round the first renewals
+** succeed and a later one fails) must not leave the rest to run out: each
+** still-due lease is renewed on a later turn, and no message goes to two
+** peers.  A failure is retried after a pause, not in a busy loop. */
+static void test_push_renewal_survives_a_failure(void) {
+  enum { N = 400 };
+  for (int failat = 1; failat <= 8; failat++) {
+    mq_server_options o;
+    tn_env e;
+    tn_rx a, b;
+    tn_options(&o);
+    tn_start(&e, &o, "h");
+    mqi_server_test_out_limit(e.srv, 64 << 10);
+    tn_put_indexed(&e, N, 8 << 10);
+    tn_rx_peer(&e, &a, e.port[0], 4096); /* reads nothing until the end */
+    tn_pump(&e, 200);
+    CHECK(tn_stats(&e, 0).messages_out < N);
+    tn_advance(16000); /* past half the lease: every renewal is due */
+    faultvfs_arm_reset();
+    faultvfs.write_errno = SQLITE_FULL;
+    faultvfs.fail_write_at = failat;
+    mq_server_run(e.srv, 0);
+    faultvfs_arm_reset();
+    for (int i = 0; i < 15; i++) { /* to 31 s: the first leases would end at 30 s */
+      tn_advance(1000);
+      tn_pump(&e, 4); /* 20 ms: the retry pause of a failed renewal is 50 */
+    }
+    tn_rx_peer(&e, &b, e.port[0], 0);
+    tn_rx_drain(&e, &b, 20);
+    tn_rx_drain(&e, &a, 20);
+    tn_rx_drain(&e, &b, 20);
+    int twice, missing;
+    tn_rx_tally(&a, &b, N, &twice, &missing);
+    CHECK(twice == 0);
+    CHECK(missing == 0);
+    tn_rx_free(&a);
+    tn_rx_free(&b);
+    tn_stop(&e);
+  }
+}
+
+/* A PULL peer that sent a burst while our commits failed, and then closed
+** (as a libzmq PUSH does after its linger): our PING to it fails, which
+** must not throw away what it sent and we had not read yet. */
+static void test_held_pull_peer_closes(void) {
+  enum { N = 2 * 8192 + 500 };
+  static uint8_t burst[N * 3];
+  for (size_t i = 0; i < N; i++) {
+    burst[3 * i] = 0;
+    burst[3 * i + 1] = 1;
+    burst[3 * i + 2] = 'x';
+  }
+  mq_server_options o;
+  tn_env e;
+  sqlite3 *other;
+  char buf[4096];
+  tn_options(&o);
+  o.heartbeat_ms = 1000;
+  o.heartbeat_timeout_ms = 3000;
+  int fd = tn_peer(&e, tn_start_locked(&e, &o, &other), "PUSH", 28);
+  tn_send(fd, burst, sizeof burst);
+  tn_pump(&e, 20);
+  for (int i = 0; i < 100 && recv(fd, buf, sizeof buf, 0) > 0; i++) {
+  }
+  close(fd);
+  for (int i = 0; i < 5; i++) { /* PINGs go out while the store is locked */
+    tn_now += 1000;
+    tn_pump(&e, 5);
+  }
+  tn_unlock(other);
+  for (int k = 0; k < 1000 && tn_stats(&e, 0).messages_in < N; k++) tn_pump(&e, 1);
+  CHECK(tn_stats(&e, 0).messages_in == N && tn_stats(&e, 0).dropped == 0);
+  CHECK(tn_total(&e) == N);
+  tn_stop(&e);
+}
+
 int main(void) {
   faultvfs_install();
   TEST(test_greeting_and_ready_bytes);
@@ -2186,6 +2272,8 @@ int main(void) {
   TEST(test_router_close_gives_back_all);
   TEST(test_router_msg_all_headers);
   TEST(test_router_touch_keeps_the_credit_count);
+  TEST(test_push_renewal_survives_a_failure);
+  TEST(test_held_pull_peer_closes);
   return test_done();
 }
 #endif /* MQ_OMIT_ZMTP */
