@@ -207,6 +207,8 @@ enum mqi_stmt_id {
   MQI_ST_MSG_NEXT_VISIBLE,
   MQI_ST_MSG_ACK,
   MQI_ST_MSG_NACK,
+  MQI_ST_MSG_NACK_SET,
+  MQI_ST_MSG_RELEASE,
   MQI_ST_MSG_TOUCH,
   MQI_ST_MSG_TO_DLQ,
   MQI_ST_MSG_TO_DEAD,
@@ -471,6 +473,9 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
+/* A message m of queue q that has used up max_receives: visible, the next
+** get dead-letters it instead of delivering it (stats, peek, scan agree). */
+#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define MQI_PAYLOAD_V1(col) "b." col
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
@@ -1223,6 +1228,13 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
         " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
         " FROM mq_queue WHERE id=?2) WHERE id=?1",
+    [MQI_ST_MSG_NACK_SET] =
+        "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL, reason=coalesce(?4, reason)"
+        " WHERE id=?1",
+    /* A lease given back as if never taken (mqi_settle_release). */
+    [MQI_ST_MSG_RELEASE] =
+        "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL, receives=max(receives-1, 0)"
+        " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
     [MQI_ST_MSG_TO_DEAD] =
         "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason), expires_at=?3"
         " WHERE id=?1",
@@ -2941,13 +2953,12 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
 ** gone, exactly as the next get would see them; a visible message that has
 ** used up max_receives counts as dead, as that get dead-letters it. */
 #define QUEUE_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
-#define QUEUE_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define QUEUE_STATS_SQL(P)                                                                      \
   "SELECT q.kind,"                                                                             \
-  " sum(" QUEUE_DUE " AND NOT " QUEUE_SPENT "),"                                               \
+  " sum(" QUEUE_DUE " AND NOT " MQI_SQL_SPENT "),"                                               \
   " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
   " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 3 OR (" QUEUE_DUE " AND " QUEUE_SPENT ")), count(m.id), min(m.enqueued_at),"  \
+  " sum(m.state = 3 OR (" QUEUE_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at),"  \
   " sum(" P("size") ")"                                                                        \
   " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
@@ -3835,7 +3846,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   if (o.visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: visibility_ms is negative");
   if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
 
-  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0, NULL, NULL, 0, 0, 0, 0};
+  get_arg a = {.queue = queue, .visibility_ms = o.visibility_ms, .max = max, .msgs = msgs};
   int64_t deadline = mqi_time_add(mqi_os_monotonic_ms(), o.wait_ms);
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
@@ -3876,7 +3887,8 @@ int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, siz
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (max == 0 || !fit || visibility_ms < 0)
     return mqi_err_set(s, MQ_EINVAL, "mqi_get_batch_fit: bad arguments");
-  get_arg a = {queue, visibility_ms, max, msgs, 0, 0, fit, ctx, budget, first, 0, 0};
+  get_arg a = {.queue = queue, .visibility_ms = visibility_ms, .max = max, .msgs = msgs,
+               .fit = fit, .fit_ctx = ctx, .budget = budget, .first = first};
   rc = mqi_commit_run(s, get_op, &a, 0);
   if (rc == MQ_OK) {
     *count = a.count;
@@ -3910,7 +3922,7 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
   " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
   "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
-  "  AND NOT (q.max_receives > 0 AND m.receives >= q.max_receives)"                            \
+  "  AND NOT " MQI_SQL_SPENT                                                                    \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 
@@ -4170,18 +4182,17 @@ static int settle_nack_one(mq_store *s, mqi_op *op, const settle_arg *a, const m
                        s->path, a->queue, (long long)id);
   if (q->max_receives > 0 && receives >= q->max_receives)
     return mqi_get_deadletter(s, op, q, id, a->reason);
-  st = NULL;
-  src = sqlite3_prepare_v2(s->db,
-                           "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
-                           " reason=coalesce(?4, reason) WHERE id=?1",
-                           -1, &st, NULL);
-  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_NACK_SET)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
   sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
   sqlite3_bind_int64(st, 3, mqi_time_add(now, a->delay_ms));
-  if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  if (a->reason)
+    sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, 4);
   src = sqlite3_step(st);
-  sqlite3_finalize(st);
+  sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a message");
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;
@@ -4256,23 +4267,19 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
 
 /* ---- release (the server's) ------------------------------------------------ */
 
-/* As if the leases had never been taken: ready at once, receive count as it
-** was.  For messages a server leased but could not hand to any peer, which
-** must not move towards the dead-letter queue for that. */
+/* As if the leases had never been taken (MQI_ST_MSG_RELEASE): ready at
+** once, receive count as it was.  For messages a server leased but could
+** not hand to any peer, which must not move towards the dead-letter queue
+** for that. */
 static int settle_release_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db,
-                               "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL,"
-                               " receives=max(receives-1, 0)"
-                               " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
-                               -1, &st, NULL);
-  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_RELEASE);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   int64_t now = mqi_store_now(s);
-  src = SQLITE_DONE;
+  int src = SQLITE_DONE;
   for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
     sqlite3_bind_int64(st, 1, a->ids[i]);
     sqlite3_bind_int64(st, 2, q.id);
@@ -4281,7 +4288,6 @@ static int settle_release_op(mq_store *s, mqi_op *op) {
     src = sqlite3_step(st);
     sqlite3_reset(st);
   }
-  sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing leases");
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;
@@ -7197,9 +7203,8 @@ typedef struct mqi_srv_ep {
   int64_t renew_retry;           /* monotonic ms: renewals failed, retry then; 0 */
   int renew_failing;             /* said so in the log */
   int64_t empty_until;           /* monotonic ms; 0: look now */
-  /* Listening: accept(2) failed (out of descriptors): not polled until
-  ** accept_after (server clock). */
-  int accept_failing;
+  /* Listening: 0, or accept(2) failed (out of descriptors) and the socket
+  ** is not polled until then (server clock). */
   int64_t accept_after;
   /* Connecting endpoints (fd is then -1): we connect to addr and keep
   ** reconnecting.  Times are on the server's clock (mqi_server_now). */
@@ -8727,16 +8732,15 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
       /* Out of descriptors (or memory) the pending connection stays in the
       ** backlog and the socket stays readable: polling it again at once
       ** would spin.  Look again later, and say so once, not every time. */
-      if (!ep->accept_failing)
+      if (!ep->accept_after)
         mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s; trying again every %d ms",
                 ep->name, strerror(errno), ACCEPT_PAUSE_MS);
-      ep->accept_failing = 1;
       ep->accept_after = now + ACCEPT_PAUSE_MS;
       return;
     }
-    if (ep->accept_failing)
+    if (ep->accept_after)
       mqi_log(s->store, MQ_LOG_INFO, "server: %s: accepting connections again", ep->name);
-    ep->accept_failing = 0;
+    ep->accept_after = 0;
     /* Over a cap: close at once.  A libzmq peer retries after its
     ** reconnect interval, which is what we want under load. */
     if (s->nconns >= (size_t)s->opt.max_connections ||
@@ -8866,9 +8870,13 @@ static void srv_connect_lost(mq_server *s, mqi_srv_ep *ep, mqi_srv_conn *sc) {
 /* ------------------------------------------------------------------------
 ** PULL ingest
 */
-static int srv_pull_full(const mqi_srv_ep *ep) {
-  return ep->failing || ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
+static int srv_batch_full(const mqi_srv_ep *ep) {
+  return ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
 }
+
+/* Whether the endpoint reads nothing more for now: its batch is full, or
+** commits fail (the batch waits for the retry). */
+static int srv_pull_full(const mqi_srv_ep *ep) { return ep->failing || srv_batch_full(ep); }
 
 /* The connection's message handler on a PULL endpoint: add the message to
 ** the endpoint's batch; pause the connection when the batch is full. */
@@ -8904,7 +8912,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
   }
   ep->items[ep->nitems++] = it;
   ep->bytes += it.len;
-  return srv_pull_full(ep);
+  return srv_batch_full(ep);
 oom:
   free(it.data);
   free(it.frames);
@@ -9058,6 +9066,16 @@ static size_t srv_items_settle(mq_server *s, mqi_srv_ep *ep, mqi_srv_item *items
   return bytes;
 }
 
+/* n items the store will not take (their queue is gone, or the last try
+** failed): say so and count them. */
+static void srv_items_lost(mq_server *s, mqi_srv_ep *ep, const mqi_srv_item *items, size_t n,
+                           const char *err) {
+  if (n == 0) return;
+  mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue, n,
+          err);
+  srv_count_batch(ep, items, n, 0, 0, 0);
+}
+
 /* Take the result of a finished commit, if any.  A failed batch goes back
 ** in front of what was read since, and the endpoint reads nothing more
 ** until it is stored: the peers' PUSH sockets block at their high-water
@@ -9082,11 +9100,7 @@ static void srv_pull_collect(mq_server *s) {
   s->cbusy = 0;
   srv_items_settle(s, ep, items, &n, done, dropped, dropped_bytes);
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    if (n > 0) {
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
-              ep->queue, err, n);
-      srv_count_batch(ep, items, n, 0, 0, 0);
-    }
+    srv_items_lost(s, ep, items, n, err);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -9203,11 +9217,7 @@ static void srv_pull_flush(mq_server *s, int final) {
                              &dropped, &dropped_bytes, err, sizeof err);
     ep->bytes -= srv_items_settle(s, ep, ep->items, &ep->nitems, done, dropped, dropped_bytes);
     if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
-    if (ep->nitems > 0) {
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue,
-              ep->nitems, err);
-      srv_count_batch(ep, ep->items, ep->nitems, 0, 0, 0);
-    }
+    srv_items_lost(s, ep, ep->items, ep->nitems, err);
     srv_items_release(ep->items, ep->nitems);
     ep->items = NULL;
     ep->nitems = ep->itemcap = ep->bytes = 0;
@@ -9223,16 +9233,12 @@ static void srv_pull_drain(mq_server *s, int final) {
   int64_t now = mqi_server_now(s);
   for (int progress = 1; progress;) {
     progress = 0;
-    /* The flush below tries every batch now: a failing endpoint must not
-    ** make the parser pause after each message (a commit try, and its busy
-    ** timeout, per message). */
-    for (size_t e = 0; e < s->neps; e++) s->eps[e].failing = 0;
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
       mqi_srv_ep *ep = &s->eps[sc->ep];
       size_t had = mqi_zconn_buffered(sc->z);
       if (ep->kind != MQI_EP_PULL || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE || had == 0 ||
-          ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES)
+          srv_batch_full(ep))
         continue;
       mqi_zconn_input(sc->z, now, 0, srv_pull_msg, sc);
       if (mqi_zconn_buffered(sc->z) < had) progress = 1;
@@ -9708,7 +9714,15 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     srv_reap(s);
     if (srv_mono() >= end) break;
   }
+  /* Stopped, or unable to go on: what PULL read is stored before we return
+  ** (keeping the error that ends the run, not the store's last word). */
   if (stopped) srv_pull_drain(s, 0);
+  if (rc != MQ_OK) {
+    char why[MQI_ERRMSG_MAX];
+    mqi_err_text(why, sizeof why, mq_errmsg(s->store));
+    srv_pull_drain(s, 0);
+    mqi_err_set(s->store, rc, "%s", why);
+  }
   s->running = 0;
   return rc;
 }

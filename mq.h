@@ -817,10 +817,10 @@ MQ_API int mq_server_endpoint_stats(mq_server *server, size_t i, mq_endpoint_sta
 
 /* Serve until mq_server_stop, or for at most timeout_ms (< 0: no limit).
 ** Returns MQ_OK when stopped or timed out, an error if the server cannot
-** go on.  When stopped, it first stores what PULL endpoints have read from
-** their connections, whole messages in their input buffers included (not
-** what still waits in the kernel's buffers); what
-** the store refuses then is kept for the next run, or a last try in
+** go on.  Before it returns stopped or failing, it stores what PULL
+** endpoints have read from their connections, whole messages in their
+** input buffers included (not what still waits in the kernel's buffers);
+** what the store refuses then is kept for the next run, or a last try in
 ** mq_server_free, and the log says so.  Errors of single peers (protocol
 ** errors, dead peers) only close those connections; the log callback of
 ** the store reports them. */

@@ -325,7 +325,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   if (o.visibility_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: visibility_ms is negative");
   if (o.wait_ms < 0) return mqi_err_set(s, MQ_EINVAL, "get: wait_ms is negative");
 
-  get_arg a = {queue, o.visibility_ms, max, msgs, 0, 0, NULL, NULL, 0, 0, 0, 0};
+  get_arg a = {.queue = queue, .visibility_ms = o.visibility_ms, .max = max, .msgs = msgs};
   int64_t deadline = mqi_time_add(mqi_os_monotonic_ms(), o.wait_ms);
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
@@ -366,7 +366,8 @@ int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, siz
   if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
   if (max == 0 || !fit || visibility_ms < 0)
     return mqi_err_set(s, MQ_EINVAL, "mqi_get_batch_fit: bad arguments");
-  get_arg a = {queue, visibility_ms, max, msgs, 0, 0, fit, ctx, budget, first, 0, 0};
+  get_arg a = {.queue = queue, .visibility_ms = visibility_ms, .max = max, .msgs = msgs,
+               .fit = fit, .fit_ctx = ctx, .budget = budget, .first = first};
   rc = mqi_commit_run(s, get_op, &a, 0);
   if (rc == MQ_OK) {
     *count = a.count;
@@ -400,7 +401,7 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
   " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
   "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
-  "  AND NOT (q.max_receives > 0 AND m.receives >= q.max_receives)"                            \
+  "  AND NOT " MQI_SQL_SPENT                                                                    \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 

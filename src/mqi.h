@@ -175,6 +175,8 @@ enum mqi_stmt_id {
   MQI_ST_MSG_NEXT_VISIBLE,
   MQI_ST_MSG_ACK,
   MQI_ST_MSG_NACK,
+  MQI_ST_MSG_NACK_SET,
+  MQI_ST_MSG_RELEASE,
   MQI_ST_MSG_TOUCH,
   MQI_ST_MSG_TO_DLQ,
   MQI_ST_MSG_TO_DEAD,
@@ -439,6 +441,9 @@ MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t 
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
+/* A message m of queue q that has used up max_receives: visible, the next
+** get dead-letters it instead of delivering it (stats, peek, scan agree). */
+#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define MQI_PAYLOAD_V1(col) "b." col
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")

@@ -390,13 +390,12 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
 ** gone, exactly as the next get would see them; a visible message that has
 ** used up max_receives counts as dead, as that get dead-letters it. */
 #define QUEUE_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
-#define QUEUE_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define QUEUE_STATS_SQL(P)                                                                      \
   "SELECT q.kind,"                                                                             \
-  " sum(" QUEUE_DUE " AND NOT " QUEUE_SPENT "),"                                               \
+  " sum(" QUEUE_DUE " AND NOT " MQI_SQL_SPENT "),"                                               \
   " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
   " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 3 OR (" QUEUE_DUE " AND " QUEUE_SPENT ")), count(m.id), min(m.enqueued_at),"  \
+  " sum(m.state = 3 OR (" QUEUE_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at),"  \
   " sum(" P("size") ")"                                                                        \
   " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
   "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \

@@ -170,18 +170,17 @@ static int settle_nack_one(mq_store *s, mqi_op *op, const settle_arg *a, const m
                        s->path, a->queue, (long long)id);
   if (q->max_receives > 0 && receives >= q->max_receives)
     return mqi_get_deadletter(s, op, q, id, a->reason);
-  st = NULL;
-  src = sqlite3_prepare_v2(s->db,
-                           "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL,"
-                           " reason=coalesce(?4, reason) WHERE id=?1",
-                           -1, &st, NULL);
-  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  if (!(st = mqi_store_stmt(s, MQI_ST_MSG_NACK_SET)))
+    return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   sqlite3_bind_int64(st, 1, id);
   sqlite3_bind_int(st, 2, a->delay_ms > 0 ? MQI_DELAYED : MQI_READY);
   sqlite3_bind_int64(st, 3, mqi_time_add(now, a->delay_ms));
-  if (a->reason) sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  if (a->reason)
+    sqlite3_bind_text(st, 4, a->reason, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, 4);
   src = sqlite3_step(st);
-  sqlite3_finalize(st);
+  sqlite3_reset(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing a message");
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;
@@ -256,23 +255,19 @@ int mq_touch(mq_store *s, const char *queue, const char *receipt, int64_t visibi
 
 /* ---- release (the server's) ------------------------------------------------ */
 
-/* As if the leases had never been taken: ready at once, receive count as it
-** was.  For messages a server leased but could not hand to any peer, which
-** must not move towards the dead-letter queue for that. */
+/* As if the leases had never been taken (MQI_ST_MSG_RELEASE): ready at
+** once, receive count as it was.  For messages a server leased but could
+** not hand to any peer, which must not move towards the dead-letter queue
+** for that. */
 static int settle_release_op(mq_store *s, mqi_op *op) {
   settle_arg *a = op->arg;
   mqi_queue q;
   int rc = mqi_queue_find_holder(s, op, a->queue, &q);
   if (rc != MQ_OK) return rc;
-  sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db,
-                               "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL,"
-                               " receives=max(receives-1, 0)"
-                               " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
-                               -1, &st, NULL);
-  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_RELEASE);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   int64_t now = mqi_store_now(s);
-  src = SQLITE_DONE;
+  int src = SQLITE_DONE;
   for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
     sqlite3_bind_int64(st, 1, a->ids[i]);
     sqlite3_bind_int64(st, 2, q.id);
@@ -281,7 +276,6 @@ static int settle_release_op(mq_store *s, mqi_op *op) {
     src = sqlite3_step(st);
     sqlite3_reset(st);
   }
-  sqlite3_finalize(st);
   if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "releasing leases");
   op->flags |= MQI_OP_WAKE;
   return MQ_OK;

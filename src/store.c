@@ -99,6 +99,13 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
         " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
         " FROM mq_queue WHERE id=?2) WHERE id=?1",
+    [MQI_ST_MSG_NACK_SET] =
+        "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL, reason=coalesce(?4, reason)"
+        " WHERE id=?1",
+    /* A lease given back as if never taken (mqi_settle_release). */
+    [MQI_ST_MSG_RELEASE] =
+        "UPDATE mq_msg SET state=0, visible_at=?4, lease=NULL, receives=max(receives-1, 0)"
+        " WHERE id=?1 AND queue_id=?2 AND lease=?3 AND state=1",
     [MQI_ST_MSG_TO_DEAD] =
         "UPDATE mq_msg SET state=3, lease=NULL, reason=coalesce(?2, reason), expires_at=?3"
         " WHERE id=?1",

@@ -230,9 +230,8 @@ typedef struct mqi_srv_ep {
   int64_t renew_retry;           /* monotonic ms: renewals failed, retry then; 0 */
   int renew_failing;             /* said so in the log */
   int64_t empty_until;           /* monotonic ms; 0: look now */
-  /* Listening: accept(2) failed (out of descriptors): not polled until
-  ** accept_after (server clock). */
-  int accept_failing;
+  /* Listening: 0, or accept(2) failed (out of descriptors) and the socket
+  ** is not polled until then (server clock). */
   int64_t accept_after;
   /* Connecting endpoints (fd is then -1): we connect to addr and keep
   ** reconnecting.  Times are on the server's clock (mqi_server_now). */

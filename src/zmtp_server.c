@@ -453,16 +453,15 @@ static void srv_accept(mq_server *s, size_t e, int64_t now) {
       /* Out of descriptors (or memory) the pending connection stays in the
       ** backlog and the socket stays readable: polling it again at once
       ** would spin.  Look again later, and say so once, not every time. */
-      if (!ep->accept_failing)
+      if (!ep->accept_after)
         mqi_log(s->store, MQ_LOG_WARN, "server: accept on %s: %s; trying again every %d ms",
                 ep->name, strerror(errno), ACCEPT_PAUSE_MS);
-      ep->accept_failing = 1;
       ep->accept_after = now + ACCEPT_PAUSE_MS;
       return;
     }
-    if (ep->accept_failing)
+    if (ep->accept_after)
       mqi_log(s->store, MQ_LOG_INFO, "server: %s: accepting connections again", ep->name);
-    ep->accept_failing = 0;
+    ep->accept_after = 0;
     /* Over a cap: close at once.  A libzmq peer retries after its
     ** reconnect interval, which is what we want under load. */
     if (s->nconns >= (size_t)s->opt.max_connections ||
@@ -592,9 +591,13 @@ static void srv_connect_lost(mq_server *s, mqi_srv_ep *ep, mqi_srv_conn *sc) {
 /* ------------------------------------------------------------------------
 ** PULL ingest
 */
-static int srv_pull_full(const mqi_srv_ep *ep) {
-  return ep->failing || ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
+static int srv_batch_full(const mqi_srv_ep *ep) {
+  return ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
 }
+
+/* Whether the endpoint reads nothing more for now: its batch is full, or
+** commits fail (the batch waits for the retry). */
+static int srv_pull_full(const mqi_srv_ep *ep) { return ep->failing || srv_batch_full(ep); }
 
 /* The connection's message handler on a PULL endpoint: add the message to
 ** the endpoint's batch; pause the connection when the batch is full. */
@@ -630,7 +633,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
   }
   ep->items[ep->nitems++] = it;
   ep->bytes += it.len;
-  return srv_pull_full(ep);
+  return srv_batch_full(ep);
 oom:
   free(it.data);
   free(it.frames);
@@ -784,6 +787,16 @@ static size_t srv_items_settle(mq_server *s, mqi_srv_ep *ep, mqi_srv_item *items
   return bytes;
 }
 
+/* n items the store will not take (their queue is gone, or the last try
+** failed): say so and count them. */
+static void srv_items_lost(mq_server *s, mqi_srv_ep *ep, const mqi_srv_item *items, size_t n,
+                           const char *err) {
+  if (n == 0) return;
+  mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue, n,
+          err);
+  srv_count_batch(ep, items, n, 0, 0, 0);
+}
+
 /* Take the result of a finished commit, if any.  A failed batch goes back
 ** in front of what was read since, and the endpoint reads nothing more
 ** until it is stored: the peers' PUSH sockets block at their high-water
@@ -808,11 +821,7 @@ static void srv_pull_collect(mq_server *s) {
   s->cbusy = 0;
   srv_items_settle(s, ep, items, &n, done, dropped, dropped_bytes);
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    if (n > 0) {
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %s; %zu messages dropped",
-              ep->queue, err, n);
-      srv_count_batch(ep, items, n, 0, 0, 0);
-    }
+    srv_items_lost(s, ep, items, n, err);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
     srv_items_release(items, n);
@@ -929,11 +938,7 @@ static void srv_pull_flush(mq_server *s, int final) {
                              &dropped, &dropped_bytes, err, sizeof err);
     ep->bytes -= srv_items_settle(s, ep, ep->items, &ep->nitems, done, dropped, dropped_bytes);
     if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
-    if (ep->nitems > 0) {
-      mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": %zu messages lost: %s", ep->queue,
-              ep->nitems, err);
-      srv_count_batch(ep, ep->items, ep->nitems, 0, 0, 0);
-    }
+    srv_items_lost(s, ep, ep->items, ep->nitems, err);
     srv_items_release(ep->items, ep->nitems);
     ep->items = NULL;
     ep->nitems = ep->itemcap = ep->bytes = 0;
@@ -949,16 +954,12 @@ static void srv_pull_drain(mq_server *s, int final) {
   int64_t now = mqi_server_now(s);
   for (int progress = 1; progress;) {
     progress = 0;
-    /* The flush below tries every batch now: a failing endpoint must not
-    ** make the parser pause after each message (a commit try, and its busy
-    ** timeout, per message). */
-    for (size_t e = 0; e < s->neps; e++) s->eps[e].failing = 0;
     for (size_t i = 0; i < s->nconns; i++) {
       mqi_srv_conn *sc = s->conns[i];
       mqi_srv_ep *ep = &s->eps[sc->ep];
       size_t had = mqi_zconn_buffered(sc->z);
       if (ep->kind != MQI_EP_PULL || mqi_zconn_state(sc->z) != MQI_ZC_ACTIVE || had == 0 ||
-          ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES)
+          srv_batch_full(ep))
         continue;
       mqi_zconn_input(sc->z, now, 0, srv_pull_msg, sc);
       if (mqi_zconn_buffered(sc->z) < had) progress = 1;
@@ -1434,7 +1435,15 @@ int mq_server_run(mq_server *s, int64_t timeout_ms) {
     srv_reap(s);
     if (srv_mono() >= end) break;
   }
+  /* Stopped, or unable to go on: what PULL read is stored before we return
+  ** (keeping the error that ends the run, not the store's last word). */
   if (stopped) srv_pull_drain(s, 0);
+  if (rc != MQ_OK) {
+    char why[MQI_ERRMSG_MAX];
+    mqi_err_text(why, sizeof why, mq_errmsg(s->store));
+    srv_pull_drain(s, 0);
+    mqi_err_set(s->store, rc, "%s", why);
+  }
   s->running = 0;
   return rc;
 }

@@ -261,13 +261,7 @@ int cli_cmd_serve(cli_ctx *ctx, int argc, char **argv) {
     st = cli_error(CLI_EXIT_OTHER, "writing to standard output failed");
   if (!st) {
     int rc = mq_server_run(srv, -1);
-    if (rc != MQ_OK) {
-      st = cli_fail(ctx, rc);
-      /* A stopped run first stores what PULL has read: let that happen
-      ** before the summary counts it. */
-      mq_server_stop(srv);
-      mq_server_run(srv, 0);
-    }
+    if (rc != MQ_OK) st = cli_fail(ctx, rc);
     cli_serve_summary(ctx, srv, &a);
   }
   /* The handlers stay (they do nothing once cli_serve_server is NULL): a
