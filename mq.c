@@ -8273,6 +8273,12 @@ void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
   c->last_recv = mqi_time_add(c->last_recv, d);
   if (c->ping_deadline) c->ping_deadline = mqi_time_add(c->ping_deadline, d);
   if (c->ttl_deadline) c->ttl_deadline = mqi_time_add(c->ttl_deadline, d);
+  /* A peer read during the hold (the turn it ends reads before releasing)
+  ** was heard from then, not d later; and the PINGs sent while held must
+  ** not put off the first one after it, which arms the silence check, or
+  ** holds a little less than a heartbeat apart would keep a dead peer. */
+  if (c->last_recv > now) c->last_recv = now;
+  if (c->last_ping > c->last_recv) c->last_ping = c->last_recv;
 }
 /*** end src/zmtp_conn.c ***/
 

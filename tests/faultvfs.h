@@ -16,7 +16,10 @@
 ** (MQ_EUNKNOWN for a commit whose fsync failed, MQ_EFULL for a full disk)
 ** and that nothing acknowledged is lost afterwards.  Counters count every
 ** call on database, WAL and journal files; -shm is memory-mapped and not
-** seen here.  Header-only: include it in one test file.
+** seen here.  `sleeps` counts the VFS's xSleep, which is where SQLite's
+** busy handler waits while another connection holds the lock: under a
+** busy timeout of 1 ms, once per try.  Header-only: include it in one test
+** file.
 */
 #ifndef MQ_TEST_FAULTVFS_H
 #define MQ_TEST_FAULTVFS_H
@@ -30,7 +33,7 @@ static struct {
   int sticky;
   int write_errno;
   sqlite3_int64 write_budget; /* 0: off */
-  int syncs, writes;  /* calls seen since the last arm */
+  int syncs, writes, sleeps; /* calls seen since the last arm */
   int faults;         /* faults injected */
 } faultvfs;
 
@@ -45,7 +48,7 @@ static void faultvfs_arm_reset(void) {
   faultvfs.fail_sync_at = faultvfs.fail_write_at = faultvfs.sticky = 0;
   faultvfs.write_errno = SQLITE_IOERR_WRITE;
   faultvfs.write_budget = 0;
-  faultvfs.syncs = faultvfs.writes = faultvfs.faults = 0;
+  faultvfs.syncs = faultvfs.writes = faultvfs.sleeps = faultvfs.faults = 0;
 }
 
 static int fv_close(sqlite3_file *f) {
@@ -167,6 +170,7 @@ static int fv_random(sqlite3_vfs *v, int n, char *o) {
 }
 static int fv_sleep(sqlite3_vfs *v, int us) {
   (void)v;
+  faultvfs.sleeps++;
   return faultvfs_real->xSleep(faultvfs_real, us);
 }
 static int fv_time(sqlite3_vfs *v, double *t) {

@@ -163,6 +163,17 @@ static int tn_closed(tn_env *e, int fd, size_t *extra) {
   return 0;
 }
 
+/* Whether the server has closed fd, from what has arrived so far (no turn
+** is taken): the bytes before the close are read and dropped. */
+static int tn_gone(int fd) {
+  char buf[4096];
+  for (int i = 0; i < 1000; i++) {
+    ssize_t k = recv(fd, buf, sizeof buf, 0);
+    if (k <= 0) return k == 0 || errno == ECONNRESET;
+  }
+  return 0;
+}
+
 /* Still open: nothing but EAGAIN after a few turns. */
 static int tn_open(tn_env *e, int fd) {
   char buf[256];
@@ -1423,6 +1434,15 @@ static void test_stop_stores_what_was_read(void) {
   tn_stop(&e);
 }
 
+/* Another program takes the write lock of the store at path: our commits
+** fail (after the busy timeout) until tn_unlock. */
+static sqlite3 *tn_lock(const char *path) {
+  sqlite3 *other = NULL;
+  CHECK(sqlite3_open(path, &other) == SQLITE_OK);
+  CHECK(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  return other;
+}
+
 /* A store another program holds the write lock of (busy_timeout 1 ms),
 ** serving PULL into q; *other is that program's connection. */
 static int tn_start_locked(tn_env *e, const mq_server_options *o, sqlite3 **other) {
@@ -1431,10 +1451,17 @@ static int tn_start_locked(tn_env *e, const mq_server_options *o, sqlite3 **othe
   so.sync = MQ_SYNC_NORMAL;
   so.busy_timeout_ms = 1;
   int port = tn_start_pull(e, "netlock", &so, o);
-  *other = NULL;
-  CHECK(sqlite3_open(e->path, other) == SQLITE_OK);
-  CHECK(sqlite3_exec(*other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  *other = tn_lock(e->path);
   return port;
+}
+
+/* tn_start_locked with heartbeats every hb ms, timing out after timeout. */
+static int tn_start_locked_hb(tn_env *e, sqlite3 **other, int hb, int timeout) {
+  mq_server_options o;
+  tn_options(&o);
+  o.heartbeat_ms = hb;
+  o.heartbeat_timeout_ms = timeout;
+  return tn_start_locked(e, &o, other);
 }
 
 static void tn_unlock(sqlite3 *other) {
@@ -1447,14 +1474,10 @@ static void tn_unlock(sqlite3 *other) {
 ** them with what they sent.  We keep PINGing; once reading again, a peer
 ** that stays silent is dropped as before. */
 static void test_paused_pull_not_timed_out(void) {
-  mq_server_options o;
   tn_env e;
   sqlite3 *other;
   uint8_t in[64], ping[16];
-  tn_options(&o);
-  o.heartbeat_ms = 1000;
-  o.heartbeat_timeout_ms = 3000;
-  int port = tn_start_locked(&e, &o, &other);
+  int port = tn_start_locked_hb(&e, &other, 1000, 3000);
   int fd = tn_peer(&e, port, "PUSH", 28);
   static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
   tn_send(fd, one, sizeof one);
@@ -1475,6 +1498,105 @@ static void test_paused_pull_not_timed_out(void) {
   CHECK(tn_read(&e, fd, in, pl) == pl);
   tn_now += 3000;
   CHECK(tn_closed(&e, fd, NULL));
+  close(fd);
+  tn_stop(&e);
+}
+
+/* Pump single turns until the PULL endpoint's commits fail (want 1) or
+** work again (want 0); 1 when they did within a bounded number of turns.
+** The endpoint then holds (or no longer holds) its connections. */
+static int tn_until_failing(tn_env *e, int want) {
+  for (int k = 0; k < 400 && e->srv->eps[0].failing != want; k++) tn_pump(e, 1);
+  return e->srv->eps[0].failing == want;
+}
+
+/* An endpoint whose hold comes and goes (commits fail, then work, again
+** and again: a busy store) must still time out a dead peer: the time held
+** is not its silence, but the silence before and after each hold adds up.
+** Every stretch between holds (free ms) is shorter than heartbeat +
+** timeout; the dead peer must go once their sum reaches it, while a peer
+** that sends something in every round stays. */
+static void hold_flapping(int free, int max_rounds) {
+  enum { HB = 1000, TIMEOUT = 3000, STEP = 250 };
+  tn_env e;
+  sqlite3 *other;
+  static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
+  int port = tn_start_locked_hb(&e, &other, HB, TIMEOUT);
+  int dead = tn_peer(&e, port, "PUSH", 28); /* never says a word again */
+  int live = tn_peer(&e, port, "PUSH", 28);
+  int64_t silent = 0, closed_at = -1;
+  int rounds = 0;
+  for (; rounds < max_rounds && closed_at < 0; rounds++) {
+    if (rounds > 0) other = tn_lock(e.path);
+    tn_send(live, one, sizeof one); /* its commit fails: the hold begins */
+    CHECK(tn_until_failing(&e, 1));
+    for (int i = 0; i < 5; i++) { /* held: not timed out, however long */
+      tn_now += HB;
+      tn_pump(&e, 1);
+      CHECK(!tn_gone(dead));
+    }
+    tn_unlock(other);
+    CHECK(tn_until_failing(&e, 0)); /* the retry stores it: the hold ends */
+    for (int t = 0; t < free && closed_at < 0; t += STEP) {
+      tn_now += STEP;
+      silent += STEP;
+      tn_pump(&e, 1);
+      if (tn_gone(dead)) closed_at = silent;
+    }
+  }
+  CHECK(closed_at > 0 && closed_at <= HB + TIMEOUT);
+  if (closed_at < 0)
+    fprintf(stderr, "  the dead peer stayed for %d rounds, %lld ms silent while not held\n",
+            rounds, (long long)silent);
+  CHECK(!tn_gone(live));
+  CHECK(tn_stats(&e, 0).messages_in == rounds && tn_stats(&e, 0).dropped == 0);
+  close(dead);
+  close(live);
+  tn_stop(&e);
+}
+
+static void test_pull_hold_flapping_times_out_dead_peer(void) { hold_flapping(1500, 6); }
+
+/* Stretches between holds shorter than heartbeat_ms: the PINGs sent while
+** held moved last_ping, so the first PING after each hold (the one that
+** arms ping_deadline) was due only heartbeat_ms after the last held one,
+** never within the stretch, and the dead peer was never timed out. */
+static void test_pull_hold_short_stretches(void) { hold_flapping(750, 20); }
+
+/* A PULL peer whose data waited in the kernel while the endpoint was held
+** is read in the turn the hold ends, before the hold is lifted
+** (srv_pull_collect runs before the reads, mqi_zconn_hold in srv_work after
+** them): last_recv was set to now, then shifted by the whole time held, into
+** the future, and a peer that then died was timed out only after heartbeat
+** + timeout + the time held (here 60 s too late). */
+static void test_pull_read_at_hold_end(void) {
+  enum { HB = 1000, TIMEOUT = 3000, HELD = 60000 };
+  tn_env e;
+  sqlite3 *other;
+  static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
+  int fd = tn_peer(&e, tn_start_locked_hb(&e, &other, HB, TIMEOUT), "PUSH", 28);
+  enum { N = 2 * 8192 + 500 };
+  static uint8_t burst[N * 3];
+  for (size_t i = 0; i < N; i++) memcpy(burst + 3 * i, "\x00\x01x", 3);
+  tn_send(fd, burst, sizeof burst); /* more than a batch: some waits in our buffer */
+  CHECK(tn_until_failing(&e, 1));
+  tn_send(fd, one, sizeof one); /* and in the kernel */
+  for (int i = 0; i < HELD / HB; i++) {
+    tn_now += HB;
+    tn_pump(&e, 1);
+  }
+  tn_unlock(other);
+  CHECK(tn_until_failing(&e, 0));
+  for (int k = 0; k < 400 && tn_stats(&e, 0).messages_in < N + 1; k++) tn_pump(&e, 1);
+  CHECK(tn_stats(&e, 0).messages_in == N + 1);
+  int64_t silent = 0;
+  while (silent < 2 * HELD && !tn_gone(fd)) { /* the peer is dead from now on */
+    tn_now += 250;
+    silent += 250;
+    tn_pump(&e, 1);
+  }
+  fprintf(stderr, "closed after %lld ms of silence, not held\n", (long long)silent);
+  CHECK(silent <= HB + TIMEOUT);
   close(fd);
   tn_stop(&e);
 }
@@ -1504,8 +1626,7 @@ static void test_stop_and_free_store_buffered(void) {
   CHECK_OK(mq_server_run(e.srv, -1));
   CHECK(tn_stats(&e, 0).messages_in == N && tn_total(&e) == N);
   /* Again, ended by mq_server_free. */
-  CHECK(sqlite3_open(e.path, &other) == SQLITE_OK);
-  CHECK(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK);
+  other = tn_lock(e.path);
   tn_send(fd, burst, sizeof burst);
   tn_pump(&e, 20);
   tn_unlock(other);
@@ -1513,6 +1634,45 @@ static void test_stop_and_free_store_buffered(void) {
   e.srv = NULL;
   CHECK(tn_total(&e) == 2 * N);
   close(fd);
+  tn_stop(&e);
+}
+
+/* Stopped while commits fail, the drain tries each batch once and keeps
+** what the store refused for the next run: it must not parse one message
+** per try, each try paying the busy timeout (1 ms here, 10 s by default).
+** The second peer's burst comes with its handshake, which is read even
+** while commits fail, so the burst is in the server's hands at the stop. */
+static void test_stop_while_commits_fail_tries_once(void) {
+  enum { N = 400 };
+  static uint8_t all[64 + 64 + 3 * N];
+  mq_server_options o;
+  tn_env e;
+  sqlite3 *other;
+  static const uint8_t one[] = {0, 3, 'o', 'n', 'e'};
+  tn_options(&o);
+  int port = tn_start_locked(&e, &o, &other);
+  int a = tn_peer(&e, port, "PUSH", 28);
+  tn_send(a, one, sizeof one);
+  CHECK(tn_until_failing(&e, 1));
+  tn_greeting(all, "NULL");
+  size_t n = 64 + tn_ready(all + 64, "PUSH");
+  for (size_t i = 0; i < N; i++, n += 3) memcpy(all + n, "\x00\x01x", 3);
+  int b = tn_connect(port);
+  tn_send(b, all, n);
+  tn_pump(&e, 10);
+  faultvfs_arm_reset();
+  mq_server_stop(e.srv);
+  CHECK_OK(mq_server_run(e.srv, -1));
+  /* One try of the batch, and at most one retry of the commit thread that
+  ** was under way when the stop came. */
+  CHECK(faultvfs.sleeps >= 1 && faultvfs.sleeps <= 2);
+  tn_unlock(other);
+  CHECK(tn_total(&e) == 0 && tn_stats(&e, 0).dropped == 0);
+  mq_server_stop(e.srv);
+  CHECK_OK(mq_server_run(e.srv, -1));
+  CHECK(tn_stats(&e, 0).messages_in == N + 1 && tn_total(&e) == N + 1);
+  close(a);
+  close(b);
   tn_stop(&e);
 }
 
@@ -2035,6 +2195,48 @@ static void test_router_close_gives_back_all(void) {
   tn_stop(&e);
 }
 
+/* The CONSUME streams of one connection take turns at its output budget.
+** A MSG here takes most of the budget (half the 16 KiB output limit) and
+** the next stream's MSG fits only in what the limit leaves, so a turn
+** serves two of the three streams: the third must be served within a few
+** turns, not only once the others have nothing left (here: never).  One
+** mq_server_run(0) is one turn. */
+static void test_router_streams_take_turns(void) {
+  enum { SIZE = 6000, N = 40, TURNS = 10 };
+  static const char *const qs[3] = {"q", "q2", "q3"};
+  static char body[SIZE];
+  mq_server_options o;
+  tn_env e;
+  tn_options(&o);
+  tn_start(&e, &o, "r");
+  mqi_server_test_out_limit(e.srv, 16 << 10);
+  memset(body, 'b', sizeof body);
+  for (int i = 0; i < 3; i++) {
+    if (i > 0) CHECK_OK(mq_queue_create(e.st, qs[i], NULL));
+    for (int k = 0; k < N; k++) CHECK_OK(mq_put(e.st, qs[i], body, SIZE, NULL, NULL));
+  }
+  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
+  for (int i = 0; i < 3; i++) {
+    const char *consume[] = {"MQ1", "CONSUME", qs[i], "100"};
+    tn_send_msg(fd, consume, 4);
+  }
+  int served = 0, turns = 0;
+  while (served < 3 && turns < TURNS) {
+    mq_server_run(e.srv, 0);
+    turns++;
+    CHECK(!tn_gone(fd)); /* the peer reads everything: the budget is free again */
+    served = 0;
+    for (int i = 0; i < 3; i++) {
+      mq_queue_stats st;
+      CHECK_OK(mq_queue_stats_get(e.st, qs[i], &st));
+      served += st.inflight > 0;
+    }
+  }
+  CHECK(served == 3);
+  close(fd);
+  tn_stop(&e);
+}
+
 /* A MSG carries every header of its message, however many mq_put stored;
 ** a PUT may carry at most 64 and is refused, not cut, beyond. */
 static void test_router_msg_all_headers(void) {
@@ -2254,7 +2456,11 @@ int main(void) {
   TEST(test_endpoint_stats);
   TEST(test_stop_stores_what_was_read);
   TEST(test_paused_pull_not_timed_out);
+  TEST(test_pull_hold_flapping_times_out_dead_peer);
+  TEST(test_pull_hold_short_stretches);
+  TEST(test_pull_read_at_hold_end);
   TEST(test_stop_and_free_store_buffered);
+  TEST(test_stop_while_commits_fail_tries_once);
   TEST(test_accept_out_of_descriptors);
   TEST(test_push_large_messages_not_dead_lettered);
   TEST(test_push_slow_peer_no_duplicates);
@@ -2263,6 +2469,7 @@ int main(void) {
   TEST(test_router_large_consume);
   TEST(test_router_large_gets);
   TEST(test_router_close_gives_back_all);
+  TEST(test_router_streams_take_turns);
   TEST(test_router_msg_all_headers);
   TEST(test_router_touch_keeps_the_credit_count);
   TEST(test_push_renewal_survives_a_failure);
