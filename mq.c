@@ -469,13 +469,24 @@ MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease)
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
 
-/* ---- payload columns in reads --------------------------------------------- */
+/* ---- SQL shared by reads and writes ---------------------------------------- */
+/* Conditions on a message m of queue q at time ?2, so that stats, peek,
+** scan and redrive see a message as the next get would: LIVE, not past
+** its expiry, swept or not; DUE, ready, or hidden and its time has come
+** (the next get promotes it); SPENT, it has used up max_receives: visible,
+** the next get dead-letters it instead of delivering it. */
+#define MQI_SQL_LIVE "(m.expires_at IS NULL OR m.expires_at > ?2)"
+#define MQI_SQL_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
+#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
+/* The expiry of a message arriving at time `now` in the mq_queue row in
+** scope: its retention from then, saturating as mqi_time_add does, or
+** NULL (kept for good). */
+#define MQI_SQL_RETAIN_FROM(now) \
+  "iif(retention_ms > 0, min(" now ", 9223372036854775807 - retention_ms) + retention_ms, NULL)"
+
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
-/* A message m of queue q that has used up max_receives: visible, the next
-** get dead-letters it instead of delivering it (stats, peek, scan agree). */
-#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define MQI_PAYLOAD_V1(col) "b." col
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")
@@ -1222,12 +1233,12 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
         " AND state=1 AND visible_at>?5 AND (expires_at IS NULL OR expires_at>?5)",
     /* A dead letter expires by the retention of the queue that keeps it,
-    ** from now (?3), saturating as mqi_time_add does; see mqi_get_deadletter. */
+    ** from now (?3); see mqi_get_deadletter. */
     [MQI_ST_MSG_TO_DLQ] =
         "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
-        " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
-        " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
-        " FROM mq_queue WHERE id=?2) WHERE id=?1",
+        " lease=NULL, reason=coalesce(?4, reason),"
+        " expires_at=(SELECT " MQI_SQL_RETAIN_FROM("?3") " FROM mq_queue WHERE id=?2)"
+        " WHERE id=?1",
     [MQI_ST_MSG_NACK_SET] =
         "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL, reason=coalesce(?4, reason)"
         " WHERE id=?1",
@@ -2952,17 +2963,16 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
 /* Hidden messages whose time has come count as ready, and expired ones as
 ** gone, exactly as the next get would see them; a visible message that has
 ** used up max_receives counts as dead, as that get dead-letters it. */
-#define QUEUE_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
 #define QUEUE_STATS_SQL(P)                                                                      \
-  "SELECT q.kind,"                                                                             \
-  " sum(" QUEUE_DUE " AND NOT " MQI_SQL_SPENT "),"                                               \
-  " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 3 OR (" QUEUE_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at),"  \
-  " sum(" P("size") ")"                                                                        \
-  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
-  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
-  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  "SELECT q.kind,"                                                                              \
+  " sum(" MQI_SQL_DUE " AND NOT " MQI_SQL_SPENT "),"                                            \
+  " sum(m.state = 1 AND m.visible_at > ?2),"                                                    \
+  " sum(m.state = 2 AND m.visible_at > ?2),"                                                    \
+  " sum(m.state = 3 OR (" MQI_SQL_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at)," \
+  " sum(" P("size") ")"                                                                         \
+  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                    \
+  "  AND " MQI_SQL_LIVE                                                                         \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 GROUP BY q.id"
 
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
@@ -3918,12 +3928,11 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 ** is left out although visible, as that get dead-letters it instead. */
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
-  ", m.visible_at, m.expires_at, b.subject,"                                                   \
-  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
-  "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
-  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  ", m.visible_at, m.expires_at, b.subject,"                                                    \
+  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                  \
+  "  AND " MQI_SQL_DUE " AND " MQI_SQL_LIVE                                                     \
   "  AND NOT " MQI_SQL_SPENT                                                                    \
-  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
@@ -4045,23 +4054,32 @@ typedef struct settle_arg {
   int64_t moved;         /* redrive */
 } settle_arg;
 
+/* Bind the receipt (?1 message id, ?3 lease) and its queue (?2): every
+** statement that settles a lease matches all three. */
+static void settle_bind_receipt(sqlite3_stmt *st, int64_t id, int64_t qid, uint64_t lease) {
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, qid);
+  sqlite3_bind_int64(st, 3, (int64_t)lease);
+}
+
+static int settle_stale(mq_store *s, mqi_op *op, const char *name, int64_t id) {
+  return mqi_op_fail(op, MQ_ESTALE,
+                     "%s: queue \"%s\": message %lld is not leased under this receipt "
+                     "(acked already, expired, or delivered again)",
+                     s->path, name, (long long)id);
+}
+
 static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
                           uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_int64(st, 2, q->id);
-  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  settle_bind_receipt(st, id, q->id, lease);
   sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding a lease");
-  if (src == SQLITE_DONE)
-    return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt "
-                       "(acked already, expired, or delivered again)",
-                       s->path, name, (long long)id);
+  if (src == SQLITE_DONE) return settle_stale(s, op, name, id);
   /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
   ** table on every ack. */
   if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
@@ -4167,19 +4185,13 @@ static int settle_nack_one(mq_store *s, mqi_op *op, const settle_arg *a, const m
                            int64_t id, uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_int64(st, 2, q->id);
-  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  settle_bind_receipt(st, id, q->id, lease);
   sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
-  if (receives < 0)
-    return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt "
-                       "(acked already, expired, or delivered again)",
-                       s->path, a->queue, (long long)id);
+  if (receives < 0) return settle_stale(s, op, a->queue, id);
   if (q->max_receives > 0 && receives >= q->max_receives)
     return mqi_get_deadletter(s, op, q, id, a->reason);
   if (!(st = mqi_store_stmt(s, MQI_ST_MSG_NACK_SET)))
@@ -4240,9 +4252,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   int64_t now = mqi_store_now(s);
-  sqlite3_bind_int64(st, 1, a->ids[0]);
-  sqlite3_bind_int64(st, 2, q.id);
-  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  settle_bind_receipt(st, a->ids[0], q.id, a->leases[0]);
   sqlite3_bind_int64(st, 4, mqi_time_add(now, a->visibility_ms));
   sqlite3_bind_int64(st, 5, now);
   int src = sqlite3_step(st);
@@ -4281,9 +4291,7 @@ static int settle_release_op(mq_store *s, mqi_op *op) {
   int64_t now = mqi_store_now(s);
   int src = SQLITE_DONE;
   for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
-    sqlite3_bind_int64(st, 1, a->ids[i]);
-    sqlite3_bind_int64(st, 2, q.id);
-    sqlite3_bind_int64(st, 3, (int64_t)a->leases[i]);
+    settle_bind_receipt(st, a->ids[i], q.id, a->leases[i]);
     sqlite3_bind_int64(st, 4, now);
     src = sqlite3_step(st);
     sqlite3_reset(st);
@@ -4318,13 +4326,12 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
       s->db,
       "UPDATE mq_msg SET queue_id = coalesce((SELECT id FROM mq_queue"
       "  WHERE id = mq_msg.origin_id), queue_id),"
-      " expires_at = (SELECT iif(retention_ms > 0,"
-      "  min(?2, 9223372036854775807 - retention_ms) + retention_ms, NULL) FROM mq_queue"
+      " expires_at = (SELECT " MQI_SQL_RETAIN_FROM("?2") " FROM mq_queue"
       "  WHERE id = coalesce((SELECT id FROM mq_queue WHERE id = mq_msg.origin_id),"
       "   mq_msg.queue_id)),"
       " origin_id = NULL, state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      "  AND " MQI_SQL_LIVE
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
       "   AND m.origin_id IN (SELECT id FROM mq_queue)"
       /* a dead letter someone is working on (a live lease) stays put */
@@ -4620,11 +4627,11 @@ void mq_msg_free(mq_msg *m) { free(m); }
 #include <sys/stat.h>
 
 /* The visible state of a row as of now, as a get would see it. */
-#define INSPECT_SCAN_SQL(P)                                                                      \
-  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
-  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                            \
-  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                  \
-  " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
+#define INSPECT_SCAN_SQL(P)                                                                     \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
+  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                                 \
+  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                      \
+  " WHERE m.queue_id = ?1 AND " MQI_SQL_LIVE                                                    \
   " ORDER BY m.id"
 
 /* A visible message that has used up max_receives is dead: the next get

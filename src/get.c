@@ -397,12 +397,11 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 ** is left out although visible, as that get dead-letters it instead. */
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
-  ", m.visible_at, m.expires_at, b.subject,"                                                   \
-  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                 \
-  "  AND (m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"                           \
-  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
+  ", m.visible_at, m.expires_at, b.subject,"                                                    \
+  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                  \
+  "  AND " MQI_SQL_DUE " AND " MQI_SQL_LIVE                                                     \
   "  AND NOT " MQI_SQL_SPENT                                                                    \
-  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
 
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {

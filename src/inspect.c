@@ -21,11 +21,11 @@
 #include <sys/stat.h>
 
 /* The visible state of a row as of now, as a get would see it. */
-#define INSPECT_SCAN_SQL(P)                                                                      \
-  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)       \
-  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                            \
-  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                  \
-  " WHERE m.queue_id = ?1 AND (m.expires_at IS NULL OR m.expires_at > ?2)"                  \
+#define INSPECT_SCAN_SQL(P)                                                                     \
+  "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
+  ", m.visible_at, m.expires_at, m.state, b.subject, m.body_id"                                 \
+  " FROM mq_msg m LEFT JOIN mq_body b ON b.id = m.body_id"                                      \
+  " WHERE m.queue_id = ?1 AND " MQI_SQL_LIVE                                                    \
   " ORDER BY m.id"
 
 /* A visible message that has used up max_receives is dead: the next get

@@ -437,13 +437,24 @@ MQI_API int mqi_receipt_parse(const char *receipt, int64_t *id, uint64_t *lease)
 /* Encode headers as name\0value\0 pairs; *out is malloc'd (NULL if none). */
 MQI_API int mqi_headers_encode(const mq_header *h, size_t n, char **out, size_t *len);
 
-/* ---- payload columns in reads --------------------------------------------- */
+/* ---- SQL shared by reads and writes ---------------------------------------- */
+/* Conditions on a message m of queue q at time ?2, so that stats, peek,
+** scan and redrive see a message as the next get would: LIVE, not past
+** its expiry, swept or not; DUE, ready, or hidden and its time has come
+** (the next get promotes it); SPENT, it has used up max_receives: visible,
+** the next get dead-letters it instead of delivering it. */
+#define MQI_SQL_LIVE "(m.expires_at IS NULL OR m.expires_at > ?2)"
+#define MQI_SQL_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
+#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
+/* The expiry of a message arriving at time `now` in the mq_queue row in
+** scope: its retention from then, saturating as mqi_time_add does, or
+** NULL (kept for good). */
+#define MQI_SQL_RETAIN_FROM(now) \
+  "iif(retention_ms > 0, min(" now ", 9223372036854775807 - retention_ms) + retention_ms, NULL)"
+
 /* A payload column of message m (with its body b LEFT JOINed) in SQL, for
 ** a file of format version 1 and of version 2 on; MQI_PAYLOAD_COLS lists
 ** size, crc, codec, headers, data, the columns mqi_msg_build takes. */
-/* A message m of queue q that has used up max_receives: visible, the next
-** get dead-letters it instead of delivering it (stats, peek, scan agree). */
-#define MQI_SQL_SPENT "(q.max_receives > 0 AND m.receives >= q.max_receives)"
 #define MQI_PAYLOAD_V1(col) "b." col
 #define MQI_PAYLOAD_V2(col) "iif(m.body_id, b." col ", m." col ")"
 #define MQI_PAYLOAD_COLS(P) P("size") ", " P("crc") ", " P("codec") ", " P("headers") ", " P("data")

@@ -389,17 +389,16 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
 /* Hidden messages whose time has come count as ready, and expired ones as
 ** gone, exactly as the next get would see them; a visible message that has
 ** used up max_receives counts as dead, as that get dead-letters it. */
-#define QUEUE_DUE "(m.state = 0 OR (m.state IN (1,2) AND m.visible_at <= ?2))"
 #define QUEUE_STATS_SQL(P)                                                                      \
-  "SELECT q.kind,"                                                                             \
-  " sum(" QUEUE_DUE " AND NOT " MQI_SQL_SPENT "),"                                               \
-  " sum(m.state = 1 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 2 AND m.visible_at > ?2),"                                                   \
-  " sum(m.state = 3 OR (" QUEUE_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at),"  \
-  " sum(" P("size") ")"                                                                        \
-  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                   \
-  "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"                                          \
-  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                   \
+  "SELECT q.kind,"                                                                              \
+  " sum(" MQI_SQL_DUE " AND NOT " MQI_SQL_SPENT "),"                                            \
+  " sum(m.state = 1 AND m.visible_at > ?2),"                                                    \
+  " sum(m.state = 2 AND m.visible_at > ?2),"                                                    \
+  " sum(m.state = 3 OR (" MQI_SQL_DUE " AND " MQI_SQL_SPENT ")), count(m.id), min(m.enqueued_at)," \
+  " sum(" P("size") ")"                                                                         \
+  " FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                                    \
+  "  AND " MQI_SQL_LIVE                                                                         \
+  " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 GROUP BY q.id"
 
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {

@@ -33,23 +33,32 @@ typedef struct settle_arg {
   int64_t moved;         /* redrive */
 } settle_arg;
 
+/* Bind the receipt (?1 message id, ?3 lease) and its queue (?2): every
+** statement that settles a lease matches all three. */
+static void settle_bind_receipt(sqlite3_stmt *st, int64_t id, int64_t qid, uint64_t lease) {
+  sqlite3_bind_int64(st, 1, id);
+  sqlite3_bind_int64(st, 2, qid);
+  sqlite3_bind_int64(st, 3, (int64_t)lease);
+}
+
+static int settle_stale(mq_store *s, mqi_op *op, const char *name, int64_t id) {
+  return mqi_op_fail(op, MQ_ESTALE,
+                     "%s: queue \"%s\": message %lld is not leased under this receipt "
+                     "(acked already, expired, or delivered again)",
+                     s->path, name, (long long)id);
+}
+
 static int settle_ack_one(mq_store *s, mqi_op *op, const char *name, const mqi_queue *q, int64_t id,
                           uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_ACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_int64(st, 2, q->id);
-  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  settle_bind_receipt(st, id, q->id, lease);
   sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int64_t body = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "finding a lease");
-  if (src == SQLITE_DONE)
-    return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt "
-                       "(acked already, expired, or delivered again)",
-                       s->path, name, (long long)id);
+  if (src == SQLITE_DONE) return settle_stale(s, op, name, id);
   /* A plain DELETE by id: DELETE ... RETURNING would build a temporary
   ** table on every ack. */
   if (!(st = mqi_store_stmt(s, MQI_ST_MSG_DELETE)))
@@ -155,19 +164,13 @@ static int settle_nack_one(mq_store *s, mqi_op *op, const settle_arg *a, const m
                            int64_t id, uint64_t lease, int64_t now) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_NACK);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
-  sqlite3_bind_int64(st, 1, id);
-  sqlite3_bind_int64(st, 2, q->id);
-  sqlite3_bind_int64(st, 3, (int64_t)lease);
+  settle_bind_receipt(st, id, q->id, lease);
   sqlite3_bind_int64(st, 4, now);
   int src = sqlite3_step(st);
   int receives = src == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
   sqlite3_reset(st);
   if (src != SQLITE_ROW && src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "reading a lease");
-  if (receives < 0)
-    return mqi_op_fail(op, MQ_ESTALE,
-                       "%s: queue \"%s\": message %lld is not leased under this receipt "
-                       "(acked already, expired, or delivered again)",
-                       s->path, a->queue, (long long)id);
+  if (receives < 0) return settle_stale(s, op, a->queue, id);
   if (q->max_receives > 0 && receives >= q->max_receives)
     return mqi_get_deadletter(s, op, q, id, a->reason);
   if (!(st = mqi_store_stmt(s, MQI_ST_MSG_NACK_SET)))
@@ -228,9 +231,7 @@ static int settle_touch_op(mq_store *s, mqi_op *op) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_MSG_TOUCH);
   if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
   int64_t now = mqi_store_now(s);
-  sqlite3_bind_int64(st, 1, a->ids[0]);
-  sqlite3_bind_int64(st, 2, q.id);
-  sqlite3_bind_int64(st, 3, (int64_t)a->leases[0]);
+  settle_bind_receipt(st, a->ids[0], q.id, a->leases[0]);
   sqlite3_bind_int64(st, 4, mqi_time_add(now, a->visibility_ms));
   sqlite3_bind_int64(st, 5, now);
   int src = sqlite3_step(st);
@@ -269,9 +270,7 @@ static int settle_release_op(mq_store *s, mqi_op *op) {
   int64_t now = mqi_store_now(s);
   int src = SQLITE_DONE;
   for (size_t i = 0; i < a->n && src == SQLITE_DONE; i++) {
-    sqlite3_bind_int64(st, 1, a->ids[i]);
-    sqlite3_bind_int64(st, 2, q.id);
-    sqlite3_bind_int64(st, 3, (int64_t)a->leases[i]);
+    settle_bind_receipt(st, a->ids[i], q.id, a->leases[i]);
     sqlite3_bind_int64(st, 4, now);
     src = sqlite3_step(st);
     sqlite3_reset(st);
@@ -306,13 +305,12 @@ static int settle_redrive_op(mq_store *s, mqi_op *op) {
       s->db,
       "UPDATE mq_msg SET queue_id = coalesce((SELECT id FROM mq_queue"
       "  WHERE id = mq_msg.origin_id), queue_id),"
-      " expires_at = (SELECT iif(retention_ms > 0,"
-      "  min(?2, 9223372036854775807 - retention_ms) + retention_ms, NULL) FROM mq_queue"
+      " expires_at = (SELECT " MQI_SQL_RETAIN_FROM("?2") " FROM mq_queue"
       "  WHERE id = coalesce((SELECT id FROM mq_queue WHERE id = mq_msg.origin_id),"
       "   mq_msg.queue_id)),"
       " origin_id = NULL, state = 0, receives = 0, visible_at = ?2, lease = NULL"
       " WHERE id IN (SELECT m.id FROM mq_msg m WHERE m.queue_id = ?1"
-      "  AND (m.expires_at IS NULL OR m.expires_at > ?2)"
+      "  AND " MQI_SQL_LIVE
       "  AND (m.state = 3 OR (m.origin_id IS NOT NULL"
       "   AND m.origin_id IN (SELECT id FROM mq_queue)"
       /* a dead letter someone is working on (a live lease) stays put */

@@ -93,12 +93,12 @@ static const char *const store_sql[MQI_ST_COUNT] = {
         "UPDATE mq_msg SET visible_at=?4 WHERE id=?1 AND queue_id=?2 AND lease=?3"
         " AND state=1 AND visible_at>?5 AND (expires_at IS NULL OR expires_at>?5)",
     /* A dead letter expires by the retention of the queue that keeps it,
-    ** from now (?3), saturating as mqi_time_add does; see mqi_get_deadletter. */
+    ** from now (?3); see mqi_get_deadletter. */
     [MQI_ST_MSG_TO_DLQ] =
         "UPDATE mq_msg SET queue_id=?2, origin_id=queue_id, state=0, visible_at=?3,"
-        " lease=NULL, reason=coalesce(?4, reason), expires_at=(SELECT iif(retention_ms>0,"
-        " min(?3, 9223372036854775807-retention_ms)+retention_ms, NULL)"
-        " FROM mq_queue WHERE id=?2) WHERE id=?1",
+        " lease=NULL, reason=coalesce(?4, reason),"
+        " expires_at=(SELECT " MQI_SQL_RETAIN_FROM("?3") " FROM mq_queue WHERE id=?2)"
+        " WHERE id=?1",
     [MQI_ST_MSG_NACK_SET] =
         "UPDATE mq_msg SET state=?2, visible_at=?3, lease=NULL, reason=coalesce(?4, reason)"
         " WHERE id=?1",

@@ -2292,27 +2292,35 @@ static void tn_advance(int64_t ms) {
   test_now_ms += ms;
 }
 
+/* A DEALER that consumes q with a credit of 1, gets "m0" and touches its
+** lease to 60 s; returns its socket. */
+static int tn_consume_touch(tn_env *e) {
+  tn_msg m;
+  char rcpt[48] = "";
+  int fd = tn_peer(e, e->port[0], "DEALER", 43);
+  const char *consume[] = {"MQ1", "CONSUME", "q", "1", "1000"};
+  tn_send_msg(fd, consume, 5);
+  CHECK(tn_recv(e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
+  CHECK(tn_recv(e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0);
+  snprintf(rcpt, sizeof rcpt, "%s", m.head[4]);
+  const char *touch[] = {"MQ1", "TOUCH", "q", rcpt, "60000"};
+  tn_send_msg(fd, touch, 5);
+  CHECK(tn_recv(e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  return fd;
+}
+
 /* Leases and waits run on the server's clock.  A touched delivery keeps
 ** counting against the credit past its first lease, until the touch's
 ** end; it is given back when the consumer leaves.  A GET's wait_ms ends
 ** on the same clock. */
 static void test_router_touch_keeps_the_credit_count(void) {
-  static char rcpt[4][48];
   mq_server_options o;
   tn_env e;
   tn_msg m;
   tn_options(&o);
   tn_start(&e, &o, "r");
   tn_put_sized(&e, 3, 10, 0);
-  int fd = tn_peer(&e, e.port[0], "DEALER", 43);
-  const char *consume[] = {"MQ1", "CONSUME", "q", "1", "1000"};
-  tn_send_msg(fd, consume, 5);
-  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
-  CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0);
-  snprintf(rcpt[0], sizeof rcpt[0], "%s", m.head[4]);
-  const char *touch[] = {"MQ1", "TOUCH", "q", rcpt[0], "60000"};
-  tn_send_msg(fd, touch, 5);
-  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  int fd = tn_consume_touch(&e);
   tn_advance(2500);
   CHECK(tn_open(&e, fd)); /* no second delivery while the touched one is out */
   close(fd);
@@ -2325,14 +2333,7 @@ static void test_router_touch_keeps_the_credit_count(void) {
   mq_msg_free(back);
 
   /* The touch's end, on the server's clock, makes room again. */
-  fd = tn_peer(&e, e.port[0], "DEALER", 43);
-  tn_send_msg(fd, consume, 5);
-  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
-  CHECK(tn_recv(&e, fd, &m) == 7 && tn_is_msg(&m, "MSG") && strcmp(m.head[6], "m0") == 0);
-  snprintf(rcpt[1], sizeof rcpt[1], "%s", m.head[4]);
-  const char *touch2[] = {"MQ1", "TOUCH", "q", rcpt[1], "60000"};
-  tn_send_msg(fd, touch2, 5);
-  CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "DONE") && strcmp(m.head[3], "200") == 0);
+  fd = tn_consume_touch(&e);
   tn_advance(2500);
   CHECK(tn_open(&e, fd));
   tn_advance(60000);
