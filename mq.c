@@ -77,7 +77,7 @@
 
 /* On-disk format identity: PRAGMA application_id and user_version. */
 #define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
-#define MQI_FORMAT_VERSION 2
+#define MQI_FORMAT_VERSION 3
 
 /* Message states (mq_msg.state column).  A message in state INFLIGHT or
 ** DELAYED whose visible_at has passed is ready in all but name; the next
@@ -189,6 +189,7 @@ enum mqi_stmt_id {
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
+  MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
   MQI_ST_BODY_INSERT_ROWS, /* MQI_PUT_ROWS bodies in one statement */
   MQI_ST_BODY_GET,
@@ -220,6 +221,10 @@ enum mqi_stmt_id {
   MQI_ST_ID_SET,
   MQI_ST_FREELIST,
   MQI_ST_FORMAT, /* the file's format version, checked by every write transaction */
+  MQI_ST_PACK_ANY,
+  MQI_ST_PACK_INSERT,
+  MQI_ST_PACK_OLDEST,
+  MQI_ST_PACK_DELETE,
   MQI_ST_COUNT
 };
 
@@ -281,6 +286,9 @@ struct mq_store {
   char qcache_name[MQ_NAME_MAX + 1];
   uint64_t puts_since_sweep;
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
+  int packs_pending;   /* the transaction may hold packs to settle (pack.c) */
+  int pack_settled;    /* the transaction has settled packs */
+  int pack_log_failed; /* a failed settle was logged; quiet until one works */
 };
 
 /* The read calls (stats, info, lists, peek, scan, verify) use a second,
@@ -321,11 +329,15 @@ MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
 /* The same, but at least floor (the sequence moves on past it). */
+/* Inside an op: n consecutive ids, the first in *first. */
+MQI_API int mqi_store_next_ids(mq_store *s, mqi_op *op, size_t n, int64_t *first);
 MQI_API int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id);
 /* Inside the transaction, before COMMIT: persist the id sequence. */
 MQI_API int mqi_store_save_ids(mq_store *s);
-/* MQ_EFULL if the free-space floor is reached (cached for a short time). */
-MQI_API int mqi_store_space_ok(mq_store *s, int64_t incoming);
+/* Inside an op that would write incoming bytes of payload: MQ_EFULL, with
+** op failed and marked MQI_OP_REFUSED, if the free-space floor is reached
+** (cached for a short time). */
+MQI_API int mqi_store_space_ok(mq_store *s, mqi_op *op, int64_t incoming);
 /* Near the free-space floor: commits should keep the WAL short. */
 MQI_API int mqi_store_low_space(mq_store *s);
 
@@ -341,6 +353,7 @@ MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_
 /* What an op did, for the commit: */
 #define MQI_OP_WAKE 0x1  /* may have made a message ready: wake waiters */
 #define MQI_OP_WROTE 0x2 /* may have written: see MQI_RUN_REPEATABLE */
+#define MQI_OP_REFUSED 0x4 /* MQ_EFULL from the free-space floor, nothing written */
 
 /* How an op is to be run (mqi_commit_run's how): */
 #define MQI_RUN_DURABLE 0x1 /* must survive power loss under FULL (put, ack) */
@@ -353,6 +366,14 @@ MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_
 /* fn writes no mq_queue row, so its queue lookups may be served from the
 ** row an earlier op of the same transaction read (mqi_queue_find). */
 #define MQI_RUN_KEEPS_QUEUES 0x4
+/* fn writes packs or settles them itself (pack.c). */
+#define MQI_RUN_PACK 0x8
+/* fn reads queued messages (get, redrive): the batch settles packs before
+** it, so that it sees packed messages as rows (pack.c).  If they cannot be
+** settled, fn is not run and fails with the settle's code; the other ops
+** of the batch -- acks, which free the space a full disk needs -- do not
+** depend on room for a settle. */
+#define MQI_RUN_SETTLE 0x10
 
 typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 
@@ -395,6 +416,8 @@ MQI_API int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size
 MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
                                 const mqi_queue *dlq);
 /* The same for calls that need messages: a topic is MQ_EINVAL. */
+/* Look a queue up by id inside an op; MQ_ENOTFOUND (no message set). */
+MQI_API int mqi_queue_by_id(mq_store *s, mqi_op *op, int64_t id, mqi_queue *q);
 MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */
 MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
@@ -444,6 +467,87 @@ MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, 
                            int64_t now);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
+/* Inside an op: the rows of n messages without options (ids first_id,
+** first_id + 1, ..., enqueued at now), as a batch of plain puts writes
+** them, compressed as q says; q's max_payload is not checked again. */
+MQI_API int mqi_put_rows_at(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
+                            size_t n, int64_t now, int64_t first_id);
+
+/* ---- pack.c -------------------------------------------------------------- */
+/* Store n messages in queue as packs (several messages per row), with one
+** commit, durable as a put; items need only data, len, crc and headers.
+** All or none; MQ_ETOOBIG/MQ_EINVAL as mq_put_batch for a bad entry. */
+MQI_API int mqi_pack_put(mq_store *s, const char *queue, const mqi_put_item *items, size_t n);
+/* Inside a transaction (commit.c): turn packs into ordinary message rows,
+** oldest first, until at least max messages are done or none is left;
+** *left says whether packs remain. */
+MQI_API int mqi_pack_settle(mq_store *s, mqi_op *op, int64_t max, int *left);
+/* Inside a transaction (commit.c): set s->packs_pending to whether any
+** pack is stored, and *backlog to whether more than MQI_PACK_STEP
+** messages may be.  MQ_OK, or the code with a message in msg: the
+** transaction cannot go on. */
+MQI_API int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap);
+/* Messages settled per transaction when there are many: one transaction
+** of a million rows spills SQLite's page cache and takes twice as long. */
+#define MQI_PACK_STEP 4096
+/* Inside a transaction: settle up to MQI_PACK_STEP messages; *left says
+** whether packs remain.  A failure is logged. */
+MQI_API int mqi_pack_settle_step(mq_store *s, int *left);
+/* Settle every pack before the next op of the transaction, if any may be
+** there.  MQ_OK, or the code of a failure, which is logged and leaves them
+** for a later transaction; *redo then says whether the transaction is lost
+** (SQLite rolls back on some errors): the caller must roll back and begin
+** again. */
+MQI_API int mqi_pack_settle_all(mq_store *s, int *redo);
+/* Settle at most max messages in a transaction of their own (the server
+** does it while its PULL endpoints are idle); MQ_OK and *left. */
+MQI_API int mqi_pack_settle_some(mq_store *s, int64_t max, int *left);
+/* Inside an op: forget the packs of queue qid (purge, drop); *deleted +=
+** their messages, if deleted is not NULL. */
+MQI_API int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted);
+
+/* ---- pack_read.c --------------------------------------------------------- */
+#define MQI_PACK_MSGS 256 /* messages in a pack, at most */
+/* The messages of a pack's data, at most MQI_PACK_MSGS items pointing into
+** data (headers too: not to be freed).  Damaged framing makes the rest of
+** the data one item whose CRC cannot match; *trailing is what is left past
+** MQI_PACK_MSGS messages (damage too). */
+MQI_API size_t mqi_pack_parse(const void *data, size_t len, mqi_put_item *items, size_t *trailing);
+/* What is wrong with the data of a pack said to hold n messages: NULL
+** if nothing, else a description (with *msg_id, the first bad message's
+** id, where one is to blame); first_id is the pack's id, items room for
+** MQI_PACK_MSGS. */
+MQI_API const char *mqi_pack_damage(const void *data, size_t len, int64_t n, int64_t first_id,
+                                    mqi_put_item *items, int64_t *msg_id);
+/* Whether k messages from first_id have ids in 1..INT64_MAX. */
+MQI_API int mqi_pack_ids_ok(int64_t first_id, size_t k);
+/* A queue's packed messages in id order, inside a read transaction of db:
+** open, then peek for the next one's id (SQLITE_ROW, SQLITE_DONE or an
+** error code) and take it (MQ_OK, MQ_ECORRUPT for a payload that fails its
+** checksum, MQ_ENOMEM), until done; close always.  Each message is as the
+** row it settles into would read: ready, priority 0, no receives, expiring
+** with the queue's retention; those past it are left out. */
+typedef struct mqi_pack_cursor {
+  sqlite3_stmt *st; /* the queue's packs, by id */
+  int64_t retention_ms;
+  int64_t first, enqueued; /* of the pack being read */
+  unsigned char *data;     /* its data, copied */
+  mqi_put_item *items;     /* MQI_PACK_MSGS of them */
+  size_t k, at;            /* messages parsed, the next to take */
+  int bad_ids;             /* the pack's ids do not fit (damage) */
+} mqi_pack_cursor;
+MQI_API int mqi_pack_cursor_open(mqi_pack_cursor *c, sqlite3 *db, int format, int64_t qid,
+                                 int64_t retention_ms, int64_t now);
+MQI_API int mqi_pack_cursor_peek(mqi_pack_cursor *c, int64_t *id);
+MQI_API int mqi_pack_cursor_take(mqi_pack_cursor *c, mq_msg **out);
+MQI_API void mqi_pack_cursor_close(mqi_pack_cursor *c);
+/* Whether a merge of rows (a statement's last step, src) with packed
+** messages (the cursor's last peek, psrc) goes on: something is left, and
+** neither side failed. */
+static inline int mqi_merge_more(int src, int psrc) {
+  return (src == SQLITE_ROW || psrc == SQLITE_ROW) && (src == SQLITE_ROW || src == SQLITE_DONE) &&
+         (psrc == SQLITE_ROW || psrc == SQLITE_DONE);
+}
 
 /* ---- msg.c --------------------------------------------------------------- */
 /* Release one reference to a body, deleting it with the last one; nothing
@@ -1185,6 +1289,9 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
+    [MQI_ST_QUEUE_BY_ID] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
@@ -1258,9 +1365,17 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_ID_GET] = "SELECT value FROM mq_meta WHERE key='next_id'",
     [MQI_ST_ID_MAX] =
         "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
-        " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
+        " coalesce((SELECT max(id) FROM mq_body), 0),"
+        " coalesce((SELECT max(id + n - 1) FROM mq_pack), 0)) + 1",
     [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
     [MQI_ST_FORMAT] = "PRAGMA user_version",
+    /* Whether any, and whether more than MQI_PACK_STEP messages' worth. */
+    [MQI_ST_PACK_ANY] = "SELECT count(*) FROM (SELECT 1 FROM mq_pack LIMIT 17)",
+    [MQI_ST_PACK_INSERT] =
+        "INSERT INTO mq_pack(id, queue_id, n, bytes, enqueued_at, data) VALUES(?1,?2,?3,?4,?5,?6)",
+    [MQI_ST_PACK_OLDEST] =
+        "SELECT id, queue_id, n, enqueued_at, data FROM mq_pack WHERE id > ?1 ORDER BY id LIMIT 1",
+    [MQI_ST_PACK_DELETE] = "DELETE FROM mq_pack WHERE id=?1",
     [MQI_ST_FREELIST] =
         "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
 };
@@ -1331,6 +1446,15 @@ static int store_clock_init(mq_store *s, char *err, size_t errlen) {
   if (sqlite3_prepare_v2(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1", -1, &st,
                          NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
+    last = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  /* Packed messages (format 3) were committed too: time goes on from them.
+  ** A read-only handle of an older file has no mq_pack: nothing to add. */
+  st = NULL;
+  if (sqlite3_prepare_v2(s->db, "SELECT max(enqueued_at) FROM mq_pack", -1, &st, NULL) ==
+          SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
+      sqlite3_column_int64(st, 0) > last)
     last = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   s->clock_offset = (real > last ? real : last + 1) - boot_ms;
@@ -1862,6 +1986,12 @@ int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
   return MQ_OK;
 }
 
+int mqi_store_next_ids(mq_store *s, mqi_op *op, size_t n, int64_t *first) {
+  int rc = mqi_store_next_id(s, op, first);
+  if (rc == MQ_OK && n > 1) s->next_id += (int64_t)n - 1;
+  return rc;
+}
+
 int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id) {
   int rc = mqi_store_next_id(s, op, id);
   if (rc == MQ_OK && *id < floor) {
@@ -1903,7 +2033,7 @@ int mqi_store_low_space(mq_store *s) {
   return s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes + STORE_FREE_MARGIN;
 }
 
-int mqi_store_space_ok(mq_store *s, int64_t incoming) {
+int mqi_store_space_ok(mq_store *s, mqi_op *op, int64_t incoming) {
   if (s->min_free_bytes <= 0) return MQ_OK;
   int64_t now = mqi_os_monotonic_ms();
   /* statvfs is read at most every STORE_FREE_RECHECK_MS while far from the
@@ -1919,7 +2049,13 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
   }
   if (s->free_bytes < 0) return MQ_OK; /* unknown: SQLite will tell */
   int64_t need = 2 * incoming + STORE_PUT_OVERHEAD;
-  if (s->free_bytes - need < s->min_free_bytes) return MQ_EFULL;
+  if (s->free_bytes - need < s->min_free_bytes) {
+    op->flags |= MQI_OP_REFUSED;
+    return mqi_op_fail(op, MQ_EFULL,
+                       "%s: free space is below the floor of %lld bytes; puts are refused "
+                       "so that acks and checkpoints keep working",
+                       s->path, (long long)s->min_free_bytes);
+  }
   s->free_bytes -= need;
   return MQ_OK;
 }
@@ -1975,6 +2111,9 @@ int mq_store_checkpoint(mq_store *s) {
 **             after the message itself is gone.
 **   mq_meta   key/value facts about the store: who created it, the clock of
 **             the current boot, and `next_id`, the id sequence.
+**   mq_pack   messages a PULL endpoint stored several to a row (format
+**             version 3), until a transaction turns them into mq_msg rows
+**             (pack.c); the pack's id is its first message's.
 **
 ** Ids are never reused, even after the newest message is acked (SQLite
 ** alone would hand out max(rowid)+1 again): they come from `next_id`, read
@@ -2009,6 +2148,16 @@ int mq_store_checkpoint(mq_store *s) {
 #define SCHEMA_COLUMN_NAME(name, type) "'" name "'"
 #define SCHEMA_COLUMN_ONE(name, type) +1
 #define SCHEMA_INLINE_N (0 SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ONE, ))
+
+/* Format version 3: packs (pack.c), added to older files as they are. */
+#define SCHEMA_PACK_SQL                                                          \
+  "CREATE TABLE mq_pack("                                                        \
+  " id INTEGER PRIMARY KEY,"                                                     \
+  " queue_id INTEGER NOT NULL,"                                                  \
+  " n INTEGER NOT NULL,"                                                         \
+  " bytes INTEGER NOT NULL,"                                                     \
+  " enqueued_at INTEGER NOT NULL,"                                               \
+  " data BLOB NOT NULL);"
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -2059,7 +2208,8 @@ static const char schema_sql[] =
     " msg_id INTEGER NOT NULL,"
     " expires_at INTEGER NOT NULL,"
     " PRIMARY KEY(queue_id, key)) WITHOUT ROWID;"
-    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);";
+    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);"
+    SCHEMA_PACK_SQL;
 
 static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
   sqlite3_stmt *st = NULL;
@@ -2146,32 +2296,36 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
-/* Bring a version 1 file to the current format in one transaction; a
-** process that gets the lock after another did it finds nothing to do.
+/* Bring a version 1 or 2 file to the current format in one transaction;
+** a process that gets the lock after another did it finds nothing to do.
 ** Existing rows are not touched: ADD COLUMN only rewrites the schema, so
 ** this costs the same on a file of a billion messages as on an empty one. */
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version = 0, have = 0;
-  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
+  int64_t version = 0, have = 0, packs = 0;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version >= 1 &&
+      version < MQI_FORMAT_VERSION &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"
                  " WHERE name IN (" SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_NAME, ",") ")",
-                 &have, &src) == 0) {
+                 &have, &src) == 0 &&
+      schema_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'mq_pack'", &packs,
+                 &src) == 0) {
     /* A version 1 file may already have the columns (set back to version
     ** 1 by hand): then only the version is missing.  Some of them is
     ** damage no upgrade can mend. */
     if (have != 0 && have != SCHEMA_INLINE_N) {
       sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the %d columns of version 2",
-               sqlite3_db_filename(db, "main"), (long long)have, SCHEMA_INLINE_N);
+      snprintf(err, errlen, "%s: format version %lld, but mq_msg has %lld of the %d columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)version, (long long)have,
+               SCHEMA_INLINE_N);
       return MQ_ECORRUPT;
     }
-    char sql[256];
-    snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
+    char sql[768];
+    snprintf(sql, sizeof sql, "%s%s PRAGMA user_version=%d;",
              have ? "" : SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ADD, ""),
-             MQI_FORMAT_VERSION);
+             packs ? "" : SCHEMA_PACK_SQL, MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }
   if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
@@ -2353,11 +2507,44 @@ static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
   return rc == MQ_OK ? MQ_ERROR : rc;
 }
 
+/* Settle a backlog of packs (a burst a PULL endpoint took, or what it left
+** when it stopped) in transactions of MQI_PACK_STEP messages, outside the
+** batch's: it then settles only what is left.  A failure is logged, and
+** left to the batch's own settle. */
+static void commit_settle_backlog(mq_store *s) {
+  char msg[MQI_ERRMSG_MAX];
+  for (int left = 1; left;) {
+    if (commit_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
+    /* A damaged pack settles under fresh ids (pack.c): the id sequence is
+    ** read in this transaction and saved with it, as in a batch's. */
+    s->id_state = 0;
+    int src = SQLITE_OK;
+    if (commit_format_ok(s, msg, sizeof msg) != MQ_OK || mqi_pack_settle_step(s, &left) != MQ_OK ||
+        mqi_store_save_ids(s) != SQLITE_OK || (src = commit_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
+      commit_rollback(s);
+      /* As after any failed commit: never reuse this connection's state. */
+      if ((src & 0xff) == SQLITE_IOERR) s->broken = 1;
+      return;
+    }
+  }
+}
+
+/* Whether an op of the batch failed for want of disk space: a refusal by
+** the free-space floor, before writing anything, is not caused by the rows
+** a settle wrote. */
+static int commit_full(const mqi_op *batch) {
+  for (const mqi_op *op = batch; op; op = op->next)
+    if (op->rc == MQ_EFULL && !(op->flags & MQI_OP_REFUSED)) return 1;
+  return 0;
+}
+
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
-  int n = 0, need_sync = 0, lean = 1;
+  int n = 0, need_sync = 0, lean = 1, reads = 0, backlog = 0, backlog_done = 0;
+  int settle_rc = MQ_OK; /* why packs could not be settled in this batch */
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
+    if (op->how & MQI_RUN_SETTLE) reads = 1;
     need_sync |= op->how & MQI_RUN_DURABLE;
     if (!(op->how & MQI_RUN_REPEATABLE)) lean = 0;
   }
@@ -2396,10 +2583,40 @@ again:
 
   s->id_state = 0;
   s->qcache_valid = 0;
+  /* Ops that read messages see them as rows only (pack.c). */
+  s->packs_pending = 0;
+  s->pack_settled = 0;
+  if (reads && settle_rc == MQ_OK &&
+      (frc = mqi_pack_check(s, &backlog, msg, sizeof msg)) != MQ_OK) {
+    commit_rollback(s);
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, frc, msg);
+    goto out;
+  }
+  if (backlog && !backlog_done) { /* nothing written yet */
+    commit_rollback(s);
+    commit_settle_backlog(s);
+    backlog_done = 1;
+    goto again;
+  }
   int any_kept = 0, guard = n > 1 && !lean;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
     op->flags = 0;
+    if (op->how & MQI_RUN_SETTLE) {
+      int redo = 0;
+      if (settle_rc == MQ_OK && (settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
+        /* The settle took the transaction with it (a full disk, memory):
+        ** the other ops, acks among them, run again without it. */
+        commit_rollback(s);
+        goto again;
+      }
+      if (settle_rc != MQ_OK) {
+        op->rc = mqi_op_fail(op, settle_rc, "%s: stored packs could not be turned into rows: %s",
+                             s->path, mq_errstr(settle_rc));
+        continue;
+      }
+    }
     if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
@@ -2435,6 +2652,13 @@ again:
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
+  if (s->pack_settled && commit_full(batch)) {
+    /* The rows a settle wrote may be what filled the disk: the ops that
+    ** need no settle run again without it. */
+    commit_rollback(s);
+    settle_rc = MQ_EFULL;
+    goto again;
+  }
   if (!any_kept) {
     commit_rollback(s);
     goto out;
@@ -2442,6 +2666,11 @@ again:
   src = mqi_store_save_ids(s);
   if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
   if (src == SQLITE_OK && need_sync && s->sync == MQ_SYNC_FULL) src = commit_sync_wal(s);
+  if (src != SQLITE_OK && s->pack_settled && (src & 0xff) == SQLITE_FULL) {
+    commit_rollback(s);
+    settle_rc = MQ_EFULL;
+    goto again;
+  }
   if (src != SQLITE_OK) {
     int code = src & 0xff;
     int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN
@@ -2608,6 +2837,17 @@ static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
   q->max_payload = sqlite3_column_int64(st, 6);
   q->compress_above = sqlite3_column_int64(st, 7);
   q->dedup_window_ms = sqlite3_column_int64(st, 8);
+}
+
+int mqi_queue_by_id(mq_store *s, mqi_op *op, int64_t id, mqi_queue *q) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_ID);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
+  sqlite3_bind_int64(st, 1, id);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) queue_row(st, q);
+  sqlite3_reset(st);
+  if (src == SQLITE_ROW) return MQ_OK;
+  return src == SQLITE_DONE ? MQ_ENOTFOUND : mqi_op_sqlite(s, op, src, "looking up a queue");
 }
 
 int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
@@ -2866,6 +3106,8 @@ int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int 
                     1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
     rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, deleted);
+  /* Packs a failed settle left (pack.c), lest they settle after the purge. */
+  if (rc == MQ_OK) rc = mqi_pack_clear(s, op, q.id, deleted);
   if (rc == MQ_OK && drop) {
     rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
     if (rc == MQ_OK)
@@ -2975,6 +3217,39 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 GROUP BY q.id"
 
+/* Messages still in packs (pack.c), which reads do not settle: ready,
+** unless past the retention.  A pack holds 1..256 messages of at most
+** MQ_PAYLOAD_LIMIT bytes: damaged counts are bounded so, not summed into
+** an overflow. */
+#define QUEUE_PACK_STATS_SQL                                                  \
+  "SELECT coalesce(sum(min(max(p.n, 1), 256)), 0), min(p.enqueued_at),"       \
+  " coalesce(sum(min(max(p.bytes, 0), 68719476736)), 0)"                      \
+  " FROM mq_pack p JOIN mq_queue q ON q.id = p.queue_id WHERE q.name = ?1"    \
+  " AND (q.retention_ms <= 0 OR q.retention_ms > ?2 - p.enqueued_at)"
+
+static int queue_pack_stats(sqlite3 *db, const char *name, int64_t now, mq_queue_stats *out) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(db, QUEUE_PACK_STATS_SQL, -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    int64_t n = sqlite3_column_int64(st, 0);
+    out->ready += n;
+    out->total += n;
+    out->bytes += sqlite3_column_int64(st, 2);
+    if (n && sqlite3_column_type(st, 1) != SQLITE_NULL) {
+      int64_t age = now - sqlite3_column_int64(st, 1);
+      if (age > out->oldest_age_ms) out->oldest_age_ms = age;
+    }
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return src;
+}
+
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -3015,6 +3290,9 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
       out->oldest_age_ms = age > 0 ? age : 0;
     }
     out->bytes = sqlite3_column_int64(st, 7);
+    if (format >= 3 && (src = queue_pack_stats(db, name, now, out)) != SQLITE_OK)
+      rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
+                       name, sqlite3_errmsg(db));
   } else if (src == SQLITE_DONE) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {
@@ -3362,19 +3640,26 @@ void mqi_put_sweep(mq_store *s, int64_t now) {
   s->puts_since_sweep = 0;
 }
 
+/* One message's rows; one id names the message and its body, if it has
+** one. */
+static int put_row_at(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                      size_t index, int64_t now, int64_t id) {
+  put_enc e;
+  int rc = put_encode(s, op, q, it, index, &e);
+  if (rc != MQ_OK) return rc;
+  int64_t body = put_inline(s, it, &e) ? 0 : id;
+  if (body) rc = put_body_row(s, op, it, &e, 1, body);
+  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, id);
+  free(e.z);
+  return rc;
+}
+
 static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
                    int64_t now, int64_t *id) {
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  /* One id names the message and its body, if it has one. */
   if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
-  put_enc e;
-  if ((rc = put_encode(s, op, q, it, index, &e)) != MQ_OK) return rc;
-  int64_t body = put_inline(s, it, &e) ? 0 : *id;
-  if (body) rc = put_body_row(s, op, it, &e, 1, body);
-  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, *id);
-  free(e.z);
-  if (rc != MQ_OK) return rc;
+  if ((rc = put_row_at(s, op, q, it, index, now, *id)) != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
@@ -3410,15 +3695,16 @@ static int put_rows_bodies(mq_store *s, mqi_op *op, const mqi_put_item *items, c
 }
 
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
-** same rows as put_one writes, with one statement per table. */
+** same rows as put_one writes, with one statement per table.  The ids are
+** taken, or with given, already in ids. */
 static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
-                    int64_t now, int64_t *ids) {
+                    int64_t now, int64_t *ids, int given) {
   put_enc e[MQI_PUT_ROWS];
   int64_t bodies[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK;
   for (; ne < MQI_PUT_ROWS; ne++) {
-    if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
+    if (!given && (rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
     bodies[ne] = put_inline(s, &items[ne], &e[ne]) ? 0 : ids[ne];
   }
@@ -3439,6 +3725,22 @@ static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *i
   return rc;
 }
 
+int mqi_put_rows_at(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
+                    size_t n, int64_t now, int64_t first_id) {
+  mqi_queue any = *q;
+  any.max_payload = INT64_MAX; /* checked when the messages were taken */
+  int64_t ids[MQI_PUT_ROWS];
+  size_t i = 0;
+  int rc = MQ_OK;
+  for (; n - i >= MQI_PUT_ROWS && rc == MQ_OK; i += MQI_PUT_ROWS) {
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++) ids[k] = first_id + (int64_t)(i + k);
+    rc = put_rows(s, op, &any, &items[i], i, now, ids, 1);
+  }
+  for (; i < n && rc == MQ_OK; i++)
+    rc = put_row_at(s, op, &any, &items[i], i, now, first_id + (int64_t)i);
+  return rc;
+}
+
 static int64_t put_bytes(const mqi_put_item *items, size_t n) {
   int64_t total = 0;
   for (size_t i = 0; i < n; i++) total += (int64_t)items[i].len;
@@ -3454,17 +3756,13 @@ static int put_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s: %s", s->path, a->queue,
                        q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
                        q.kind == MQI_KIND_TOPIC ? "use mq_publish" : "publish to its topic");
-  if (mqi_store_space_ok(s, put_bytes(a->items, a->n)) != MQ_OK)
-    return mqi_op_fail(op, MQ_EFULL,
-                       "%s: free space is below the floor of %lld bytes; puts are refused "
-                       "so that acks and checkpoints keep working",
-                       s->path, (long long)s->min_free_bytes);
+  if ((rc = mqi_store_space_ok(s, op, put_bytes(a->items, a->n))) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   size_t keyed = put_next_keyed(a->items, 0, a->n);
   for (size_t i = 0; i < a->n;) {
     if (keyed < i) keyed = put_next_keyed(a->items, i, a->n);
     if (keyed - i >= MQI_PUT_ROWS) {
-      rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+      rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i], 0);
       i += MQI_PUT_ROWS;
     } else {
       rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);
@@ -3861,7 +4159,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
     a.count = 0;
-    rc = mqi_commit_run(s, get_op, &a, 0);
+    rc = mqi_commit_run(s, get_op, &a, MQI_RUN_SETTLE);
     if (rc != MQ_EMPTY) break;
     int64_t left = deadline - mqi_os_monotonic_ms();
     if (left <= 0) break;
@@ -3899,7 +4197,7 @@ int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, siz
     return mqi_err_set(s, MQ_EINVAL, "mqi_get_batch_fit: bad arguments");
   get_arg a = {.queue = queue, .visibility_ms = visibility_ms, .max = max, .msgs = msgs,
                .fit = fit, .fit_ctx = ctx, .budget = budget, .first = first};
-  rc = mqi_commit_run(s, get_op, &a, 0);
+  rc = mqi_commit_run(s, get_op, &a, MQI_RUN_SETTLE);
   if (rc == MQ_OK) {
     *count = a.count;
   } else {
@@ -3929,11 +4227,34 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
   ", m.visible_at, m.expires_at, b.subject,"                                                    \
-  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                  \
+  " q.kind, m.body_id, q.id, q.retention_ms FROM mq_queue q"                                    \
+  " LEFT JOIN mq_msg m ON m.queue_id = q.id"                                                    \
   "  AND " MQI_SQL_DUE " AND " MQI_SQL_LIVE                                                     \
   "  AND NOT " MQI_SQL_SPENT                                                                    \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
+
+/* The message of peek's current row. */
+static int peek_row(sqlite3_stmt *st, mq_msg **m) {
+  int rc = mqi_msg_build(
+      sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+      sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+      (const char *)sqlite3_column_text(st, 12),
+      /* a missing body (NULL size) is damage, not an empty payload */
+      mqi_msg_body_size(st, 5, 6, 9), (uint32_t)sqlite3_column_int64(st, 6),
+      sqlite3_column_int(st, 7), sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+      sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), m);
+  if (rc == MQ_OK) {
+    mqi_msg_set_times(*m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
+    mqi_msg_set_body(*m, sqlite3_column_int64(st, 14));
+  }
+  return rc;
+}
+
+static void peek_corrupt(mq_store *s, const char *queue, int64_t id) {
+  mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path, queue,
+          (long long)id);
+}
 
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
   if (count) *count = 0;
@@ -3948,6 +4269,8 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
+  mqi_pack_cursor pc;
+  memset(&pc, 0, sizeof pc);
   size_t n = 0;
   int format;
   int src = mqi_store_snapshot(db, &format);
@@ -3961,38 +4284,45 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     sqlite3_bind_int64(st, 2, now);
     /* A few extra rows leave room for corrupt ones being skipped. */
     sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
-    while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    int psrc = SQLITE_DONE;
+    int64_t pid = 0;
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW && sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
+      rc = mqi_err_set(s, MQ_EINVAL,
+                       "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
+                       s->path, queue, queue);
+      src = SQLITE_DONE;
+    } else if (src == SQLITE_ROW) {
       found = 1;
-      if (sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
-        rc = mqi_err_set(s, MQ_EINVAL,
-                         "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
-                         s->path, queue, queue);
-        src = SQLITE_DONE;
-        break;
-      }
-      if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
+      psrc = mqi_pack_cursor_open(&pc, db, format, sqlite3_column_int64(st, 15),
+                                  sqlite3_column_int64(st, 16), now);
+      if (psrc == SQLITE_OK) psrc = mqi_pack_cursor_peek(&pc, &pid);
+      if (sqlite3_column_type(st, 0) == SQLITE_NULL) src = SQLITE_DONE; /* no row is due */
+    }
+    /* Rows by priority, then id; packed messages have priority 0. */
+    while (n < max && mqi_merge_more(src, psrc)) {
       mq_msg *m = NULL;
-      rc = mqi_msg_build(
-          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
-          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
-          (const char *)sqlite3_column_text(st, 12),
-          /* a missing body (NULL size) is damage, not an empty payload */
-          mqi_msg_body_size(st, 5, 6, 9),
-          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
-          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
-          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      int64_t id = pid;
+      int prio = src == SQLITE_ROW ? sqlite3_column_int(st, 1) : 0;
+      if (src == SQLITE_ROW &&
+          (psrc != SQLITE_ROW || prio > 0 || (prio == 0 && sqlite3_column_int64(st, 0) < pid))) {
+        id = sqlite3_column_int64(st, 0);
+        rc = peek_row(st, &m);
+        src = sqlite3_step(st);
+      } else {
+        rc = mqi_pack_cursor_take(&pc, &m);
+        psrc = mqi_pack_cursor_peek(&pc, &pid);
+      }
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path,
-                queue, (long long)sqlite3_column_int64(st, 0));
+        peek_corrupt(s, queue, id);
         rc = MQ_OK;
         continue;
       }
       if (rc != MQ_OK) break;
-      mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
-      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       msgs[n++] = m;
     }
-    if (src == SQLITE_ROW) src = SQLITE_DONE;
+    if (src == SQLITE_ROW || src == SQLITE_DONE)
+      src = psrc == SQLITE_ROW || psrc == SQLITE_DONE ? SQLITE_DONE : psrc;
   }
   if (rc == MQ_EINVAL || rc == MQ_EVERSION) {
     /* the message is set */
@@ -4005,6 +4335,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
+  mqi_pack_cursor_close(&pc);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {
@@ -4359,11 +4690,582 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   settle_arg a = {0};
   a.queue = queue;
   a.max = max;
-  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE);
+  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE | MQI_RUN_SETTLE);
   if (rc == MQ_OK && moved) *moved = a.moved;
   return rc;
 }
 /*** end src/settle.c ***/
+
+/*** begin src/pack.c ***/
+/*
+** pack.c -- packs: the messages of a PULL endpoint, many to a row.
+**
+** One row per message costs about a microsecond of SQLite work, more than
+** a ZMTP peer takes to send a small message: a PULL endpoint that stored
+** each message as a put could not keep up with its peers (bench/README).
+** So the endpoint stores each batch as packs: up to MQI_PACK_MSGS messages
+** in one mq_pack row, durable at its commit like any put (format 3).
+**
+** Ops that take messages see rows only: a transaction with a get or a
+** redrive turns packs into ordinary mq_msg rows ("settles" them) before
+** that op runs (commit.c, MQI_RUN_SETTLE), as a batch of plain puts would
+** have written them.  The ids are taken when the pack is written, and a
+** pack's row id is its first message's, so messages keep the order of
+** their commits whenever they are settled; enqueued_at is the pack's, so
+** ages and retention count from the commit too.  Other writes need no
+** settle: puts take later ids, acks and touches act on leased rows, purge
+** and drop delete a queue's packs with its rows.  Reads do not settle (a
+** read-only handle cannot, a read-write one's reads must not wait for
+** writers): peek and scan read packed messages in place (pack_read.c),
+** stats count them, verify checks them.
+**
+** Settling is not fsynced: the packs it deletes and the rows it writes
+** are one transaction, so a power cut keeps either the packs or the rows.
+** A settle that fails (a full disk, say) is logged and undone, and the
+** gets of its transaction fail with its code rather than answer "empty";
+** its other ops run without it, so acks keep working.
+**
+** A pack's data is, per message: its size (varint), its CRC32 (4 bytes,
+** little-endian), the size of its encoded headers (varint), the headers,
+** the payload.  The CRC is the one a put computes, copied into the row, so
+** a payload damaged in its pack is refused by every later read as any
+** damaged row is (msg.c).  Damaged framing (a size past the end) makes the
+** rest of the pack one message whose CRC cannot match: it is dead-lettered
+** like any corrupt message instead of being lost or blocking the settle.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#define PACK_BYTES (256 * 1024) /* a pack is closed past this many bytes */
+#define PACK_VARINT_MAX 10
+
+static size_t pack_varint_put(unsigned char *p, uint64_t v) {
+  size_t n = 0;
+  while (v >= 0x80) {
+    p[n++] = (unsigned char)(v | 0x80);
+    v >>= 7;
+  }
+  p[n++] = (unsigned char)v;
+  return n;
+}
+
+static size_t pack_entry_max(const mqi_put_item *it) {
+  return 2 * PACK_VARINT_MAX + 4 + it->headers_len + it->len;
+}
+
+typedef struct pack_arg {
+  const char *queue;
+  const mqi_put_item *items;
+  size_t n;
+} pack_arg;
+
+/* One pack of items[0..n) into q, encoded in buf (big enough). */
+static int pack_write(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *items,
+                      size_t n, unsigned char *buf, int64_t now) {
+  int64_t first;
+  int rc = mqi_store_next_ids(s, op, n, &first);
+  if (rc != MQ_OK) return rc;
+  size_t at = 0;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < n; i++) {
+    const mqi_put_item *it = &items[i];
+    at += pack_varint_put(buf + at, it->len);
+    for (int k = 0; k < 4; k++) buf[at++] = (unsigned char)(it->crc >> (8 * k));
+    at += pack_varint_put(buf + at, it->headers_len);
+    if (it->headers_len) memcpy(buf + at, it->headers, it->headers_len);
+    at += it->headers_len;
+    if (it->len) memcpy(buf + at, it->data, it->len);
+    at += it->len;
+    bytes += (int64_t)it->len;
+  }
+  sqlite3_stmt *st = mqi_store_stmt_hot(s, MQI_ST_PACK_INSERT);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(st, 1, first);
+  sqlite3_bind_int64(st, 2, q->id);
+  sqlite3_bind_int64(st, 3, (int64_t)n);
+  sqlite3_bind_int64(st, 4, bytes);
+  sqlite3_bind_int64(st, 5, now);
+  sqlite3_bind_blob64(st, 6, buf, at, SQLITE_STATIC);
+  op->flags |= MQI_OP_WROTE;
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  if (src != SQLITE_DONE) return mqi_op_sqlite(s, op, src, "storing a pack");
+  return MQ_OK;
+}
+
+static int pack_put_op(mq_store *s, mqi_op *op) {
+  const pack_arg *a = op->arg;
+  mqi_queue q;
+  int rc = mqi_queue_find(s, op, a->queue, &q);
+  if (rc != MQ_OK) return rc;
+  if (q.kind != MQI_KIND_QUEUE)
+    return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s, not a queue", s->path, a->queue,
+                       q.kind == MQI_KIND_TOPIC ? "topic" : "subscription");
+  int64_t total = 0;
+  for (size_t i = 0; i < a->n; i++) {
+    if ((int64_t)a->items[i].len > q.max_payload)
+      return mqi_op_fail(op, MQ_ETOOBIG,
+                         "%s: entry %zu: payload of %zu bytes is above the max_payload of %lld",
+                         s->path, i, a->items[i].len, (long long)q.max_payload);
+    total += (int64_t)a->items[i].len;
+  }
+  if ((rc = mqi_store_space_ok(s, op, total)) != MQ_OK) return rc;
+  int64_t now = mqi_store_now(s);
+  unsigned char *buf = NULL;
+  size_t cap = 0;
+  for (size_t i = 0; i < a->n && rc == MQ_OK;) {
+    size_t k = 0, need = 0;
+    while (i + k < a->n && k < MQI_PACK_MSGS && (k == 0 || need < PACK_BYTES))
+      need += pack_entry_max(&a->items[i + k++]);
+    if (need > cap) {
+      unsigned char *p = realloc(buf, need);
+      if (!p) {
+        rc = mqi_op_fail(op, MQ_ENOMEM, "out of memory for a pack of %zu bytes", need);
+        break;
+      }
+      buf = p;
+      cap = need;
+    }
+    rc = pack_write(s, op, &q, &a->items[i], k, buf, now);
+    i += k;
+  }
+  free(buf);
+  if (rc != MQ_OK) return rc;
+  s->packs_pending = 1;
+  op->flags |= MQI_OP_WAKE; /* a waiting get settles and takes them */
+  return MQ_OK;
+}
+
+int mqi_pack_put(mq_store *s, const char *queue, const mqi_put_item *items, size_t n) {
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  if ((rc = mqi_err_check_qname(s, queue)) != MQ_OK) return rc;
+  if (n == 0) return MQ_OK;
+  if (!items) return mqi_err_set(s, MQ_EINVAL, "mqi_pack_put: items is NULL");
+  for (size_t i = 0; i < n; i++)
+    if ((!items[i].data && items[i].len) || items[i].len > MQ_PAYLOAD_LIMIT)
+      return mqi_err_set(s, items[i].data ? MQ_ETOOBIG : MQ_EINVAL,
+                         "entry %zu: a payload of %zu bytes%s", i, items[i].len,
+                         items[i].data ? " is above the limit" : " with no data");
+  pack_arg a = {queue, items, n};
+  return mqi_commit_run(s, pack_put_op, &a,
+                        MQI_RUN_DURABLE | MQI_RUN_REPEATABLE | MQI_RUN_KEEPS_QUEUES | MQI_RUN_PACK);
+}
+
+/* A pack's row, its data copied: the statement is reset before the pack's
+** row is deleted. */
+typedef struct pack_row {
+  int64_t id, qid, n, enqueued;
+  unsigned char *data;
+  size_t len;
+} pack_row;
+
+static int pack_row_read(sqlite3_stmt *st, pack_row *r) {
+  r->id = sqlite3_column_int64(st, 0);
+  r->qid = sqlite3_column_int64(st, 1);
+  r->n = sqlite3_column_int64(st, 2);
+  r->enqueued = sqlite3_column_int64(st, 3);
+  r->len = (size_t)sqlite3_column_bytes(st, 4);
+  r->data = r->len ? malloc(r->len) : NULL;
+  if (r->data) memcpy(r->data, sqlite3_column_blob(st, 4), r->len);
+  sqlite3_reset(st);
+  return r->len && !r->data ? MQ_ENOMEM : MQ_OK;
+}
+
+/* Settle one pack: its rows in, its row out.  With fresh, the messages
+** take new ids instead of the pack's (see mqi_pack_settle). */
+static int pack_settle_one(mq_store *s, mqi_op *op, const pack_row *r, mqi_put_item *items,
+                           int64_t now, int fresh) {
+  mqi_queue q;
+  int rc = mqi_queue_by_id(s, op, r->qid, &q);
+  if (rc == MQ_ENOTFOUND) {
+    /* Only damage can leave such a row: a queue's purge and drop take its
+    ** packs with them. */
+    mqi_log(s, MQ_LOG_ERROR, "%s: pack %lld (%lld messages) names no queue; dropped", s->path,
+            (long long)r->id, (long long)r->n);
+    rc = MQ_OK;
+  } else if (rc == MQ_OK &&
+             !(q.retention_ms > 0 && mqi_time_add(r->enqueued, q.retention_ms) <= now)) {
+    size_t trailing;
+    size_t k = mqi_pack_parse(r->data, r->len, items, &trailing);
+    if (trailing || (int64_t)k != r->n)
+      mqi_log(s, MQ_LOG_ERROR,
+              "%s: pack %lld: %zu messages where %lld were stored, %zu bytes "
+              "left over",
+              s->path, (long long)r->id, k, (long long)r->n, trailing);
+    int64_t first = r->id, span = k ? (int64_t)k : 1;
+    if (fresh)
+      rc = mqi_store_next_ids(s, op, (size_t)span, &first);
+    else if (!mqi_pack_ids_ok(first, (size_t)span))
+      rc = mqi_op_fail(op, MQ_ECORRUPT, "%s: pack %lld: its ids are out of range", s->path,
+                       (long long)r->id); /* damage: settled under new ids */
+    if (rc == MQ_OK) rc = mqi_put_rows_at(s, op, &q, items, k, r->enqueued, first);
+  }
+  if (rc != MQ_OK) return rc;
+  sqlite3_stmt *del = mqi_store_stmt(s, MQI_ST_PACK_DELETE);
+  if (!del) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+  sqlite3_bind_int64(del, 1, r->id);
+  int src = sqlite3_step(del);
+  sqlite3_reset(del);
+  return src == SQLITE_DONE ? MQ_OK : mqi_op_sqlite(s, op, src, "deleting a pack");
+}
+
+/* A pack that failed for another reason than a passing one (a full disk,
+** memory, I/O, a lock) is damaged: it is set aside for this transaction,
+** not allowed to hold back the packs after it. */
+static int pack_transient(int rc) {
+  return rc == MQ_ENOMEM || rc == MQ_EFULL || rc == MQ_EIO || rc == MQ_EBUSY;
+}
+
+/* Settle one pack in a savepoint of its own.  A pack that fails for any
+** other reason than a passing one can only be damaged: its ids collide
+** with rows, say.  It is settled again under new ids (its messages go to
+** the back of the queue rather than be lost), and if even that fails it is
+** set aside for this transaction (*aside), not allowed to hold back the
+** packs after it. */
+static int pack_settle_saved(mq_store *s, mqi_op *op, const pack_row *r, mqi_put_item *items,
+                             int64_t now, int *aside) {
+  int rc = MQ_OK;
+  *aside = 0;
+  for (int fresh = 0; fresh < 2; fresh++) {
+    int src = sqlite3_exec(s->db, "SAVEPOINT mq_pack", NULL, NULL, NULL);
+    if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "savepoint");
+    rc = pack_settle_one(s, op, r, items, now, fresh);
+    if (rc != MQ_OK && sqlite3_get_autocommit(s->db)) return rc; /* the transaction is gone */
+    if (rc != MQ_OK &&
+        (src = sqlite3_exec(s->db, "ROLLBACK TO mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+      return mqi_op_sqlite(s, op, src, "undoing a pack");
+    if ((src = sqlite3_exec(s->db, "RELEASE mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+      return mqi_op_sqlite(s, op, src, "savepoint");
+    if (rc == MQ_OK || pack_transient(rc)) return rc;
+    mqi_log(s, MQ_LOG_ERROR, "%s: pack %lld cannot be settled%s (%s)", s->path, (long long)r->id,
+            fresh ? " under new ids either; it waits" : "; trying new ids", op->err);
+    op->err[0] = '\0';
+  }
+  *aside = 1;
+  return MQ_OK;
+}
+
+int mqi_pack_settle(mq_store *s, mqi_op *op, int64_t max, int *left) {
+  int64_t now = mqi_store_now(s), done = 0, after = INT64_MIN;
+  *left = 0;
+  mqi_put_item *items = malloc(MQI_PACK_MSGS * sizeof *items);
+  if (!items) return mqi_op_fail(op, MQ_ENOMEM, "out of memory settling packs");
+  int rc = MQ_OK;
+  for (;;) {
+    sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_PACK_OLDEST);
+    if (!st) {
+      rc = mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing");
+      break;
+    }
+    sqlite3_bind_int64(st, 1, after);
+    int src = sqlite3_step(st);
+    if (src != SQLITE_ROW || done >= max) {
+      sqlite3_reset(st);
+      if (src == SQLITE_ROW)
+        *left = 1;
+      else if (src != SQLITE_DONE)
+        rc = mqi_op_sqlite(s, op, src, "reading a pack");
+      break;
+    }
+    if (after != INT64_MIN && sqlite3_column_int64(st, 0) <= after) {
+      /* Only a damaged b-tree answers so; going on would never end. */
+      sqlite3_reset(st);
+      rc = mqi_op_fail(op, MQ_ECORRUPT, "%s: the packs' table is damaged", s->path);
+      break;
+    }
+    op->flags |= MQI_OP_WROTE;
+    pack_row r;
+    int aside = 0;
+    rc = pack_row_read(st, &r);
+    if (rc == MQ_OK)
+      rc = pack_settle_saved(s, op, &r, items, now, &aside);
+    else
+      rc = mqi_op_fail(op, rc, "out of memory settling a pack of %zu bytes", r.len);
+    free(r.data);
+    if (rc != MQ_OK) break;
+    /* Only settled packs count towards max: packs set aside stay, and the
+    ** next call meets them again first; counted, enough of them would
+    ** make every call end with *left and no progress (a caller looping
+    ** on *left would never end).  The count is the stored one, bounded
+    ** (damage). */
+    if (!aside) done += r.n < 1 ? 1 : r.n > MQI_PACK_MSGS ? MQI_PACK_MSGS : r.n;
+    after = r.id;
+  }
+  free(items);
+  return rc;
+}
+
+int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(s->db, "DELETE FROM mq_pack WHERE queue_id = ?1 RETURNING n", -1,
+                               &st, NULL);
+  if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
+  sqlite3_bind_int64(st, 1, qid);
+  while ((src = sqlite3_step(st)) == SQLITE_ROW)
+    if (deleted) *deleted += sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? MQ_OK : mqi_op_sqlite(s, op, src, "deleting packs");
+}
+
+/* The code and message of an SQLite failure that ended the transaction. */
+static int pack_lost(mq_store *s, int src, const char *what, char *msg, size_t cap) {
+  snprintf(msg, cap, "%s: %s: %s (SQLite code %d)", s->path, what, sqlite3_errmsg(s->db), src);
+  int rc = mqi_err_from_sqlite(src);
+  return rc == MQ_OK ? MQ_ERROR : rc;
+}
+
+int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_PACK_ANY);
+  int src = st ? sqlite3_step(st) : sqlite3_errcode(s->db);
+  int64_t packs = src == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  if (st) sqlite3_reset(st);
+  s->packs_pending = packs > 0;
+  *backlog = packs > MQI_PACK_STEP / MQI_PACK_MSGS;
+  if (src == SQLITE_ROW) return MQ_OK;
+  return pack_lost(s, src, "looking for packs", msg, cap);
+}
+
+static void pack_op_init(mqi_op *op) {
+  op->how = MQI_RUN_PACK;
+  op->flags = 0;
+  op->rc = MQ_OK;
+  op->err[0] = '\0';
+}
+
+static void pack_failed(mq_store *s, const mqi_op *op) {
+  if (s->pack_log_failed) return;
+  s->pack_log_failed = 1;
+  mqi_log(s, MQ_LOG_WARN,
+          "%s: packed messages could not be turned into rows (%s); trying again with the "
+          "next transaction",
+          s->path, op->err[0] ? op->err : "unknown error");
+}
+
+static int pack_exec(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
+  if (!st) return sqlite3_errcode(s->db);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
+int mqi_pack_settle_all(mq_store *s, int *redo) {
+  *redo = 0;
+  if (!s->packs_pending) return MQ_OK;
+  s->packs_pending = 0;
+  s->pack_settled = 1;
+  mqi_op op;
+  pack_op_init(&op);
+  int src = pack_exec(s, MQI_ST_SAVEPOINT);
+  int rc = src == SQLITE_OK ? mqi_pack_settle(s, &op, INT64_MAX, &(int){0})
+                            : mqi_op_sqlite(s, &op, src, "savepoint");
+  if (rc != MQ_OK) {
+    pack_failed(s, &op);
+    /* Some errors (out of memory, a full disk) make SQLite roll the whole
+    ** transaction back; and one whose undo fails must be rolled back. */
+    *redo = sqlite3_get_autocommit(s->db) ||
+            (src == SQLITE_OK && pack_exec(s, MQI_ST_ROLLBACK_TO) != SQLITE_OK);
+    if (!*redo && src == SQLITE_OK) *redo = pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK;
+    return rc;
+  }
+  if (pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK) {
+    *redo = 1;
+    return mqi_op_sqlite(s, &op, sqlite3_errcode(s->db), "savepoint");
+  }
+  s->pack_log_failed = 0;
+  return MQ_OK;
+}
+
+int mqi_pack_settle_step(mq_store *s, int *left) {
+  mqi_op op;
+  pack_op_init(&op);
+  int rc = mqi_pack_settle(s, &op, MQI_PACK_STEP, left);
+  if (rc != MQ_OK)
+    pack_failed(s, &op);
+  else
+    s->pack_log_failed = 0;
+  return rc;
+}
+
+typedef struct pack_some_arg {
+  int64_t max;
+  int left;
+} pack_some_arg;
+
+static int pack_some_op(mq_store *s, mqi_op *op) {
+  pack_some_arg *a = op->arg;
+  return mqi_pack_settle(s, op, a->max, &a->left);
+}
+
+int mqi_pack_settle_some(mq_store *s, int64_t max, int *left) {
+  pack_some_arg a = {max, 0};
+  *left = 0;
+  int rc = mqi_store_check(s, 1);
+  if (rc != MQ_OK) return rc;
+  rc = mqi_commit_run(s, pack_some_op, &a, MQI_RUN_PACK);
+  *left = a.left;
+  return rc;
+}
+/*** end src/pack.c ***/
+
+/*** begin src/pack_read.c ***/
+/*
+** pack_read.c -- reading packs (pack.c) as they are stored: the parser the
+** settle uses, and the cursor through which peek and scan show packed
+** messages without settling them.
+**
+** Reads never write: a read-only handle cannot, and a read-write handle's
+** reads must not wait for its writers (mq.h).  So peek and scan merge a
+** queue's packed messages with its rows, each as the row it will settle
+** into would read: the pack's ids and enqueue time, priority 0, no
+** receives, expiring with the queue's retention.
+*/
+/* #include "mqi.h" -- inlined above */
+
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+/* 0 and *v, or -1 past the end or beyond 64 bits. */
+static int pack_varint_get(const unsigned char **p, const unsigned char *end, uint64_t *v) {
+  uint64_t x = 0;
+  for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+    unsigned char b = *(*p)++;
+    x |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *v = x;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+size_t mqi_pack_parse(const void *data, size_t len, mqi_put_item *items, size_t *trailing) {
+  *trailing = 0;
+  if (!data || !len) return 0; /* NULL + 0 is undefined */
+  const unsigned char *p = data, *end = p + len;
+  size_t k = 0;
+  for (; k < MQI_PACK_MSGS && p < end; k++) {
+    const unsigned char *start = p;
+    uint64_t size, hlen;
+    uint32_t crc = 0;
+    int ok = pack_varint_get(&p, end, &size) == 0 && end - p >= 4;
+    if (ok) {
+      for (int b = 0; b < 4; b++) crc |= (uint32_t)p[b] << (8 * b);
+      p += 4;
+      ok = pack_varint_get(&p, end, &hlen) == 0 && hlen <= (uint64_t)(end - p) &&
+           size <= (uint64_t)(end - p) - hlen;
+    }
+    mqi_put_item *it = &items[k];
+    memset(it, 0, sizeof *it);
+    mq_put_options_init(&it->o);
+    if (!ok) {
+      it->data = start;
+      it->len = (size_t)(end - start);
+      it->crc = ~(uint32_t)crc32_z(0L, start, it->len);
+      return k + 1;
+    }
+    it->headers = hlen ? (char *)p : NULL; /* not owned here: never freed */
+    it->headers_len = (size_t)hlen;
+    p += hlen;
+    it->data = p;
+    it->len = (size_t)size;
+    it->crc = crc;
+    p += size;
+  }
+  *trailing = (size_t)(end - p);
+  return k;
+}
+
+const char *mqi_pack_damage(const void *data, size_t len, int64_t n, int64_t first_id,
+                            mqi_put_item *items, int64_t *msg_id) {
+  *msg_id = 0;
+  size_t trailing;
+  size_t k = mqi_pack_parse(data, len, items, &trailing);
+  const char *what = NULL;
+  int ids_ok = mqi_pack_ids_ok(first_id, k);
+  for (size_t i = 0; i < k && !what; i++) {
+    if ((uint32_t)crc32_z(0L, (const Bytef *)(items[i].data ? items[i].data : ""), items[i].len) !=
+        items[i].crc) {
+      if (ids_ok) *msg_id = first_id + (int64_t)i;
+      what = "a message fails its checksum";
+    }
+  }
+  if (!what && trailing) what = "its framing is damaged";
+  if (!what && !ids_ok) what = "has ids out of range";
+  if (!what && (n < 1 || n > MQI_PACK_MSGS || (size_t)n != k)) what = "has a wrong message count";
+  return what;
+}
+
+int mqi_pack_ids_ok(int64_t first_id, size_t k) {
+  return first_id >= 1 && (k == 0 || (uint64_t)(k - 1) <= (uint64_t)(INT64_MAX - first_id));
+}
+
+/* ---- the cursor ------------------------------------------------------------ */
+
+int mqi_pack_cursor_open(mqi_pack_cursor *c, sqlite3 *db, int format, int64_t qid,
+                         int64_t retention_ms, int64_t now) {
+  memset(c, 0, sizeof *c);
+  c->retention_ms = retention_ms;
+  if (format < 3) return SQLITE_OK; /* no packs before format 3 */
+  int src = sqlite3_prepare_v2(db,
+                               "SELECT id, enqueued_at, data FROM mq_pack WHERE queue_id = ?1"
+                               " AND (?2 <= 0 OR ?2 > ?3 - enqueued_at) ORDER BY id",
+                               -1, &c->st, NULL);
+  if (src != SQLITE_OK) return src;
+  sqlite3_bind_int64(c->st, 1, qid);
+  sqlite3_bind_int64(c->st, 2, retention_ms);
+  sqlite3_bind_int64(c->st, 3, now);
+  c->items = malloc(MQI_PACK_MSGS * sizeof *c->items);
+  return c->items ? SQLITE_OK : SQLITE_NOMEM;
+}
+
+int mqi_pack_cursor_peek(mqi_pack_cursor *c, int64_t *id) {
+  while (c->at == c->k) {
+    if (!c->st) return SQLITE_DONE;
+    int src = sqlite3_step(c->st);
+    if (src != SQLITE_ROW) return src;
+    size_t len = (size_t)sqlite3_column_bytes(c->st, 2);
+    free(c->data);
+    c->data = len ? malloc(len) : NULL;
+    if (len && !c->data) return SQLITE_NOMEM;
+    if (len) memcpy(c->data, sqlite3_column_blob(c->st, 2), len);
+    c->first = sqlite3_column_int64(c->st, 0);
+    c->enqueued = sqlite3_column_int64(c->st, 1);
+    size_t trailing;
+    c->k = mqi_pack_parse(c->data, len, c->items, &trailing);
+    c->at = 0;
+    c->bad_ids = !mqi_pack_ids_ok(c->first, c->k);
+  }
+  /* A pack whose ids do not fit (damage) is read as corrupt messages. */
+  *id = c->bad_ids ? c->first : c->first + (int64_t)c->at;
+  return SQLITE_ROW;
+}
+
+int mqi_pack_cursor_take(mqi_pack_cursor *c, mq_msg **out) {
+  const mqi_put_item *it = &c->items[c->at++];
+  if (c->bad_ids) return MQ_ECORRUPT;
+  int rc = mqi_msg_build(c->first + (int64_t)(c->at - 1), c->enqueued, 0, 0, NULL, NULL,
+                         (int64_t)it->len, it->crc, MQI_CODEC_RAW, it->headers, it->headers_len,
+                         it->data ? it->data : "", it->len, out);
+  if (rc == MQ_OK)
+    mqi_msg_set_times(*out, c->enqueued,
+                      c->retention_ms > 0 ? mqi_time_add(c->enqueued, c->retention_ms) : 0);
+  return rc;
+}
+
+void mqi_pack_cursor_close(mqi_pack_cursor *c) {
+  sqlite3_finalize(c->st);
+  free(c->items);
+  free(c->data);
+  memset(c, 0, sizeof *c);
+}
+/*** end src/pack_read.c ***/
 
 /*** begin src/msg.c ***/
 /*
@@ -4644,6 +5546,24 @@ static int inspect_state(int state, int64_t visible_at, int receives, int max_re
   return state;
 }
 
+/* The message of the scan's current row, and its state. */
+static int scan_row(sqlite3_stmt *st, int max_receives, int64_t now, mq_msg **m, int *state) {
+  int rc = mqi_msg_build(
+      sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+      sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+      (const char *)sqlite3_column_text(st, 13), mqi_msg_body_size(st, 5, 6, 9),
+      (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7), sqlite3_column_blob(st, 8),
+      (size_t)sqlite3_column_bytes(st, 8), sqlite3_column_blob(st, 9),
+      (size_t)sqlite3_column_bytes(st, 9), m);
+  if (rc != MQ_OK) return rc;
+  int64_t vis = sqlite3_column_int64(st, 10);
+  mqi_msg_set_times(*m, vis, sqlite3_column_int64(st, 11));
+  mqi_msg_set_body(*m, sqlite3_column_int64(st, 14));
+  *state = inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2), max_receives,
+                         now);
+  return MQ_OK;
+}
+
 int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int64_t *corrupt) {
   if (corrupt) *corrupt = 0;
   int rc = mqi_store_check(s, 0);
@@ -4654,14 +5574,17 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
+  mqi_pack_cursor pc;
+  memset(&pc, 0, sizeof pc);
   int format;
   int src = mqi_store_snapshot(db, &format);
-  int64_t qid = 0;
+  int64_t qid = 0, retention_ms = 0;
   int max_receives = 0;
   if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(db, "SELECT id, kind, max_receives FROM mq_queue WHERE name=?1", -1,
-                             &st, NULL);
+    src = sqlite3_prepare_v2(
+        db, "SELECT id, kind, max_receives, retention_ms FROM mq_queue WHERE name=?1", -1, &st,
+        NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -4672,6 +5595,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
       max_receives = sqlite3_column_int(st, 2);
+      retention_ms = sqlite3_column_int64(st, 3);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {
       rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
@@ -4685,19 +5609,25 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
                              format < 2 ? INSPECT_SCAN_SQL(MQI_PAYLOAD_V1)
                                         : INSPECT_SCAN_SQL(MQI_PAYLOAD_V2),
                              -1, &st, NULL);
+  if (src == SQLITE_OK && rc == MQ_OK)
+    src = mqi_pack_cursor_open(&pc, db, format, qid, retention_ms, now);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_int64(st, 1, qid);
     sqlite3_bind_int64(st, 2, now);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    /* Rows and packed messages, merged in id order. */
+    int64_t pid = 0;
+    int psrc = mqi_pack_cursor_peek(&pc, &pid);
+    src = sqlite3_step(st);
+    while (mqi_merge_more(src, psrc)) {
       mq_msg *m = NULL;
-      int brc = mqi_msg_build(
-          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
-          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
-          (const char *)sqlite3_column_text(st, 13),
-          mqi_msg_body_size(st, 5, 6, 9),
-          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
-          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
-          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      int brc, state = MQ_STATE_READY;
+      if (src == SQLITE_ROW && (psrc != SQLITE_ROW || sqlite3_column_int64(st, 0) < pid)) {
+        brc = scan_row(st, max_receives, now, &m, &state);
+        src = sqlite3_step(st);
+      } else {
+        brc = mqi_pack_cursor_take(&pc, &m);
+        psrc = mqi_pack_cursor_peek(&pc, &pid);
+      }
       if (brc == MQ_ECORRUPT) {
         bad++;
         continue;
@@ -4706,24 +5636,18 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
         rc = mqi_err_set(s, brc, "out of memory scanning \"%s\"", queue);
         break;
       }
-      int64_t vis = sqlite3_column_int64(st, 10);
-      mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
-      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
-      int stop = fn(ctx, m,
-                    inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2),
-                                  max_receives, now));
+      int stop = fn(ctx, m, state);
       mq_msg_free(m);
-      if (stop) {
-        src = SQLITE_DONE;
-        break;
-      }
+      if (stop) break;
     }
+    if (src == SQLITE_ROW || src == SQLITE_DONE) src = psrc == SQLITE_ROW ? SQLITE_DONE : psrc;
     if (src == SQLITE_DONE) src = SQLITE_OK;
   }
   if (src != SQLITE_OK && rc == MQ_OK)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
+  mqi_pack_cursor_close(&pc);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -4804,6 +5728,42 @@ static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
+/* Every pack (format 3): its queue, its framing, its messages' checksums. */
+static int verify_packs(sqlite3 *db, verify_ctx *v) {
+  sqlite3_stmt *st = NULL;
+  /* A pack's ids must be its own: a message or a later pack with one of
+  ** them would collide when it settles. */
+  int src = sqlite3_prepare_v2(
+      db,
+      "SELECT p.id, q.name, p.n, p.data,"
+      " EXISTS (SELECT 1 FROM mq_msg m WHERE m.id BETWEEN p.id AND p.id + p.n - 1)"
+      " OR EXISTS (SELECT 1 FROM mq_pack o WHERE o.id > p.id AND o.id < p.id + p.n)"
+      " FROM mq_pack p LEFT JOIN mq_queue q ON q.id = p.queue_id ORDER BY p.id",
+      -1, &st, NULL);
+  mqi_put_item *items = src == SQLITE_OK ? malloc(MQI_PACK_MSGS * sizeof *items) : NULL;
+  if (src == SQLITE_OK && !items) src = SQLITE_NOMEM;
+  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    src = SQLITE_OK;
+    long long id = sqlite3_column_int64(st, 0), n = sqlite3_column_int64(st, 2);
+    const char *q = (const char *)sqlite3_column_text(st, 1);
+    int64_t bad = 0;
+    const char *what = q ? mqi_pack_damage(sqlite3_column_blob(st, 3),
+                                           (size_t)sqlite3_column_bytes(st, 3), n, id, items, &bad)
+                         : "belongs to no queue";
+    if (what && bad)
+      verify_report(v, "queue \"%s\": pack %lld: message %lld fails its checksum", q, id,
+                    (long long)bad);
+    else if (what)
+      verify_report(v, "queue \"%s\": pack %lld (%lld messages) %s", q ? q : "?", id, n, what);
+    if (sqlite3_column_int(st, 4))
+      verify_report(v, "queue \"%s\": pack %lld shares message ids with other messages",
+                    q ? q : "?", id);
+  }
+  free(items);
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
 int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) {
   if (problems) *problems = 0;
   int rc = mqi_store_check(s, 0);
@@ -4865,6 +5825,7 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       format);
   if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
+  if (src == SQLITE_OK && format >= 3) src = verify_packs(db, &v);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {
@@ -5292,12 +6253,13 @@ typedef struct topic_sub {
 
 static int topic_publish_op(mq_store *s, mqi_op *op) {
   topic_arg *a = op->arg;
+  /* The op may run again in the same call (a batch whose settle failed
+  ** is run again without it, commit.c): count this run's only. */
+  a->delivered = 0;
   mqi_queue t;
   int rc = topic_find(s, op, a->topic, &t);
   if (rc != MQ_OK) return rc;
-  if (mqi_store_space_ok(s, 0) != MQ_OK)
-    return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
-                       (long long)s->min_free_bytes);
+  if ((rc = mqi_store_space_ok(s, op, 0)) != MQ_OK) return rc;
   /* Size is checked whether or not anyone listens: the answer to a bad
   ** publish must not depend on which subscriptions exist. */
   for (size_t i = 0; i < a->n; i++)
@@ -7176,6 +8138,7 @@ typedef struct mqi_srv_item {
   void *data;
   size_t len;
   char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
+  uint32_t crc; /* of data, computed by the loop: the commit thread is the busier */
 } mqi_srv_item;
 
 /* What mq_server_endpoint_stats reports.  Only the loop thread writes
@@ -8351,7 +9314,9 @@ void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* #include "zmtp_net.h" -- inlined above */
 
@@ -8362,6 +9327,11 @@ void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now) {
 #define PUSH_LEASE_MAX 256            /* leased per PUSH endpoint per turn */
 #define EGRESS_POLL_MS 20             /* look at an empty queue this often */
 #define RETRY_MIN_MS 50
+/* After this long without a PULL batch, the commit thread turns packs
+** into message rows (pack.c), SETTLE_STEP messages per transaction, so that
+** what a burst left is settled before a consumer needs it. */
+#define SETTLE_IDLE_MS 200
+#define SETTLE_STEP 4096
 #define RETRY_MAX_MS 2000
 #define ACCEPT_PER_TURN 64
 #define ACCEPT_PAUSE_MS 200 /* after accept(2) failed, e.g. out of descriptors */
@@ -8462,7 +9432,14 @@ int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **ou
     free(s);
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a mutex");
   }
-  if (pthread_cond_init(&s->ccv, NULL) != 0) {
+  pthread_condattr_t ca;
+  int cerr = pthread_condattr_init(&ca);
+  /* The idle wait of the commit thread is a duration: not moved by the
+  ** wall clock. */
+  if (cerr == 0) cerr = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  if (cerr == 0) cerr = pthread_cond_init(&s->ccv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (cerr != 0) {
     pthread_mutex_destroy(&s->cmu);
     free(s);
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
@@ -8897,7 +9874,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
   mqi_srv_conn *sc = ctx;
   mq_server *s = sc->srv;
   mqi_srv_ep *ep = &s->eps[sc->ep];
-  mqi_srv_item it = {NULL, 0, NULL};
+  mqi_srv_item it = {NULL, 0, NULL, 0};
   (void)z;
   if (ep->nitems == ep->itemcap) {
     size_t cap = ep->itemcap ? ep->itemcap * 2 : 256;
@@ -8923,6 +9900,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
       hl += (size_t)snprintf(it.frames + hl, n * 21 - hl, i ? ",%zu" : "%zu", parts[i].size);
     }
   }
+  it.crc = (uint32_t)crc32_z(0L, (const Bytef *)(it.data ? it.data : ""), it.len);
   ep->items[ep->nitems++] = it;
   ep->bytes += it.len;
   return srv_batch_full(ep);
@@ -8931,6 +9909,26 @@ oom:
   free(it.frames);
   mqi_zconn_close(sc->z, "out of memory for a message");
   return 1;
+}
+
+/* A queue's batch as packs (pack.c); hd[i] is item i's frames header. */
+static int srv_store_packs(mq_store *st, const char *queue, const mqi_srv_item *items, size_t n,
+                           const mq_header *hd) {
+  mqi_put_item *pi = calloc(n, sizeof *pi);
+  if (!pi) return mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+  int rc = MQ_OK;
+  for (size_t i = 0; i < n && rc == MQ_OK; i++) {
+    pi[i].data = items[i].data;
+    pi[i].len = items[i].len;
+    pi[i].crc = items[i].crc;
+    if (items[i].frames &&
+        mqi_headers_encode(&hd[i], 1, &pi[i].headers, &pi[i].headers_len) != MQ_OK)
+      rc = mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+  }
+  if (rc == MQ_OK) rc = mqi_pack_put(st, queue, pi, n);
+  for (size_t i = 0; i < n; i++) free(pi[i].headers);
+  free(pi);
+  return rc;
 }
 
 /* Store n messages in queue (published, for a topic) with one batch, one
@@ -8975,7 +9973,7 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
         pe[i].opts = &po[i];
       }
     }
-    rc = en ? mq_put_batch(st, queue, en, n, NULL)
+    rc = en ? srv_store_packs(st, queue, items, n, hd)
             : mq_publish_batch(st, queue, pe, n, NULL, NULL);
     if (rc == MQ_OK) *done = n;
     if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
@@ -9016,12 +10014,43 @@ static void srv_items_release(mqi_srv_item *items, size_t n) {
 ** and pokes the wake pipe when done.  The loop meanwhile reads the next
 ** batch, so network and disk work overlap; it stops reading when that
 ** batch is full while the commit is still running (backpressure). */
+/* The commit thread's wait for the next batch, under cmu: 1 when one is
+** queued, 0 to quit, -1 when SETTLE_IDLE_MS passed without one while
+** packs may be waiting to be settled. */
+static int srv_committer_wait(mq_server *s, int packs) {
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += SETTLE_IDLE_MS / 1000;
+  until.tv_nsec += (long)(SETTLE_IDLE_MS % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (!s->cquit && s->cjob != 1) {
+    if (!packs)
+      pthread_cond_wait(&s->ccv, &s->cmu);
+    else if (pthread_cond_timedwait(&s->ccv, &s->cmu, &until) == ETIMEDOUT)
+      return s->cquit || s->cjob == 1 ? s->cjob == 1 : -1;
+  }
+  return s->cjob == 1;
+}
+
 static void *srv_committer_main(void *arg) {
   mq_server *s = arg;
+  int packs = 1; /* a store may hold packs from an earlier run */
   pthread_mutex_lock(&s->cmu);
   for (;;) {
-    while (!s->cquit && s->cjob != 1) pthread_cond_wait(&s->ccv, &s->cmu);
-    if (s->cjob != 1) break; /* quit, and nothing queued */
+    int w = srv_committer_wait(s, packs);
+    if (w < 0) {
+      pthread_mutex_unlock(&s->cmu);
+      int left = 0;
+      /* A failure (the store is locked by another program, say) is tried
+      ** again after the next idle wait; the next get settles anyway. */
+      if (mqi_pack_settle_some(s->store, SETTLE_STEP, &left) == MQ_OK) packs = left;
+      pthread_mutex_lock(&s->cmu);
+      continue;
+    }
+    if (w == 0) break; /* quit, and nothing queued */
     char queue[MQ_NAME_MAX + 1];
     memcpy(queue, s->cjob_queue, sizeof queue);
     int topic = s->cjob_topic;
@@ -9039,6 +10068,7 @@ static void *srv_committer_main(void *arg) {
     s->cjob_dropped_bytes = dropped_bytes;
     memcpy(s->cjob_err, err, sizeof err);
     s->cjob = 2;
+    if (!topic) packs = 1;
     mqi_net_pipe_poke(s->wake[1]);
   }
   pthread_mutex_unlock(&s->cmu);

@@ -115,11 +115,44 @@ static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
   return rc == MQ_OK ? MQ_ERROR : rc;
 }
 
+/* Settle a backlog of packs (a burst a PULL endpoint took, or what it left
+** when it stopped) in transactions of MQI_PACK_STEP messages, outside the
+** batch's: it then settles only what is left.  A failure is logged, and
+** left to the batch's own settle. */
+static void commit_settle_backlog(mq_store *s) {
+  char msg[MQI_ERRMSG_MAX];
+  for (int left = 1; left;) {
+    if (commit_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
+    /* A damaged pack settles under fresh ids (pack.c): the id sequence is
+    ** read in this transaction and saved with it, as in a batch's. */
+    s->id_state = 0;
+    int src = SQLITE_OK;
+    if (commit_format_ok(s, msg, sizeof msg) != MQ_OK || mqi_pack_settle_step(s, &left) != MQ_OK ||
+        mqi_store_save_ids(s) != SQLITE_OK || (src = commit_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
+      commit_rollback(s);
+      /* As after any failed commit: never reuse this connection's state. */
+      if ((src & 0xff) == SQLITE_IOERR) s->broken = 1;
+      return;
+    }
+  }
+}
+
+/* Whether an op of the batch failed for want of disk space: a refusal by
+** the free-space floor, before writing anything, is not caused by the rows
+** a settle wrote. */
+static int commit_full(const mqi_op *batch) {
+  for (const mqi_op *op = batch; op; op = op->next)
+    if (op->rc == MQ_EFULL && !(op->flags & MQI_OP_REFUSED)) return 1;
+  return 0;
+}
+
 static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
-  int n = 0, need_sync = 0, lean = 1;
+  int n = 0, need_sync = 0, lean = 1, reads = 0, backlog = 0, backlog_done = 0;
+  int settle_rc = MQ_OK; /* why packs could not be settled in this batch */
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
+    if (op->how & MQI_RUN_SETTLE) reads = 1;
     need_sync |= op->how & MQI_RUN_DURABLE;
     if (!(op->how & MQI_RUN_REPEATABLE)) lean = 0;
   }
@@ -158,10 +191,40 @@ again:
 
   s->id_state = 0;
   s->qcache_valid = 0;
+  /* Ops that read messages see them as rows only (pack.c). */
+  s->packs_pending = 0;
+  s->pack_settled = 0;
+  if (reads && settle_rc == MQ_OK &&
+      (frc = mqi_pack_check(s, &backlog, msg, sizeof msg)) != MQ_OK) {
+    commit_rollback(s);
+    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
+    commit_fail_all(batch, frc, msg);
+    goto out;
+  }
+  if (backlog && !backlog_done) { /* nothing written yet */
+    commit_rollback(s);
+    commit_settle_backlog(s);
+    backlog_done = 1;
+    goto again;
+  }
   int any_kept = 0, guard = n > 1 && !lean;
   for (mqi_op *op = batch; op; op = op->next) {
     op->err[0] = 0;
     op->flags = 0;
+    if (op->how & MQI_RUN_SETTLE) {
+      int redo = 0;
+      if (settle_rc == MQ_OK && (settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
+        /* The settle took the transaction with it (a full disk, memory):
+        ** the other ops, acks among them, run again without it. */
+        commit_rollback(s);
+        goto again;
+      }
+      if (settle_rc != MQ_OK) {
+        op->rc = mqi_op_fail(op, settle_rc, "%s: stored packs could not be turned into rows: %s",
+                             s->path, mq_errstr(settle_rc));
+        continue;
+      }
+    }
     if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
@@ -197,6 +260,13 @@ again:
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
+  if (s->pack_settled && commit_full(batch)) {
+    /* The rows a settle wrote may be what filled the disk: the ops that
+    ** need no settle run again without it. */
+    commit_rollback(s);
+    settle_rc = MQ_EFULL;
+    goto again;
+  }
   if (!any_kept) {
     commit_rollback(s);
     goto out;
@@ -204,6 +274,11 @@ again:
   src = mqi_store_save_ids(s);
   if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
   if (src == SQLITE_OK && need_sync && s->sync == MQ_SYNC_FULL) src = commit_sync_wal(s);
+  if (src != SQLITE_OK && s->pack_settled && (src & 0xff) == SQLITE_FULL) {
+    commit_rollback(s);
+    settle_rc = MQ_EFULL;
+    goto again;
+  }
   if (src != SQLITE_OK) {
     int code = src & 0xff;
     int rc = code == SQLITE_IOERR  ? MQ_EUNKNOWN

@@ -330,7 +330,7 @@ int mq_get_batch(mq_store *s, const char *queue, const mq_get_options *opts, siz
   for (;;) {
     uint32_t seq = mqi_gate_seq(s->gate);
     a.count = 0;
-    rc = mqi_commit_run(s, get_op, &a, 0);
+    rc = mqi_commit_run(s, get_op, &a, MQI_RUN_SETTLE);
     if (rc != MQ_EMPTY) break;
     int64_t left = deadline - mqi_os_monotonic_ms();
     if (left <= 0) break;
@@ -368,7 +368,7 @@ int mqi_get_batch_fit(mq_store *s, const char *queue, int64_t visibility_ms, siz
     return mqi_err_set(s, MQ_EINVAL, "mqi_get_batch_fit: bad arguments");
   get_arg a = {.queue = queue, .visibility_ms = visibility_ms, .max = max, .msgs = msgs,
                .fit = fit, .fit_ctx = ctx, .budget = budget, .first = first};
-  rc = mqi_commit_run(s, get_op, &a, 0);
+  rc = mqi_commit_run(s, get_op, &a, MQI_RUN_SETTLE);
   if (rc == MQ_OK) {
     *count = a.count;
   } else {
@@ -398,11 +398,34 @@ int mq_get(mq_store *s, const char *queue, const mq_get_options *opts, mq_msg **
 #define GET_PEEK_SQL(P)                                                                         \
   "SELECT m.id, m.priority, m.receives, m.enqueued_at, m.reason, " MQI_PAYLOAD_COLS(P)          \
   ", m.visible_at, m.expires_at, b.subject,"                                                    \
-  " q.kind, m.body_id FROM mq_queue q LEFT JOIN mq_msg m ON m.queue_id = q.id"                  \
+  " q.kind, m.body_id, q.id, q.retention_ms FROM mq_queue q"                                    \
+  " LEFT JOIN mq_msg m ON m.queue_id = q.id"                                                    \
   "  AND " MQI_SQL_DUE " AND " MQI_SQL_LIVE                                                     \
   "  AND NOT " MQI_SQL_SPENT                                                                    \
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 ORDER BY m.priority DESC, m.id LIMIT ?3"
+
+/* The message of peek's current row. */
+static int peek_row(sqlite3_stmt *st, mq_msg **m) {
+  int rc = mqi_msg_build(
+      sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+      sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+      (const char *)sqlite3_column_text(st, 12),
+      /* a missing body (NULL size) is damage, not an empty payload */
+      mqi_msg_body_size(st, 5, 6, 9), (uint32_t)sqlite3_column_int64(st, 6),
+      sqlite3_column_int(st, 7), sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
+      sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), m);
+  if (rc == MQ_OK) {
+    mqi_msg_set_times(*m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
+    mqi_msg_set_body(*m, sqlite3_column_int64(st, 14));
+  }
+  return rc;
+}
+
+static void peek_corrupt(mq_store *s, const char *queue, int64_t id) {
+  mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path, queue,
+          (long long)id);
+}
 
 int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *count) {
   if (count) *count = 0;
@@ -417,6 +440,8 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   sqlite3_stmt *st = NULL;
+  mqi_pack_cursor pc;
+  memset(&pc, 0, sizeof pc);
   size_t n = 0;
   int format;
   int src = mqi_store_snapshot(db, &format);
@@ -430,38 +455,45 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     sqlite3_bind_int64(st, 2, now);
     /* A few extra rows leave room for corrupt ones being skipped. */
     sqlite3_bind_int64(st, 3, max > INT32_MAX ? INT32_MAX : (int64_t)max + 8);
-    while (n < max && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    int psrc = SQLITE_DONE;
+    int64_t pid = 0;
+    src = sqlite3_step(st);
+    if (src == SQLITE_ROW && sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
+      rc = mqi_err_set(s, MQ_EINVAL,
+                       "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
+                       s->path, queue, queue);
+      src = SQLITE_DONE;
+    } else if (src == SQLITE_ROW) {
       found = 1;
-      if (sqlite3_column_int(st, 13) == MQI_KIND_TOPIC) {
-        rc = mqi_err_set(s, MQ_EINVAL,
-                         "%s: \"%s\" is a topic; peek at one of its subscriptions, \"%s/SUB\"",
-                         s->path, queue, queue);
-        src = SQLITE_DONE;
-        break;
-      }
-      if (sqlite3_column_type(st, 0) == SQLITE_NULL) continue; /* empty queue */
+      psrc = mqi_pack_cursor_open(&pc, db, format, sqlite3_column_int64(st, 15),
+                                  sqlite3_column_int64(st, 16), now);
+      if (psrc == SQLITE_OK) psrc = mqi_pack_cursor_peek(&pc, &pid);
+      if (sqlite3_column_type(st, 0) == SQLITE_NULL) src = SQLITE_DONE; /* no row is due */
+    }
+    /* Rows by priority, then id; packed messages have priority 0. */
+    while (n < max && mqi_merge_more(src, psrc)) {
       mq_msg *m = NULL;
-      rc = mqi_msg_build(
-          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
-          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
-          (const char *)sqlite3_column_text(st, 12),
-          /* a missing body (NULL size) is damage, not an empty payload */
-          mqi_msg_body_size(st, 5, 6, 9),
-          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
-          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
-          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      int64_t id = pid;
+      int prio = src == SQLITE_ROW ? sqlite3_column_int(st, 1) : 0;
+      if (src == SQLITE_ROW &&
+          (psrc != SQLITE_ROW || prio > 0 || (prio == 0 && sqlite3_column_int64(st, 0) < pid))) {
+        id = sqlite3_column_int64(st, 0);
+        rc = peek_row(st, &m);
+        src = sqlite3_step(st);
+      } else {
+        rc = mqi_pack_cursor_take(&pc, &m);
+        psrc = mqi_pack_cursor_peek(&pc, &pid);
+      }
       if (rc == MQ_ECORRUPT) {
-        mqi_log(s, MQ_LOG_ERROR, "%s: queue \"%s\": message %lld has a corrupt payload", s->path,
-                queue, (long long)sqlite3_column_int64(st, 0));
+        peek_corrupt(s, queue, id);
         rc = MQ_OK;
         continue;
       }
       if (rc != MQ_OK) break;
-      mqi_msg_set_times(m, sqlite3_column_int64(st, 10), sqlite3_column_int64(st, 11));
-      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
       msgs[n++] = m;
     }
-    if (src == SQLITE_ROW) src = SQLITE_DONE;
+    if (src == SQLITE_ROW || src == SQLITE_DONE)
+      src = psrc == SQLITE_ROW || psrc == SQLITE_DONE ? SQLITE_DONE : psrc;
   }
   if (rc == MQ_EINVAL || rc == MQ_EVERSION) {
     /* the message is set */
@@ -474,6 +506,7 @@ int mq_peek(mq_store *s, const char *queue, size_t max, mq_msg **msgs, size_t *c
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
   }
   sqlite3_finalize(st);
+  mqi_pack_cursor_close(&pc);
   mqi_store_read_done(s, src);
   if (rc != MQ_OK) {
     for (size_t i = 0; i < n; i++) {

@@ -38,6 +38,24 @@ static int inspect_state(int state, int64_t visible_at, int receives, int max_re
   return state;
 }
 
+/* The message of the scan's current row, and its state. */
+static int scan_row(sqlite3_stmt *st, int max_receives, int64_t now, mq_msg **m, int *state) {
+  int rc = mqi_msg_build(
+      sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
+      sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
+      (const char *)sqlite3_column_text(st, 13), mqi_msg_body_size(st, 5, 6, 9),
+      (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7), sqlite3_column_blob(st, 8),
+      (size_t)sqlite3_column_bytes(st, 8), sqlite3_column_blob(st, 9),
+      (size_t)sqlite3_column_bytes(st, 9), m);
+  if (rc != MQ_OK) return rc;
+  int64_t vis = sqlite3_column_int64(st, 10);
+  mqi_msg_set_times(*m, vis, sqlite3_column_int64(st, 11));
+  mqi_msg_set_body(*m, sqlite3_column_int64(st, 14));
+  *state = inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2), max_receives,
+                         now);
+  return MQ_OK;
+}
+
 int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int64_t *corrupt) {
   if (corrupt) *corrupt = 0;
   int rc = mqi_store_check(s, 0);
@@ -48,14 +66,17 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
   if ((rc = mqi_store_read(s, &db)) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s), bad = 0;
   sqlite3_stmt *st = NULL;
+  mqi_pack_cursor pc;
+  memset(&pc, 0, sizeof pc);
   int format;
   int src = mqi_store_snapshot(db, &format);
-  int64_t qid = 0;
+  int64_t qid = 0, retention_ms = 0;
   int max_receives = 0;
   if (src == SQLITE_OK) rc = mqi_store_format_ok(s, format);
   if (src == SQLITE_OK && rc == MQ_OK)
-    src = sqlite3_prepare_v2(db, "SELECT id, kind, max_receives FROM mq_queue WHERE name=?1", -1,
-                             &st, NULL);
+    src = sqlite3_prepare_v2(
+        db, "SELECT id, kind, max_receives, retention_ms FROM mq_queue WHERE name=?1", -1, &st,
+        NULL);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_text(st, 1, queue, -1, SQLITE_STATIC);
     src = sqlite3_step(st);
@@ -66,6 +87,7 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
     } else if (src == SQLITE_ROW) {
       qid = sqlite3_column_int64(st, 0);
       max_receives = sqlite3_column_int(st, 2);
+      retention_ms = sqlite3_column_int64(st, 3);
       src = SQLITE_OK;
     } else if (src == SQLITE_DONE) {
       rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, queue);
@@ -79,19 +101,25 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
                              format < 2 ? INSPECT_SCAN_SQL(MQI_PAYLOAD_V1)
                                         : INSPECT_SCAN_SQL(MQI_PAYLOAD_V2),
                              -1, &st, NULL);
+  if (src == SQLITE_OK && rc == MQ_OK)
+    src = mqi_pack_cursor_open(&pc, db, format, qid, retention_ms, now);
   if (src == SQLITE_OK && rc == MQ_OK) {
     sqlite3_bind_int64(st, 1, qid);
     sqlite3_bind_int64(st, 2, now);
-    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+    /* Rows and packed messages, merged in id order. */
+    int64_t pid = 0;
+    int psrc = mqi_pack_cursor_peek(&pc, &pid);
+    src = sqlite3_step(st);
+    while (mqi_merge_more(src, psrc)) {
       mq_msg *m = NULL;
-      int brc = mqi_msg_build(
-          sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 3), sqlite3_column_int(st, 2),
-          sqlite3_column_int(st, 1), (const char *)sqlite3_column_text(st, 4),
-          (const char *)sqlite3_column_text(st, 13),
-          mqi_msg_body_size(st, 5, 6, 9),
-          (uint32_t)sqlite3_column_int64(st, 6), sqlite3_column_int(st, 7),
-          sqlite3_column_blob(st, 8), (size_t)sqlite3_column_bytes(st, 8),
-          sqlite3_column_blob(st, 9), (size_t)sqlite3_column_bytes(st, 9), &m);
+      int brc, state = MQ_STATE_READY;
+      if (src == SQLITE_ROW && (psrc != SQLITE_ROW || sqlite3_column_int64(st, 0) < pid)) {
+        brc = scan_row(st, max_receives, now, &m, &state);
+        src = sqlite3_step(st);
+      } else {
+        brc = mqi_pack_cursor_take(&pc, &m);
+        psrc = mqi_pack_cursor_peek(&pc, &pid);
+      }
       if (brc == MQ_ECORRUPT) {
         bad++;
         continue;
@@ -100,24 +128,18 @@ int mq_queue_scan(mq_store *s, const char *queue, mq_scan_fn fn, void *ctx, int6
         rc = mqi_err_set(s, brc, "out of memory scanning \"%s\"", queue);
         break;
       }
-      int64_t vis = sqlite3_column_int64(st, 10);
-      mqi_msg_set_times(m, vis, sqlite3_column_int64(st, 11));
-      mqi_msg_set_body(m, sqlite3_column_int64(st, 14));
-      int stop = fn(ctx, m,
-                    inspect_state(sqlite3_column_int(st, 12), vis, sqlite3_column_int(st, 2),
-                                  max_receives, now));
+      int stop = fn(ctx, m, state);
       mq_msg_free(m);
-      if (stop) {
-        src = SQLITE_DONE;
-        break;
-      }
+      if (stop) break;
     }
+    if (src == SQLITE_ROW || src == SQLITE_DONE) src = psrc == SQLITE_ROW ? SQLITE_DONE : psrc;
     if (src == SQLITE_DONE) src = SQLITE_OK;
   }
   if (src != SQLITE_OK && rc == MQ_OK)
     rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: scanning \"%s\": %s", s->path, queue,
                      sqlite3_errmsg(db));
   sqlite3_finalize(st);
+  mqi_pack_cursor_close(&pc);
   mqi_store_read_done(s, src);
   if (corrupt) *corrupt = bad;
   return rc;
@@ -198,6 +220,42 @@ static int verify_payloads(sqlite3 *db, int format, verify_ctx *v) {
   return src == SQLITE_DONE ? SQLITE_OK : src;
 }
 
+/* Every pack (format 3): its queue, its framing, its messages' checksums. */
+static int verify_packs(sqlite3 *db, verify_ctx *v) {
+  sqlite3_stmt *st = NULL;
+  /* A pack's ids must be its own: a message or a later pack with one of
+  ** them would collide when it settles. */
+  int src = sqlite3_prepare_v2(
+      db,
+      "SELECT p.id, q.name, p.n, p.data,"
+      " EXISTS (SELECT 1 FROM mq_msg m WHERE m.id BETWEEN p.id AND p.id + p.n - 1)"
+      " OR EXISTS (SELECT 1 FROM mq_pack o WHERE o.id > p.id AND o.id < p.id + p.n)"
+      " FROM mq_pack p LEFT JOIN mq_queue q ON q.id = p.queue_id ORDER BY p.id",
+      -1, &st, NULL);
+  mqi_put_item *items = src == SQLITE_OK ? malloc(MQI_PACK_MSGS * sizeof *items) : NULL;
+  if (src == SQLITE_OK && !items) src = SQLITE_NOMEM;
+  while (src == SQLITE_OK && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    src = SQLITE_OK;
+    long long id = sqlite3_column_int64(st, 0), n = sqlite3_column_int64(st, 2);
+    const char *q = (const char *)sqlite3_column_text(st, 1);
+    int64_t bad = 0;
+    const char *what = q ? mqi_pack_damage(sqlite3_column_blob(st, 3),
+                                           (size_t)sqlite3_column_bytes(st, 3), n, id, items, &bad)
+                         : "belongs to no queue";
+    if (what && bad)
+      verify_report(v, "queue \"%s\": pack %lld: message %lld fails its checksum", q, id,
+                    (long long)bad);
+    else if (what)
+      verify_report(v, "queue \"%s\": pack %lld (%lld messages) %s", q ? q : "?", id, n, what);
+    if (sqlite3_column_int(st, 4))
+      verify_report(v, "queue \"%s\": pack %lld shares message ids with other messages",
+                    q ? q : "?", id);
+  }
+  free(items);
+  sqlite3_finalize(st);
+  return src == SQLITE_DONE ? SQLITE_OK : src;
+}
+
 int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) {
   if (problems) *problems = 0;
   int rc = mqi_store_check(s, 0);
@@ -259,6 +317,7 @@ int mq_store_verify(mq_store *s, mq_verify_fn fn, void *ctx, int64_t *problems) 
                       " FROM mq_msg WHERE state NOT IN (0,1,2,3)",
                       format);
   if (src == SQLITE_OK) src = verify_payloads(db, format, &v);
+  if (src == SQLITE_OK && format >= 3) src = verify_packs(db, &v);
   if (src != SQLITE_OK) {
     int code = mqi_err_from_sqlite(src);
     if (code == MQ_ECORRUPT) {

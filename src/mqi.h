@@ -45,7 +45,7 @@
 
 /* On-disk format identity: PRAGMA application_id and user_version. */
 #define MQI_APPLICATION_ID 0x6D710A01 /* "mq" + 0x0A01 */
-#define MQI_FORMAT_VERSION 2
+#define MQI_FORMAT_VERSION 3
 
 /* Message states (mq_msg.state column).  A message in state INFLIGHT or
 ** DELAYED whose visible_at has passed is ready in all but name; the next
@@ -157,6 +157,7 @@ enum mqi_stmt_id {
   MQI_ST_RELEASE,
   MQI_ST_ROLLBACK_TO,
   MQI_ST_QUEUE_BY_NAME,
+  MQI_ST_QUEUE_BY_ID,
   MQI_ST_BODY_INSERT,
   MQI_ST_BODY_INSERT_ROWS, /* MQI_PUT_ROWS bodies in one statement */
   MQI_ST_BODY_GET,
@@ -188,6 +189,10 @@ enum mqi_stmt_id {
   MQI_ST_ID_SET,
   MQI_ST_FREELIST,
   MQI_ST_FORMAT, /* the file's format version, checked by every write transaction */
+  MQI_ST_PACK_ANY,
+  MQI_ST_PACK_INSERT,
+  MQI_ST_PACK_OLDEST,
+  MQI_ST_PACK_DELETE,
   MQI_ST_COUNT
 };
 
@@ -249,6 +254,9 @@ struct mq_store {
   char qcache_name[MQ_NAME_MAX + 1];
   uint64_t puts_since_sweep;
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
+  int packs_pending;   /* the transaction may hold packs to settle (pack.c) */
+  int pack_settled;    /* the transaction has settled packs */
+  int pack_log_failed; /* a failed settle was logged; quiet until one works */
 };
 
 /* The read calls (stats, info, lists, peek, scan, verify) use a second,
@@ -289,11 +297,15 @@ MQI_API uint64_t mqi_store_token(mq_store *s);
 /* Inside an op: a new, never used message or body id. */
 MQI_API int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id);
 /* The same, but at least floor (the sequence moves on past it). */
+/* Inside an op: n consecutive ids, the first in *first. */
+MQI_API int mqi_store_next_ids(mq_store *s, mqi_op *op, size_t n, int64_t *first);
 MQI_API int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id);
 /* Inside the transaction, before COMMIT: persist the id sequence. */
 MQI_API int mqi_store_save_ids(mq_store *s);
-/* MQ_EFULL if the free-space floor is reached (cached for a short time). */
-MQI_API int mqi_store_space_ok(mq_store *s, int64_t incoming);
+/* Inside an op that would write incoming bytes of payload: MQ_EFULL, with
+** op failed and marked MQI_OP_REFUSED, if the free-space floor is reached
+** (cached for a short time). */
+MQI_API int mqi_store_space_ok(mq_store *s, mqi_op *op, int64_t incoming);
 /* Near the free-space floor: commits should keep the WAL short. */
 MQI_API int mqi_store_low_space(mq_store *s);
 
@@ -309,6 +321,7 @@ MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_
 /* What an op did, for the commit: */
 #define MQI_OP_WAKE 0x1  /* may have made a message ready: wake waiters */
 #define MQI_OP_WROTE 0x2 /* may have written: see MQI_RUN_REPEATABLE */
+#define MQI_OP_REFUSED 0x4 /* MQ_EFULL from the free-space floor, nothing written */
 
 /* How an op is to be run (mqi_commit_run's how): */
 #define MQI_RUN_DURABLE 0x1 /* must survive power loss under FULL (put, ack) */
@@ -321,6 +334,14 @@ MQI_API int mqi_schema_newer(const char *file, int64_t version, char *err, size_
 /* fn writes no mq_queue row, so its queue lookups may be served from the
 ** row an earlier op of the same transaction read (mqi_queue_find). */
 #define MQI_RUN_KEEPS_QUEUES 0x4
+/* fn writes packs or settles them itself (pack.c). */
+#define MQI_RUN_PACK 0x8
+/* fn reads queued messages (get, redrive): the batch settles packs before
+** it, so that it sees packed messages as rows (pack.c).  If they cannot be
+** settled, fn is not run and fails with the settle's code; the other ops
+** of the batch -- acks, which free the space a full disk needs -- do not
+** depend on room for a settle. */
+#define MQI_RUN_SETTLE 0x10
 
 typedef int (*mqi_op_fn)(mq_store *s, mqi_op *op);
 
@@ -363,6 +384,8 @@ MQI_API int mqi_queue_names(mq_store *s, const char *sql, const char *bind, size
 MQI_API int mqi_queue_check_dlq(mq_store *s, mqi_op *op, const char *name, int max_receives,
                                 const mqi_queue *dlq);
 /* The same for calls that need messages: a topic is MQ_EINVAL. */
+/* Look a queue up by id inside an op; MQ_ENOTFOUND (no message set). */
+MQI_API int mqi_queue_by_id(mq_store *s, mqi_op *op, int64_t id, mqi_queue *q);
 MQI_API int mqi_queue_find_holder(mq_store *s, mqi_op *op, const char *name, mqi_queue *q);
 /* Create a queue-like row of the given kind (queue or topic). */
 MQI_API int mqi_queue_create(mq_store *s, const char *name, int kind, const mq_queue_options *opts);
@@ -412,6 +435,87 @@ MQI_API int mqi_put_fanout(mq_store *s, mqi_op *op, const mqi_queue *const *qs, 
                            int64_t now);
 /* Forget dedup keys whose window has passed, now and then. */
 MQI_API void mqi_put_sweep(mq_store *s, int64_t now);
+/* Inside an op: the rows of n messages without options (ids first_id,
+** first_id + 1, ..., enqueued at now), as a batch of plain puts writes
+** them, compressed as q says; q's max_payload is not checked again. */
+MQI_API int mqi_put_rows_at(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
+                            size_t n, int64_t now, int64_t first_id);
+
+/* ---- pack.c -------------------------------------------------------------- */
+/* Store n messages in queue as packs (several messages per row), with one
+** commit, durable as a put; items need only data, len, crc and headers.
+** All or none; MQ_ETOOBIG/MQ_EINVAL as mq_put_batch for a bad entry. */
+MQI_API int mqi_pack_put(mq_store *s, const char *queue, const mqi_put_item *items, size_t n);
+/* Inside a transaction (commit.c): turn packs into ordinary message rows,
+** oldest first, until at least max messages are done or none is left;
+** *left says whether packs remain. */
+MQI_API int mqi_pack_settle(mq_store *s, mqi_op *op, int64_t max, int *left);
+/* Inside a transaction (commit.c): set s->packs_pending to whether any
+** pack is stored, and *backlog to whether more than MQI_PACK_STEP
+** messages may be.  MQ_OK, or the code with a message in msg: the
+** transaction cannot go on. */
+MQI_API int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap);
+/* Messages settled per transaction when there are many: one transaction
+** of a million rows spills SQLite's page cache and takes twice as long. */
+#define MQI_PACK_STEP 4096
+/* Inside a transaction: settle up to MQI_PACK_STEP messages; *left says
+** whether packs remain.  A failure is logged. */
+MQI_API int mqi_pack_settle_step(mq_store *s, int *left);
+/* Settle every pack before the next op of the transaction, if any may be
+** there.  MQ_OK, or the code of a failure, which is logged and leaves them
+** for a later transaction; *redo then says whether the transaction is lost
+** (SQLite rolls back on some errors): the caller must roll back and begin
+** again. */
+MQI_API int mqi_pack_settle_all(mq_store *s, int *redo);
+/* Settle at most max messages in a transaction of their own (the server
+** does it while its PULL endpoints are idle); MQ_OK and *left. */
+MQI_API int mqi_pack_settle_some(mq_store *s, int64_t max, int *left);
+/* Inside an op: forget the packs of queue qid (purge, drop); *deleted +=
+** their messages, if deleted is not NULL. */
+MQI_API int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted);
+
+/* ---- pack_read.c --------------------------------------------------------- */
+#define MQI_PACK_MSGS 256 /* messages in a pack, at most */
+/* The messages of a pack's data, at most MQI_PACK_MSGS items pointing into
+** data (headers too: not to be freed).  Damaged framing makes the rest of
+** the data one item whose CRC cannot match; *trailing is what is left past
+** MQI_PACK_MSGS messages (damage too). */
+MQI_API size_t mqi_pack_parse(const void *data, size_t len, mqi_put_item *items, size_t *trailing);
+/* What is wrong with the data of a pack said to hold n messages: NULL
+** if nothing, else a description (with *msg_id, the first bad message's
+** id, where one is to blame); first_id is the pack's id, items room for
+** MQI_PACK_MSGS. */
+MQI_API const char *mqi_pack_damage(const void *data, size_t len, int64_t n, int64_t first_id,
+                                    mqi_put_item *items, int64_t *msg_id);
+/* Whether k messages from first_id have ids in 1..INT64_MAX. */
+MQI_API int mqi_pack_ids_ok(int64_t first_id, size_t k);
+/* A queue's packed messages in id order, inside a read transaction of db:
+** open, then peek for the next one's id (SQLITE_ROW, SQLITE_DONE or an
+** error code) and take it (MQ_OK, MQ_ECORRUPT for a payload that fails its
+** checksum, MQ_ENOMEM), until done; close always.  Each message is as the
+** row it settles into would read: ready, priority 0, no receives, expiring
+** with the queue's retention; those past it are left out. */
+typedef struct mqi_pack_cursor {
+  sqlite3_stmt *st; /* the queue's packs, by id */
+  int64_t retention_ms;
+  int64_t first, enqueued; /* of the pack being read */
+  unsigned char *data;     /* its data, copied */
+  mqi_put_item *items;     /* MQI_PACK_MSGS of them */
+  size_t k, at;            /* messages parsed, the next to take */
+  int bad_ids;             /* the pack's ids do not fit (damage) */
+} mqi_pack_cursor;
+MQI_API int mqi_pack_cursor_open(mqi_pack_cursor *c, sqlite3 *db, int format, int64_t qid,
+                                 int64_t retention_ms, int64_t now);
+MQI_API int mqi_pack_cursor_peek(mqi_pack_cursor *c, int64_t *id);
+MQI_API int mqi_pack_cursor_take(mqi_pack_cursor *c, mq_msg **out);
+MQI_API void mqi_pack_cursor_close(mqi_pack_cursor *c);
+/* Whether a merge of rows (a statement's last step, src) with packed
+** messages (the cursor's last peek, psrc) goes on: something is left, and
+** neither side failed. */
+static inline int mqi_merge_more(int src, int psrc) {
+  return (src == SQLITE_ROW || psrc == SQLITE_ROW) && (src == SQLITE_ROW || src == SQLITE_DONE) &&
+         (psrc == SQLITE_ROW || psrc == SQLITE_DONE);
+}
 
 /* ---- msg.c --------------------------------------------------------------- */
 /* Release one reference to a body, deleting it with the last one; nothing

@@ -291,19 +291,26 @@ void mqi_put_sweep(mq_store *s, int64_t now) {
   s->puts_since_sweep = 0;
 }
 
+/* One message's rows; one id names the message and its body, if it has
+** one. */
+static int put_row_at(mq_store *s, mqi_op *op, const mqi_queue *q, const mqi_put_item *it,
+                      size_t index, int64_t now, int64_t id) {
+  put_enc e;
+  int rc = put_encode(s, op, q, it, index, &e);
+  if (rc != MQ_OK) return rc;
+  int64_t body = put_inline(s, it, &e) ? 0 : id;
+  if (body) rc = put_body_row(s, op, it, &e, 1, body);
+  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, id);
+  free(e.z);
+  return rc;
+}
+
 static int put_one(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *it, size_t index,
                    int64_t now, int64_t *id) {
   int rc = mqi_put_dedup_find(s, op, q, it, now, id);
   if (rc != MQ_OK || *id) return rc;
-  /* One id names the message and its body, if it has one. */
   if ((rc = mqi_store_next_id(s, op, id)) != MQ_OK) return rc;
-  put_enc e;
-  if ((rc = put_encode(s, op, q, it, index, &e)) != MQ_OK) return rc;
-  int64_t body = put_inline(s, it, &e) ? 0 : *id;
-  if (body) rc = put_body_row(s, op, it, &e, 1, body);
-  if (rc == MQ_OK) rc = put_msg_row(s, op, q, 0, body, it, &e, now, *id);
-  free(e.z);
-  if (rc != MQ_OK) return rc;
+  if ((rc = put_row_at(s, op, q, it, index, now, *id)) != MQ_OK) return rc;
   return mqi_put_dedup_store(s, op, q, it, now, *id);
 }
 
@@ -339,15 +346,16 @@ static int put_rows_bodies(mq_store *s, mqi_op *op, const mqi_put_item *items, c
 }
 
 /* MQI_PUT_ROWS puts without dedup keys, entries first.. of the batch: the
-** same rows as put_one writes, with one statement per table. */
+** same rows as put_one writes, with one statement per table.  The ids are
+** taken, or with given, already in ids. */
 static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items, size_t first,
-                    int64_t now, int64_t *ids) {
+                    int64_t now, int64_t *ids, int given) {
   put_enc e[MQI_PUT_ROWS];
   int64_t bodies[MQI_PUT_ROWS];
   size_t ne = 0;
   int rc = MQ_OK;
   for (; ne < MQI_PUT_ROWS; ne++) {
-    if ((rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
+    if (!given && (rc = mqi_store_next_id(s, op, &ids[ne])) != MQ_OK) break;
     if ((rc = put_encode(s, op, q, &items[ne], first + ne, &e[ne])) != MQ_OK) break;
     bodies[ne] = put_inline(s, &items[ne], &e[ne]) ? 0 : ids[ne];
   }
@@ -368,6 +376,22 @@ static int put_rows(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *i
   return rc;
 }
 
+int mqi_put_rows_at(mq_store *s, mqi_op *op, const mqi_queue *q, mqi_put_item *items,
+                    size_t n, int64_t now, int64_t first_id) {
+  mqi_queue any = *q;
+  any.max_payload = INT64_MAX; /* checked when the messages were taken */
+  int64_t ids[MQI_PUT_ROWS];
+  size_t i = 0;
+  int rc = MQ_OK;
+  for (; n - i >= MQI_PUT_ROWS && rc == MQ_OK; i += MQI_PUT_ROWS) {
+    for (size_t k = 0; k < MQI_PUT_ROWS; k++) ids[k] = first_id + (int64_t)(i + k);
+    rc = put_rows(s, op, &any, &items[i], i, now, ids, 1);
+  }
+  for (; i < n && rc == MQ_OK; i++)
+    rc = put_row_at(s, op, &any, &items[i], i, now, first_id + (int64_t)i);
+  return rc;
+}
+
 static int64_t put_bytes(const mqi_put_item *items, size_t n) {
   int64_t total = 0;
   for (size_t i = 0; i < n; i++) total += (int64_t)items[i].len;
@@ -383,17 +407,13 @@ static int put_op(mq_store *s, mqi_op *op) {
     return mqi_op_fail(op, MQ_EINVAL, "%s: \"%s\" is a %s: %s", s->path, a->queue,
                        q.kind == MQI_KIND_TOPIC ? "topic" : "subscription",
                        q.kind == MQI_KIND_TOPIC ? "use mq_publish" : "publish to its topic");
-  if (mqi_store_space_ok(s, put_bytes(a->items, a->n)) != MQ_OK)
-    return mqi_op_fail(op, MQ_EFULL,
-                       "%s: free space is below the floor of %lld bytes; puts are refused "
-                       "so that acks and checkpoints keep working",
-                       s->path, (long long)s->min_free_bytes);
+  if ((rc = mqi_store_space_ok(s, op, put_bytes(a->items, a->n))) != MQ_OK) return rc;
   int64_t now = mqi_store_now(s);
   size_t keyed = put_next_keyed(a->items, 0, a->n);
   for (size_t i = 0; i < a->n;) {
     if (keyed < i) keyed = put_next_keyed(a->items, i, a->n);
     if (keyed - i >= MQI_PUT_ROWS) {
-      rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i]);
+      rc = put_rows(s, op, &q, &a->items[i], i, now, &a->ids[i], 0);
       i += MQI_PUT_ROWS;
     } else {
       rc = put_one(s, op, &q, &a->items[i], i, now, &a->ids[i]);

@@ -36,6 +36,17 @@ static void queue_row(sqlite3_stmt *st, mqi_queue *q) {
   q->dedup_window_ms = sqlite3_column_int64(st, 8);
 }
 
+int mqi_queue_by_id(mq_store *s, mqi_op *op, int64_t id, mqi_queue *q) {
+  sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_QUEUE_BY_ID);
+  if (!st) return mqi_op_sqlite(s, op, sqlite3_errcode(s->db), "preparing a queue lookup");
+  sqlite3_bind_int64(st, 1, id);
+  int src = sqlite3_step(st);
+  if (src == SQLITE_ROW) queue_row(st, q);
+  sqlite3_reset(st);
+  if (src == SQLITE_ROW) return MQ_OK;
+  return src == SQLITE_DONE ? MQ_ENOTFOUND : mqi_op_sqlite(s, op, src, "looking up a queue");
+}
+
 int mqi_queue_find(mq_store *s, mqi_op *op, const char *name, mqi_queue *q) {
   int cache = (op->how & MQI_RUN_KEEPS_QUEUES) != 0;
   if (cache && s->qcache_valid && strcmp(s->qcache_name, name) == 0) {
@@ -292,6 +303,8 @@ int mqi_queue_clear(mq_store *s, mqi_op *op, int64_t qid, const char *name, int 
                     1, q.id, 0, 0, NULL);
   if (rc == MQ_OK)
     rc = queue_exec(s, op, "DELETE FROM mq_msg WHERE queue_id = ?1", 1, q.id, 0, 0, deleted);
+  /* Packs a failed settle left (pack.c), lest they settle after the purge. */
+  if (rc == MQ_OK) rc = mqi_pack_clear(s, op, q.id, deleted);
   if (rc == MQ_OK && drop) {
     rc = queue_exec(s, op, "DELETE FROM mq_dedup WHERE queue_id = ?1", 1, q.id, 0, 0, NULL);
     if (rc == MQ_OK)
@@ -401,6 +414,39 @@ int mq_queue_list(mq_store *s, char ***names, size_t *count) {
   " LEFT JOIN mq_body b ON b.id = m.body_id"                                                    \
   " WHERE q.name = ?1 GROUP BY q.id"
 
+/* Messages still in packs (pack.c), which reads do not settle: ready,
+** unless past the retention.  A pack holds 1..256 messages of at most
+** MQ_PAYLOAD_LIMIT bytes: damaged counts are bounded so, not summed into
+** an overflow. */
+#define QUEUE_PACK_STATS_SQL                                                  \
+  "SELECT coalesce(sum(min(max(p.n, 1), 256)), 0), min(p.enqueued_at),"       \
+  " coalesce(sum(min(max(p.bytes, 0), 68719476736)), 0)"                      \
+  " FROM mq_pack p JOIN mq_queue q ON q.id = p.queue_id WHERE q.name = ?1"    \
+  " AND (q.retention_ms <= 0 OR q.retention_ms > ?2 - p.enqueued_at)"
+
+static int queue_pack_stats(sqlite3 *db, const char *name, int64_t now, mq_queue_stats *out) {
+  sqlite3_stmt *st = NULL;
+  int src = sqlite3_prepare_v2(db, QUEUE_PACK_STATS_SQL, -1, &st, NULL);
+  if (src == SQLITE_OK) {
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    src = sqlite3_step(st);
+  }
+  if (src == SQLITE_ROW) {
+    int64_t n = sqlite3_column_int64(st, 0);
+    out->ready += n;
+    out->total += n;
+    out->bytes += sqlite3_column_int64(st, 2);
+    if (n && sqlite3_column_type(st, 1) != SQLITE_NULL) {
+      int64_t age = now - sqlite3_column_int64(st, 1);
+      if (age > out->oldest_age_ms) out->oldest_age_ms = age;
+    }
+    src = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return src;
+}
+
 int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
   if (out) memset(out, 0, sizeof *out);
   int rc = mqi_store_check(s, 0);
@@ -441,6 +487,9 @@ int mq_queue_stats_get(mq_store *s, const char *name, mq_queue_stats *out) {
       out->oldest_age_ms = age > 0 ? age : 0;
     }
     out->bytes = sqlite3_column_int64(st, 7);
+    if (format >= 3 && (src = queue_pack_stats(db, name, now, out)) != SQLITE_OK)
+      rc = mqi_err_set(s, mqi_err_from_sqlite(src), "%s: reading stats of \"%s\": %s", s->path,
+                       name, sqlite3_errmsg(db));
   } else if (src == SQLITE_DONE) {
     rc = mqi_err_set(s, MQ_ENOTFOUND, "%s: no queue named \"%s\"", s->path, name);
   } else {

@@ -22,6 +22,9 @@
 **             after the message itself is gone.
 **   mq_meta   key/value facts about the store: who created it, the clock of
 **             the current boot, and `next_id`, the id sequence.
+**   mq_pack   messages a PULL endpoint stored several to a row (format
+**             version 3), until a transaction turns them into mq_msg rows
+**             (pack.c); the pack's id is its first message's.
 **
 ** Ids are never reused, even after the newest message is acked (SQLite
 ** alone would hand out max(rowid)+1 again): they come from `next_id`, read
@@ -56,6 +59,16 @@
 #define SCHEMA_COLUMN_NAME(name, type) "'" name "'"
 #define SCHEMA_COLUMN_ONE(name, type) +1
 #define SCHEMA_INLINE_N (0 SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ONE, ))
+
+/* Format version 3: packs (pack.c), added to older files as they are. */
+#define SCHEMA_PACK_SQL                                                          \
+  "CREATE TABLE mq_pack("                                                        \
+  " id INTEGER PRIMARY KEY,"                                                     \
+  " queue_id INTEGER NOT NULL,"                                                  \
+  " n INTEGER NOT NULL,"                                                         \
+  " bytes INTEGER NOT NULL,"                                                     \
+  " enqueued_at INTEGER NOT NULL,"                                               \
+  " data BLOB NOT NULL);"
 
 static const char schema_sql[] =
     "CREATE TABLE mq_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -106,7 +119,8 @@ static const char schema_sql[] =
     " msg_id INTEGER NOT NULL,"
     " expires_at INTEGER NOT NULL,"
     " PRIMARY KEY(queue_id, key)) WITHOUT ROWID;"
-    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);";
+    "CREATE INDEX mq_dedup_expiry ON mq_dedup(expires_at);"
+    SCHEMA_PACK_SQL;
 
 static int schema_int(sqlite3 *db, const char *sql, int64_t *out, int *src) {
   sqlite3_stmt *st = NULL;
@@ -193,32 +207,36 @@ static int schema_wal(sqlite3 *db, char *err, size_t errlen) {
   return MQ_OK;
 }
 
-/* Bring a version 1 file to the current format in one transaction; a
-** process that gets the lock after another did it finds nothing to do.
+/* Bring a version 1 or 2 file to the current format in one transaction;
+** a process that gets the lock after another did it finds nothing to do.
 ** Existing rows are not touched: ADD COLUMN only rewrites the schema, so
 ** this costs the same on a file of a billion messages as on an empty one. */
 static int schema_upgrade(sqlite3 *db, char *err, size_t errlen) {
   int src = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
   if (src != SQLITE_OK) return schema_fail(db, src, "locking", err, errlen);
-  int64_t version = 0, have = 0;
-  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version == 1 &&
+  int64_t version = 0, have = 0, packs = 0;
+  if (schema_int(db, "PRAGMA user_version", &version, &src) == 0 && version >= 1 &&
+      version < MQI_FORMAT_VERSION &&
       schema_int(db,
                  "SELECT count(*) FROM pragma_table_info('mq_msg')"
                  " WHERE name IN (" SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_NAME, ",") ")",
-                 &have, &src) == 0) {
+                 &have, &src) == 0 &&
+      schema_int(db, "SELECT count(*) FROM sqlite_schema WHERE name = 'mq_pack'", &packs,
+                 &src) == 0) {
     /* A version 1 file may already have the columns (set back to version
     ** 1 by hand): then only the version is missing.  Some of them is
     ** damage no upgrade can mend. */
     if (have != 0 && have != SCHEMA_INLINE_N) {
       sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-      snprintf(err, errlen, "%s: format version 1, but mq_msg has %lld of the %d columns of version 2",
-               sqlite3_db_filename(db, "main"), (long long)have, SCHEMA_INLINE_N);
+      snprintf(err, errlen, "%s: format version %lld, but mq_msg has %lld of the %d columns of version 2",
+               sqlite3_db_filename(db, "main"), (long long)version, (long long)have,
+               SCHEMA_INLINE_N);
       return MQ_ECORRUPT;
     }
-    char sql[256];
-    snprintf(sql, sizeof sql, "%s PRAGMA user_version=%d;",
+    char sql[768];
+    snprintf(sql, sizeof sql, "%s%s PRAGMA user_version=%d;",
              have ? "" : SCHEMA_INLINE_COLUMNS(SCHEMA_COLUMN_ADD, ""),
-             MQI_FORMAT_VERSION);
+             packs ? "" : SCHEMA_PACK_SQL, MQI_FORMAT_VERSION);
     src = sqlite3_exec(db, sql, NULL, NULL, NULL);
   }
   if (src == SQLITE_OK) src = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);

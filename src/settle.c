@@ -338,7 +338,7 @@ int mq_redrive(mq_store *s, const char *queue, int64_t max, int64_t *moved) {
   settle_arg a = {0};
   a.queue = queue;
   a.max = max;
-  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE);
+  rc = mqi_commit_run(s, settle_redrive_op, &a, MQI_RUN_DURABLE | MQI_RUN_SETTLE);
   if (rc == MQ_OK && moved) *moved = a.moved;
   return rc;
 }

@@ -45,6 +45,9 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_QUEUE_BY_NAME] =
         "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
         " compress_above, dedup_window_ms FROM mq_queue WHERE name=?1",
+    [MQI_ST_QUEUE_BY_ID] =
+        "SELECT id, kind, visibility_ms, max_receives, dlq_id, retention_ms, max_payload,"
+        " compress_above, dedup_window_ms FROM mq_queue WHERE id=?1",
     [MQI_ST_BODY_INSERT] =
         "INSERT INTO mq_body(refs, size, crc, codec, headers, data, subject, id)"
         " VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
@@ -118,9 +121,17 @@ static const char *const store_sql[MQI_ST_COUNT] = {
     [MQI_ST_ID_GET] = "SELECT value FROM mq_meta WHERE key='next_id'",
     [MQI_ST_ID_MAX] =
         "SELECT max(coalesce((SELECT max(id) FROM mq_msg), 0),"
-        " coalesce((SELECT max(id) FROM mq_body), 0)) + 1",
+        " coalesce((SELECT max(id) FROM mq_body), 0),"
+        " coalesce((SELECT max(id + n - 1) FROM mq_pack), 0)) + 1",
     [MQI_ST_ID_SET] = "INSERT OR REPLACE INTO mq_meta(key, value) VALUES('next_id', ?1)",
     [MQI_ST_FORMAT] = "PRAGMA user_version",
+    /* Whether any, and whether more than MQI_PACK_STEP messages' worth. */
+    [MQI_ST_PACK_ANY] = "SELECT count(*) FROM (SELECT 1 FROM mq_pack LIMIT 17)",
+    [MQI_ST_PACK_INSERT] =
+        "INSERT INTO mq_pack(id, queue_id, n, bytes, enqueued_at, data) VALUES(?1,?2,?3,?4,?5,?6)",
+    [MQI_ST_PACK_OLDEST] =
+        "SELECT id, queue_id, n, enqueued_at, data FROM mq_pack WHERE id > ?1 ORDER BY id LIMIT 1",
+    [MQI_ST_PACK_DELETE] = "DELETE FROM mq_pack WHERE id=?1",
     [MQI_ST_FREELIST] =
         "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
 };
@@ -191,6 +202,15 @@ static int store_clock_init(mq_store *s, char *err, size_t errlen) {
   if (sqlite3_prepare_v2(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1", -1, &st,
                          NULL) == SQLITE_OK &&
       sqlite3_step(st) == SQLITE_ROW)
+    last = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  /* Packed messages (format 3) were committed too: time goes on from them.
+  ** A read-only handle of an older file has no mq_pack: nothing to add. */
+  st = NULL;
+  if (sqlite3_prepare_v2(s->db, "SELECT max(enqueued_at) FROM mq_pack", -1, &st, NULL) ==
+          SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
+      sqlite3_column_int64(st, 0) > last)
     last = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   s->clock_offset = (real > last ? real : last + 1) - boot_ms;
@@ -722,6 +742,12 @@ int mqi_store_next_id(mq_store *s, mqi_op *op, int64_t *id) {
   return MQ_OK;
 }
 
+int mqi_store_next_ids(mq_store *s, mqi_op *op, size_t n, int64_t *first) {
+  int rc = mqi_store_next_id(s, op, first);
+  if (rc == MQ_OK && n > 1) s->next_id += (int64_t)n - 1;
+  return rc;
+}
+
 int mqi_store_next_id_from(mq_store *s, mqi_op *op, int64_t floor, int64_t *id) {
   int rc = mqi_store_next_id(s, op, id);
   if (rc == MQ_OK && *id < floor) {
@@ -763,7 +789,7 @@ int mqi_store_low_space(mq_store *s) {
   return s->free_bytes >= 0 && s->free_bytes < s->min_free_bytes + STORE_FREE_MARGIN;
 }
 
-int mqi_store_space_ok(mq_store *s, int64_t incoming) {
+int mqi_store_space_ok(mq_store *s, mqi_op *op, int64_t incoming) {
   if (s->min_free_bytes <= 0) return MQ_OK;
   int64_t now = mqi_os_monotonic_ms();
   /* statvfs is read at most every STORE_FREE_RECHECK_MS while far from the
@@ -779,7 +805,13 @@ int mqi_store_space_ok(mq_store *s, int64_t incoming) {
   }
   if (s->free_bytes < 0) return MQ_OK; /* unknown: SQLite will tell */
   int64_t need = 2 * incoming + STORE_PUT_OVERHEAD;
-  if (s->free_bytes - need < s->min_free_bytes) return MQ_EFULL;
+  if (s->free_bytes - need < s->min_free_bytes) {
+    op->flags |= MQI_OP_REFUSED;
+    return mqi_op_fail(op, MQ_EFULL,
+                       "%s: free space is below the floor of %lld bytes; puts are refused "
+                       "so that acks and checkpoints keep working",
+                       s->path, (long long)s->min_free_bytes);
+  }
   s->free_bytes -= need;
   return MQ_OK;
 }

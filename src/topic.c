@@ -351,12 +351,13 @@ typedef struct topic_sub {
 
 static int topic_publish_op(mq_store *s, mqi_op *op) {
   topic_arg *a = op->arg;
+  /* The op may run again in the same call (a batch whose settle failed
+  ** is run again without it, commit.c): count this run's only. */
+  a->delivered = 0;
   mqi_queue t;
   int rc = topic_find(s, op, a->topic, &t);
   if (rc != MQ_OK) return rc;
-  if (mqi_store_space_ok(s, 0) != MQ_OK)
-    return mqi_op_fail(op, MQ_EFULL, "%s: free space is below the floor of %lld bytes", s->path,
-                       (long long)s->min_free_bytes);
+  if ((rc = mqi_store_space_ok(s, op, 0)) != MQ_OK) return rc;
   /* Size is checked whether or not anyone listens: the answer to a bad
   ** publish must not depend on which subscriptions exist. */
   for (size_t i = 0; i < a->n; i++)

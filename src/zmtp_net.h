@@ -196,6 +196,7 @@ typedef struct mqi_srv_item {
   void *data;
   size_t len;
   char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
+  uint32_t crc; /* of data, computed by the loop: the commit thread is the busier */
 } mqi_srv_item;
 
 /* What mq_server_endpoint_stats reports.  Only the loop thread writes

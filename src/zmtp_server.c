@@ -59,7 +59,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "zmtp_net.h"
 
@@ -70,6 +72,11 @@
 #define PUSH_LEASE_MAX 256            /* leased per PUSH endpoint per turn */
 #define EGRESS_POLL_MS 20             /* look at an empty queue this often */
 #define RETRY_MIN_MS 50
+/* After this long without a PULL batch, the commit thread turns packs
+** into message rows (pack.c), SETTLE_STEP messages per transaction, so that
+** what a burst left is settled before a consumer needs it. */
+#define SETTLE_IDLE_MS 200
+#define SETTLE_STEP 4096
 #define RETRY_MAX_MS 2000
 #define ACCEPT_PER_TURN 64
 #define ACCEPT_PAUSE_MS 200 /* after accept(2) failed, e.g. out of descriptors */
@@ -170,7 +177,14 @@ int mq_server_new(mq_store *store, const mq_server_options *opts, mq_server **ou
     free(s);
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a mutex");
   }
-  if (pthread_cond_init(&s->ccv, NULL) != 0) {
+  pthread_condattr_t ca;
+  int cerr = pthread_condattr_init(&ca);
+  /* The idle wait of the commit thread is a duration: not moved by the
+  ** wall clock. */
+  if (cerr == 0) cerr = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  if (cerr == 0) cerr = pthread_cond_init(&s->ccv, &ca);
+  pthread_condattr_destroy(&ca);
+  if (cerr != 0) {
     pthread_mutex_destroy(&s->cmu);
     free(s);
     return mqi_err_set(store, MQ_ERROR, "server: cannot create a condition variable");
@@ -605,7 +619,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
   mqi_srv_conn *sc = ctx;
   mq_server *s = sc->srv;
   mqi_srv_ep *ep = &s->eps[sc->ep];
-  mqi_srv_item it = {NULL, 0, NULL};
+  mqi_srv_item it = {NULL, 0, NULL, 0};
   (void)z;
   if (ep->nitems == ep->itemcap) {
     size_t cap = ep->itemcap ? ep->itemcap * 2 : 256;
@@ -631,6 +645,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
       hl += (size_t)snprintf(it.frames + hl, n * 21 - hl, i ? ",%zu" : "%zu", parts[i].size);
     }
   }
+  it.crc = (uint32_t)crc32_z(0L, (const Bytef *)(it.data ? it.data : ""), it.len);
   ep->items[ep->nitems++] = it;
   ep->bytes += it.len;
   return srv_batch_full(ep);
@@ -639,6 +654,26 @@ oom:
   free(it.frames);
   mqi_zconn_close(sc->z, "out of memory for a message");
   return 1;
+}
+
+/* A queue's batch as packs (pack.c); hd[i] is item i's frames header. */
+static int srv_store_packs(mq_store *st, const char *queue, const mqi_srv_item *items, size_t n,
+                           const mq_header *hd) {
+  mqi_put_item *pi = calloc(n, sizeof *pi);
+  if (!pi) return mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+  int rc = MQ_OK;
+  for (size_t i = 0; i < n && rc == MQ_OK; i++) {
+    pi[i].data = items[i].data;
+    pi[i].len = items[i].len;
+    pi[i].crc = items[i].crc;
+    if (items[i].frames &&
+        mqi_headers_encode(&hd[i], 1, &pi[i].headers, &pi[i].headers_len) != MQ_OK)
+      rc = mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+  }
+  if (rc == MQ_OK) rc = mqi_pack_put(st, queue, pi, n);
+  for (size_t i = 0; i < n; i++) free(pi[i].headers);
+  free(pi);
+  return rc;
 }
 
 /* Store n messages in queue (published, for a topic) with one batch, one
@@ -683,7 +718,7 @@ static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_i
         pe[i].opts = &po[i];
       }
     }
-    rc = en ? mq_put_batch(st, queue, en, n, NULL)
+    rc = en ? srv_store_packs(st, queue, items, n, hd)
             : mq_publish_batch(st, queue, pe, n, NULL, NULL);
     if (rc == MQ_OK) *done = n;
     if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
@@ -724,12 +759,43 @@ static void srv_items_release(mqi_srv_item *items, size_t n) {
 ** and pokes the wake pipe when done.  The loop meanwhile reads the next
 ** batch, so network and disk work overlap; it stops reading when that
 ** batch is full while the commit is still running (backpressure). */
+/* The commit thread's wait for the next batch, under cmu: 1 when one is
+** queued, 0 to quit, -1 when SETTLE_IDLE_MS passed without one while
+** packs may be waiting to be settled. */
+static int srv_committer_wait(mq_server *s, int packs) {
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += SETTLE_IDLE_MS / 1000;
+  until.tv_nsec += (long)(SETTLE_IDLE_MS % 1000) * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (!s->cquit && s->cjob != 1) {
+    if (!packs)
+      pthread_cond_wait(&s->ccv, &s->cmu);
+    else if (pthread_cond_timedwait(&s->ccv, &s->cmu, &until) == ETIMEDOUT)
+      return s->cquit || s->cjob == 1 ? s->cjob == 1 : -1;
+  }
+  return s->cjob == 1;
+}
+
 static void *srv_committer_main(void *arg) {
   mq_server *s = arg;
+  int packs = 1; /* a store may hold packs from an earlier run */
   pthread_mutex_lock(&s->cmu);
   for (;;) {
-    while (!s->cquit && s->cjob != 1) pthread_cond_wait(&s->ccv, &s->cmu);
-    if (s->cjob != 1) break; /* quit, and nothing queued */
+    int w = srv_committer_wait(s, packs);
+    if (w < 0) {
+      pthread_mutex_unlock(&s->cmu);
+      int left = 0;
+      /* A failure (the store is locked by another program, say) is tried
+      ** again after the next idle wait; the next get settles anyway. */
+      if (mqi_pack_settle_some(s->store, SETTLE_STEP, &left) == MQ_OK) packs = left;
+      pthread_mutex_lock(&s->cmu);
+      continue;
+    }
+    if (w == 0) break; /* quit, and nothing queued */
     char queue[MQ_NAME_MAX + 1];
     memcpy(queue, s->cjob_queue, sizeof queue);
     int topic = s->cjob_topic;
@@ -747,6 +813,7 @@ static void *srv_committer_main(void *arg) {
     s->cjob_dropped_bytes = dropped_bytes;
     memcpy(s->cjob_err, err, sizeof err);
     s->cjob = 2;
+    if (!topic) packs = 1;
     mqi_net_pipe_poke(s->wake[1]);
   }
   pthread_mutex_unlock(&s->cmu);

@@ -902,7 +902,7 @@ if command -v sqlite3 >/dev/null 2>&1; then
   r --json creator.db info
   has "info --json: a creator that is not UTF-8" out '"created_by_base64":"bXHD"'
   r creator.db info
-  has "info: a creator that is not UTF-8, escaped" out '^format +2 \(created by mq\\xc3\)$'
+  has "info: a creator that is not UTF-8, escaped" out '^format +3 \(created by mq\\xc3\)$'
 else
   echo "skip: no sqlite3 CLI for the foreign-file and damage cases" >&2
 fi
@@ -935,7 +935,7 @@ status "put into a 64K-page file" 0
 r pages8k.db info
 status "info" 0
 has "info shows the page size" out '^page size +8192$'
-has "info shows the format" out '^format +2 \(created by mq [0-9]'
+has "info shows the format" out '^format +3 \(created by mq [0-9]'
 has "info counts the queues" out '^queues +1$'
 r --json pages64k.db info
 is "info --json page_size" "$(j page_size)" 65536

@@ -10,6 +10,9 @@
 **   faultvfs.write_errno    = SQLITE_IOERR_WRITE or SQLITE_FULL
 **   faultvfs.write_budget   = B   writes beyond B more bytes fail with
 **                                 SQLITE_FULL (a full disk), 0 = off
+**   faultvfs.budget_growth_only = 1  ... counting only bytes that grow
+**                                 the database or WAL, as a real file
+**                                 system holding the store does
 **
 ** A failed sync does not sync; a failed write does not write.  That is how
 ** a real failure looks to SQLite, and it lets tests check what mq reports
@@ -33,6 +36,7 @@ static struct {
   int sticky;
   int write_errno;
   sqlite3_int64 write_budget; /* 0: off */
+  int budget_growth_only;     /* the budget counts only bytes that grow a file */
   int syncs, writes, sleeps; /* calls seen since the last arm */
   int faults;         /* faults injected */
 } faultvfs;
@@ -40,6 +44,7 @@ static struct {
 typedef struct faultvfs_file {
   sqlite3_file base;
   sqlite3_file *real; /* follows this struct in the same allocation */
+  int flags;          /* as opened (SQLITE_OPEN_MAIN_DB, _WAL, ...) */
 } faultvfs_file;
 
 static sqlite3_vfs *faultvfs_real;
@@ -48,6 +53,7 @@ static void faultvfs_arm_reset(void) {
   faultvfs.fail_sync_at = faultvfs.fail_write_at = faultvfs.sticky = 0;
   faultvfs.write_errno = SQLITE_IOERR_WRITE;
   faultvfs.write_budget = 0;
+  faultvfs.budget_growth_only = 0;
   faultvfs.syncs = faultvfs.writes = faultvfs.sleeps = faultvfs.faults = 0;
 }
 
@@ -68,7 +74,21 @@ static int fv_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o) {
     faultvfs.faults++;
     return faultvfs.write_errno;
   }
-  if (faultvfs.write_budget) {
+  if (faultvfs.write_budget && faultvfs.budget_growth_only) {
+    /* Only bytes past the end of the store's own files (database, WAL)
+    ** take space on its file system: overwriting costs none, and SQLite's
+    ** temporary files live elsewhere (the temp directory). */
+    if (!(p->flags & (SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_WAL)))
+      return p->real->pMethods->xWrite(p->real, b, n, o);
+    sqlite3_int64 size = 0;
+    p->real->pMethods->xFileSize(p->real, &size);
+    sqlite3_int64 grow = o + n > size ? o + n - (o > size ? o : size) : 0;
+    if (faultvfs.write_budget < grow) {
+      faultvfs.faults++;
+      return SQLITE_FULL;
+    }
+    faultvfs.write_budget -= grow;
+  } else if (faultvfs.write_budget) {
     if (faultvfs.write_budget < n) {
       faultvfs.faults++;
       return SQLITE_FULL;
@@ -147,6 +167,7 @@ static int fv_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags,
   (void)v;
   faultvfs_file *p = (faultvfs_file *)f;
   p->real = (sqlite3_file *)(p + 1);
+  p->flags = flags;
   memset(p->real, 0, (size_t)faultvfs_real->szOsFile);
   int rc = faultvfs_real->xOpen(faultvfs_real, name, p->real, flags, out);
   p->base.pMethods = rc == SQLITE_OK ? &faultvfs_io : NULL;

@@ -49,6 +49,7 @@ static const char v1_schema[] =
 
 #define V1_COLUMNS 12 /* of mq_msg; version 2 adds size, crc, codec, headers, data */
 #define V2_COLUMNS 17
+#define CUR_FORMAT 3 /* what a read-write open leaves a file at (format 3: packs) */
 #define COLS_SQL "SELECT count(*) FROM pragma_table_info('mq_msg')"
 #define V1_HEADERS "trace\0t-2\0empty\0" /* two pairs; sizeof includes the last NUL */
 
@@ -243,8 +244,9 @@ static void upgrade_keeps_every_message(void) {
   make_v1(p);
   CHECK(tu_sql_int(p, "PRAGMA user_version") == 1);
   mq_store *s = test_open(p, MQ_SYNC_NORMAL);
-  CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
+  CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
   CHECK(tu_sql_int(p, COLS_SQL) == V2_COLUMNS);
+  CHECK(tu_sql_int(p, "SELECT count(*) FROM sqlite_schema WHERE name = 'mq_pack'") == 1);
   /* Old rows untouched: payloads still in their bodies, none inline. */
   CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_body") == 6);
   CHECK(tu_sql_int(p,
@@ -252,7 +254,7 @@ static void upgrade_keeps_every_message(void) {
                    " OR data IS NOT NULL") == 0);
   mq_store_info info;
   CHECK_OK(mq_store_info_get(s, &info));
-  CHECK(info.format_version == 2 && strcmp(info.created_by, "mq 0.1.0") == 0);
+  CHECK(info.format_version == CUR_FORMAT && strcmp(info.created_by, "mq 0.1.0") == 0);
   CHECK(info.queues == 1 && info.topics == 1 && info.subscriptions == 2);
 
   check_peek(s, "jobs", v1_jobs, 5);
@@ -284,7 +286,7 @@ static void upgrade_keeps_every_message(void) {
   /* Close and reopen: everything is still there, nothing upgraded twice. */
   CHECK_OK(mq_store_close(s));
   s = test_open(p, MQ_SYNC_NORMAL);
-  CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
+  CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
   CHECK(tu_sql_int(p, COLS_SQL) == V2_COLUMNS);
   check_peek(s, "jobs", all, 8);
 
@@ -413,8 +415,8 @@ static void readonly_reader_survives_an_upgrade(void) {
   int64_t corrupt = -1;
   CHECK_OK(mq_queue_scan(r, "jobs", scan_and_upgrade, &u, &corrupt));
   CHECK(u.seen == 5 && corrupt == 0 && u.w != NULL);
-  CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
-  CHECK(info_format(r) == 2);
+  CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
+  CHECK(info_format(r) == CUR_FORMAT);
   mq_header h = {"k", "inline"};
   mq_put_options po;
   mq_put_options_init(&po);
@@ -484,14 +486,14 @@ static void readonly_reader_survives_a_process_upgrade(void) {
   close(go[0]);
   close(go[1]); /* the child goes */
   if (pid > 0) CHECK(tu_wait(pid) == 0);
-  CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
+  CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
   CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_msg WHERE body_id = 0") == 2);
   want now[7] = {v1_jobs[0], v1_jobs[1],         v1_jobs[2],         v1_jobs[3],
                  v1_jobs[4], WS(9, "child-one"), WS(10, "child-two")};
   if (r) {
     check_peek(r, "jobs", now, 7);
     check_reads(r, "jobs", now, 7);
-    CHECK(info_format(r) == 2);
+    CHECK(info_format(r) == CUR_FORMAT);
   }
   mq_store_close(r);
   test_unlink_store(p);
@@ -582,7 +584,7 @@ static void upgrade_is_atomic_under_contention(void) {
     close(go[1]); /* every child's read returns now */
     for (int k = 0; k < KIDS; k++)
       if (kids[k] > 0) CHECK(tu_wait(kids[k]) == 0);
-    CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
+    CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
     CHECK(tu_sql_int(p, COLS_SQL) == V2_COLUMNS);
     CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_msg WHERE queue_id = 1") == 5 + 2 * KIDS);
     CHECK(tu_sql_int(p, "SELECT count(*) FROM mq_msg WHERE body_id = 0") == 2 * KIDS);
@@ -615,7 +617,7 @@ static void v1_with_columns(void) {
     mq_msg_free(m);
     mq_store_close(s);
   }
-  CHECK(tu_sql_int(p, "PRAGMA user_version") == 2);
+  CHECK(tu_sql_int(p, "PRAGMA user_version") == CUR_FORMAT);
   test_unlink_store(p);
 }
 
@@ -654,16 +656,16 @@ static void newer_format_under_an_open_handle(void) {
   mq_store *r = NULL;
   CHECK_OK(tu_open_ex(p, MQ_SYNC_NORMAL, MQ_OPEN_READONLY, test_clock, NULL, &r));
   if (!r) return;
-  CHECK(tu_sql_exec(p, "PRAGMA user_version=3") == SQLITE_OK);
+  CHECK(tu_sql_exec(p, "PRAGMA user_version=4") == SQLITE_OK);
   mq_msg *m[2];
   size_t n = 0;
   int rc = mq_peek(r, "q", 2, m, &n);
-  fprintf(stderr, "  peek of a format 3 file by a format 2 reader: %s (%zu messages)\n",
+  fprintf(stderr, "  peek of a format 4 file by a format 3 reader: %s (%zu messages)\n",
           mq_errstr(rc), n);
   CHECK_RC(rc, MQ_EVERSION);
   for (size_t i = 0; rc == MQ_OK && i < n; i++) mq_msg_free(m[i]);
   rc = mq_put(w, "q", "after", 5, NULL, NULL);
-  fprintf(stderr, "  put into a format 3 file by a format 2 writer: %s\n", mq_errstr(rc));
+  fprintf(stderr, "  put into a format 4 file by a format 3 writer: %s\n", mq_errstr(rc));
   CHECK_RC(rc, MQ_EVERSION);
   mq_store_close(r);
   mq_store_close(w);

@@ -142,7 +142,7 @@ static void store_info_follows_the_file(void) {
   mq_store *s = test_open(p, MQ_SYNC_NORMAL);
   mq_store_info si;
   CHECK_OK(mq_store_info_get(s, &si));
-  CHECK(si.format_version == 2 && strncmp(si.created_by, "mq ", 3) == 0);
+  CHECK(si.format_version == 3 && strncmp(si.created_by, "mq ", 3) == 0);
   CHECK(si.page_size == 4096 && si.file_bytes > 0 && si.file_bytes % 4096 == 0);
   CHECK(si.queues == 0 && si.topics == 0 && si.subscriptions == 0);
   CHECK_OK(mq_queue_create(s, "a", NULL));

@@ -45,6 +45,7 @@
 #include <zlib.h>
 
 #include "crashvfs.h"
+#include "mqi.h" /* mqi_pack_put: what a PULL endpoint stores */
 #include "testutil.h"
 
 /* ---- the failing allocator ------------------------------------------------ */
@@ -295,6 +296,37 @@ static void setup_leased(ctx *c) {
   mq_msg_free(m);
 }
 
+/* Three messages in packs (pack.c), as a PULL endpoint stores them: one
+** with a header, one empty, one above the queue's compress_above (100). */
+static int pack_three(ctx *c) {
+  static char big[3000];
+  memset(big, 'p', sizeof big);
+  static const char hdr[] = "zmtp-frames\0" "3,4\0";
+  mqi_put_item it[3];
+  memset(it, 0, sizeof it);
+  it[0].data = "abcdefg";
+  it[0].len = 7;
+  it[0].headers = (char *)hdr;
+  it[0].headers_len = sizeof hdr - 1;
+  it[2].data = big;
+  it[2].len = sizeof big;
+  for (int i = 0; i < 3; i++)
+    it[i].crc = (uint32_t)crc32_z(0L, (const Bytef *)(it[i].data ? it[i].data : ""), it[i].len);
+  return mqi_pack_put(c->s, "q", it, 3);
+}
+
+static void setup_packed(ctx *c) {
+  setup_basic(c);
+  must(pack_three(c), "pack");
+}
+
+/* ... reopened: the packs are read from the file by the call under test. */
+static void setup_packed_cold(ctx *c) {
+  setup_packed(c);
+  mq_store_close(c->s);
+  c->s = open_store(c->path);
+}
+
 static void setup_none(ctx *c) { (void)c; }
 
 static void setup_dead(ctx *c) {
@@ -423,6 +455,13 @@ static int run_get_batch(ctx *c) {
   return rc;
 }
 
+static int run_pack(ctx *c) { return pack_three(c); }
+
+static int run_purge(ctx *c) {
+  int64_t deleted = 0;
+  return mq_queue_purge(c->s, "q", &deleted);
+}
+
 static int run_ack(ctx *c) { return mq_ack(c->s, "q", c->receipt); }
 static int run_nack(ctx *c) { return mq_nack(c->s, "q", c->receipt, 0, "try later"); }
 static int run_touch(ctx *c) { return mq_touch(c->s, "q", c->receipt, 90000); }
@@ -509,6 +548,11 @@ static const seq_def SEQS[] = {
     {"put_batch rows, mixed", setup_basic, run_put_rows_mixed, 0, 0},
     {"get", setup_basic, run_get, 0, 0},
     {"get, cold cache", setup_cold, run_get, 0, 0},
+    {"pack put", setup_basic, run_pack, 0, 0},
+    {"get settling packs", setup_packed_cold, run_get, 0, 0},
+    {"put with packs stored", setup_packed, run_put, 0, 0},
+    {"reads of packs", setup_packed_cold, run_reads, 0, 0},
+    {"purge with packs stored", setup_packed_cold, run_purge, 0, 0},
     {"get_batch", setup_basic, run_get_batch, 0, 0},
     {"ack", setup_leased, run_ack, 0, 0},
     {"nack", setup_leased, run_nack, 0, 0},
