@@ -303,8 +303,11 @@ int mqi_pack_settle(mq_store *s, mqi_op *op, int64_t max, int *left) {
 
 int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted) {
   sqlite3_stmt *st = NULL;
-  int src = sqlite3_prepare_v2(s->db, "DELETE FROM mq_pack WHERE queue_id = ?1 RETURNING n", -1,
-                               &st, NULL);
+  /* A damaged count is bounded as stats bound it, not summed into an
+  ** overflow. */
+  int src = sqlite3_prepare_v2(
+      s->db, "DELETE FROM mq_pack WHERE queue_id = ?1 RETURNING min(max(n, 1), 256)", -1, &st,
+      NULL);
   if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "preparing");
   sqlite3_bind_int64(st, 1, qid);
   while ((src = sqlite3_step(st)) == SQLITE_ROW)

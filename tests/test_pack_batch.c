@@ -297,6 +297,14 @@ static void damaged_pack_integers(void) {
   }
   CHECK(got == 7); /* the row, a's 3, b's 3 */
   CHECK(tu_put(s, "q", "after") > 0);
+  /* A purge counts a pack with a damaged count as at most 256 messages. */
+  CHECK_OK(pack_n(s, "q", 2, 8, "c"));
+  mq_store_close(s);
+  CHECK(tu_sql_exec(p, "UPDATE mq_pack SET n = 9223372036854775807") == SQLITE_OK);
+  s = test_open(p, MQ_SYNC_NORMAL);
+  int64_t deleted = 0;
+  CHECK_OK(mq_queue_purge(s, "q", &deleted));
+  CHECK(deleted == 1 + 256); /* "after", and the pack */
   mq_store_close(s);
   test_unlink_store(p);
 }
