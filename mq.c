@@ -287,7 +287,6 @@ struct mq_store {
   uint64_t puts_since_sweep;
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
   int packs_pending;   /* the transaction may hold packs to settle (pack.c) */
-  int pack_settled;    /* the transaction has settled packs */
   int pack_log_failed; /* a failed settle was logged; quiet until one works */
 };
 
@@ -314,6 +313,9 @@ MQI_API int mqi_store_reading(const mq_store *s);
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+/* Run a statement without parameters (BEGIN, SAVEPOINT, ...): SQLITE_OK
+** or the SQLite code. */
+MQI_API int mqi_store_exec(mq_store *s, enum mqi_stmt_id id);
 /* The same without sqlite3_reset and sqlite3_clear_bindings, for the
 ** statements run once per message: the caller binds every parameter and
 ** resets the statement after each step. */
@@ -1419,6 +1421,17 @@ static int store_meta_get(sqlite3 *db, const char *key, char *text, size_t cap, 
 ** from max(wall clock, newest enqueue time) -- never backwards -- and leases
 ** taken before the reboot are ended, since their consumers died with it.
 */
+/* The value sql reads (the enqueue time of a table's newest row: ids grow
+** with time), or 0 if none. */
+static int64_t store_newest(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v = 0;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
 static int store_clock_init(mq_store *s, char *err, size_t errlen) {
   char boot[64], seen[64] = "";
   int64_t boot_ms, offset = 0;
@@ -1441,22 +1454,13 @@ static int store_clock_init(mq_store *s, char *err, size_t errlen) {
     s->clock_offset = offset;
     return sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? MQ_OK : MQ_EBUSY;
   }
-  int64_t last = 0, real = mqi_os_realtime_ms();
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1", -1, &st,
-                         NULL) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  int64_t real = mqi_os_realtime_ms();
   /* Packed messages (format 3) were committed too: time goes on from them.
   ** A read-only handle of an older file has no mq_pack: nothing to add. */
-  st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT max(enqueued_at) FROM mq_pack", -1, &st, NULL) ==
-          SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-      sqlite3_column_int64(st, 0) > last)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  int64_t last = store_newest(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1");
+  int64_t packed = store_newest(s->db, "SELECT enqueued_at FROM mq_pack ORDER BY id DESC LIMIT 1");
+  if (packed > last) last = packed;
+  sqlite3_stmt *st = NULL;
   s->clock_offset = (real > last ? real : last + 1) - boot_ms;
   if (!writes) return MQ_OK;
   src = seen[0]
@@ -1941,6 +1945,14 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
     sqlite3_clear_bindings(st);
   }
   return st;
+}
+
+int mqi_store_exec(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
+  if (!st) return sqlite3_errcode(s->db);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }
@@ -2445,21 +2457,13 @@ int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
                      sqlite_rc);
 }
 
-static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, id);
-  if (!st) return sqlite3_errcode(s->db);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
-}
-
 /* End the open transaction without keeping anything.  If even ROLLBACK
 ** fails (out of memory), closing the connection is the rollback of last
 ** resort: reconnect at once, so no half-done batch can be committed later
 ** by another call on this handle. */
 static void commit_rollback(mq_store *s) {
   if (sqlite3_get_autocommit(s->db)) return;
-  if (commit_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
+  if (mqi_store_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
   if (mqi_store_reconnect(s) != MQ_OK) s->broken = 1;
 }
 
@@ -2514,13 +2518,14 @@ static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
 static void commit_settle_backlog(mq_store *s) {
   char msg[MQI_ERRMSG_MAX];
   for (int left = 1; left;) {
-    if (commit_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
+    if (mqi_store_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
     /* A damaged pack settles under fresh ids (pack.c): the id sequence is
     ** read in this transaction and saved with it, as in a batch's. */
     s->id_state = 0;
     int src = SQLITE_OK;
     if (commit_format_ok(s, msg, sizeof msg) != MQ_OK || mqi_pack_settle_step(s, &left) != MQ_OK ||
-        mqi_store_save_ids(s) != SQLITE_OK || (src = commit_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
+        mqi_store_save_ids(s) != SQLITE_OK ||
+        (src = mqi_store_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
       commit_rollback(s);
       /* As after any failed commit: never reuse this connection's state. */
       if ((src & 0xff) == SQLITE_IOERR) s->broken = 1;
@@ -2542,6 +2547,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
   int n = 0, need_sync = 0, lean = 1, reads = 0, backlog = 0, backlog_done = 0;
   int settle_rc = MQ_OK; /* why packs could not be settled in this batch */
+  int settled = 0;       /* this transaction settled packs */
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
     if (op->how & MQI_RUN_SETTLE) reads = 1;
@@ -2563,7 +2569,7 @@ again:
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
     goto out;
   }
-  int src = commit_exec(s, MQI_ST_BEGIN);
+  int src = mqi_store_exec(s, MQI_ST_BEGIN);
 
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
@@ -2573,21 +2579,15 @@ again:
     goto out;
   }
 
-  int frc = commit_format_ok(s, msg, sizeof msg);
-  if (frc != MQ_OK) {
-    commit_rollback(s);
-    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
-    commit_fail_all(batch, frc, msg);
-    goto out;
-  }
-
   s->id_state = 0;
   s->qcache_valid = 0;
   /* Ops that read messages see them as rows only (pack.c). */
   s->packs_pending = 0;
-  s->pack_settled = 0;
-  if (reads && settle_rc == MQ_OK &&
-      (frc = mqi_pack_check(s, &backlog, msg, sizeof msg)) != MQ_OK) {
+  settled = 0;
+  int frc = commit_format_ok(s, msg, sizeof msg);
+  if (frc == MQ_OK && reads && settle_rc == MQ_OK)
+    frc = mqi_pack_check(s, &backlog, msg, sizeof msg);
+  if (frc != MQ_OK) {
     commit_rollback(s);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
     commit_fail_all(batch, frc, msg);
@@ -2604,12 +2604,15 @@ again:
     op->err[0] = 0;
     op->flags = 0;
     if (op->how & MQI_RUN_SETTLE) {
-      int redo = 0;
-      if (settle_rc == MQ_OK && (settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
-        /* The settle took the transaction with it (a full disk, memory):
-        ** the other ops, acks among them, run again without it. */
-        commit_rollback(s);
-        goto again;
+      if (settle_rc == MQ_OK) {
+        int redo = 0;
+        settled |= s->packs_pending;
+        if ((settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
+          /* The settle took the transaction with it (a full disk, memory):
+          ** the other ops, acks among them, run again without it. */
+          commit_rollback(s);
+          goto again;
+        }
       }
       if (settle_rc != MQ_OK) {
         op->rc = mqi_op_fail(op, settle_rc, "%s: stored packs could not be turned into rows: %s",
@@ -2617,7 +2620,7 @@ again:
         continue;
       }
     }
-    if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+    if (guard && (src = mqi_store_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
     }
@@ -2635,8 +2638,8 @@ again:
     if (guard) {
       /* If an op's own undo fails, its half-done work is in the
       ** transaction: nothing of this batch may be kept. */
-      src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
-      if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_RELEASE);
+      src = commit_is_answer(op->rc) ? SQLITE_OK : mqi_store_exec(s, MQI_ST_ROLLBACK_TO);
+      if (src == SQLITE_OK) src = mqi_store_exec(s, MQI_ST_RELEASE);
       if (src != SQLITE_OK) {
         int rc = mqi_err_from_sqlite(src);
         snprintf(msg, sizeof msg, "%s: cannot undo a failed operation: %s", s->path,
@@ -2652,7 +2655,7 @@ again:
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
-  if (s->pack_settled && commit_full(batch)) {
+  if (settled && commit_full(batch)) {
     /* The rows a settle wrote may be what filled the disk: the ops that
     ** need no settle run again without it. */
     commit_rollback(s);
@@ -2664,9 +2667,9 @@ again:
     goto out;
   }
   src = mqi_store_save_ids(s);
-  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
+  if (src == SQLITE_OK) src = mqi_store_exec(s, MQI_ST_COMMIT);
   if (src == SQLITE_OK && need_sync && s->sync == MQ_SYNC_FULL) src = commit_sync_wal(s);
-  if (src != SQLITE_OK && s->pack_settled && (src & 0xff) == SQLITE_FULL) {
+  if (src != SQLITE_OK && settled && (src & 0xff) == SQLITE_FULL) {
     commit_rollback(s);
     settle_rc = MQ_EFULL;
     goto again;
@@ -4932,14 +4935,14 @@ static int pack_settle_saved(mq_store *s, mqi_op *op, const pack_row *r, mqi_put
   int rc = MQ_OK;
   *aside = 0;
   for (int fresh = 0; fresh < 2; fresh++) {
-    int src = sqlite3_exec(s->db, "SAVEPOINT mq_pack", NULL, NULL, NULL);
+    /* Savepoints of one name nest: these act on the innermost. */
+    int src = mqi_store_exec(s, MQI_ST_SAVEPOINT);
     if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "savepoint");
     rc = pack_settle_one(s, op, r, items, now, fresh);
     if (rc != MQ_OK && sqlite3_get_autocommit(s->db)) return rc; /* the transaction is gone */
-    if (rc != MQ_OK &&
-        (src = sqlite3_exec(s->db, "ROLLBACK TO mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+    if (rc != MQ_OK && (src = mqi_store_exec(s, MQI_ST_ROLLBACK_TO)) != SQLITE_OK)
       return mqi_op_sqlite(s, op, src, "undoing a pack");
-    if ((src = sqlite3_exec(s->db, "RELEASE mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+    if ((src = mqi_store_exec(s, MQI_ST_RELEASE)) != SQLITE_OK)
       return mqi_op_sqlite(s, op, src, "savepoint");
     if (rc == MQ_OK || pack_transient(rc)) return rc;
     mqi_log(s, MQ_LOG_ERROR, "%s: pack %lld cannot be settled%s (%s)", s->path, (long long)r->id,
@@ -5015,13 +5018,6 @@ int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted) {
   return src == SQLITE_DONE ? MQ_OK : mqi_op_sqlite(s, op, src, "deleting packs");
 }
 
-/* The code and message of an SQLite failure that ended the transaction. */
-static int pack_lost(mq_store *s, int src, const char *what, char *msg, size_t cap) {
-  snprintf(msg, cap, "%s: %s: %s (SQLite code %d)", s->path, what, sqlite3_errmsg(s->db), src);
-  int rc = mqi_err_from_sqlite(src);
-  return rc == MQ_OK ? MQ_ERROR : rc;
-}
-
 int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_PACK_ANY);
   int src = st ? sqlite3_step(st) : sqlite3_errcode(s->db);
@@ -5030,7 +5026,10 @@ int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap) {
   s->packs_pending = packs > 0;
   *backlog = packs > MQI_PACK_STEP / MQI_PACK_MSGS;
   if (src == SQLITE_ROW) return MQ_OK;
-  return pack_lost(s, src, "looking for packs", msg, cap);
+  snprintf(msg, cap, "%s: looking for packs: %s (SQLite code %d)", s->path, sqlite3_errmsg(s->db),
+           src);
+  int rc = mqi_err_from_sqlite(src);
+  return rc == MQ_OK ? MQ_ERROR : rc;
 }
 
 static void pack_op_init(mqi_op *op) {
@@ -5049,36 +5048,27 @@ static void pack_failed(mq_store *s, const mqi_op *op) {
           s->path, op->err[0] ? op->err : "unknown error");
 }
 
-static int pack_exec(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, id);
-  if (!st) return sqlite3_errcode(s->db);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  return src == SQLITE_DONE ? SQLITE_OK : src;
-}
-
 int mqi_pack_settle_all(mq_store *s, int *redo) {
   *redo = 0;
   if (!s->packs_pending) return MQ_OK;
   s->packs_pending = 0;
-  s->pack_settled = 1;
   mqi_op op;
   pack_op_init(&op);
-  int src = pack_exec(s, MQI_ST_SAVEPOINT);
-  int rc = src == SQLITE_OK ? mqi_pack_settle(s, &op, INT64_MAX, &(int){0})
-                            : mqi_op_sqlite(s, &op, src, "savepoint");
+  int src = mqi_store_exec(s, MQI_ST_SAVEPOINT);
+  int rc = src != SQLITE_OK ? mqi_op_sqlite(s, &op, src, "savepoint")
+                            : mqi_pack_settle(s, &op, INT64_MAX, &(int){0});
   if (rc != MQ_OK) {
     pack_failed(s, &op);
     /* Some errors (out of memory, a full disk) make SQLite roll the whole
     ** transaction back; and one whose undo fails must be rolled back. */
     *redo = sqlite3_get_autocommit(s->db) ||
-            (src == SQLITE_OK && pack_exec(s, MQI_ST_ROLLBACK_TO) != SQLITE_OK);
-    if (!*redo && src == SQLITE_OK) *redo = pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK;
+            (src == SQLITE_OK && (mqi_store_exec(s, MQI_ST_ROLLBACK_TO) != SQLITE_OK ||
+                                  mqi_store_exec(s, MQI_ST_RELEASE) != SQLITE_OK));
     return rc;
   }
-  if (pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK) {
+  if ((src = mqi_store_exec(s, MQI_ST_RELEASE)) != SQLITE_OK) {
     *redo = 1;
-    return mqi_op_sqlite(s, &op, sqlite3_errcode(s->db), "savepoint");
+    return mqi_op_sqlite(s, &op, src, "savepoint");
   }
   s->pack_log_failed = 0;
   return MQ_OK;

@@ -53,21 +53,13 @@ int mqi_op_sqlite(mq_store *s, mqi_op *op, int sqlite_rc, const char *what) {
                      sqlite_rc);
 }
 
-static int commit_exec(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, id);
-  if (!st) return sqlite3_errcode(s->db);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
-}
-
 /* End the open transaction without keeping anything.  If even ROLLBACK
 ** fails (out of memory), closing the connection is the rollback of last
 ** resort: reconnect at once, so no half-done batch can be committed later
 ** by another call on this handle. */
 static void commit_rollback(mq_store *s) {
   if (sqlite3_get_autocommit(s->db)) return;
-  if (commit_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
+  if (mqi_store_exec(s, MQI_ST_ROLLBACK) == SQLITE_OK || sqlite3_get_autocommit(s->db)) return;
   if (mqi_store_reconnect(s) != MQ_OK) s->broken = 1;
 }
 
@@ -122,13 +114,14 @@ static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
 static void commit_settle_backlog(mq_store *s) {
   char msg[MQI_ERRMSG_MAX];
   for (int left = 1; left;) {
-    if (commit_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
+    if (mqi_store_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
     /* A damaged pack settles under fresh ids (pack.c): the id sequence is
     ** read in this transaction and saved with it, as in a batch's. */
     s->id_state = 0;
     int src = SQLITE_OK;
     if (commit_format_ok(s, msg, sizeof msg) != MQ_OK || mqi_pack_settle_step(s, &left) != MQ_OK ||
-        mqi_store_save_ids(s) != SQLITE_OK || (src = commit_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
+        mqi_store_save_ids(s) != SQLITE_OK ||
+        (src = mqi_store_exec(s, MQI_ST_COMMIT)) != SQLITE_OK) {
       commit_rollback(s);
       /* As after any failed commit: never reuse this connection's state. */
       if ((src & 0xff) == SQLITE_IOERR) s->broken = 1;
@@ -150,6 +143,7 @@ static void commit_batch(mq_store *s, mqi_op *batch) {
   char msg[MQI_ERRMSG_MAX];
   int n = 0, need_sync = 0, lean = 1, reads = 0, backlog = 0, backlog_done = 0;
   int settle_rc = MQ_OK; /* why packs could not be settled in this batch */
+  int settled = 0;       /* this transaction settled packs */
   for (mqi_op *op = batch; op; op = op->next) {
     n++;
     if (op->how & MQI_RUN_SETTLE) reads = 1;
@@ -171,7 +165,7 @@ again:
     for (mqi_op *op = batch; op; op = op->next) snprintf(op->err, sizeof op->err, "%s", msg);
     goto out;
   }
-  int src = commit_exec(s, MQI_ST_BEGIN);
+  int src = mqi_store_exec(s, MQI_ST_BEGIN);
 
   if (src != SQLITE_OK) {
     int rc = mqi_err_from_sqlite(src);
@@ -181,21 +175,15 @@ again:
     goto out;
   }
 
-  int frc = commit_format_ok(s, msg, sizeof msg);
-  if (frc != MQ_OK) {
-    commit_rollback(s);
-    for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
-    commit_fail_all(batch, frc, msg);
-    goto out;
-  }
-
   s->id_state = 0;
   s->qcache_valid = 0;
   /* Ops that read messages see them as rows only (pack.c). */
   s->packs_pending = 0;
-  s->pack_settled = 0;
-  if (reads && settle_rc == MQ_OK &&
-      (frc = mqi_pack_check(s, &backlog, msg, sizeof msg)) != MQ_OK) {
+  settled = 0;
+  int frc = commit_format_ok(s, msg, sizeof msg);
+  if (frc == MQ_OK && reads && settle_rc == MQ_OK)
+    frc = mqi_pack_check(s, &backlog, msg, sizeof msg);
+  if (frc != MQ_OK) {
     commit_rollback(s);
     for (mqi_op *op = batch; op; op = op->next) op->rc = MQ_OK;
     commit_fail_all(batch, frc, msg);
@@ -212,12 +200,15 @@ again:
     op->err[0] = 0;
     op->flags = 0;
     if (op->how & MQI_RUN_SETTLE) {
-      int redo = 0;
-      if (settle_rc == MQ_OK && (settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
-        /* The settle took the transaction with it (a full disk, memory):
-        ** the other ops, acks among them, run again without it. */
-        commit_rollback(s);
-        goto again;
+      if (settle_rc == MQ_OK) {
+        int redo = 0;
+        settled |= s->packs_pending;
+        if ((settle_rc = mqi_pack_settle_all(s, &redo)) != MQ_OK && redo) {
+          /* The settle took the transaction with it (a full disk, memory):
+          ** the other ops, acks among them, run again without it. */
+          commit_rollback(s);
+          goto again;
+        }
       }
       if (settle_rc != MQ_OK) {
         op->rc = mqi_op_fail(op, settle_rc, "%s: stored packs could not be turned into rows: %s",
@@ -225,7 +216,7 @@ again:
         continue;
       }
     }
-    if (guard && (src = commit_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
+    if (guard && (src = mqi_store_exec(s, MQI_ST_SAVEPOINT)) != SQLITE_OK) {
       op->rc = mqi_op_sqlite(s, op, src, "savepoint");
       continue;
     }
@@ -243,8 +234,8 @@ again:
     if (guard) {
       /* If an op's own undo fails, its half-done work is in the
       ** transaction: nothing of this batch may be kept. */
-      src = commit_is_answer(op->rc) ? SQLITE_OK : commit_exec(s, MQI_ST_ROLLBACK_TO);
-      if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_RELEASE);
+      src = commit_is_answer(op->rc) ? SQLITE_OK : mqi_store_exec(s, MQI_ST_ROLLBACK_TO);
+      if (src == SQLITE_OK) src = mqi_store_exec(s, MQI_ST_RELEASE);
       if (src != SQLITE_OK) {
         int rc = mqi_err_from_sqlite(src);
         snprintf(msg, sizeof msg, "%s: cannot undo a failed operation: %s", s->path,
@@ -260,7 +251,7 @@ again:
     if (commit_is_answer(op->rc)) any_kept = 1;
   }
 
-  if (s->pack_settled && commit_full(batch)) {
+  if (settled && commit_full(batch)) {
     /* The rows a settle wrote may be what filled the disk: the ops that
     ** need no settle run again without it. */
     commit_rollback(s);
@@ -272,9 +263,9 @@ again:
     goto out;
   }
   src = mqi_store_save_ids(s);
-  if (src == SQLITE_OK) src = commit_exec(s, MQI_ST_COMMIT);
+  if (src == SQLITE_OK) src = mqi_store_exec(s, MQI_ST_COMMIT);
   if (src == SQLITE_OK && need_sync && s->sync == MQ_SYNC_FULL) src = commit_sync_wal(s);
-  if (src != SQLITE_OK && s->pack_settled && (src & 0xff) == SQLITE_FULL) {
+  if (src != SQLITE_OK && settled && (src & 0xff) == SQLITE_FULL) {
     commit_rollback(s);
     settle_rc = MQ_EFULL;
     goto again;

@@ -255,7 +255,6 @@ struct mq_store {
   uint64_t puts_since_sweep;
   uint64_t reruns; /* batches run again with savepoints (commit.c; tests read it) */
   int packs_pending;   /* the transaction may hold packs to settle (pack.c) */
-  int pack_settled;    /* the transaction has settled packs */
   int pack_log_failed; /* a failed settle was logged; quiet until one works */
 };
 
@@ -282,6 +281,9 @@ MQI_API int mqi_store_reading(const mq_store *s);
 /* Check the handle before use: NULL, fork, read-only for writes. */
 MQI_API int mqi_store_check(mq_store *s, int writes);
 MQI_API sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id);
+/* Run a statement without parameters (BEGIN, SAVEPOINT, ...): SQLITE_OK
+** or the SQLite code. */
+MQI_API int mqi_store_exec(mq_store *s, enum mqi_stmt_id id);
 /* The same without sqlite3_reset and sqlite3_clear_bindings, for the
 ** statements run once per message: the caller binds every parameter and
 ** resets the statement after each step. */

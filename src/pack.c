@@ -233,14 +233,14 @@ static int pack_settle_saved(mq_store *s, mqi_op *op, const pack_row *r, mqi_put
   int rc = MQ_OK;
   *aside = 0;
   for (int fresh = 0; fresh < 2; fresh++) {
-    int src = sqlite3_exec(s->db, "SAVEPOINT mq_pack", NULL, NULL, NULL);
+    /* Savepoints of one name nest: these act on the innermost. */
+    int src = mqi_store_exec(s, MQI_ST_SAVEPOINT);
     if (src != SQLITE_OK) return mqi_op_sqlite(s, op, src, "savepoint");
     rc = pack_settle_one(s, op, r, items, now, fresh);
     if (rc != MQ_OK && sqlite3_get_autocommit(s->db)) return rc; /* the transaction is gone */
-    if (rc != MQ_OK &&
-        (src = sqlite3_exec(s->db, "ROLLBACK TO mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+    if (rc != MQ_OK && (src = mqi_store_exec(s, MQI_ST_ROLLBACK_TO)) != SQLITE_OK)
       return mqi_op_sqlite(s, op, src, "undoing a pack");
-    if ((src = sqlite3_exec(s->db, "RELEASE mq_pack", NULL, NULL, NULL)) != SQLITE_OK)
+    if ((src = mqi_store_exec(s, MQI_ST_RELEASE)) != SQLITE_OK)
       return mqi_op_sqlite(s, op, src, "savepoint");
     if (rc == MQ_OK || pack_transient(rc)) return rc;
     mqi_log(s, MQ_LOG_ERROR, "%s: pack %lld cannot be settled%s (%s)", s->path, (long long)r->id,
@@ -316,13 +316,6 @@ int mqi_pack_clear(mq_store *s, mqi_op *op, int64_t qid, int64_t *deleted) {
   return src == SQLITE_DONE ? MQ_OK : mqi_op_sqlite(s, op, src, "deleting packs");
 }
 
-/* The code and message of an SQLite failure that ended the transaction. */
-static int pack_lost(mq_store *s, int src, const char *what, char *msg, size_t cap) {
-  snprintf(msg, cap, "%s: %s: %s (SQLite code %d)", s->path, what, sqlite3_errmsg(s->db), src);
-  int rc = mqi_err_from_sqlite(src);
-  return rc == MQ_OK ? MQ_ERROR : rc;
-}
-
 int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap) {
   sqlite3_stmt *st = mqi_store_stmt(s, MQI_ST_PACK_ANY);
   int src = st ? sqlite3_step(st) : sqlite3_errcode(s->db);
@@ -331,7 +324,10 @@ int mqi_pack_check(mq_store *s, int *backlog, char *msg, size_t cap) {
   s->packs_pending = packs > 0;
   *backlog = packs > MQI_PACK_STEP / MQI_PACK_MSGS;
   if (src == SQLITE_ROW) return MQ_OK;
-  return pack_lost(s, src, "looking for packs", msg, cap);
+  snprintf(msg, cap, "%s: looking for packs: %s (SQLite code %d)", s->path, sqlite3_errmsg(s->db),
+           src);
+  int rc = mqi_err_from_sqlite(src);
+  return rc == MQ_OK ? MQ_ERROR : rc;
 }
 
 static void pack_op_init(mqi_op *op) {
@@ -350,36 +346,27 @@ static void pack_failed(mq_store *s, const mqi_op *op) {
           s->path, op->err[0] ? op->err : "unknown error");
 }
 
-static int pack_exec(mq_store *s, enum mqi_stmt_id id) {
-  sqlite3_stmt *st = mqi_store_stmt(s, id);
-  if (!st) return sqlite3_errcode(s->db);
-  int src = sqlite3_step(st);
-  sqlite3_reset(st);
-  return src == SQLITE_DONE ? SQLITE_OK : src;
-}
-
 int mqi_pack_settle_all(mq_store *s, int *redo) {
   *redo = 0;
   if (!s->packs_pending) return MQ_OK;
   s->packs_pending = 0;
-  s->pack_settled = 1;
   mqi_op op;
   pack_op_init(&op);
-  int src = pack_exec(s, MQI_ST_SAVEPOINT);
-  int rc = src == SQLITE_OK ? mqi_pack_settle(s, &op, INT64_MAX, &(int){0})
-                            : mqi_op_sqlite(s, &op, src, "savepoint");
+  int src = mqi_store_exec(s, MQI_ST_SAVEPOINT);
+  int rc = src != SQLITE_OK ? mqi_op_sqlite(s, &op, src, "savepoint")
+                            : mqi_pack_settle(s, &op, INT64_MAX, &(int){0});
   if (rc != MQ_OK) {
     pack_failed(s, &op);
     /* Some errors (out of memory, a full disk) make SQLite roll the whole
     ** transaction back; and one whose undo fails must be rolled back. */
     *redo = sqlite3_get_autocommit(s->db) ||
-            (src == SQLITE_OK && pack_exec(s, MQI_ST_ROLLBACK_TO) != SQLITE_OK);
-    if (!*redo && src == SQLITE_OK) *redo = pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK;
+            (src == SQLITE_OK && (mqi_store_exec(s, MQI_ST_ROLLBACK_TO) != SQLITE_OK ||
+                                  mqi_store_exec(s, MQI_ST_RELEASE) != SQLITE_OK));
     return rc;
   }
-  if (pack_exec(s, MQI_ST_RELEASE) != SQLITE_OK) {
+  if ((src = mqi_store_exec(s, MQI_ST_RELEASE)) != SQLITE_OK) {
     *redo = 1;
-    return mqi_op_sqlite(s, &op, sqlite3_errcode(s->db), "savepoint");
+    return mqi_op_sqlite(s, &op, src, "savepoint");
   }
   s->pack_log_failed = 0;
   return MQ_OK;

@@ -175,6 +175,17 @@ static int store_meta_get(sqlite3 *db, const char *key, char *text, size_t cap, 
 ** from max(wall clock, newest enqueue time) -- never backwards -- and leases
 ** taken before the reboot are ended, since their consumers died with it.
 */
+/* The value sql reads (the enqueue time of a table's newest row: ids grow
+** with time), or 0 if none. */
+static int64_t store_newest(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v = 0;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
 static int store_clock_init(mq_store *s, char *err, size_t errlen) {
   char boot[64], seen[64] = "";
   int64_t boot_ms, offset = 0;
@@ -197,22 +208,13 @@ static int store_clock_init(mq_store *s, char *err, size_t errlen) {
     s->clock_offset = offset;
     return sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? MQ_OK : MQ_EBUSY;
   }
-  int64_t last = 0, real = mqi_os_realtime_ms();
-  sqlite3_stmt *st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1", -1, &st,
-                         NULL) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  int64_t real = mqi_os_realtime_ms();
   /* Packed messages (format 3) were committed too: time goes on from them.
   ** A read-only handle of an older file has no mq_pack: nothing to add. */
-  st = NULL;
-  if (sqlite3_prepare_v2(s->db, "SELECT max(enqueued_at) FROM mq_pack", -1, &st, NULL) ==
-          SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-      sqlite3_column_int64(st, 0) > last)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
+  int64_t last = store_newest(s->db, "SELECT enqueued_at FROM mq_msg ORDER BY id DESC LIMIT 1");
+  int64_t packed = store_newest(s->db, "SELECT enqueued_at FROM mq_pack ORDER BY id DESC LIMIT 1");
+  if (packed > last) last = packed;
+  sqlite3_stmt *st = NULL;
   s->clock_offset = (real > last ? real : last + 1) - boot_ms;
   if (!writes) return MQ_OK;
   src = seen[0]
@@ -697,6 +699,14 @@ sqlite3_stmt *mqi_store_stmt(mq_store *s, enum mqi_stmt_id id) {
     sqlite3_clear_bindings(st);
   }
   return st;
+}
+
+int mqi_store_exec(mq_store *s, enum mqi_stmt_id id) {
+  sqlite3_stmt *st = mqi_store_stmt(s, id);
+  if (!st) return sqlite3_errcode(s->db);
+  int src = sqlite3_step(st);
+  sqlite3_reset(st);
+  return src == SQLITE_DONE || src == SQLITE_ROW ? SQLITE_OK : src;
 }
 
 int64_t mq_store_now(mq_store *s) { return s ? mqi_store_now(s) : 0; }

@@ -37,6 +37,15 @@ static inline int pack_n(mq_store *s, const char *q, size_t n, size_t len, const
   return rc;
 }
 
+/* Damage in a closed file: its oldest pack takes id as its first id, so
+** that its ids collide with message id.  SQLITE_OK or the SQLite code. */
+static inline int pack_take_id(const char *path, int64_t id) {
+  char sql[160];
+  snprintf(sql, sizeof sql, "UPDATE mq_pack SET id = %lld WHERE id = (SELECT min(id) FROM mq_pack)",
+           (long long)id);
+  return tu_sql_exec(path, sql);
+}
+
 static inline int64_t packs_in(const char *path) {
   return tu_sql_int(path, "SELECT count(*) FROM mq_pack");
 }

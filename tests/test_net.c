@@ -2062,6 +2062,27 @@ static void tn_put_sized(tn_env *e, int n, size_t size, int first) {
   free(body);
 }
 
+/* The peer on fd receives MSG m0 .. m<n-1> in order, each of size bytes
+** (message big, if not -1, of big_size), all leased, and the connection
+** stays; then it closes and the server stops. */
+static void tn_expect_deliveries(tn_env *e, int fd, int n, size_t size, int big,
+                                 size_t big_size) {
+  tn_msg m;
+  int got = 0, in_order = 1;
+  for (int i = 0; i < n; i++) {
+    char want[16];
+    if (tn_recv(e, fd, &m) != 7 || !tn_is_msg(&m, "MSG")) break;
+    snprintf(want, sizeof want, "m%d", i);
+    in_order &= m.size[6] == (i == big ? big_size : size) && strcmp(m.head[6], want) == 0;
+    got++;
+  }
+  CHECK(got == n && in_order);
+  CHECK(tn_qstats(e).inflight == n);
+  CHECK(tn_open(e, fd));
+  close(fd);
+  tn_stop(e);
+}
+
 /* Deliveries are leased by bytes as well as by count.  A CONSUME with a
 ** large credit on 200 KB messages, from a peer that reads slowly, is
 ** never disconnected at the 4 MiB output limit: what does not fit waits
@@ -2085,19 +2106,7 @@ static void test_router_large_consume(void) {
   if (e.srv->nconns == 1)
     CHECK(mqi_zconn_pending(e.srv->conns[0]->z) < e.srv->out_limit / 2 + SIZE + 256);
   CHECK(tn_recv(&e, fd, &m) == 4 && tn_is_msg(&m, "CONSUMING"));
-  int got = 0, in_order = 1;
-  for (int i = 0; i < N; i++) {
-    char want[16];
-    if (tn_recv(&e, fd, &m) != 7 || !tn_is_msg(&m, "MSG")) break;
-    snprintf(want, sizeof want, "m%d", i);
-    in_order &= m.size[6] == SIZE && strcmp(m.head[6], want) == 0;
-    got++;
-  }
-  CHECK(got == N && in_order);
-  CHECK(tn_qstats(&e).inflight == N);
-  CHECK(tn_open(&e, fd));
-  close(fd);
-  tn_stop(&e);
+  tn_expect_deliveries(&e, fd, N, SIZE, -1, 0);
 }
 
 /* Pipelined GETs are served within the output budget too: each waits
@@ -2107,7 +2116,6 @@ static void test_router_large_gets(void) {
   enum { N = 21, SIZE = 100000, BIG = 10 };
   mq_server_options o;
   tn_env e;
-  tn_msg m;
   tn_options(&o);
   tn_start(&e, &o, "r");
   mqi_server_test_out_limit(e.srv, (size_t)256 << 10);
@@ -2123,19 +2131,7 @@ static void test_router_large_gets(void) {
     k += sizeof get;
   }
   tn_send(fd, burst, k);
-  int got = 0, in_order = 1;
-  for (int i = 0; i < N; i++) {
-    char want[16];
-    if (tn_recv(&e, fd, &m) != 7 || !tn_is_msg(&m, "MSG")) break;
-    snprintf(want, sizeof want, "m%d", i);
-    in_order &= m.size[6] == (i == BIG ? 600000u : SIZE) && strcmp(m.head[6], want) == 0;
-    got++;
-  }
-  CHECK(got == N && in_order);
-  CHECK(tn_qstats(&e).inflight == N);
-  CHECK(tn_open(&e, fd));
-  close(fd);
-  tn_stop(&e);
+  tn_expect_deliveries(&e, fd, N, SIZE, BIG, 600000);
 }
 
 /* Read a CONSUME's deliveries: n MSGs, their receipts into rcpt. */

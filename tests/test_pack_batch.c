@@ -113,12 +113,8 @@ static void backlog_keeps_id_sequence(void) {
   int64_t row = tu_put(s, "q", "row");
   mq_msg_free(tu_get(s, "q")); /* the row stays, leased */
   for (int k = 0; k < 17; k++) CHECK_OK(pack_n(s, "q", 3, 16, "p"));
-  int64_t a = tu_sql_int(p, "SELECT min(id) FROM mq_pack");
   mq_store_close(s);
-  char sql[160];
-  snprintf(sql, sizeof sql, "UPDATE mq_pack SET id = %lld WHERE id = %lld", (long long)row,
-           (long long)a);
-  CHECK(tu_sql_exec(p, sql) == SQLITE_OK);
+  CHECK(pack_take_id(p, row) == SQLITE_OK);
   s = test_open(p, MQ_SYNC_NORMAL);
   mq_msg *m = tu_get(s, "q"); /* settles the backlog */
   CHECK(m != NULL);
