@@ -110,6 +110,13 @@ MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
 /* Incremented in the child at every fork(); a handle remembers it. */
 MQI_API unsigned mqi_os_fork_generation(void);
 
+/* ---- crc.c --------------------------------------------------------------- */
+/* zlib's crc32(0, data, len): the checksum stored with every payload.  data
+** may be NULL when len is 0.  Thread-safe. */
+MQI_API uint32_t mqi_crc32(const void *data, size_t len);
+/* Whether mqi_crc32 runs on this CPU's carry-less multiply (for tests). */
+MQI_API int mqi_crc32_accelerated(void);
+
 /* ---- err.c --------------------------------------------------------------- */
 /* Record rc with a formatted message as the calling thread's last error on
 ** store, and return rc. */

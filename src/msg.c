@@ -146,7 +146,7 @@ int mqi_msg_build(int64_t id, int64_t enqueued_at, int receives, int priority, c
     }
   }
   m->data[size] = 0;
-  if ((uint32_t)crc32_z(0L, m->data, (size_t)size) != crc) {
+  if (mqi_crc32(m->data, (size_t)size) != crc) {
     free(mem);
     return MQ_ECORRUPT;
   }

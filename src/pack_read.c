@@ -13,7 +13,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 /* 0 and *v, or -1 past the end or beyond 64 bits. */
 static int pack_varint_get(const unsigned char **p, const unsigned char *end, uint64_t *v) {
@@ -51,7 +50,7 @@ size_t mqi_pack_parse(const void *data, size_t len, mqi_put_item *items, size_t 
     if (!ok) {
       it->data = start;
       it->len = (size_t)(end - start);
-      it->crc = ~(uint32_t)crc32_z(0L, start, it->len);
+      it->crc = ~mqi_crc32(start, it->len);
       return k + 1;
     }
     it->headers = hlen ? (char *)p : NULL; /* not owned here: never freed */
@@ -74,8 +73,7 @@ const char *mqi_pack_damage(const void *data, size_t len, int64_t n, int64_t fir
   const char *what = NULL;
   int ids_ok = mqi_pack_ids_ok(first_id, k);
   for (size_t i = 0; i < k && !what; i++) {
-    if ((uint32_t)crc32_z(0L, (const Bytef *)(items[i].data ? items[i].data : ""), items[i].len) !=
-        items[i].crc) {
+    if (mqi_crc32(items[i].data, items[i].len) != items[i].crc) {
       if (ids_ok) *msg_id = first_id + (int64_t)i;
       what = "a message fails its checksum";
     }

@@ -75,7 +75,7 @@ int mqi_put_prepare(mq_store *s, mqi_put_item *it, size_t index, const void *dat
                        rc == MQ_ENOMEM ? "out of memory"
                                        : "a header name is NULL, empty or "
                                          "longer than 255 bytes, or a value is NULL");
-  it->crc = (uint32_t)crc32_z(0L, (const Bytef *)(data ? data : ""), len);
+  it->crc = mqi_crc32(data, len);
   return MQ_OK;
 }
 

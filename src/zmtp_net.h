@@ -190,14 +190,45 @@ MQI_API void mqi_zconn_hold(mqi_zconn *c, int held, int64_t now);
 #define MQI_EP_PUSH 1
 #define MQI_EP_ROUTER 2
 
-/* One message of a PULL endpoint's batch: payload (malloc'd, may be NULL
-** when len is 0) and, for a multipart message, the frame sizes. */
+/* One message of a PULL endpoint's batch: payload (NULL when len is 0)
+** and, for a multipart message, the frame sizes. */
 typedef struct mqi_srv_item {
   void *data;
   size_t len;
-  char *frames; /* "3,0,12": the zmtp-frames header, or NULL */
+  char *frames; /* "3,0,12": the zmtp-frames header (malloc'd), or NULL */
   uint32_t crc; /* of data, computed by the loop: the commit thread is the busier */
+  int heap;     /* data is malloc'd, not in one of the batch's chunks */
 } mqi_srv_item;
+
+/* ---- zmtp_batch.c: a PULL endpoint's messages read and not yet committed */
+typedef struct mqi_srv_chunk mqi_srv_chunk;
+typedef struct mqi_srv_batch {
+  mqi_srv_item *items;
+  size_t n, cap;
+  size_t bytes;          /* the items' payload bytes */
+  mqi_srv_chunk *chunks; /* memory of the small payloads, freed with the batch */
+} mqi_srv_batch;
+
+/* Chunks freed by batches, for the next ones (a few MiB at most). */
+typedef struct mqi_srv_pool {
+  mqi_srv_chunk *free;
+  size_t n;
+} mqi_srv_pool;
+
+/* Add the message of n frames (their bodies concatenated) with its CRC.
+** May take parts' bodies (set to NULL); the caller releases the rest.
+** Returns MQ_OK, or MQ_ENOMEM with the batch unchanged. */
+MQI_API int mqi_batch_add(mqi_srv_batch *b, mqi_srv_pool *pool, mqi_zmtp_frame *parts, size_t n);
+/* Free the first k items (committed); their chunk memory stays with the
+** batch until it is freed. */
+MQI_API void mqi_batch_drop(mqi_srv_batch *b, size_t k);
+/* Put front's items before b's, in one batch left in *b; front is left
+** empty.  MQ_ENOMEM leaves both as they were. */
+MQI_API int mqi_batch_prepend(mqi_srv_batch *b, mqi_srv_batch *front);
+/* Free everything, keeping chunks in pool (NULL: none kept); the batch is
+** empty again (all zero is empty). */
+MQI_API void mqi_batch_free(mqi_srv_batch *b, mqi_srv_pool *pool);
+MQI_API void mqi_batch_pool_free(mqi_srv_pool *pool);
 
 /* What mq_server_endpoint_stats reports.  Only the loop thread writes
 ** them (the commit thread's results are counted when the loop collects
@@ -217,9 +248,7 @@ typedef struct mqi_srv_ep {
   int topic;                     /* PULL into a topic: publish */
   int fd;                        /* the listening socket */
   char name[MQI_NET_NAME_MAX];   /* where it listens */
-  /* PULL: messages read and not yet committed. */
-  mqi_srv_item *items;
-  size_t nitems, itemcap, bytes;
+  mqi_srv_batch batch;           /* PULL: messages read and not yet committed */
   int failing;                   /* the last commit failed: retry, read nothing */
   int64_t retry_at;              /* monotonic ms */
   int64_t backoff;
@@ -303,10 +332,13 @@ struct mq_server {
   char cjob_queue[MQ_NAME_MAX + 1];
   pthread_mutex_t cmu;
   pthread_cond_t ccv;
-  size_t cjob_ep, cjob_n, cnext;
+  size_t cjob_ep, cnext;
   size_t cjob_dropped, cjob_dropped_bytes; /* of the job's batch: refused by the queue */
   size_t cjob_done; /* of the job's batch: settled before a failure */
-  mqi_srv_item *cjob_items;
+  mqi_srv_batch cjob_batch; /* the commit thread's alone while cjob is 1 */
+  mqi_srv_pool pool;        /* the loop's: chunks for the next batches */
+  mqi_put_item *pi;         /* the committer's: a batch as mqi_pack_put takes it */
+  size_t picap;
   char cjob_err[256];
 };
 

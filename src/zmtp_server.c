@@ -61,7 +61,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "zmtp_net.h"
 
@@ -606,7 +605,7 @@ static void srv_connect_lost(mq_server *s, mqi_srv_ep *ep, mqi_srv_conn *sc) {
 ** PULL ingest
 */
 static int srv_batch_full(const mqi_srv_ep *ep) {
-  return ep->nitems >= PULL_BATCH_MSGS || ep->bytes >= PULL_BATCH_BYTES;
+  return ep->batch.n >= PULL_BATCH_MSGS || ep->batch.bytes >= PULL_BATCH_BYTES;
 }
 
 /* Whether the endpoint reads nothing more for now: its batch is full, or
@@ -617,62 +616,70 @@ static int srv_pull_full(const mqi_srv_ep *ep) { return ep->failing || srv_batch
 ** the endpoint's batch; pause the connection when the batch is full. */
 static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n) {
   mqi_srv_conn *sc = ctx;
-  mq_server *s = sc->srv;
-  mqi_srv_ep *ep = &s->eps[sc->ep];
-  mqi_srv_item it = {NULL, 0, NULL, 0};
-  (void)z;
-  if (ep->nitems == ep->itemcap) {
-    size_t cap = ep->itemcap ? ep->itemcap * 2 : 256;
-    mqi_srv_item *p = realloc(ep->items, cap * sizeof *p);
-    if (!p) goto oom;
-    ep->items = p;
-    ep->itemcap = cap;
+  mqi_srv_ep *ep = &sc->srv->eps[sc->ep];
+  if (mqi_batch_add(&ep->batch, &sc->srv->pool, parts, n) != MQ_OK) {
+    mqi_zconn_close(z, "out of memory for a message");
+    return 1;
   }
-  if (n == 1) {
-    it.data = parts[0].body;
-    it.len = parts[0].size;
-    parts[0].body = NULL;
-  } else {
-    size_t total = 0, hl = 0;
-    for (size_t i = 0; i < n; i++) total += parts[i].size; /* bounded by max_message */
-    it.len = total;
-    it.data = total ? malloc(total) : NULL;
-    it.frames = malloc(n * 21);
-    if ((total && !it.data) || !it.frames) goto oom;
-    for (size_t i = 0, at = 0; i < n; i++) {
-      if (parts[i].size) memcpy((char *)it.data + at, parts[i].body, parts[i].size);
-      at += parts[i].size;
-      hl += (size_t)snprintf(it.frames + hl, n * 21 - hl, i ? ",%zu" : "%zu", parts[i].size);
-    }
-  }
-  it.crc = (uint32_t)crc32_z(0L, (const Bytef *)(it.data ? it.data : ""), it.len);
-  ep->items[ep->nitems++] = it;
-  ep->bytes += it.len;
   return srv_batch_full(ep);
-oom:
-  free(it.data);
-  free(it.frames);
-  mqi_zconn_close(sc->z, "out of memory for a message");
-  return 1;
 }
 
-/* A queue's batch as packs (pack.c); hd[i] is item i's frames header. */
-static int srv_store_packs(mq_store *st, const char *queue, const mqi_srv_item *items, size_t n,
-                           const mq_header *hd) {
-  mqi_put_item *pi = calloc(n, sizeof *pi);
-  if (!pi) return mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+/* Options with the "zmtp-frames" header of a multipart message in *hd. */
+static void srv_item_opts(const mqi_srv_item *it, mq_put_options *po, mq_header *hd) {
+  mq_put_options_init(po);
+  if (!it->frames) return;
+  hd->name = "zmtp-frames";
+  hd->value = it->frames;
+  po->headers = hd;
+  po->n_headers = 1;
+}
+
+/* A queue's batch as packs (pack.c), through the array the server keeps
+** for it (a fresh one per batch cost page faults). */
+static int srv_store_packs(mq_server *s, const char *queue, const mqi_srv_item *items, size_t n) {
+  mq_store *st = s->store;
+  if (n > s->picap) {
+    mqi_put_item *p = realloc(s->pi, n * sizeof *p);
+    if (!p) return mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+    s->pi = p;
+    s->picap = n;
+  }
+  mqi_put_item *pi = s->pi;
   int rc = MQ_OK;
-  for (size_t i = 0; i < n && rc == MQ_OK; i++) {
-    pi[i].data = items[i].data;
-    pi[i].len = items[i].len;
-    pi[i].crc = items[i].crc;
-    if (items[i].frames &&
-        mqi_headers_encode(&hd[i], 1, &pi[i].headers, &pi[i].headers_len) != MQ_OK)
+  for (size_t i = 0; i < n; i++) {
+    pi[i] = (mqi_put_item){.data = items[i].data, .len = items[i].len, .crc = items[i].crc};
+    mq_header hd = {.name = "zmtp-frames", .value = items[i].frames};
+    if (rc == MQ_OK && hd.value &&
+        mqi_headers_encode(&hd, 1, &pi[i].headers, &pi[i].headers_len) != MQ_OK)
       rc = mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
   }
   if (rc == MQ_OK) rc = mqi_pack_put(st, queue, pi, n);
   for (size_t i = 0; i < n; i++) free(pi[i].headers);
-  free(pi);
+  return rc;
+}
+
+/* A topic's batch: one publish of n entries. */
+static int srv_publish_items(mq_store *st, const char *topic, const mqi_srv_item *items,
+                             size_t n) {
+  mq_put_options *po = malloc(n * sizeof *po);
+  mq_header *hd = malloc(n * sizeof *hd);
+  mq_pub_entry *pe = malloc(n * sizeof *pe);
+  int rc;
+  if (!po || !hd || !pe) {
+    rc = mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      srv_item_opts(&items[i], &po[i], &hd[i]);
+      pe[i].subject = NULL;
+      pe[i].data = items[i].data;
+      pe[i].len = items[i].len;
+      pe[i].opts = &po[i];
+    }
+    rc = mq_publish_batch(st, topic, pe, n, NULL, NULL);
+  }
+  free(po);
+  free(hd);
+  free(pe);
   return rc;
 }
 
@@ -684,75 +691,36 @@ static int srv_store_packs(mq_store *st, const char *queue, const mqi_srv_item *
 ** code is returned: the rest must be tried again, not dropped.  Runs on
 ** the commit thread; the error text is copied into err because mq_errmsg
 ** is per thread. */
-static int srv_store_items(mq_store *st, const char *queue, int topic, mqi_srv_item *items,
+static int srv_store_items(mq_server *s, const char *queue, int topic, const mqi_srv_item *items,
                            size_t n, size_t *done, size_t *dropped, size_t *dropped_bytes,
                            char *err, size_t errlen) {
-  mq_put_options *po = malloc(n * sizeof *po);
-  mq_header *hd = malloc(n * sizeof *hd);
-  mq_entry *en = topic ? NULL : malloc(n * sizeof *en);
-  mq_pub_entry *pe = topic ? malloc(n * sizeof *pe) : NULL;
-  int rc;
+  mq_store *st = s->store;
   err[0] = '\0';
   *done = *dropped = *dropped_bytes = 0;
-  if (!po || !hd || (!en && !pe)) {
-    rc = MQ_ENOMEM;
-    snprintf(err, errlen, "out of memory for a batch of %zu", n);
-  } else {
-    for (size_t i = 0; i < n; i++) {
-      mqi_srv_item *it = &items[i];
-      mq_put_options_init(&po[i]);
-      if (it->frames) {
-        hd[i].name = "zmtp-frames";
-        hd[i].value = it->frames;
-        po[i].headers = &hd[i];
-        po[i].n_headers = 1;
+  int rc = topic ? srv_publish_items(st, queue, items, n) : srv_store_packs(s, queue, items, n);
+  if (rc == MQ_OK) *done = n;
+  if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
+    rc = MQ_OK;
+    for (; *done < n; (*done)++) {
+      const mqi_srv_item *it = &items[*done];
+      mq_put_options po;
+      mq_header hd;
+      srv_item_opts(it, &po, &hd);
+      int r = topic ? mq_publish(st, queue, NULL, it->data, it->len, &po, NULL, NULL)
+                    : mq_put(st, queue, it->data, it->len, &po, NULL);
+      if (r == MQ_OK) continue;
+      if (r != MQ_ETOOBIG && r != MQ_EINVAL) {
+        rc = r;
+        break;
       }
-      if (en) {
-        en[i].data = it->data;
-        en[i].len = it->len;
-        en[i].opts = &po[i];
-      } else {
-        pe[i].subject = NULL;
-        pe[i].data = it->data;
-        pe[i].len = it->len;
-        pe[i].opts = &po[i];
-      }
+      mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
+              queue, it->len, mq_errmsg(st));
+      (*dropped)++;
+      *dropped_bytes += it->len;
     }
-    rc = en ? srv_store_packs(st, queue, items, n, hd)
-            : mq_publish_batch(st, queue, pe, n, NULL, NULL);
-    if (rc == MQ_OK) *done = n;
-    if (rc == MQ_ETOOBIG || rc == MQ_EINVAL) {
-      rc = MQ_OK;
-      for (; *done < n; (*done)++) {
-        mqi_srv_item *it = &items[*done];
-        int r = en ? mq_put(st, queue, it->data, it->len, &po[*done], NULL)
-                   : mq_publish(st, queue, NULL, it->data, it->len, &po[*done], NULL, NULL);
-        if (r == MQ_OK) continue;
-        if (r != MQ_ETOOBIG && r != MQ_EINVAL) {
-          rc = r;
-          break;
-        }
-        mqi_log(st, MQ_LOG_WARN, "server: PULL into \"%s\": dropped a message of %zu bytes: %s",
-                queue, it->len, mq_errmsg(st));
-        (*dropped)++;
-        *dropped_bytes += it->len;
-      }
-    }
-    if (rc != MQ_OK) mqi_err_text(err, errlen, mq_errmsg(st));
   }
-  free(po);
-  free(hd);
-  free(en);
-  free(pe);
+  if (rc != MQ_OK) mqi_err_text(err, errlen, mq_errmsg(st));
   return rc;
-}
-
-static void srv_items_release(mqi_srv_item *items, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    free(items[i].data);
-    free(items[i].frames);
-  }
-  free(items);
 }
 
 /* The commit thread: takes one batch at a time from the loop, stores it,
@@ -799,12 +767,12 @@ static void *srv_committer_main(void *arg) {
     char queue[MQ_NAME_MAX + 1];
     memcpy(queue, s->cjob_queue, sizeof queue);
     int topic = s->cjob_topic;
-    mqi_srv_item *items = s->cjob_items;
-    size_t n = s->cjob_n;
+    mqi_srv_item *items = s->cjob_batch.items;
+    size_t n = s->cjob_batch.n;
     pthread_mutex_unlock(&s->cmu);
     char err[sizeof s->cjob_err];
     size_t done, dropped, dropped_bytes;
-    int rc = srv_store_items(s->store, queue, topic, items, n, &done, &dropped, &dropped_bytes,
+    int rc = srv_store_items(s, queue, topic, items, n, &done, &dropped, &dropped_bytes,
                              err, sizeof err);
     pthread_mutex_lock(&s->cmu);
     s->cjob_rc = rc;
@@ -835,23 +803,14 @@ static void srv_count_batch(mqi_srv_ep *ep, const mqi_srv_item *items, size_t n,
   MQI_SRV_COUNT(ep->count.dropped, dropped);
 }
 
-/* The first done of the n items were settled by a commit (stored, or
-** dropped as refused by the queue): count them and take them out; returns
-** their payload bytes. */
-static size_t srv_items_settle(mq_server *s, mqi_srv_ep *ep, mqi_srv_item *items, size_t *n,
-                               size_t done, size_t dropped, size_t dropped_bytes) {
-  size_t bytes = 0;
-  if (done == 0) return 0;
-  srv_count_batch(ep, items, done, 1, dropped, dropped_bytes);
+/* The first done items of b were settled by a commit (stored, or dropped
+** as refused by the queue): count them and take them out. */
+static void srv_items_settle(mq_server *s, mqi_srv_ep *ep, mqi_srv_batch *b, size_t done,
+                             size_t dropped, size_t dropped_bytes) {
+  if (done == 0) return;
+  srv_count_batch(ep, b->items, done, 1, dropped, dropped_bytes);
   if (dropped < done) mqi_server_kick(s, ep->queue);
-  for (size_t i = 0; i < done; i++) {
-    bytes += items[i].len;
-    free(items[i].data);
-    free(items[i].frames);
-  }
-  *n -= done;
-  memmove(items, items + done, *n * sizeof *items);
-  return bytes;
+  mqi_batch_drop(b, done);
 }
 
 /* n items the store will not take (their queue is gone, or the last try
@@ -875,23 +834,21 @@ static void srv_pull_collect(mq_server *s) {
     return;
   }
   mqi_srv_ep *ep = &s->eps[s->cjob_ep];
-  mqi_srv_item *items = s->cjob_items;
-  size_t n = s->cjob_n;
+  mqi_srv_batch b = s->cjob_batch;
   int rc = s->cjob_rc;
   size_t done = s->cjob_done, dropped = s->cjob_dropped, dropped_bytes = s->cjob_dropped_bytes;
   char err[sizeof s->cjob_err];
   memcpy(err, s->cjob_err, sizeof err);
   s->cjob = 0;
-  s->cjob_items = NULL;
-  s->cjob_n = 0;
+  memset(&s->cjob_batch, 0, sizeof s->cjob_batch);
   pthread_mutex_unlock(&s->cmu);
   s->cbusy = 0;
-  srv_items_settle(s, ep, items, &n, done, dropped, dropped_bytes);
+  srv_items_settle(s, ep, &b, done, dropped, dropped_bytes);
   if (rc == MQ_OK || rc == MQ_ENOTFOUND) {
-    srv_items_lost(s, ep, items, n, err);
+    srv_items_lost(s, ep, b.items, b.n, err);
     if (ep->failing)
       mqi_log(s->store, MQ_LOG_INFO, "server: PULL into \"%s\": commits work again", ep->queue);
-    srv_items_release(items, n);
+    mqi_batch_free(&b, &s->pool);
     ep->failing = 0;
     ep->backoff = 0;
     return;
@@ -904,21 +861,12 @@ static void srv_pull_collect(mq_server *s) {
   if (ep->backoff > RETRY_MAX_MS) ep->backoff = RETRY_MAX_MS;
   ep->retry_at = srv_mono() + ep->backoff;
   /* Order matters: the failed batch was read first. */
-  size_t cap = n + ep->nitems;
-  mqi_srv_item *all = realloc(items, (cap ? cap : 1) * sizeof *all);
-  if (!all) {
+  if (mqi_batch_prepend(&ep->batch, &b) != MQ_OK) {
     mqi_log(s->store, MQ_LOG_ERROR, "server: PULL into \"%s\": out of memory; %zu messages lost",
-            ep->queue, n);
-    srv_count_batch(ep, items, n, 0, 0, 0);
-    srv_items_release(items, n);
-    return;
+            ep->queue, b.n);
+    srv_count_batch(ep, b.items, b.n, 0, 0, 0);
+    mqi_batch_free(&b, &s->pool);
   }
-  if (ep->nitems) memcpy(all + n, ep->items, ep->nitems * sizeof *all);
-  for (size_t i = 0; i < n; i++) ep->bytes += all[i].len;
-  free(ep->items);
-  ep->items = all;
-  ep->nitems = cap;
-  ep->itemcap = cap;
 }
 
 /* Hand a batch to the commit thread if it is idle (started on first use;
@@ -929,7 +877,7 @@ static void srv_pull_submit(mq_server *s) {
   for (size_t k = 0; k < s->neps; k++) {
     size_t e = (s->cnext + k) % s->neps;
     mqi_srv_ep *ep = &s->eps[e];
-    if (ep->kind != MQI_EP_PULL || ep->nitems == 0) continue;
+    if (ep->kind != MQI_EP_PULL || ep->batch.n == 0) continue;
     if (ep->failing && mono < ep->retry_at) continue;
     s->cnext = e + 1;
     if (!s->cstarted) {
@@ -939,22 +887,20 @@ static void srv_pull_submit(mq_server *s) {
         /* No thread: commit in the loop, which then just reads less. */
         char err[sizeof s->cjob_err];
         size_t done, dropped, dropped_bytes;
-        int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &done,
-                                 &dropped, &dropped_bytes, err, sizeof err);
+        int rc = srv_store_items(s, ep->queue, ep->topic, ep->batch.items, ep->batch.n,
+                                 &done, &dropped, &dropped_bytes, err, sizeof err);
         pthread_mutex_lock(&s->cmu);
         s->cjob_done = done;
         s->cjob_dropped = dropped;
         s->cjob_dropped_bytes = dropped_bytes;
         s->cjob_ep = e;
         s->cbusy = 1;
-        s->cjob_items = ep->items;
-        s->cjob_n = ep->nitems;
+        s->cjob_batch = ep->batch;
         s->cjob_rc = rc;
         memcpy(s->cjob_err, err, sizeof err);
         s->cjob = 2;
         pthread_mutex_unlock(&s->cmu);
-        ep->items = NULL;
-        ep->nitems = ep->itemcap = ep->bytes = 0;
+        memset(&ep->batch, 0, sizeof ep->batch);
         srv_pull_collect(s);
         return;
       }
@@ -963,14 +909,12 @@ static void srv_pull_submit(mq_server *s) {
     s->cjob_ep = e;
     memcpy(s->cjob_queue, ep->queue, sizeof s->cjob_queue);
     s->cjob_topic = ep->topic;
-    s->cjob_items = ep->items;
-    s->cjob_n = ep->nitems;
+    s->cjob_batch = ep->batch;
     s->cjob = 1;
     pthread_cond_signal(&s->ccv);
     pthread_mutex_unlock(&s->cmu);
     s->cbusy = 1;
-    ep->items = NULL;
-    ep->nitems = ep->itemcap = ep->bytes = 0;
+    memset(&ep->batch, 0, sizeof ep->batch);
     return;
   }
 }
@@ -998,17 +942,15 @@ static void srv_pull_flush(mq_server *s, int final) {
   srv_committer_stop(s);
   for (size_t e = 0; e < s->neps; e++) {
     mqi_srv_ep *ep = &s->eps[e];
-    if (ep->kind != MQI_EP_PULL || !ep->nitems) continue;
+    if (ep->kind != MQI_EP_PULL || !ep->batch.n) continue;
     char err[sizeof s->cjob_err];
     size_t done, dropped, dropped_bytes;
-    int rc = srv_store_items(s->store, ep->queue, ep->topic, ep->items, ep->nitems, &done,
+    int rc = srv_store_items(s, ep->queue, ep->topic, ep->batch.items, ep->batch.n, &done,
                              &dropped, &dropped_bytes, err, sizeof err);
-    ep->bytes -= srv_items_settle(s, ep, ep->items, &ep->nitems, done, dropped, dropped_bytes);
+    srv_items_settle(s, ep, &ep->batch, done, dropped, dropped_bytes);
     if (rc != MQ_OK && rc != MQ_ENOTFOUND && !final) continue; /* kept for the next run */
-    srv_items_lost(s, ep, ep->items, ep->nitems, err);
-    srv_items_release(ep->items, ep->nitems);
-    ep->items = NULL;
-    ep->nitems = ep->itemcap = ep->bytes = 0;
+    srv_items_lost(s, ep, ep->batch.items, ep->batch.n, err);
+    mqi_batch_free(&ep->batch, &s->pool);
     ep->failing = 0;
   }
 }
@@ -1032,9 +974,9 @@ static void srv_pull_drain(mq_server *s, int final) {
       if (mqi_zconn_buffered(sc->z) < had) progress = 1;
     }
     size_t before = 0, after = 0;
-    for (size_t e = 0; e < s->neps; e++) before += s->eps[e].nitems;
+    for (size_t e = 0; e < s->neps; e++) before += s->eps[e].batch.n;
     srv_pull_flush(s, final);
-    for (size_t e = 0; e < s->neps; e++) after += s->eps[e].nitems;
+    for (size_t e = 0; e < s->neps; e++) after += s->eps[e].batch.n;
     if (after > 0) return; /* refused: kept for the next run */
     if (after < before) progress = 1;
   }
@@ -1385,7 +1327,7 @@ static int srv_poll_wait(mq_server *s, int64_t now, int64_t end) {
     if (!ep->connect && ep->accept_after > now && ep->accept_after - now < wait)
       wait = ep->accept_after - now;
     /* A batch waits for the commit thread: it pokes the pipe when free. */
-    if (ep->kind == MQI_EP_PULL && ep->nitems > 0 && !s->cbusy) {
+    if (ep->kind == MQI_EP_PULL && ep->batch.n > 0 && !s->cbusy) {
       int64_t d = ep->failing ? ep->retry_at - mono : 0;
       if (d < wait) wait = d;
     }
@@ -1534,7 +1476,10 @@ void mq_server_free(mq_server *s) {
     mqi_srv_ep *ep = &s->eps[e];
     if (ep->fd >= 0) close(ep->fd);
     if (ep->connect && ep->cfd >= 0) close(ep->cfd);
+    mqi_batch_free(&ep->batch, NULL); /* empty after the final flush */
   }
+  mqi_batch_pool_free(&s->pool);
+  free(s->pi);
   mqi_router_free(s);
   free(s->eps);
   free(s->conns);
