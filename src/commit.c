@@ -111,7 +111,7 @@ static int commit_format_ok(mq_store *s, char *msg, size_t cap) {
 ** when it stopped) in transactions of MQI_PACK_STEP messages, outside the
 ** batch's: it then settles only what is left.  A failure is logged, and
 ** left to the batch's own settle. */
-static void commit_settle_backlog(mq_store *s) {
+static void commit_settle_backlog(mq_store *s, uint32_t *ticket) {
   char msg[MQI_ERRMSG_MAX];
   for (int left = 1; left;) {
     if (mqi_store_exec(s, MQI_ST_BEGIN) != SQLITE_OK) return;
@@ -126,6 +126,14 @@ static void commit_settle_backlog(mq_store *s) {
       /* As after any failed commit: never reuse this connection's state. */
       if ((src & 0xff) == SQLITE_IOERR) s->broken = 1;
       return;
+    }
+    /* Other processes' writers take their turn between the transactions:
+    ** a backlog of millions takes seconds, longer than their busy timeout,
+    ** and a writer whose turn never comes skips the gate and then meets
+    ** SQLite's lock, taken again the moment it is released. */
+    if (left) {
+      mqi_gate_leave(s->gate, *ticket);
+      *ticket = mqi_gate_enter(s->gate);
     }
   }
 }
@@ -191,7 +199,7 @@ again:
   }
   if (backlog && !backlog_done) { /* nothing written yet */
     commit_rollback(s);
-    commit_settle_backlog(s);
+    commit_settle_backlog(s, &ticket);
     backlog_done = 1;
     goto again;
   }
