@@ -877,6 +877,7 @@ unsigned mqi_os_fork_generation(void) {
 */
 /* #include "mqi.h" -- inlined above */
 
+#include <string.h>
 #include <zlib.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -905,8 +906,12 @@ unsigned mqi_os_fork_generation(void) {
 
 #define CRC_TARGET __attribute__((target("pclmul,sse2")))
 
+/* 16 bytes from anywhere: memcpy, not a cast to __m128i *, which C makes
+** undefined for a misaligned address; it compiles to one unaligned load. */
 CRC_TARGET static inline __m128i crc_load(const unsigned char *p) {
-  return _mm_loadu_si128((const __m128i *)(const void *)p);
+  __m128i v;
+  memcpy(&v, p, sizeof v);
+  return v;
 }
 
 /* x times x^k (k's low half), plus x's high half times x^k' (k's high
@@ -8297,7 +8302,8 @@ typedef struct mqi_srv_pool {
 
 /* Add the message of n frames (their bodies concatenated) with its CRC.
 ** May take parts' bodies (set to NULL); the caller releases the rest.
-** Returns MQ_OK, or MQ_ENOMEM with the batch unchanged. */
+** Returns MQ_OK, or MQ_ENOMEM with no item added (and parts untouched;
+** chunk space it used is freed with the batch). */
 MQI_API int mqi_batch_add(mqi_srv_batch *b, mqi_srv_pool *pool, mqi_zmtp_frame *parts, size_t n);
 /* Free the first k items (committed); their chunk memory stays with the
 ** batch until it is freed. */
@@ -9524,6 +9530,7 @@ static void batch_item_free(mqi_srv_item *it) {
 
 void mqi_batch_drop(mqi_srv_batch *b, size_t k) {
   if (k > b->n) k = b->n;
+  if (k == 0) return; /* items may be NULL: no NULL + 0, no memmove(NULL, ...) */
   for (size_t i = 0; i < k; i++) {
     b->bytes -= b->items[i].len;
     batch_item_free(&b->items[i]);

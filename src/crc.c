@@ -15,6 +15,7 @@
 */
 #include "mqi.h"
 
+#include <string.h>
 #include <zlib.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -43,8 +44,12 @@
 
 #define CRC_TARGET __attribute__((target("pclmul,sse2")))
 
+/* 16 bytes from anywhere: memcpy, not a cast to __m128i *, which C makes
+** undefined for a misaligned address; it compiles to one unaligned load. */
 CRC_TARGET static inline __m128i crc_load(const unsigned char *p) {
-  return _mm_loadu_si128((const __m128i *)(const void *)p);
+  __m128i v;
+  memcpy(&v, p, sizeof v);
+  return v;
 }
 
 /* x times x^k (k's low half), plus x's high half times x^k' (k's high

@@ -99,6 +99,7 @@ static void batch_item_free(mqi_srv_item *it) {
 
 void mqi_batch_drop(mqi_srv_batch *b, size_t k) {
   if (k > b->n) k = b->n;
+  if (k == 0) return; /* items may be NULL: no NULL + 0, no memmove(NULL, ...) */
   for (size_t i = 0; i < k; i++) {
     b->bytes -= b->items[i].len;
     batch_item_free(&b->items[i]);

@@ -217,7 +217,8 @@ typedef struct mqi_srv_pool {
 
 /* Add the message of n frames (their bodies concatenated) with its CRC.
 ** May take parts' bodies (set to NULL); the caller releases the rest.
-** Returns MQ_OK, or MQ_ENOMEM with the batch unchanged. */
+** Returns MQ_OK, or MQ_ENOMEM with no item added (and parts untouched;
+** chunk space it used is freed with the batch). */
 MQI_API int mqi_batch_add(mqi_srv_batch *b, mqi_srv_pool *pool, mqi_zmtp_frame *parts, size_t n);
 /* Free the first k items (committed); their chunk memory stays with the
 ** batch until it is freed. */
