@@ -66,6 +66,7 @@
 
 #define PULL_BATCH_MSGS 8192
 #define PULL_BATCH_BYTES ((size_t)32 << 20)
+#define FRAMES_HEADER "zmtp-frames" /* a multipart message's frame sizes */
 #define READ_BUDGET ((size_t)8 << 20) /* bytes read per connection per turn */
 #define PUSH_PER_CONN 32              /* leased per PUSH connection per turn */
 #define PUSH_LEASE_MAX 256            /* leased per PUSH endpoint per turn */
@@ -628,7 +629,7 @@ static int srv_pull_msg(void *ctx, mqi_zconn *z, mqi_zmtp_frame *parts, size_t n
 static void srv_item_opts(const mqi_srv_item *it, mq_put_options *po, mq_header *hd) {
   mq_put_options_init(po);
   if (!it->frames) return;
-  hd->name = "zmtp-frames";
+  hd->name = FRAMES_HEADER;
   hd->value = it->frames;
   po->headers = hd;
   po->n_headers = 1;
@@ -648,7 +649,7 @@ static int srv_store_packs(mq_server *s, const char *queue, const mqi_srv_item *
   int rc = MQ_OK;
   for (size_t i = 0; i < n; i++) {
     pi[i] = (mqi_put_item){.data = items[i].data, .len = items[i].len, .crc = items[i].crc};
-    mq_header hd = {.name = "zmtp-frames", .value = items[i].frames};
+    mq_header hd = {.name = FRAMES_HEADER, .value = items[i].frames};
     if (rc == MQ_OK && hd.value &&
         mqi_headers_encode(&hd, 1, &pi[i].headers, &pi[i].headers_len) != MQ_OK)
       rc = mqi_err_set(st, MQ_ENOMEM, "out of memory for a batch of %zu", n);
@@ -998,7 +999,7 @@ void mqi_server_kick(mq_server *s, const char *queue) {
 static size_t srv_msg_parts(const mq_msg *m, mqi_zpart *parts, size_t cap) {
   const char *data = mq_msg_data(m);
   size_t size = mq_msg_size(m), n = 0, at = 0;
-  const char *h = mq_msg_header(m, "zmtp-frames");
+  const char *h = mq_msg_header(m, FRAMES_HEADER);
   if (h && *h) {
     const char *p = h;
     while (n < cap) {
