@@ -24,7 +24,11 @@
 ** repetition, and the ratio mq / libzmq (the target is at least 0.5:
 ** storing durably at half the speed of not storing at all).  Another
 ** column is raw SQLite storing the same messages with the same durability
-** and page size, one row per message, from memory (net_run_sqlite).  The
+** and page size, one row per message, from memory (net_run_sqlite); the
+** last ("raw packs") is raw SQLite storing the same bytes in rows of
+** NET_PACK messages, as packs hold them, with nothing else to do: the
+** storage engine alone doing the endpoint's writes, through SQLite's own
+** VFS (mq's writing connection starts write-back early, src/vfs.c).  The
 ** endpoint stores packs (src/pack.c), which the first get turns into
 ** message rows: the "settled" column counts until that is done too.
 ** Not a test: nothing is asserted.
@@ -46,6 +50,7 @@ extern char **environ;
 #define NET_PYTHON "/usr/bin/python3"
 #define NET_MAXREPS 100
 #define NET_TXN 8192 /* messages per transaction: mq's PULL batch at most */
+#define NET_PACK 256 /* messages per row of "raw packs": MQI_PACK_MSGS */
 
 static const char *net_producer =
     "import sys, zmq\n"
@@ -153,22 +158,30 @@ static double net_run_libzmq(const net_peer *peer, long n, long size) {
 
 /* Raw SQLite (WAL, the naive one-table queue of benchlib) storing the
 ** same n messages in transactions of as many as mq's PULL commits at most,
-** from memory, no network: how fast the storage engine alone goes with
-** the least a durable queue must write.  Messages per second. */
-static double net_run_sqlite(const bench_opts *o, int sync, int page_size, long n, long size) {
+** from memory, no network, per_row messages' bytes in each row: with 1,
+** how fast the storage engine alone goes with the least a durable queue
+** must write; with NET_PACK, how fast it takes the bytes at all in rows
+** the size of packs.  Messages per second. */
+static double net_run_sqlite(const bench_opts *o, int sync, int page_size, long n, long size,
+                             long per_row) {
   char path[1100];
   bench_raw r;
-  unsigned char *p = malloc((size_t)size);
+  size_t row = (size_t)(size * per_row);
+  unsigned char *p = malloc(row ? row : 1);
   if (!p) bench_die("out of memory");
-  bench_fill(p, (size_t)size, 7);
+  bench_fill(p, row, 7);
   bench_db_path(path, sizeof path, o, "netraw");
   bench_raw_create_paged(path, BENCH_RAW_WAL, page_size);
   bench_raw_open(&r, path, BENCH_RAW_WAL, sync);
   double t0 = bench_now();
   for (long i = 0; i < n;) {
     if (bench_raw_begin(&r) != SQLITE_OK) bench_die("raw: %s", r.last_err);
-    for (long k = 0; k < NET_TXN && i < n; k++, i++)
-      if (bench_raw_put(&r, p, (size_t)size) != SQLITE_OK) bench_die("raw: %s", r.last_err);
+    for (long k = 0; k < NET_TXN && i < n;) {
+      long m = n - i < per_row ? n - i : per_row;
+      if (bench_raw_put(&r, p, (size_t)(m * size)) != SQLITE_OK) bench_die("raw: %s", r.last_err);
+      k += m;
+      i += m;
+    }
     if (bench_raw_commit(&r) != SQLITE_OK) bench_die("raw: %s", r.last_err);
   }
   double secs = bench_now() - t0;
@@ -176,6 +189,13 @@ static double net_run_sqlite(const bench_opts *o, int sync, int page_size, long 
   bench_db_remove(path);
   free(p);
   return secs > 0 ? (double)n / secs : 0;
+}
+
+/* Both raw SQLite runs, unless --mq-only. */
+static void net_run_raws(const bench_opts *o, int sync, int page_size, long n, long size,
+                         double *rows, double *packs) {
+  *rows = o->mq_only ? 0 : net_run_sqlite(o, sync, page_size, n, size, 1);
+  *packs = o->mq_only ? 0 : net_run_sqlite(o, sync, page_size, n, size, NET_PACK);
 }
 
 /* "min-max" of v[0..n) in thousands, in a static buffer of two. */
@@ -263,21 +283,23 @@ static long net_count(const bench_opts *o, long size) {
   return size <= 100 ? 1000000 : 200000;
 }
 
-/* One table: libzmq, and mq and raw SQLite at each page size, per size. */
+/* One table: libzmq, and mq and raw SQLite (a row per message, and rows
+** of packs' size) at each page size, per size. */
 static void net_table(const net_peer *peer, const bench_opts *o, int sync) {
   static const long sizes[] = {100, 1000};
   static const int pages[] = {0, 65536}; /* SQLite's default, and the largest */
   enum { NPAGES = sizeof pages / sizeof pages[0] };
   printf("\npeers: %s\n", peer->name);
-  printf("%-8s %6s %12s %14s %8s %12s %8s %12s %8s\n", "size", "pages", "libzmq msg/s",
-         "mq PULL msg/s", "ratio", "settled", "ratio", "SQLite msg/s", "ratio");
+  printf("%-8s %6s %12s %14s %8s %12s %8s %12s %8s %12s %8s\n", "size", "pages", "libzmq msg/s",
+         "mq PULL msg/s", "ratio", "settled", "ratio", "SQLite msg/s", "ratio", "raw packs",
+         "ratio");
   for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
     char what[16];
     snprintf(what, sizeof what, "%ld B", sizes[k]);
     if (o->only[0] && !strstr(what, o->only)) continue;
     long n = net_count(o, sizes[k]);
     double base[NET_MAXREPS], ours[NPAGES][NET_MAXREPS], raw[NPAGES][NET_MAXREPS];
-    double rows[NPAGES][NET_MAXREPS];
+    double rows[NPAGES][NET_MAXREPS], packs[NPAGES][NET_MAXREPS];
     int reps = o->reps > NET_MAXREPS ? NET_MAXREPS : o->reps;
     for (int r = 0; r < reps; r++) {
       /* Alternate the order, so drift hurts all rows alike. */
@@ -285,24 +307,28 @@ static void net_table(const net_peer *peer, const bench_opts *o, int sync) {
       if (first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
       for (int i = 0; i < NPAGES; i++) {
         int g = first ? i : NPAGES - 1 - i;
-        if (!first) raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
+        if (!first) net_run_raws(o, sync, pages[g], n, sizes[k], &raw[g][r], &packs[g][r]);
         ours[g][r] = net_run_mq(peer, o, sync, pages[g], n, sizes[k], &rows[g][r]);
-        if (first) raw[g][r] = o->mq_only ? 0 : net_run_sqlite(o, sync, pages[g], n, sizes[k]);
+        if (first) net_run_raws(o, sync, pages[g], n, sizes[k], &raw[g][r], &packs[g][r]);
       }
       if (!first) base[r] = o->mq_only ? 0 : net_run_libzmq(peer, n, sizes[k]);
       if (o->verbose)
-        fprintf(stderr, "  %ld B rep %d: libzmq %.0f, mq %.0f / %.0f, SQLite %.0f / %.0f\n",
-                sizes[k], r, base[r], ours[0][r], ours[1][r], raw[0][r], raw[1][r]);
+        fprintf(stderr,
+                "  %ld B rep %d: libzmq %.0f, mq %.0f / %.0f, SQLite %.0f / %.0f, raw packs %.0f / "
+                "%.0f\n",
+                sizes[k], r, base[r], ours[0][r], ours[1][r], raw[0][r], raw[1][r], packs[0][r],
+                packs[1][r]);
     }
     double b = bench_median(base, reps);
     for (int g = 0; g < NPAGES; g++) {
       double m = bench_median(ours[g], reps), q = bench_median(raw[g], reps);
-      double w = bench_median(rows[g], reps);
+      double w = bench_median(rows[g], reps), c = bench_median(packs[g], reps);
       char label[16], page[16];
       snprintf(label, sizeof label, "%ld B", sizes[k]);
       snprintf(page, sizeof page, "%dK", (pages[g] ? pages[g] : 4096) / 1024);
-      printf("%-8s %6s %12.0f %14.0f %8.2f %12.0f %8.2f %12.0f %8.2f\n", label, page, b, m,
-             b > 0 ? m / b : 0.0, w, b > 0 ? w / b : 0.0, q, q > 0 ? m / q : 0.0);
+      printf("%-8s %6s %12.0f %14.0f %8.2f %12.0f %8.2f %12.0f %8.2f %12.0f %8.2f\n", label, page,
+             b, m, b > 0 ? m / b : 0.0, w, b > 0 ? w / b : 0.0, q, q > 0 ? m / q : 0.0, c,
+             c > 0 ? m / c : 0.0);
       /* libzmq's rate can swing between runs: show the spread, so a ratio
       ** is read with it. */
       printf("%-8s %6s %12s %14s\n", "", "", g == 0 ? net_range(base, reps) : "",
@@ -339,8 +365,10 @@ int main(int argc, char **argv) {
          "up to 256 per row, libzmq stores nothing); settled: until every message was also an\n"
          "ordinary message row (what the first get does with packs), and its ratio to\n"
          "libzmq; mq / SQLite (raw SQLite, WAL, one table, one row per message, storing the same\n"
-         "messages in transactions of %d from memory, no network).\n"
+         "messages in transactions of %d from memory, no network); raw packs: raw SQLite\n"
+         "storing the same bytes, %d messages' worth per row as in a pack, through SQLite's\n"
+         "own VFS, and mq / raw packs (the storage engine alone doing the endpoint's writes).\n"
          "pages: the file's page size (mq_store_options.page_size; SQLite's default is 4K)\n",
-         NET_TXN);
+         NET_TXN, NET_PACK);
   return 0;
 }

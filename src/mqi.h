@@ -135,6 +135,15 @@ MQI_API int mqi_err_check_name(const mq_store *store, const char *what, const ch
 /* Validate a name where a queue or a "topic/subscription" is accepted. */
 MQI_API int mqi_err_check_qname(const mq_store *store, const char *name);
 
+/* ---- vfs.c --------------------------------------------------------------- */
+/* The VFS name the handle's writing connection opens its file with (vfs.c:
+** SQLite's "unix" VFS, starting write-back of long sequential writes early),
+** or NULL for SQLite's default: on other systems, or while another VFS is
+** the default (an application's, a test's).  Thread-safe. */
+MQI_API const char *mqi_vfs_name(void);
+/* Write-back hints given so far in this process (tests read it). */
+MQI_API uint64_t mqi_vfs_hints(void);
+
 /* ---- gate.c -------------------------------------------------------------- */
 typedef struct mqi_gate mqi_gate;
 /* Open the gate shared by every handle on the file (dev, ino); falls back

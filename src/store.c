@@ -330,7 +330,7 @@ static int store_connect(mq_store *s, char *err, size_t errlen) {
 #ifdef SQLITE_OPEN_NOFOLLOW
   flags |= SQLITE_OPEN_NOFOLLOW;
 #endif
-  int src = sqlite3_open_v2(s->fullpath, &s->db, flags, NULL);
+  int src = sqlite3_open_v2(s->fullpath, &s->db, flags, s->readonly ? NULL : mqi_vfs_name());
   if (src != SQLITE_OK) {
     snprintf(err, errlen, "cannot open %s: %s", s->path,
              s->db ? sqlite3_errmsg(s->db) : "out of memory");

@@ -1,0 +1,148 @@
+/*
+** test_vfs.c -- the writing connection's VFS (src/vfs.c): long sequential
+** writes start their write-back early, scattered ones do not, what is
+** written reads back unchanged, and an application's own default VFS is
+** used as it is.
+**
+** The hint itself only changes timing, so what a test can see is the count
+** of hints given (mqi_vfs_hints, internal on purpose).  It also catches the
+** day a new SQLite moves the descriptor inside its file object: vfs.c then
+** finds no descriptor, gives no hint, and sequential_hinted fails here
+** instead of the speed-up quietly going away.
+*/
+#include "faultvfs.h"
+#include "harness.h"
+#include "mqi.h"
+
+#include <sqlite3.h>
+
+#define BLOCK 4096
+#define BLOCKS 1024 /* 4 MiB */
+
+static void fill(unsigned char *p, size_t n, uint64_t seed) {
+  uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 1;
+  for (size_t i = 0; i < n; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    p[i] = (unsigned char)x;
+  }
+}
+
+/* A store's big batch is hinted (its WAL frames and the checkpoint's
+** pages), and every byte comes back; the file is sound to plain SQLite. */
+static void sequential_hinted(void) {
+#ifdef __linux__
+  CHECK(mqi_vfs_name() != NULL);
+  enum { N = 24, SIZE = 256 * 1024 };
+  const char *path = test_path("vfs-seq");
+  mq_store *s = test_open(path, MQ_SYNC_FULL);
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  unsigned char *buf = malloc((size_t)N * SIZE);
+  mq_entry e[N];
+  for (int i = 0; i < N; i++) {
+    fill(buf + (size_t)i * SIZE, SIZE, (uint64_t)i + 1);
+    e[i] = (mq_entry){buf + (size_t)i * SIZE, SIZE, NULL};
+  }
+  uint64_t before = mqi_vfs_hints();
+  CHECK_OK(mq_put_batch(s, "q", e, N, NULL));
+  /* 6 MiB of WAL in 1 MiB runs, then the checkpoint's pages. */
+  CHECK(mqi_vfs_hints() - before >= 5);
+  for (int i = 0; i < N; i++) {
+    mq_msg *m = NULL;
+    CHECK_OK(mq_get(s, "q", NULL, &m));
+    if (!m) break;
+    CHECK(mq_msg_size(m) == SIZE);
+    CHECK(memcmp(mq_msg_data(m), buf + (size_t)i * SIZE, SIZE) == 0);
+    CHECK_OK(mq_ack(s, "q", mq_msg_receipt(m)));
+    mq_msg_free(m);
+  }
+  CHECK_OK(mq_store_close(s));
+  sqlite3 *db = NULL;
+  CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
+  sqlite3_stmt *st = NULL;
+  CHECK(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK);
+  CHECK(sqlite3_step(st) == SQLITE_ROW);
+  CHECK(strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  free(buf);
+#else
+  CHECK(mqi_vfs_name() == NULL);
+#endif
+}
+
+static int vfs_write(sqlite3_file *f, const unsigned char *p, int block) {
+  return f->pMethods->xWrite(f, p + (size_t)block * BLOCK, BLOCK, (sqlite3_int64)block * BLOCK);
+}
+
+/* Straight through the VFS: 4 MiB written out of order get no hint (a
+** checkpoint of scattered pages is faster left to its fsync); 4 MiB in
+** order get one per MiB; a journal is not wrapped at all; and the bytes
+** read back as written. */
+static void scattered_not_hinted(void) {
+#ifdef __linux__
+  const char *name = mqi_vfs_name();
+  sqlite3_vfs *vfs = name ? sqlite3_vfs_find(name) : NULL;
+  CHECK(vfs != NULL);
+  if (!vfs) return;
+  const char *path = test_path("vfs-raw");
+  unsigned char *data = malloc((size_t)2 * BLOCKS * BLOCK), *back = malloc(BLOCK);
+  fill(data, (size_t)2 * BLOCKS * BLOCK, 7);
+  sqlite3_file *f = calloc(1, (size_t)vfs->szOsFile);
+  int out = 0;
+  CHECK(vfs->xOpen(vfs, path, f,
+                   SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE, &out) ==
+        SQLITE_OK);
+  uint64_t before = mqi_vfs_hints();
+  /* 389 is odd, so i * 389 mod 1024 visits every block, never two in a row. */
+  for (int i = 0; i < BLOCKS; i++) CHECK(vfs_write(f, data, (i * 389) % BLOCKS) == SQLITE_OK);
+  CHECK(mqi_vfs_hints() == before);
+  for (int i = BLOCKS; i < 2 * BLOCKS; i++) CHECK(vfs_write(f, data, i) == SQLITE_OK);
+  CHECK(mqi_vfs_hints() - before == BLOCKS * BLOCK / (1 << 20));
+  for (int i = 0; i < 2 * BLOCKS; i += 97) {
+    CHECK(f->pMethods->xRead(f, back, BLOCK, (sqlite3_int64)i * BLOCK) == SQLITE_OK);
+    CHECK(memcmp(back, data + (size_t)i * BLOCK, BLOCK) == 0);
+  }
+  CHECK(f->pMethods->xClose(f) == SQLITE_OK);
+
+  char journal[600];
+  snprintf(journal, sizeof journal, "%s-journal", path);
+  memset(f, 0, (size_t)vfs->szOsFile);
+  CHECK(vfs->xOpen(vfs, journal, f,
+                   SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE,
+                   &out) == SQLITE_OK);
+  before = mqi_vfs_hints();
+  for (int i = 0; i < BLOCKS; i++) CHECK(vfs_write(f, data, i) == SQLITE_OK);
+  CHECK(mqi_vfs_hints() == before);
+  CHECK(f->pMethods->xClose(f) == SQLITE_OK);
+  unlink(journal);
+  free(f);
+  free(data);
+  free(back);
+#endif
+}
+
+/* An application that made its own VFS the default keeps it: the store
+** writes through it (faultvfs counts the writes), unhinted. */
+static void app_default_kept(void) {
+  faultvfs_install();
+  CHECK(mqi_vfs_name() == NULL);
+  mq_store *s = test_open(test_path("vfs-app"), MQ_SYNC_FULL);
+  faultvfs_arm_reset();
+  uint64_t before = mqi_vfs_hints();
+  CHECK_OK(mq_queue_create(s, "q", NULL));
+  enum { SIZE = 1 << 20 };
+  unsigned char *buf = malloc(SIZE);
+  fill(buf, SIZE, 3);
+  for (int i = 0; i < 3; i++) CHECK_OK(mq_put(s, "q", buf, SIZE, NULL, NULL));
+  CHECK(faultvfs.writes > 0);
+  CHECK(mqi_vfs_hints() == before);
+  CHECK_OK(mq_store_close(s));
+  free(buf);
+}
+
+int main(void) {
+  TEST(sequential_hinted);
+  TEST(scattered_not_hinted);
+  TEST(app_default_kept); /* last: faultvfs stays the default */
+  return test_done();
+}
