@@ -109,6 +109,9 @@ MQI_API int mqi_os_empty_beside_wal(const char *path);
 MQI_API int mqi_os_file_id(const char *path, uint64_t *dev, uint64_t *ino);
 /* Incremented in the child at every fork(); a handle remembers it. */
 MQI_API unsigned mqi_os_fork_generation(void);
+/* Name the calling thread (at most 15 characters) where the system can,
+** so that `top -H` and profilers tell the library's threads apart. */
+MQI_API void mqi_os_thread_name(const char *name);
 
 /* ---- crc.c --------------------------------------------------------------- */
 /* zlib's crc32(0, data, len): the checksum stored with every payload.  data

@@ -216,3 +216,11 @@ unsigned mqi_os_fork_generation(void) {
   pthread_once(&os_fork_once, os_fork_register);
   return __atomic_load_n(&os_fork_gen, __ATOMIC_RELAXED);
 }
+
+void mqi_os_thread_name(const char *name) {
+#ifdef __linux__
+  (void)pthread_setname_np(pthread_self(), name); /* a name is a courtesy */
+#else
+  (void)name;
+#endif
+}

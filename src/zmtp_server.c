@@ -751,6 +751,7 @@ static int srv_committer_wait(mq_server *s, int packs) {
 
 static void *srv_committer_main(void *arg) {
   mq_server *s = arg;
+  mqi_os_thread_name("mq-commit");
   int packs = 1; /* a store may hold packs from an earlier run */
   pthread_mutex_lock(&s->cmu);
   for (;;) {

@@ -1299,6 +1299,29 @@ static mq_endpoint_stats tn_stats_in(tn_env *e, size_t i, int64_t n) {
 }
 
 /* Every endpoint kind counts what it did, as the peers saw it. */
+/* Whether a thread of this process is named name (Linux; true elsewhere). */
+static int tn_thread_named(const char *name) {
+#ifdef __linux__
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *t;
+  int found = 0;
+  while (d && !found && (t = readdir(d)) != NULL) {
+    char path[300], comm[32] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", t->d_name);
+    FILE *f = t->d_name[0] == '.' ? NULL : fopen(path, "r");
+    if (!f) continue;
+    if (fgets(comm, sizeof comm, f)) comm[strcspn(comm, "\n")] = 0;
+    fclose(f);
+    found = strcmp(comm, name) == 0;
+  }
+  if (d) closedir(d);
+  return found;
+#else
+  (void)name;
+  return 1;
+#endif
+}
+
 static void test_endpoint_stats(void) {
   mq_server_options o;
   mq_queue_options qo;
@@ -1327,6 +1350,7 @@ static void test_endpoint_stats(void) {
   st = tn_stats_in(&e, 0, 3);
   CHECK(st.messages_in == 3 && st.bytes_in == 7 && st.dropped == 0 && st.messages_out == 0);
   CHECK(tn_total(&e) == 3);
+  CHECK(tn_thread_named("mq-commit")); /* the commit thread, for top -H */
 
   /* PULL into a queue that refuses 5 bytes: counted as dropped, not in. */
   int small = tn_peer(&e, small_port, "PUSH", 28);
