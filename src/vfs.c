@@ -10,30 +10,36 @@
 ** its time in fdatasync.  So when a file has been written sequentially for
 ** VFS_HINT bytes, that run is handed to the kernel with
 ** sync_file_range(SYNC_FILE_RANGE_WRITE), which starts writing it back and
-** returns: the disk works while SQLite goes on writing, and the fsync that
-** follows finds little left to do (PostgreSQL's *_flush_after settings do
-** the same).  bench_net: 1000-byte ingest +30-45 %; raw SQLite writing 8 MB
-** transactions through this VFS, +25 %.
+** returns without waiting for those writes (it can block while the
+** device's request queue is full): the disk works while SQLite goes on
+** writing, and the fsync that follows finds little left to do
+** (PostgreSQL's *_flush_after settings do the same).  bench_net: 1000-byte
+** ingest +30-45 %; raw SQLite writing 8 MB transactions through this VFS,
+** +25 %.
 **
 ** Only sequential runs: a checkpoint of scattered pages (a settle, acks)
 ** hinted in 1 MiB slices ran 1.6 times slower, the disk getting the pages
 ** in pieces instead of sorted and merged by the fsync; such writes never
 ** make a run, so they are left as they were.  The hint changes nothing
-** about what is durable when: SQLite still fsyncs whatever it fsynced
-** (every byte hinted is one the next fsync of that file writes anyway, as
-** a WAL frame or a checkpointed page), and a write-back error is still
-** reported by that fsync (the hint waits for nothing, so it reads no error
-** state of the file).
+** about what is durable when: SQLite still fsyncs whatever it fsynced;
+** every byte hinted was written since the file's last xSync, so the next
+** fsync of that file writes it anyway (and the kernel's own background
+** write-back may write it at any time); and a write-back error is still
+** reported by that fsync, because the hint never waits for the writes it
+** starts and so reads no error state of the file.
 **
 ** SQLite has no call that gives a file's descriptor.  Its unix VFS keeps it
 ** in the fourth member of its file object (os_unix.c, struct unixFile:
 ** pMethod, pVfs, pInode, h), unchanged since 3.7.  vfs_fd reads it there
-** and uses it only if it is open on the very file SQLite just opened (same
-** device and inode, by fstat), so another layout costs the speed-up, never
-** a hint to another file.  The VFS wraps only "unix" and is used only while
-** "unix" is SQLite's default: an application (or a test) that made its own
-** VFS the default gets it, untouched.  Linux only (sync_file_range);
-** elsewhere mqi_vfs_name is NULL and SQLite's default VFS is used.
+** and uses it only if the second member is the unix VFS itself and the
+** descriptor is open on the very file SQLite just opened (same device and
+** inode, by fstat), so another layout costs the speed-up, never a hint to
+** another file.  The VFS wraps only "unix" and is used only while "unix" is
+** SQLite's default: an application (or a test) that made its own VFS the
+** default gets it, untouched.  SQLite's VFS list keeps a pointer to this
+** file's VFS object, so a destructor unregisters it before the memory can
+** go (dlclose of libmq.so).  Linux only (sync_file_range); elsewhere
+** mqi_vfs_name is NULL and SQLite's default VFS is used.
 */
 #include "mqi.h"
 
@@ -69,6 +75,7 @@ static sqlite3_vfs *vfs_real; /* "unix" */
 static sqlite3_vfs vfs_mq;
 static char vfs_mq_name[40];
 static pthread_once_t vfs_once = PTHREAD_ONCE_INIT;
+static atomic_int vfs_live; /* 1 while vfs_mq is registered */
 static atomic_uint_fast64_t vfs_hint_count;
 
 #define VFS_REAL(f) (((vfs_file *)(f))->real)
@@ -95,12 +102,18 @@ static int vfs_write(sqlite3_file *f, const void *buf, int n, sqlite3_int64 off)
   return rc;
 }
 
+/* After a truncate or a sync, the bytes of the run so far are gone or
+** clean: a run starts again with the next write. */
 static int vfs_truncate(sqlite3_file *f, sqlite3_int64 size) {
-  return VFS_REAL(f)->pMethods->xTruncate(VFS_REAL(f), size);
+  vfs_file *p = (vfs_file *)f;
+  p->run_at = p->run_end = -1;
+  return p->real->pMethods->xTruncate(p->real, size);
 }
 
 static int vfs_sync(sqlite3_file *f, int flags) {
-  return VFS_REAL(f)->pMethods->xSync(VFS_REAL(f), flags);
+  vfs_file *p = (vfs_file *)f;
+  p->run_at = p->run_end;
+  return p->real->pMethods->xSync(p->real, flags);
 }
 
 static int vfs_size(sqlite3_file *f, sqlite3_int64 *size) {
@@ -143,14 +156,23 @@ static int vfs_shm_unmap(sqlite3_file *f, int del) {
   return VFS_REAL(f)->pMethods->xShmUnmap(VFS_REAL(f), del);
 }
 
+/* Memory-mapped reads are the unix VFS's own when its methods have them
+** (version 3); without, SQLite reads with xRead, as when mmap is off. */
 static int vfs_fetch(sqlite3_file *f, sqlite3_int64 off, int n, void **pp) {
+  if (VFS_REAL(f)->pMethods->iVersion < 3) {
+    *pp = NULL;
+    return SQLITE_OK;
+  }
   return VFS_REAL(f)->pMethods->xFetch(VFS_REAL(f), off, n, pp);
 }
 
 static int vfs_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p) {
+  if (VFS_REAL(f)->pMethods->iVersion < 3) return SQLITE_OK;
   return VFS_REAL(f)->pMethods->xUnfetch(VFS_REAL(f), off, p);
 }
 
+/* Version 3, as the unix VFS's own methods have been since SQLite 3.7.17
+** (mq needs 3.37): the shared memory calls and xFetch exist to forward to. */
 static const sqlite3_io_methods vfs_methods = {
     3,           vfs_close,   vfs_read,     vfs_write,       vfs_truncate,  vfs_sync,
     vfs_size,    vfs_lock,    vfs_unlock,   vfs_reserved,    vfs_fcntl,     vfs_sector,
@@ -161,10 +183,12 @@ static const sqlite3_io_methods vfs_methods = {
 /* The descriptor of real, opened on name, or -1 (see the top). */
 static int vfs_fd(const sqlite3_file *real, const char *name) {
   vfs_unix_head head;
-  struct stat a, b;
+  struct stat a;
   memcpy(&head, real, sizeof head);
-  if (head.h < 0 || fstat(head.h, &a) != 0 || stat(name, &b) != 0) return -1;
-  return a.st_dev == b.st_dev && a.st_ino == b.st_ino ? head.h : -1;
+  if (head.vfs != (void *)vfs_real || head.h < 0) return -1; /* not unixFile's layout */
+  uint64_t dev, ino;
+  if (fstat(head.h, &a) != 0 || mqi_os_file_id(name, &dev, &ino) != MQ_OK) return -1;
+  return (uint64_t)a.st_dev == dev && (uint64_t)a.st_ino == ino ? head.h : -1;
 }
 
 static int vfs_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags, int *out) {
@@ -180,15 +204,8 @@ static int vfs_open(sqlite3_vfs *v, const char *name, sqlite3_file *f, int flags
   int rc = vfs_real->xOpen(vfs_real, name, p->real, flags, out);
   /* SQLite calls xClose after a failed xOpen if pMethods is set. */
   p->base.pMethods = p->real->pMethods ? &vfs_methods : NULL;
-  if (rc != SQLITE_OK || p->real->pMethods->iVersion >= 3) {
-    if (rc == SQLITE_OK) p->fd = vfs_fd(p->real, name);
-    return rc;
-  }
-  /* io_methods older than the ones vfs_methods forwards to (xFetch): the
-  ** file is opened again, as the unix VFS's own. */
-  p->base.pMethods = NULL;
-  p->real->pMethods->xClose(p->real);
-  return vfs_real->xOpen(vfs_real, name, f, flags, out);
+  if (rc == SQLITE_OK) p->fd = vfs_fd(p->real, name);
+  return rc;
 }
 
 static int vfs_delete(sqlite3_vfs *v, const char *name, int dirsync) {
@@ -277,11 +294,24 @@ static void vfs_init(void) {
   vfs_mq.xCurrentTime = vfs_time;
   vfs_mq.xGetLastError = vfs_error;
   vfs_mq.xCurrentTimeInt64 = vfs_time64;
-  if (sqlite3_vfs_register(&vfs_mq, 0) != SQLITE_OK) vfs_real = NULL;
+  if (sqlite3_vfs_register(&vfs_mq, 0) != SQLITE_OK)
+    vfs_real = NULL;
+  else
+    atomic_store(&vfs_live, 1);
 }
 
+#ifdef __GNUC__
+/* SQLite's VFS list points into this file's memory: unlink vfs_mq before
+** that memory goes (dlclose of libmq.so, or of a plugin built with mq.c);
+** otherwise the next sqlite3_vfs_find by name in the process crashes.
+** Connections still open keep their own pointer to vfs_mq. */
+__attribute__((destructor)) static void vfs_fini(void) {
+  if (atomic_exchange(&vfs_live, 0)) sqlite3_vfs_unregister(&vfs_mq);
+}
+#endif
+
 const char *mqi_vfs_name(void) {
-  if (pthread_once(&vfs_once, vfs_init) != 0 || !vfs_real) return NULL;
+  if (pthread_once(&vfs_once, vfs_init) != 0 || !vfs_real || !atomic_load(&vfs_live)) return NULL;
   return sqlite3_vfs_find(NULL) == vfs_real ? vfs_mq_name : NULL;
 }
 
