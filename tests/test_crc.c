@@ -13,6 +13,7 @@
 */
 #include "harness.h"
 #include "mqi.h"
+#include "testutil.h"
 
 #include <sqlite3.h>
 #include <zlib.h>
@@ -26,10 +27,7 @@ static void matches_zlib(void) {
   enum { MAX = 70000 };
   unsigned char *buf = malloc(MAX + 16);
   uint64_t x = 0x9e3779b97f4a7c15ULL;
-  for (size_t i = 0; i < MAX + 16; i++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    buf[i] = (unsigned char)x;
-  }
+  for (size_t i = 0; i < MAX + 16; i++) buf[i] = (unsigned char)tu_rand(&x);
   static const size_t longs[] = {4095, 4096, 4097, 65535, 65536, 65536 + 63, MAX};
   int bad = 0;
   for (size_t off = 0; off < 16; off++) {

@@ -273,8 +273,7 @@ static void hostile_blobs(void) {
       char hex[1024];
       int len = (int)(1 + (x % 200));
       for (int i = 0; i < len; i++) {
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        snprintf(hex + 2 * i, 3, "%02x", (unsigned)(x & 0xff));
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned)(tu_rand(&x) & 0xff));
       }
       snprintf(sql, sizeof sql, "UPDATE mq_pack SET data = x'%s', n = %d", hex, (int)(x % 6));
     }

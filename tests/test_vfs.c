@@ -13,6 +13,7 @@
 #include "faultvfs.h"
 #include "harness.h"
 #include "mqi.h"
+#include "testutil.h"
 
 #include <sqlite3.h>
 
@@ -21,11 +22,33 @@
 
 static void fill(unsigned char *p, size_t n, uint64_t seed) {
   uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 1;
-  for (size_t i = 0; i < n; i++) {
-    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-    p[i] = (unsigned char)x;
-  }
+  for (size_t i = 0; i < n; i++) p[i] = (unsigned char)tu_rand(&x);
 }
+
+#ifdef __linux__
+/* The store's VFS, found by the name it gives. */
+static sqlite3_vfs *mq_vfs(void) {
+  const char *name = mqi_vfs_name();
+  sqlite3_vfs *vfs = name ? sqlite3_vfs_find(name) : NULL;
+  CHECK(vfs != NULL);
+  return vfs;
+}
+
+/* Open name through vfs as SQLite would: the name double-NUL terminated,
+** the file's memory not zeroed (xOpen must not count on it).  *rc gets
+** xOpen's code; the caller closes the file if it opened and frees it. */
+static sqlite3_file *raw_open(sqlite3_vfs *vfs, const char *name, int flags, int *rc) {
+  char path[600] = {0};
+  snprintf(path, sizeof path - 1, "%s", name);
+  sqlite3_file *f = malloc((size_t)vfs->szOsFile);
+  memset(f, 0xa5, (size_t)vfs->szOsFile);
+  int out = 0;
+  *rc = vfs->xOpen(vfs, path, f, flags, &out);
+  return f;
+}
+
+#define RAW_CREATE (SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE)
+#endif
 
 /* A store's big batch is hinted (its WAL frames and the checkpoint's
 ** pages), and every byte comes back; the file is sound to plain SQLite. */
@@ -56,14 +79,9 @@ static void sequential_hinted(void) {
     mq_msg_free(m);
   }
   CHECK_OK(mq_store_close(s));
-  sqlite3 *db = NULL;
-  CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK);
-  sqlite3_stmt *st = NULL;
-  CHECK(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK);
-  CHECK(sqlite3_step(st) == SQLITE_ROW);
-  CHECK(strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
+  char ic[64];
+  tu_sql_text(path, "PRAGMA integrity_check", ic, sizeof ic);
+  CHECK(strcmp(ic, "ok") == 0);
   free(buf);
 #else
   CHECK(mqi_vfs_name() == NULL);
@@ -80,17 +98,14 @@ static int write_block(sqlite3_file *f, const unsigned char *p, int block) {
 ** read back as written. */
 static void scattered_not_hinted(void) {
 #ifdef __linux__
-  const char *name = mqi_vfs_name();
-  sqlite3_vfs *vfs = name ? sqlite3_vfs_find(name) : NULL;
-  CHECK(vfs != NULL);
+  sqlite3_vfs *vfs = mq_vfs();
   if (!vfs) return;
   const char *path = test_path("vfs-raw");
   unsigned char *data = malloc((size_t)2 * BLOCKS * BLOCK), *back = malloc(BLOCK);
   fill(data, (size_t)2 * BLOCKS * BLOCK, 7);
-  sqlite3_file *f = calloc(1, (size_t)vfs->szOsFile);
-  int out = 0;
-  CHECK(vfs->xOpen(vfs, path, f, SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE,
-                   &out) == SQLITE_OK);
+  int rc;
+  sqlite3_file *f = raw_open(vfs, path, SQLITE_OPEN_MAIN_DB | RAW_CREATE, &rc);
+  CHECK(rc == SQLITE_OK);
   uint64_t before = mqi_vfs_hints();
   /* 389 is odd, so i * 389 mod 1024 visits every block, never two in a row. */
   for (int i = 0; i < BLOCKS; i++) CHECK(write_block(f, data, (i * 389) % BLOCKS) == SQLITE_OK);
@@ -102,13 +117,12 @@ static void scattered_not_hinted(void) {
     CHECK(memcmp(back, data + (size_t)i * BLOCK, BLOCK) == 0);
   }
   CHECK(f->pMethods->xClose(f) == SQLITE_OK);
+  free(f);
 
   char journal[600];
   snprintf(journal, sizeof journal, "%s-journal", path);
-  memset(f, 0, (size_t)vfs->szOsFile);
-  CHECK(vfs->xOpen(vfs, journal, f,
-                   SQLITE_OPEN_MAIN_JOURNAL | SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE,
-                   &out) == SQLITE_OK);
+  f = raw_open(vfs, journal, SQLITE_OPEN_MAIN_JOURNAL | RAW_CREATE, &rc);
+  CHECK(rc == SQLITE_OK);
   before = mqi_vfs_hints();
   for (int i = 0; i < BLOCKS; i++) CHECK(write_block(f, data, i) == SQLITE_OK);
   CHECK(mqi_vfs_hints() == before);
@@ -125,16 +139,12 @@ static void scattered_not_hinted(void) {
 ** opened), even over memory that was not zeroed. */
 static void open_failure_clean(void) {
 #ifdef __linux__
-  const char *name = mqi_vfs_name();
-  sqlite3_vfs *vfs = name ? sqlite3_vfs_find(name) : NULL;
-  CHECK(vfs != NULL);
+  sqlite3_vfs *vfs = mq_vfs();
   if (!vfs) return;
-  char path[600] = {0}; /* double-NUL terminated, as SQLite passes names */
-  snprintf(path, sizeof path - 1, "%s", test_path("vfs-missing"));
-  sqlite3_file *f = malloc((size_t)vfs->szOsFile);
-  memset(f, 0xa5, (size_t)vfs->szOsFile);
-  int out = 0;
-  CHECK(vfs->xOpen(vfs, path, f, SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_READWRITE, &out) != SQLITE_OK);
+  int rc;
+  sqlite3_file *f =
+      raw_open(vfs, test_path("vfs-missing"), SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_READWRITE, &rc);
+  CHECK(rc != SQLITE_OK);
   CHECK(f->pMethods == NULL);
   free(f);
 #endif
@@ -144,18 +154,13 @@ static void open_failure_clean(void) {
 ** under 1 MiB that is fsynced on its own is never hinted. */
 static void sync_restarts_run(void) {
 #ifdef __linux__
-  const char *name = mqi_vfs_name();
-  sqlite3_vfs *vfs = name ? sqlite3_vfs_find(name) : NULL;
-  CHECK(vfs != NULL);
+  sqlite3_vfs *vfs = mq_vfs();
   if (!vfs) return;
-  char path[600] = {0};
-  snprintf(path, sizeof path - 1, "%s", test_path("vfs-sync"));
   unsigned char *data = malloc((size_t)BLOCKS * BLOCK);
   fill(data, (size_t)BLOCKS * BLOCK, 11);
-  sqlite3_file *f = calloc(1, (size_t)vfs->szOsFile);
-  int out = 0;
-  CHECK(vfs->xOpen(vfs, path, f, SQLITE_OPEN_MAIN_DB | SQLITE_OPEN_CREATE | SQLITE_OPEN_READWRITE,
-                   &out) == SQLITE_OK);
+  int rc;
+  sqlite3_file *f = raw_open(vfs, test_path("vfs-sync"), SQLITE_OPEN_MAIN_DB | RAW_CREATE, &rc);
+  CHECK(rc == SQLITE_OK);
   uint64_t before = mqi_vfs_hints();
   int b = 0;
   for (; b < 192; b++) CHECK(write_block(f, data, b) == SQLITE_OK); /* 768 KiB */
